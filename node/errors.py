@@ -1,0 +1,72 @@
+"""The one exception hierarchy of node/.
+
+Every error a caller of the node can see is a `NodeError`; the CLI turns each into one
+line and a non-zero exit code. Errors caused by a peer close that peer's request or
+connection; they never stop the node.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionClosed",
+    "ConnectionFailed",
+    "KeyFileError",
+    "MessageTooLarge",
+    "NodeError",
+    "PeerLimitExceeded",
+    "RemoteError",
+    "RequestRejected",
+    "RequestTimeout",
+    "TransportError",
+]
+
+
+class NodeError(Exception):
+    """Base class of every error raised by node/."""
+
+
+class KeyFileError(NodeError):
+    """The node's key file is missing, malformed or readable by others."""
+
+
+class TransportError(NodeError):
+    """Talking to a peer failed."""
+
+
+class ConnectionFailed(TransportError):
+    """Could not open an authenticated connection (refused, unreachable, bad handshake,
+    wrong identity, timeout, or the connection limit is reached)."""
+
+
+class ConnectionClosed(TransportError):
+    """The connection went away before the answer came."""
+
+
+class RequestTimeout(TransportError):
+    """The peer did not answer within the request timeout."""
+
+
+class MessageTooLarge(TransportError):
+    """A message is larger than the frame size limit."""
+
+
+class PeerLimitExceeded(TransportError):
+    """We already have as many requests in flight to this peer as allowed."""
+
+
+class RemoteError(TransportError):
+    """The peer answered with an ERROR message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"peer answered error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RequestRejected(NodeError):
+    """Raised by a request handler to answer with an ERROR of the given code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

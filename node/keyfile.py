@@ -1,0 +1,62 @@
+"""The node's key file: created once with mode 0600, refused if others can read it.
+
+The format (magic line plus 32-byte seed) is defined in protocol.identity; this module
+does the file I/O. The file is written atomically (temp file, fsync, rename) so that a
+crash while creating it never leaves a half key behind.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import nacl.utils
+
+from node.errors import KeyFileError
+from protocol.errors import ProtocolError
+from protocol.identity import Identity
+
+__all__ = ["load_identity", "load_or_create_identity", "save_identity"]
+
+
+def save_identity(identity: Identity, path: Path) -> None:
+    """Write `identity` to `path` with mode 0600; refuses to overwrite an existing file."""
+    if path.exists():
+        raise KeyFileError(f"{path} exists already; refusing to overwrite a node key")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but an old temp file could
+        os.write(fd, identity.to_key_file())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, path)
+
+
+def load_identity(path: Path) -> Identity:
+    """Read the key at `path`; refuse it if group or others have any access to it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise KeyFileError(f"no key file at {path}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{path} is accessible by others (mode {stat.S_IMODE(mode):o}); "
+            f"run `chmod 600 {path}` if it has not leaked"
+        )
+    try:
+        return Identity.from_key_file(path.read_bytes())
+    except ProtocolError as exc:
+        raise KeyFileError(f"{path}: {exc}") from exc
+
+
+def load_or_create_identity(path: Path, *, difficulty: int = 0) -> Identity:
+    """The identity at `path`, made (and saved) on first use."""
+    if path.exists():
+        return load_identity(path)
+    identity = Identity.generate(nacl.utils.random, difficulty=difficulty)
+    save_identity(identity, path)
+    return identity

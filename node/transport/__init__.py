@@ -1,0 +1,29 @@
+"""Authenticated, encrypted RPC between nodes, over TCP or an in-memory network.
+
+`Transport` (node.transport.rpc) is what the rest of the node uses; it runs over a
+`LinkLayer`: `TcpLinkLayer` (Noise over TCP) or `MemoryNetwork.link_layer()`.
+"""
+
+from node.transport.config import TransportConfig
+from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from node.transport.memory import MemoryLinkLayer, MemoryNetwork
+from node.transport.rpc import Handler, Peer, Transport, TransportStatistics, open_transport
+from node.transport.tcp import TcpLinkLayer
+
+__all__ = [
+    "Address",
+    "Handler",
+    "Link",
+    "LinkClosed",
+    "LinkLayer",
+    "LinkListener",
+    "MemoryLinkLayer",
+    "MemoryNetwork",
+    "PendingLink",
+    "Peer",
+    "TcpLinkLayer",
+    "Transport",
+    "TransportConfig",
+    "TransportStatistics",
+    "open_transport",
+]

@@ -1,0 +1,45 @@
+"""Transport limits and timeouts, in one validated frozen dataclass (h2's model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.messages import DEFAULT_MAX_FRAME_SIZE
+
+__all__ = ["TransportConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Every limit and timeout of the transport. Times are in seconds."""
+
+    # Largest encoded envelope we send or accept; a peer that announces a larger frame
+    # is cut off before we read it.
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    # Requests one peer may have in flight to us (and we to it). A peer that sends
+    # more is cut off: an honest peer holds the same limit on its own side.
+    max_inflight_per_peer: int = 64
+    # Authenticated and handshaking connections together; beyond it new ones are closed.
+    max_connections: int = 512
+    # A dial or an inbound handshake that takes longer is abandoned.
+    handshake_timeout: float = 10.0
+    # Default wait for an answer, and the longest a handler may take to give one.
+    request_timeout: float = 15.0
+    # A connection with nothing in flight for this long is closed.
+    idle_timeout: float = 120.0
+    # A peer that does not read what we send for this long is cut off.
+    send_timeout: float = 30.0
+    # This many requests in a row that time out on one connection close it.
+    max_consecutive_timeouts: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("max_frame_size", "max_inflight_per_peer", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TransportConfig.{name} must be at least 1")
+        if self.max_frame_size > 64 * 1024 * 1024:
+            raise ValueError("TransportConfig.max_frame_size is capped at 64 MiB")
+        for name in ("handshake_timeout", "request_timeout", "idle_timeout", "send_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TransportConfig.{name} must be positive")
+        if self.max_consecutive_timeouts < 1:
+            raise ValueError("TransportConfig.max_consecutive_timeouts must be at least 1")

@@ -1,0 +1,283 @@
+"""An in-memory network for tests and simulations: seeded latency, loss and partitions.
+
+Every node gets a `MemoryLinkLayer` on one shared `MemoryNetwork`. Links carry whole
+frames through trio memory channels; nothing touches a socket, so thousands of nodes
+fit in one process and run under trio's MockClock.
+
+The model, all of it reproducible from the seed:
+- latency: each unordered pair of hosts has a fixed one-way latency drawn uniformly in
+  [min_latency, max_latency] from a hash of (seed, pair), so adding a node does not
+  change the latency of the others. Frames on one link keep their order.
+- loss: each frame is dropped with probability `loss` (the network's seeded RNG).
+- partitions: hosts in different groups cannot reach each other. Frames between them
+  vanish and dials hang (the caller's handshake timeout ends them), as on a real
+  network that has gone silent; `heal()` ends the partition.
+
+Authentication is by construction: the network knows which identity listens where,
+so the handshake costs one round trip of virtual time and no cryptography. Dialling an
+address whose node is not the expected one fails like the TCP handshake does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Iterable
+
+import trio
+
+from node.transport.config import TransportConfig
+from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from protocol.identity import Identity, NodeId
+
+__all__ = ["MemoryLinkLayer", "MemoryNetwork"]
+
+# Frames one direction of a link may hold before the sender waits.
+LINK_BUFFER_FRAMES = 256
+# Inbound connections waiting for accept() before new dials are refused.
+ACCEPT_BACKLOG = 128
+
+_Frame = tuple[float, bytes]  # (virtual time at which it arrives, frame)
+
+
+class MemoryNetwork:
+    """The shared medium. Create one per test or simulation."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        min_latency: float = 0.0,
+        max_latency: float = 0.0,
+        loss: float = 0.0,
+    ) -> None:
+        if not 0 <= min_latency <= max_latency or not math.isfinite(max_latency):
+            raise ValueError("need 0 <= min_latency <= max_latency")
+        if not 0.0 <= loss < 1.0:
+            raise ValueError("loss is a probability in [0, 1)")
+        self.seed = seed
+        self.min_latency = min_latency
+        self.max_latency = max_latency
+        self.loss = loss
+        self._rng = random.Random(seed)
+        self._listeners: dict[Address, MemoryListener] = {}
+        self._groups: dict[str, int] | None = None
+        self._ports: dict[str, int] = {}
+        self.frames_dropped = 0
+
+    def link_layer(self, identity: Identity, host: str) -> MemoryLinkLayer:
+        """The link layer of the node with `identity`, reachable at host `host`."""
+        return MemoryLinkLayer(self, identity, host)
+
+    def latency(self, host_a: str, host_b: str) -> float:
+        """The one-way latency between two hosts (fixed per pair for this seed)."""
+        if self.max_latency == self.min_latency:
+            return self.min_latency
+        first, second = sorted((host_a, host_b))
+        digest = hashlib.blake2b(
+            f"{self.seed}\0{first}\0{second}".encode(), digest_size=8
+        ).digest()
+        fraction = int.from_bytes(digest, "big") / 2**64
+        return self.min_latency + fraction * (self.max_latency - self.min_latency)
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the hosts into groups that cannot reach each other. Hosts named in no
+        group form one more group together."""
+        assignment: dict[str, int] = {}
+        for number, group in enumerate(groups, start=1):
+            for host in group:
+                assignment[host] = number
+        self._groups = assignment
+
+    def heal(self) -> None:
+        """End any partition."""
+        self._groups = None
+
+    def can_reach(self, host_a: str, host_b: str) -> bool:
+        if self._groups is None:
+            return True
+        return self._groups.get(host_a, 0) == self._groups.get(host_b, 0)
+
+    def _lose_frame(self) -> bool:
+        if self.loss and self._rng.random() < self.loss:
+            self.frames_dropped += 1
+            return True
+        return False
+
+    def _bind(self, address: Address, listener: MemoryListener) -> Address:
+        host, port = address
+        if port == 0:
+            port = self._ports.get(host, 1023) + 1
+            while (host, port) in self._listeners:
+                port += 1
+            self._ports[host] = port
+        if (host, port) in self._listeners:
+            raise OSError(f"address {host}:{port} is in use")
+        self._listeners[(host, port)] = listener
+        return (host, port)
+
+    def _unbind(self, address: Address) -> None:
+        self._listeners.pop(address, None)
+
+
+class MemoryLink(Link):
+    """One end of an in-memory link."""
+
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        local_host: str,
+        remote_node_id: NodeId,
+        remote_address: Address,
+        outgoing: trio.MemorySendChannel[_Frame],
+        incoming: trio.MemoryReceiveChannel[_Frame],
+        max_frame_size: int,
+    ) -> None:
+        self.remote_node_id = remote_node_id
+        self.remote_address = remote_address
+        self._network = network
+        self._local_host = local_host
+        self._latency = network.latency(local_host, remote_address[0])
+        self._outgoing = outgoing
+        self._incoming = incoming
+        self._max_frame_size = max_frame_size
+        self._last_arrival = -math.inf
+        self._close_reason: str | None = None
+
+    async def send_frame(self, frame: bytes) -> None:
+        if self._close_reason is not None:
+            raise LinkClosed(self._close_reason)
+        if len(frame) > self._max_frame_size:
+            raise LinkClosed(f"frame of {len(frame)} bytes is over the limit")
+        if not self._network.can_reach(self._local_host, self.remote_address[0]):
+            await trio.lowlevel.checkpoint()
+            return
+        if self._network._lose_frame():
+            await trio.lowlevel.checkpoint()
+            return
+        arrival = max(trio.current_time() + self._latency, self._last_arrival)
+        self._last_arrival = arrival
+        try:
+            await self._outgoing.send((arrival, frame))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise LinkClosed(self._close_reason or "peer closed the connection") from None
+
+    async def receive_frame(self) -> bytes:
+        try:
+            arrival, frame = await self._incoming.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise LinkClosed(self._close_reason or "peer closed the connection") from None
+        await trio.sleep_until(arrival)
+        return frame
+
+    async def aclose(self) -> None:
+        if self._close_reason is None:
+            self._close_reason = "closed"
+        self._outgoing.close()
+        self._incoming.close()
+        await trio.lowlevel.checkpoint()
+
+
+class MemoryPendingLink(PendingLink):
+    def __init__(self, link: MemoryLink) -> None:
+        self.remote_address = link.remote_address
+        self._link = link
+
+    async def handshake(self) -> Link:
+        # The dialer spends the handshake's round trip; the responder has nothing to do.
+        await trio.lowlevel.checkpoint()
+        return self._link
+
+    async def aclose(self) -> None:
+        await self._link.aclose()
+
+
+class MemoryListener(LinkListener):
+    def __init__(self, layer: MemoryLinkLayer, address: Address, config: TransportConfig) -> None:
+        self._layer = layer
+        self.config = config
+        self.address = layer.network._bind(address, self)
+        self._send, self._receive = trio.open_memory_channel[MemoryPendingLink](ACCEPT_BACKLOG)
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._layer.identity.node_id
+
+    def _offer(self, pending: MemoryPendingLink) -> bool:
+        try:
+            self._send.send_nowait(pending)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def accept(self) -> PendingLink:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise trio.ClosedResourceError("listener is closed") from None
+
+    async def aclose(self) -> None:
+        self._layer.network._unbind(self.address)
+        self._send.close()
+        self._receive.close()
+        await trio.lowlevel.checkpoint()
+
+
+class MemoryLinkLayer(LinkLayer):
+    """A node's attachment to a `MemoryNetwork`."""
+
+    def __init__(self, network: MemoryNetwork, identity: Identity, host: str) -> None:
+        self.network = network
+        self.identity = identity
+        self.host = host
+
+    async def open_listener(self, address: Address, config: TransportConfig) -> LinkListener:
+        host, port = address
+        if host != self.host:
+            raise OSError(f"cannot bind {host}: this node's host is {self.host}")
+        return MemoryListener(self, (host, port), config)
+
+    async def connect(
+        self, address: Address, expected_node_id: NodeId | None, config: TransportConfig
+    ) -> Link:
+        network = self.network
+        remote_host = address[0]
+        if not network.can_reach(self.host, remote_host):
+            await trio.sleep_forever()  # silence, like a partitioned real network
+        latency = network.latency(self.host, remote_host)
+        await trio.sleep(latency)  # our first handshake message reaches the listener
+        listener = network._listeners.get(address)
+        if listener is None:
+            raise LinkClosed(f"connection refused by {address[0]}:{address[1]}")
+        if expected_node_id is not None and listener.node_id != expected_node_id:
+            await trio.sleep(latency)  # its answer shows who it is
+            raise LinkClosed(
+                f"{address[0]}:{address[1]} is {listener.node_id.short()}, "
+                f"not the expected {expected_node_id.short()}"
+            )
+        to_remote, from_local = trio.open_memory_channel[_Frame](LINK_BUFFER_FRAMES)
+        to_local, from_remote = trio.open_memory_channel[_Frame](LINK_BUFFER_FRAMES)
+        local_address = (self.host, 0)
+        ours = MemoryLink(
+            network,
+            self.host,
+            listener.node_id,
+            address,
+            to_remote,
+            from_remote,
+            config.max_frame_size,
+        )
+        theirs = MemoryLink(
+            network,
+            remote_host,
+            self.identity.node_id,
+            local_address,
+            to_local,
+            from_local,
+            listener.config.max_frame_size,
+        )
+        if not listener._offer(MemoryPendingLink(theirs)):
+            raise LinkClosed(f"{address[0]}:{address[1]} refused the connection (backlog full)")
+        await trio.sleep(latency)  # the rest of the handshake
+        return ours

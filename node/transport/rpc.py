@@ -1,0 +1,555 @@
+"""Request/response RPC over links: the part of the transport both networks share.
+
+`Transport` is one node's endpoint. It listens, dials peers by address and expected
+NodeId, keeps one pooled connection per peer, multiplexes concurrent requests on it by
+request id, and answers inbound requests through an explicit table of handlers keyed
+by message class. It enforces the limits of `TransportConfig` identically over TCP and
+the in-memory network:
+
+| event                                             | what happens                          |
+|---------------------------------------------------|---------------------------------------|
+| inbound connection while at `max_connections`     | closed before the handshake, logged   |
+| handshake longer than `handshake_timeout`         | connection closed, logged             |
+| frame that does not decode as an envelope         | connection closed, logged             |
+| request whose body is malformed                   | answered ERROR BAD_REQUEST            |
+| request of a type we have no handler for          | answered ERROR UNSUPPORTED            |
+| more than `max_inflight_per_peer` requests at once| connection closed, logged             |
+| handler raises RequestRejected / anything else    | ERROR with its code / ERROR INTERNAL  |
+| our request unanswered after its timeout          | RequestTimeout; after                 |
+|                                                   | `max_consecutive_timeouts` in a row   |
+|                                                   | the connection is closed, logged      |
+| nothing in flight for `idle_timeout`              | connection closed                     |
+
+Every cut-off is one log line at WARNING with the peer and the reason; the node goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from node.errors import (
+    ConnectionClosed,
+    ConnectionFailed,
+    MessageTooLarge,
+    RemoteError,
+    RequestRejected,
+    RequestTimeout,
+    TransportError,
+)
+from node.transport.config import TransportConfig
+from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.identity import Identity, NodeId
+from protocol.messages import (
+    Envelope,
+    Error,
+    ErrorCode,
+    Kind,
+    MalformedMessage,
+    Message,
+    Ping,
+    Pong,
+    UnknownMessageType,
+    decode_envelope,
+    encode_envelope,
+)
+
+__all__ = [
+    "Handler",
+    "Peer",
+    "Transport",
+    "TransportStatistics",
+    "open_transport",
+]
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_LIMIT = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The authenticated sender of a request, as handlers see it."""
+
+    node_id: NodeId
+    address: Address
+
+
+Handler = Callable[[Peer, Message], Awaitable[Message]]
+
+
+@dataclass(slots=True)
+class TransportStatistics:
+    """Counters since start (trio's `statistics()` convention)."""
+
+    connections_open: int = 0
+    connections_inbound: int = 0
+    connections_outbound: int = 0
+    connections_refused: int = 0
+    peers_cut_off: int = 0
+    handshakes_failed: int = 0
+    requests_sent: int = 0
+    requests_received: int = 0
+    request_timeouts: int = 0
+    late_responses: int = 0
+    cut_off_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "response")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: Message | None = None
+        self.error: TransportError | None = None
+
+
+class Connection:
+    """One authenticated link and the requests multiplexed on it."""
+
+    def __init__(self, transport: Transport, link: Link) -> None:
+        self.transport = transport
+        self.link = link
+        self.peer = Peer(link.remote_node_id, link.remote_address)
+        self.config = transport.config
+        self._pending: dict[int, _Waiter] = {}
+        self._next_request_id = 0
+        self._outbound_slots = trio.Semaphore(self.config.max_inflight_per_peer)
+        self._inbound_in_flight = 0
+        self._consecutive_timeouts = 0
+        self._last_activity = trio.current_time()
+        self._close_reason: str | None = None
+        self._cancel_scope = trio.CancelScope()
+
+    @property
+    def is_open(self) -> bool:
+        return self._close_reason is None
+
+    # -- outbound ---------------------------------------------------------------------
+
+    async def request(self, message: Message, timeout: float) -> Message:
+        """Send `message` and wait for its answer; ERROR answers raise RemoteError."""
+        waiter = _Waiter()
+        request_id = -1
+        try:
+            with trio.fail_after(timeout):
+                async with self._outbound_slots:
+                    if self._close_reason is not None:
+                        raise ConnectionClosed(self._close_reason)
+                    request_id = self._allocate_request_id()
+                    self._pending[request_id] = waiter
+                    self.transport._statistics.requests_sent += 1
+                    await self._send(Envelope(Kind.REQUEST, request_id, message))
+                    await waiter.event.wait()
+        except trio.TooSlowError:
+            self.transport._statistics.request_timeouts += 1
+            self._consecutive_timeouts += 1
+            if self._consecutive_timeouts >= self.config.max_consecutive_timeouts:
+                await self.close(f"{self._consecutive_timeouts} requests in a row unanswered")
+            raise RequestTimeout(
+                f"{self.peer.node_id.short()} did not answer {type(message).__name__} "
+                f"within {timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+        self._consecutive_timeouts = 0
+        if waiter.error is not None:
+            raise waiter.error
+        response = waiter.response
+        assert response is not None
+        if isinstance(response, Error):
+            raise RemoteError(int(response.code), response.message)
+        return response
+
+    def _allocate_request_id(self) -> int:
+        while True:
+            request_id = self._next_request_id
+            self._next_request_id = (request_id + 1) % REQUEST_ID_LIMIT
+            if request_id not in self._pending:
+                return request_id
+
+    async def _send(self, envelope: Envelope) -> None:
+        try:
+            frame = encode_envelope(envelope)
+        except LocalProtocolError as exc:
+            raise TransportError(f"cannot encode {type(envelope.message).__name__}: {exc}") from exc
+        if len(frame) > self.config.max_frame_size:
+            raise MessageTooLarge(
+                f"{type(envelope.message).__name__} is {len(frame)} bytes, "
+                f"over the {self.config.max_frame_size}-byte frame limit"
+            )
+        self._last_activity = trio.current_time()
+        try:
+            await self.link.send_frame(frame)
+        except LinkClosed as exc:
+            raise ConnectionClosed(exc.reason) from None
+
+    # -- inbound ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read frames until the link closes; then fail whatever still waits on it."""
+        reason = "closed"
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._close_when_idle)
+                    try:
+                        await self._read_loop(nursery)
+                    except LinkClosed as exc:
+                        reason = exc.reason
+                    nursery.cancel_scope.cancel()
+        finally:
+            reason = self._close_reason or reason
+            self._close_reason = reason
+            for waiter in self._pending.values():
+                waiter.error = ConnectionClosed(reason)
+                waiter.event.set()
+            self._pending.clear()
+            self.transport._forget(self)
+            with trio.CancelScope(shield=True):
+                await self.link.aclose()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        max_frame_size = self.config.max_frame_size
+        statistics = self.transport._statistics
+        while True:
+            frame = await self.link.receive_frame()
+            self._last_activity = trio.current_time()
+            try:
+                envelope = decode_envelope(frame, max_size=max_frame_size)
+            except UnknownMessageType as exc:
+                await self._answer_undecodable(exc, ErrorCode.UNSUPPORTED, nursery)
+                continue
+            except MalformedMessage as exc:
+                await self._answer_undecodable(exc, ErrorCode.BAD_REQUEST, nursery)
+                continue
+            except RemoteProtocolError as exc:
+                await self._cut_off(f"malformed frame: {exc}")
+                return
+            if envelope.kind is Kind.REQUEST:
+                if self._inbound_in_flight >= self.config.max_inflight_per_peer:
+                    await self._cut_off(
+                        f"more than {self.config.max_inflight_per_peer} requests in flight"
+                    )
+                    return
+                self._inbound_in_flight += 1
+                statistics.requests_received += 1
+                nursery.start_soon(self._serve, envelope.request_id, envelope.message)
+            else:
+                waiter = self._pending.pop(envelope.request_id, None)
+                if waiter is None:
+                    statistics.late_responses += 1
+                    continue
+                waiter.response = envelope.message
+                waiter.event.set()
+
+    async def _answer_undecodable(
+        self,
+        exc: UnknownMessageType | MalformedMessage,
+        code: ErrorCode,
+        nursery: trio.Nursery,
+    ) -> None:
+        if exc.kind is not Kind.REQUEST or exc.request_id is None:
+            # A response we cannot read fails the request it answers.
+            waiter = self._pending.pop(exc.request_id, None) if exc.request_id is not None else None
+            if waiter is not None:
+                waiter.error = TransportError(f"unreadable response: {exc}")
+                waiter.event.set()
+            return
+        if self._inbound_in_flight >= self.config.max_inflight_per_peer:
+            await self._cut_off(f"more than {self.config.max_inflight_per_peer} requests in flight")
+            return
+        self._inbound_in_flight += 1
+        self.transport._statistics.requests_received += 1
+        nursery.start_soon(self._reply, exc.request_id, Error(code, str(exc)[:1000]))
+
+    async def _serve(self, request_id: int, message: Message) -> None:
+        handler = self.transport._handlers.get(type(message))
+        if handler is None:
+            response: Message = Error(ErrorCode.UNSUPPORTED, f"no handler for {type(message).__name__}")
+        else:
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    response = await handler(self.peer, message)
+            except RequestRejected as exc:
+                response = Error(ErrorCode(exc.code), exc.message[:1000])
+            except trio.TooSlowError:
+                response = Error(ErrorCode.INTERNAL, "handler timed out")
+            except Exception:
+                logger.exception("handler for %s failed", type(message).__name__)
+                response = Error(ErrorCode.INTERNAL, "internal error")
+        await self._reply(request_id, response)
+
+    async def _reply(self, request_id: int, response: Message) -> None:
+        try:
+            try:
+                await self._send(Envelope(Kind.RESPONSE, request_id, response))
+            except (MessageTooLarge, TransportError) as exc:
+                if isinstance(exc, ConnectionClosed):
+                    raise
+                logger.error("cannot send response: %s", exc)
+                await self._send(Envelope(Kind.RESPONSE, request_id, Error(ErrorCode.INTERNAL, "response too large")))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._inbound_in_flight -= 1
+
+    async def _close_when_idle(self) -> None:
+        idle_timeout = self.config.idle_timeout
+        while True:
+            deadline = self._last_activity + idle_timeout
+            if trio.current_time() >= deadline:
+                if not self._pending and not self._inbound_in_flight:
+                    await self.close("idle")
+                    return
+                deadline = trio.current_time() + idle_timeout
+            await trio.sleep_until(deadline)
+
+    async def _cut_off(self, reason: str) -> None:
+        statistics = self.transport._statistics
+        statistics.peers_cut_off += 1
+        key = reason.split(":")[0]
+        statistics.cut_off_reasons[key] = statistics.cut_off_reasons.get(key, 0) + 1
+        logger.warning(
+            "cutting off %s at %s:%s: %s", self.peer.node_id.short(), *self.peer.address, reason
+        )
+        await self.close(reason)
+
+    async def close(self, reason: str) -> None:
+        """Close the connection; requests waiting on it fail with ConnectionClosed."""
+        if self._close_reason is None:
+            self._close_reason = reason
+        self._cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self.link.aclose()
+
+
+class Transport:
+    """A node's RPC endpoint over one link layer (TCP or in-memory)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        link_layer: LinkLayer,
+        *,
+        listen_address: Address | None = None,
+        config: TransportConfig | None = None,
+        handlers: Mapping[type[Message], Handler] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.config = config or TransportConfig()
+        self._link_layer = link_layer
+        self._listen_address = listen_address
+        self.address: Address | None = None
+        self._handlers: dict[type[Message], Handler] = {Ping: self.handle_ping}
+        self._handlers.update(handlers or {})
+        self._connections: dict[NodeId, Connection] = {}
+        self._dialing: dict[NodeId, trio.Event] = {}
+        self._slots_in_use = 0
+        self._statistics = TransportStatistics()
+        self._nursery: trio.Nursery | None = None
+        self._ping_count = 0
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Address | None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen (if given an address) and serve until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                if self._listen_address is not None:
+                    listener = await self._link_layer.open_listener(self._listen_address, self.config)
+                    self.address = listener.address
+                    nursery.start_soon(self._accept_loop, listener)
+                task_status.started(self.address)
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def add_handler(self, message_type: type[Message], handler: Handler) -> None:
+        """Answer requests of `message_type` with `handler` (replaces any earlier one)."""
+        self._handlers[message_type] = handler
+
+    def statistics(self) -> TransportStatistics:
+        self._statistics.connections_open = len(self._connections)
+        return self._statistics
+
+    def connected_peers(self) -> list[Peer]:
+        return [connection.peer for connection in self._connections.values()]
+
+    # -- outbound ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        address: Address,
+        message: Message,
+        *,
+        node_id: NodeId | None = None,
+        timeout: float | None = None,
+    ) -> Message:
+        """Send `message` to the node at `address` (which must be `node_id`, if given)
+        and return its answer. Dialling counts against the timeout."""
+        timeout = self.config.request_timeout if timeout is None else timeout
+        deadline = trio.current_time() + timeout
+        connection = await self._connection_to(address, node_id, deadline)
+        return await connection.request(message, max(0.0, deadline - trio.current_time()))
+
+    async def ping(self, address: Address, *, node_id: NodeId | None = None) -> tuple[NodeId, float]:
+        """Ping the node at `address`: its NodeId and the round trip time in seconds
+        (dialling excluded)."""
+        connection = await self._connection_to(
+            address, node_id, trio.current_time() + self.config.request_timeout
+        )
+        self._ping_count += 1
+        nonce = self._ping_count.to_bytes(8, "big")
+        started = trio.current_time()
+        pong = await connection.request(Ping(nonce), self.config.request_timeout)
+        if not isinstance(pong, Pong) or pong.nonce != nonce:
+            raise TransportError(f"{connection.peer.node_id.short()} answered PING wrongly")
+        return connection.peer.node_id, trio.current_time() - started
+
+    async def handle_ping(self, peer: Peer, message: Message) -> Message:
+        assert isinstance(message, Ping)
+        return Pong(message.nonce)
+
+    async def _connection_to(
+        self, address: Address, node_id: NodeId | None, deadline: float
+    ) -> Connection:
+        while node_id is not None:
+            connection = self._connections.get(node_id)
+            if connection is not None and connection.is_open:
+                return connection
+            dialing = self._dialing.get(node_id)
+            if dialing is None:
+                break
+            with trio.move_on_at(deadline):
+                await dialing.wait()
+            if trio.current_time() >= deadline:
+                raise RequestTimeout(f"dialling {node_id.short()} took too long")
+        return await self._dial(address, node_id, deadline)
+
+    async def _dial(self, address: Address, node_id: NodeId | None, deadline: float) -> Connection:
+        nursery = self._nursery
+        if nursery is None:
+            raise TransportError("the transport is not running")
+        if self._slots_in_use >= self.config.max_connections:
+            raise ConnectionFailed(f"connection limit ({self.config.max_connections}) reached")
+        done = trio.Event()
+        if node_id is not None:
+            self._dialing[node_id] = done
+        self._slots_in_use += 1
+        registered = False
+        try:
+            with trio.move_on_at(min(deadline, trio.current_time() + self.config.handshake_timeout)):
+                try:
+                    link = await self._link_layer.connect(address, node_id, self.config)
+                except LinkClosed as exc:
+                    raise ConnectionFailed(exc.reason) from None
+                connection = self._register(link, nursery)
+                registered = True
+                self._statistics.connections_outbound += 1
+                return connection
+            raise ConnectionFailed(f"no handshake with {address[0]}:{address[1]} in time")
+        finally:
+            if not registered:
+                self._slots_in_use -= 1
+            if node_id is not None and self._dialing.get(node_id) is done:
+                del self._dialing[node_id]
+            done.set()
+
+    # -- inbound ----------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: LinkListener) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        try:
+            while True:
+                try:
+                    pending = await listener.accept()
+                except trio.ClosedResourceError:
+                    return
+                if self._slots_in_use >= self.config.max_connections:
+                    self._statistics.connections_refused += 1
+                    logger.warning(
+                        "refusing %s:%s: connection limit (%d) reached",
+                        *pending.remote_address,
+                        self.config.max_connections,
+                    )
+                    await pending.aclose()
+                    continue
+                self._slots_in_use += 1
+                nursery.start_soon(self._handshake_inbound, pending, nursery)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    async def _handshake_inbound(self, pending: PendingLink, nursery: trio.Nursery) -> None:
+        registered = False
+        try:
+            with trio.move_on_after(self.config.handshake_timeout) as scope:
+                try:
+                    link = await pending.handshake()
+                except LinkClosed as exc:
+                    self._statistics.handshakes_failed += 1
+                    logger.warning(
+                        "cutting off %s:%s: %s", *pending.remote_address, exc.reason
+                    )
+                    return
+            if scope.cancelled_caught:
+                self._statistics.handshakes_failed += 1
+                self._statistics.peers_cut_off += 1
+                logger.warning(
+                    "cutting off %s:%s: no handshake within %g s",
+                    *pending.remote_address,
+                    self.config.handshake_timeout,
+                )
+                await pending.aclose()
+                return
+            self._register(link, nursery)
+            registered = True
+            self._statistics.connections_inbound += 1
+        finally:
+            if not registered:
+                self._slots_in_use -= 1
+
+    # -- the pool ---------------------------------------------------------------------
+
+    def _register(self, link: Link, nursery: trio.Nursery) -> Connection:
+        connection = Connection(self, link)
+        # The newest connection to a peer serves new requests; an older one finishes
+        # what it carries and closes when idle.
+        self._connections[link.remote_node_id] = connection
+        nursery.start_soon(connection.run)
+        return connection
+
+    def _forget(self, connection: Connection) -> None:
+        self._slots_in_use -= 1
+        if self._connections.get(connection.peer.node_id) is connection:
+            del self._connections[connection.peer.node_id]
+
+
+@asynccontextmanager
+async def open_transport(
+    identity: Identity,
+    link_layer: LinkLayer,
+    *,
+    listen_address: Address | None = None,
+    config: TransportConfig | None = None,
+    handlers: Mapping[type[Message], Handler] | None = None,
+) -> AsyncIterator[Transport]:
+    """Run a Transport for the duration of the block."""
+    transport = Transport(
+        identity, link_layer, listen_address=listen_address, config=config, handlers=handlers
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        try:
+            yield transport
+        finally:
+            nursery.cancel_scope.cancel()
