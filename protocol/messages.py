@@ -1,0 +1,830 @@
+"""Every Freehold RPC message, and the strict msgpack codec that frames it.
+
+What this module is for: two nodes must agree byte for byte on what a PING, a
+FIND_NODE or an ERROR looks like. Each message is a frozen dataclass whose fields carry
+their limits as `typing.Annotated` constraints; `@message(type_code=...)` registers it in
+an explicit table keyed by type code. A frame on the wire is the msgpack array
+`[version, kind, request_id, type_code, body]` (docs/PROTOCOL.md#messages).
+
+What it promises:
+
+- `decode_envelope` raises `RemoteProtocolError` (or a subclass) and nothing else for
+  any input, however malformed: wrong types (a bool is not an int, a str is not bytes),
+  wrong array lengths, values out of range, maps, extension types, trailing bytes.
+  msgpack's length limits are set so that a small frame that claims a huge length
+  cannot make us allocate much: bin and str never exceed the frame itself, arrays and
+  maps never exceed the longest array the table's schemas declare (at least 64).
+- Whatever `decode_envelope` returns satisfies every declared constraint, and
+  `encode_envelope` refuses (`LocalProtocolError`) any message that does not: what one
+  node encodes, every node decodes.
+- A well-formed header with an unknown type code raises `UnknownMessageType`, and a bad
+  body behind a well-formed header raises `MalformedMessage`; both carry the kind and
+  the request id, so the RPC layer can answer ERROR(UNSUPPORTED) or
+  ERROR(BAD_REQUEST) instead of dropping the connection.
+- Dispatch goes through the table: no name read off the wire is ever looked up.
+- Sans-I/O: pure functions over bytes, no clock, no randomness, no sockets.
+
+Adding an RPC is a few lines::
+
+    @message(type_code=4)
+    @dataclass(frozen=True, slots=True)
+    class FindNode(Message):
+        target: Annotated[bytes, Bytes(exact_len=32)]
+
+A field without a constraint (`bytes`, `str`, `int`, `tuple[...]`) is refused when the
+class is decorated, so nobody forgets a limit. `bool`, `IntEnum` and nested frozen
+dataclasses bound themselves and need none. Schemas are compiled into plain closures at
+decoration time, so encoding and decoding do no reflection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, TypeVar
+
+import msgpack
+
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_REQUEST_ID",
+    "MAX_TYPE_CODE",
+    "MESSAGES",
+    "PROTOCOL_VERSION",
+    "Bytes",
+    "EnumValue",
+    "Envelope",
+    "Error",
+    "ErrorCode",
+    "Int",
+    "Items",
+    "Kind",
+    "MalformedMessage",
+    "Message",
+    "MessageTable",
+    "Ping",
+    "Pong",
+    "Text",
+    "UnknownMessageType",
+    "decode_envelope",
+    "encode_envelope",
+    "message",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""The first element of every frame. A frame with any other version is refused."""
+
+MAX_REQUEST_ID: Final = 2**32 - 1
+"""Request ids are uint32."""
+
+MAX_TYPE_CODE: Final = 2**16 - 1
+"""Type codes are 1..65535; 0 is reserved."""
+
+DEFAULT_MAX_FRAME_SIZE: Final = 4 * 1024 * 1024 + 64 * 1024
+"""Largest encoded frame accepted by default: one whole 4 MiB segment (a chunk at k=1,
+the largest a chunk can be with the default segment size) plus 64 KiB for the envelope
+and the other fields of the message that carries it."""
+
+_MAX_UINT32: Final = 2**32 - 1
+# msgpack can carry integers in [-2**63, 2**64 - 1] and lengths up to 2**32 - 1.
+_MSGPACK_MIN_INT: Final = -(2**63)
+_MSGPACK_MAX_INT: Final = 2**64 - 1
+_MSGPACK_MAX_LEN: Final = 2**32 - 1
+_ENVELOPE_LENGTH: Final = 5
+# msgpack allocates an array or map for its declared length before reading a single
+# element, so their limit is what stops a small frame of nested "2**32 elements" headers
+# from asking for gigabytes. A table allows the longest array its schemas declare, and at
+# least this many, so that a body or envelope with a few extra elements still reaches
+# the schema and gets a precise error. msgpack nests at most 1024 deep: a frame can
+# reserve at most 1024 * limit pointers it has not paid for in bytes.
+_MIN_ARRAY_LIMIT: Final = 64
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class MalformedMessage(RemoteProtocolError):
+    """The frame's header was readable but its message was not.
+
+    `kind` and `request_id` come from the header, so a request can still be answered
+    with ERROR(BAD_REQUEST).
+    """
+
+    def __init__(self, reason: str, *, kind: Kind, request_id: int) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.request_id = request_id
+
+
+class UnknownMessageType(RemoteProtocolError):
+    """A well-formed frame carried a type code this node does not know.
+
+    `kind` and `request_id` come from the header, so a request can be answered with
+    ERROR(UNSUPPORTED) and the connection kept.
+    """
+
+    def __init__(self, reason: str, *, kind: Kind, request_id: int, type_code: int) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.request_id = request_id
+        self.type_code = type_code
+
+
+class _Invalid(Exception):
+    """A value broke its schema; `path` grows (`.field`, `[3]`) as the error unwinds."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = ""
+
+    def within(self, segment: str) -> _Invalid:
+        self.path = segment + self.path
+        return self
+
+
+# ---------------------------------------------------------------------- constraints
+
+
+def _check_bounds(owner: str, low: int, high: int, ceiling: int) -> None:
+    if type(low) is not int or type(high) is not int:
+        raise LocalProtocolError(f"{owner}: bounds must be ints")
+    if not 0 <= low <= high <= ceiling:
+        raise LocalProtocolError(f"{owner}: need 0 <= {low} <= {high} <= {ceiling}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bytes:
+    """A `bytes` field (msgpack bin): give `max_len` (with an optional `min_len`) or
+    `exact_len`."""
+
+    max_len: int | None = None
+    min_len: int = 0
+    exact_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.exact_len is not None:
+            if self.max_len is not None or self.min_len != 0:
+                raise LocalProtocolError("Bytes: exact_len excludes min_len and max_len")
+            _check_bounds("Bytes", self.exact_len, self.exact_len, _MSGPACK_MAX_LEN)
+        elif self.max_len is None:
+            raise LocalProtocolError("Bytes: give max_len or exact_len")
+        else:
+            _check_bounds("Bytes", self.min_len, self.max_len, _MSGPACK_MAX_LEN)
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """The allowed length as (least, most)."""
+        if self.exact_len is not None:
+            return self.exact_len, self.exact_len
+        assert self.max_len is not None
+        return self.min_len, self.max_len
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Text:
+    """A `str` field (msgpack str); the lengths count bytes of its UTF-8 encoding."""
+
+    max_len: int
+    min_len: int = 0
+
+    def __post_init__(self) -> None:
+        _check_bounds("Text", self.min_len, self.max_len, _MSGPACK_MAX_LEN)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Int:
+    """An `int` field, `min <= value <= max` (both required, within msgpack's range)."""
+
+    min: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if type(self.min) is not int or type(self.max) is not int:
+            raise LocalProtocolError("Int: min and max must be ints")
+        if not _MSGPACK_MIN_INT <= self.min <= self.max <= _MSGPACK_MAX_INT:
+            raise LocalProtocolError(
+                f"Int: need {_MSGPACK_MIN_INT} <= {self.min} <= {self.max} <= {_MSGPACK_MAX_INT}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Items:
+    """A `tuple[X, ...]` field (msgpack array) of `min_items..max_items` elements."""
+
+    max_items: int
+    min_items: int = 0
+
+    def __post_init__(self) -> None:
+        _check_bounds("Items", self.min_items, self.max_items, _MSGPACK_MAX_LEN)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnumValue:
+    """An `IntEnum` field that decodes values it does not know to `fallback`.
+
+    A bare `IntEnum` field refuses unknown values. Use this where newer peers may send
+    new values that older ones should still accept, as with `ErrorCode`.
+    """
+
+    fallback: enum.IntEnum
+
+
+_CONSTRAINTS: Final = (Bytes, Text, Int, Items, EnumValue)
+_Constraint = Bytes | Text | Int | Items | EnumValue
+
+
+# ---------------------------------------------------------------- compiled schemas
+
+_Check = Callable[[Any], Any]
+_Namer = Callable[[object], str]
+
+# Names of the types msgpack decodes to, for error messages about peer input.
+_WIRE_NAMES: Final[Mapping[type, str]] = {
+    tuple: "array",
+    dict: "map",
+    type(None): "nil",
+    bytes: "bytes",
+    str: "str",
+    int: "int",
+    bool: "bool",
+    float: "float",
+}
+
+
+def _wire_name(value: object) -> str:
+    return _WIRE_NAMES.get(type(value), "ext")
+
+
+def _python_name(value: object) -> str:
+    return type(value).__qualname__
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    """One schema node compiled twice: wire value -> Python, and Python -> wire value."""
+
+    decode: _Check
+    encode: _Check
+    max_array: int  # the longest array (struct or items) this schema node contains
+
+
+def _leaf(make: Callable[[_Namer], _Check]) -> _Codec:
+    """A codec whose check is the same both ways: a leaf passes valid values through."""
+    return _Codec(make(_wire_name), make(_python_name), 0)
+
+
+def _bytes_codec(low: int, high: int) -> _Codec:
+    def make(name_of: _Namer) -> _Check:
+        if low == high:
+
+            def check_exact(value: Any) -> Any:
+                if type(value) is not bytes:
+                    raise _Invalid(f"expected bytes, got {name_of(value)}")
+                if len(value) != low:
+                    raise _Invalid(f"{len(value)} bytes, exactly {low} required")
+                return value
+
+            return check_exact
+
+        def check(value: Any) -> Any:
+            if type(value) is not bytes:
+                raise _Invalid(f"expected bytes, got {name_of(value)}")
+            size = len(value)
+            if size > high:
+                raise _Invalid(f"{size} bytes, at most {high} allowed")
+            if size < low:
+                raise _Invalid(f"{size} bytes, at least {low} required")
+            return value
+
+        return check
+
+    return _leaf(make)
+
+
+def _text_codec(low: int, high: int) -> _Codec:
+    def make(name_of: _Namer) -> _Check:
+        def check(value: Any) -> Any:
+            if type(value) is not str:
+                raise _Invalid(f"expected str, got {name_of(value)}")
+            if value.isascii():
+                size = len(value)
+            else:
+                try:
+                    size = len(value.encode("utf-8"))
+                except UnicodeEncodeError:
+                    raise _Invalid("not encodable as UTF-8 (lone surrogate)") from None
+            if size > high:
+                raise _Invalid(f"{size} bytes of UTF-8, at most {high} allowed")
+            if size < low:
+                raise _Invalid(f"{size} bytes of UTF-8, at least {low} required")
+            return value
+
+        return check
+
+    return _leaf(make)
+
+
+def _int_codec(low: int, high: int) -> _Codec:
+    def make(name_of: _Namer) -> _Check:
+        def check(value: Any) -> Any:
+            if type(value) is not int:
+                raise _Invalid(f"expected int, got {name_of(value)}")
+            if not low <= value <= high:
+                raise _Invalid(f"{value} is outside {low}..{high}")
+            return value
+
+        return check
+
+    return _leaf(make)
+
+
+def _bool_codec() -> _Codec:
+    def make(name_of: _Namer) -> _Check:
+        def check(value: Any) -> Any:
+            if type(value) is not bool:
+                raise _Invalid(f"expected bool, got {name_of(value)}")
+            return value
+
+        return check
+
+    return _leaf(make)
+
+
+def _enum_codec(enum_type: type[enum.IntEnum], fallback: enum.IntEnum | None) -> _Codec:
+    members = {int(member): member for member in enum_type}
+    enum_name = enum_type.__qualname__
+
+    def decode(value: Any) -> Any:
+        if type(value) is not int:
+            raise _Invalid(f"expected int, got {_wire_name(value)}")
+        member = members.get(value)
+        if member is not None:
+            return member
+        if fallback is not None and 0 <= value <= _MAX_UINT32:
+            return fallback
+        raise _Invalid(f"unknown {enum_name} value {value}")
+
+    def encode(value: Any) -> Any:
+        # msgpack packs an IntEnum member as the plain integer.
+        if type(value) is not enum_type:
+            raise _Invalid(f"expected {enum_name}, got {_python_name(value)}")
+        return value
+
+    return _Codec(decode, encode, 0)
+
+
+def _optional_codec(inner: _Codec) -> _Codec:
+    inner_decode, inner_encode = inner.decode, inner.encode
+
+    def decode(value: Any) -> Any:
+        return None if value is None else inner_decode(value)
+
+    def encode(value: Any) -> Any:
+        return None if value is None else inner_encode(value)
+
+    return _Codec(decode, encode, inner.max_array)
+
+
+def _items_codec(inner: _Codec, low: int, high: int) -> _Codec:
+    inner_decode, inner_encode = inner.decode, inner.encode
+
+    def counted(value: Any, name_of: _Namer) -> None:
+        if type(value) is not tuple:
+            expected = "an array" if name_of is _wire_name else "a tuple"
+            raise _Invalid(f"expected {expected}, got {name_of(value)}")
+        if len(value) > high:
+            raise _Invalid(f"{len(value)} items, at most {high} allowed")
+        if len(value) < low:
+            raise _Invalid(f"{len(value)} items, at least {low} required")
+
+    def decode(value: Any) -> Any:
+        counted(value, _wire_name)
+        out = []
+        for index, item in enumerate(value):
+            try:
+                out.append(inner_decode(item))
+            except _Invalid as exc:
+                raise exc.within(f"[{index}]") from None
+        return tuple(out)
+
+    def encode(value: Any) -> Any:
+        counted(value, _python_name)
+        out = []
+        for index, item in enumerate(value):
+            try:
+                out.append(inner_encode(item))
+            except _Invalid as exc:
+                raise exc.within(f"[{index}]") from None
+        return out
+
+    return _Codec(decode, encode, max(inner.max_array, high))
+
+
+# One compiled codec per struct class, shared by every table and every enclosing struct.
+_STRUCT_CODECS: dict[type, _Codec] = {}
+
+
+def _struct_codec(cls: type, building: frozenset[type]) -> _Codec:
+    cached = _STRUCT_CODECS.get(cls)
+    if cached is not None:
+        return cached
+    name = cls.__qualname__
+    if cls in building:
+        raise LocalProtocolError(f"{name}: a struct may not contain itself")
+    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        raise LocalProtocolError(f"{name}: messages and their parts must be frozen dataclasses")
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except Exception as exc:  # NameError, TypeError...: whatever stops resolution
+        raise LocalProtocolError(f"{name}: cannot resolve field annotations: {exc}") from exc
+    fields = dataclasses.fields(cls)
+    field_names = {field.name for field in fields}
+    for hint_name, hint in hints.items():
+        if hint_name not in field_names and typing.get_origin(hint) is not typing.ClassVar:
+            raise LocalProtocolError(f"{name}.{hint_name}: only plain dataclass fields allowed")
+    compiled: list[tuple[str, _Codec]] = []
+    for field in fields:
+        if not field.init or field.kw_only is True:
+            raise LocalProtocolError(f"{name}.{field.name}: fields must be positional in __init__")
+        compiled.append(
+            (field.name, _codec_for(hints[field.name], f"{name}.{field.name}", building | {cls}))
+        )
+    codec = _compile_struct(cls, compiled)
+    _STRUCT_CODECS[cls] = codec
+    return codec
+
+
+def _compile_struct(cls: type, compiled: list[tuple[str, _Codec]]) -> _Codec:
+    count = len(compiled)
+    decoders = tuple((name, codec.decode) for name, codec in compiled)
+    encoders = tuple((name, codec.encode) for name, codec in compiled)
+    expected = f"an array of {count} field{'' if count == 1 else 's'}"
+    max_array = max([count] + [codec.max_array for _, codec in compiled])
+
+    def decode(value: Any) -> Any:
+        if type(value) is not tuple:
+            raise _Invalid(f"expected {expected}, got {_wire_name(value)}")
+        if len(value) != count:
+            raise _Invalid(f"expected {expected}, got {len(value)}")
+        args = []
+        for (name, decode_field), item in zip(decoders, value, strict=True):
+            try:
+                args.append(decode_field(item))
+            except _Invalid as exc:
+                raise exc.within(f".{name}") from None
+        try:
+            return cls(*args)
+        except (ValueError, TypeError) as exc:  # a __post_init__ that checks invariants
+            raise _Invalid(str(exc)) from None
+
+    def encode(value: Any) -> Any:
+        if type(value) is not cls:
+            raise _Invalid(f"expected {cls.__qualname__}, got {_python_name(value)}")
+        out = []
+        for name, encode_field in encoders:
+            try:
+                out.append(encode_field(getattr(value, name)))
+            except _Invalid as exc:
+                raise exc.within(f".{name}") from None
+        return out
+
+    return _Codec(decode, encode, max_array)
+
+
+def _constraint_of(hint: Any, where: str) -> tuple[Any, _Constraint | None]:
+    """Split `Annotated[base, constraint]` into its base type and our one constraint."""
+    if typing.get_origin(hint) is not Annotated:
+        return hint, None
+    ours = [item for item in hint.__metadata__ if isinstance(item, _CONSTRAINTS)]
+    if len(ours) > 1:
+        raise LocalProtocolError(f"{where}: more than one constraint")
+    return hint.__origin__, (ours[0] if ours else None)
+
+
+def _codec_for(hint: Any, where: str, building: frozenset[type]) -> _Codec:
+    """Compile one field type; `where` names the field in errors ("Ping.nonce")."""
+    base, constraint = _constraint_of(hint, where)
+    origin = typing.get_origin(base)
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(base)
+        present = [arg for arg in args if arg is not type(None)]
+        if len(present) != 1 or len(args) != 2:
+            raise LocalProtocolError(f"{where}: the only union allowed is X | None")
+        inner = present[0] if constraint is None else Annotated[present[0], constraint]
+        return _optional_codec(_codec_for(inner, where, building))
+
+    base_name = getattr(origin or base, "__name__", repr(base))
+
+    def need(kind: type) -> Any:
+        if not isinstance(constraint, kind):
+            found = "none" if constraint is None else f"{type(constraint).__name__}(...)"
+            raise LocalProtocolError(
+                f"{where}: a {base_name} field must carry a {kind.__name__}(...) constraint, "
+                f"found {found}"
+            )
+        return constraint
+
+    def refuse_constraint() -> None:
+        if constraint is not None:
+            raise LocalProtocolError(
+                f"{where}: {type(constraint).__name__}(...) does not apply to a {base_name} field"
+            )
+
+    if base is bytes:
+        return _bytes_codec(*need(Bytes).bounds)
+    if base is str:
+        text: Text = need(Text)
+        return _text_codec(text.min_len, text.max_len)
+    if base is bool:
+        refuse_constraint()
+        return _bool_codec()
+    if base is int:
+        bounds: Int = need(Int)
+        return _int_codec(bounds.min, bounds.max)
+    if isinstance(base, type) and issubclass(base, enum.IntEnum):
+        for member in base:
+            if not 0 <= member <= _MAX_UINT32:
+                raise LocalProtocolError(f"{where}: {member!r} is not a uint32")
+        if constraint is None:
+            return _enum_codec(base, None)
+        fallback: EnumValue = need(EnumValue)
+        if type(fallback.fallback) is not base:
+            raise LocalProtocolError(f"{where}: fallback must be a member of {base!r}")
+        return _enum_codec(base, fallback.fallback)
+    if origin is tuple:
+        args = typing.get_args(base)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise LocalProtocolError(f"{where}: only tuple[X, ...] is allowed")
+        items: Items = need(Items)
+        inner = _codec_for(args[0], f"{where}[]", building)
+        return _items_codec(inner, items.min_items, items.max_items)
+    if isinstance(base, type) and dataclasses.is_dataclass(base):
+        refuse_constraint()
+        return _struct_codec(base, building)
+    unsupported = base_name if origin is None else repr(base)
+    raise LocalProtocolError(f"{where}: unsupported field type {unsupported}")
+
+
+# ------------------------------------------------------------------ messages, table
+
+
+class Kind(enum.IntEnum):
+    """Whether a frame asks (REQUEST) or answers (RESPONSE, same request id)."""
+
+    REQUEST = 0
+    RESPONSE = 1
+
+
+_KINDS: Final[Mapping[int, Kind]] = {int(kind): kind for kind in Kind}
+
+
+class Message:
+    """Base class of every registered message; subclasses are frozen dataclasses."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One frame: a message, whether it is a request or a response, and its request id."""
+
+    kind: Kind
+    request_id: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    type_code: int
+    name: str
+    decode: _Check
+    encode: _Check
+
+
+_MessageT = TypeVar("_MessageT", bound=Message)
+
+
+class MessageTable:
+    """The explicit type code <-> message class table that frames are dispatched by.
+
+    `MESSAGES` is the protocol's table; tests build their own so that their messages
+    stay out of it.
+    """
+
+    def __init__(self) -> None:
+        self._by_code: dict[int, _Entry] = {}
+        self._by_class: dict[type, _Entry] = {}
+        self._classes: dict[int, type[Message]] = {}
+        self._max_array = _MIN_ARRAY_LIMIT
+
+    def register(self, cls: type[_MessageT], *, type_code: int) -> type[_MessageT]:
+        """Compile `cls`'s schema and give it `type_code`; raises LocalProtocolError."""
+        name = getattr(cls, "__qualname__", repr(cls))
+        if type(type_code) is not int or not 1 <= type_code <= MAX_TYPE_CODE:
+            raise LocalProtocolError(f"{name}: type code must be an int in 1..{MAX_TYPE_CODE}")
+        if not isinstance(cls, type) or not issubclass(cls, Message):
+            raise LocalProtocolError(f"{name}: a message must subclass Message")
+        if type_code in self._by_code:
+            taken = self._by_code[type_code].name
+            raise LocalProtocolError(f"{name}: type code {type_code} is taken by {taken}")
+        if cls in self._by_class:
+            raise LocalProtocolError(f"{name}: already registered")
+        codec = _struct_codec(cls, frozenset())
+        entry = _Entry(type_code, name, codec.decode, codec.encode)
+        self._by_code[type_code] = entry
+        self._by_class[cls] = entry
+        self._classes[type_code] = cls
+        self._max_array = max(self._max_array, codec.max_array)
+        return cls
+
+    def message_types(self) -> Mapping[int, type[Message]]:
+        """A read-only live view: type code -> message class."""
+        return types.MappingProxyType(self._classes)
+
+    def type_code(self, cls: type[Message]) -> int:
+        """The type code of a registered class; raises LocalProtocolError otherwise."""
+        entry = self._by_class.get(cls)
+        if entry is None:
+            raise LocalProtocolError(f"{cls.__qualname__} is not a registered message")
+        return entry.type_code
+
+
+MESSAGES: Final = MessageTable()
+"""The protocol's message table; `@message` registers here unless told otherwise."""
+
+
+def message(
+    *, type_code: int, table: MessageTable = MESSAGES
+) -> Callable[[type[_MessageT]], type[_MessageT]]:
+    """Class decorator: register a frozen dataclass message under `type_code`."""
+
+    def register(cls: type[_MessageT]) -> type[_MessageT]:
+        return table.register(cls, type_code=type_code)
+
+    return register
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a request failed. Codes this node does not know decode to UNKNOWN."""
+
+    UNKNOWN = 0
+    BAD_REQUEST = 1
+    UNSUPPORTED = 2
+    BUSY = 3
+    INTERNAL = 4
+    NOT_FOUND = 5
+    TOO_LARGE = 6
+    REFUSED = 7
+
+
+@message(type_code=1)
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Are you there? The peer answers PONG with the same nonce."""
+
+    nonce: Annotated[bytes, Bytes(max_len=32)]
+
+
+@message(type_code=2)
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    """Answer to PING, echoing its nonce."""
+
+    nonce: Annotated[bytes, Bytes(max_len=32)]
+
+
+@message(type_code=3)
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A request failed; the answer to any request type."""
+
+    code: Annotated[ErrorCode, EnumValue(fallback=ErrorCode.UNKNOWN)]
+    message: Annotated[str, Text(max_len=1024)]
+
+
+# -------------------------------------------------------------------------- codec
+
+
+def _refuse_extension(code: int, data: bytes) -> object:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def encode_envelope(
+    envelope: Envelope,
+    *,
+    max_size: int = DEFAULT_MAX_FRAME_SIZE,
+    table: MessageTable = MESSAGES,
+) -> bytes:
+    """Encode one frame; raises LocalProtocolError if it breaks any constraint."""
+    message = envelope.message
+    entry = table._by_class.get(type(message))
+    if entry is None:
+        raise LocalProtocolError(f"{type(message).__qualname__} is not a registered message")
+    kind = envelope.kind
+    if type(kind) is not Kind:
+        raise LocalProtocolError(f"envelope kind: expected Kind, got {_python_name(kind)}")
+    request_id = envelope.request_id
+    if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+        raise LocalProtocolError(f"request id: {request_id!r} is not a uint32")
+    try:
+        body = entry.encode(message)
+    except _Invalid as exc:
+        raise LocalProtocolError(f"{entry.name}{exc.path}: {exc.reason}") from None
+    data: bytes = msgpack.packb((PROTOCOL_VERSION, kind, request_id, entry.type_code, body))
+    if len(data) > max_size:
+        raise LocalProtocolError(
+            f"{entry.name}: frame of {len(data)} bytes, at most {max_size} allowed"
+        )
+    return data
+
+
+def decode_envelope(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_FRAME_SIZE,
+    table: MessageTable = MESSAGES,
+) -> Envelope:
+    """Decode exactly one frame; raises RemoteProtocolError (or a subclass) if malformed."""
+    size = data.nbytes if type(data) is memoryview else len(data)
+    if size > max_size:
+        raise RemoteProtocolError(f"frame of {size} bytes, at most {max_size} allowed")
+    max_array = min(table._max_array, size)
+    try:
+        # bin and str are only materialised once all their bytes are in the frame, so
+        # the frame's own size bounds them; the field checks below then report the
+        # precise limit. Arrays and maps are allocated up front: see _MIN_ARRAY_LIMIT.
+        frame = msgpack.unpackb(
+            data,
+            use_list=False,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_extension,
+            max_bin_len=size,
+            max_str_len=size,
+            max_array_len=max_array,
+            max_map_len=max_array,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise RemoteProtocolError("trailing bytes after the envelope") from None
+    except msgpack.StackError:
+        raise RemoteProtocolError("malformed msgpack: nested too deeply") from None
+    except msgpack.FormatError:
+        raise RemoteProtocolError("malformed msgpack: reserved type byte 0xc1") from None
+    except Exception as exc:
+        # Only msgpack's parser runs here (no hooks of ours but the one above), and the
+        # bytes are the peer's: any failure at all is the peer's malformed input.
+        raise RemoteProtocolError(f"malformed msgpack: {exc or type(exc).__name__}") from None
+    if type(frame) is not tuple:
+        raise RemoteProtocolError(f"envelope: expected an array, got {_wire_name(frame)}")
+    if not frame:
+        raise RemoteProtocolError("envelope: empty array")
+    version = frame[0]
+    if type(version) is not int:
+        raise RemoteProtocolError(f"envelope version: expected int, got {_wire_name(version)}")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"unsupported protocol version {version}, this node speaks {PROTOCOL_VERSION}"
+        )
+    if len(frame) != _ENVELOPE_LENGTH:
+        raise RemoteProtocolError(
+            f"envelope: expected {_ENVELOPE_LENGTH} elements, got {len(frame)}"
+        )
+    _, kind_value, request_id, type_code, body = frame
+    if type(kind_value) is not int:
+        raise RemoteProtocolError(f"envelope kind: expected int, got {_wire_name(kind_value)}")
+    kind = _KINDS.get(kind_value)
+    if kind is None:
+        raise RemoteProtocolError(f"unknown envelope kind {kind_value}")
+    if type(request_id) is not int:
+        raise RemoteProtocolError(f"request id: expected int, got {_wire_name(request_id)}")
+    if not 0 <= request_id <= MAX_REQUEST_ID:
+        raise RemoteProtocolError(f"request id {request_id} is not a uint32")
+    if type(type_code) is not int:
+        raise MalformedMessage(
+            f"type code: expected int, got {_wire_name(type_code)}",
+            kind=kind,
+            request_id=request_id,
+        )
+    entry = table._by_code.get(type_code)
+    if entry is None:
+        raise UnknownMessageType(
+            f"unknown message type {type_code}",
+            kind=kind,
+            request_id=request_id,
+            type_code=type_code,
+        )
+    try:
+        decoded = entry.decode(body)
+    except _Invalid as exc:
+        raise MalformedMessage(
+            f"{entry.name}{exc.path}: {exc.reason}", kind=kind, request_id=request_id
+        ) from None
+    return Envelope(kind, request_id, decoded)
