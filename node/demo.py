@@ -35,7 +35,8 @@ async def run_demo(pings: int) -> None:
         # fails unless the peer proves it holds that identity's key.
         await alice.ping(bob.address, node_id=bob.node_id)
         await bob.ping(alice.address, node_id=alice.node_id)
-        print(f"handshakes (Noise XX, both ways) done in {1000 * (trio.current_time() - started):.2f} ms")
+        elapsed_ms = 1000 * (trio.current_time() - started)
+        print(f"handshakes (Noise XX, both ways) done in {elapsed_ms:.2f} ms")
         for name, source, target in (("A -> B", alice, bob), ("B -> A", bob, alice)):
             assert target.address is not None
             times = []

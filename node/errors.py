@@ -7,6 +7,8 @@ connection; they never stop the node.
 
 from __future__ import annotations
 
+from protocol.messages import ErrorCode
+
 __all__ = [
     "ConnectionClosed",
     "ConnectionFailed",
@@ -66,7 +68,7 @@ class RemoteError(TransportError):
 class RequestRejected(NodeError):
     """Raised by a request handler to answer with an ERROR of the given code."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -18,8 +18,21 @@ ALLOWED = {
     "benchmarks": {"node", "dht", "protocol"},
 }
 # Modules that mean I/O, a clock or ambient randomness; protocol/ takes these as inputs.
-IO_MODULES = {"trio", "socket", "asyncio", "time", "datetime", "selectors", "select", "random",
-              "os", "ssl", "threading", "subprocess", "sqlite3"}
+IO_MODULES = {
+    "trio",
+    "socket",
+    "asyncio",
+    "time",
+    "datetime",
+    "selectors",
+    "select",
+    "random",
+    "os",
+    "ssl",
+    "threading",
+    "subprocess",
+    "sqlite3",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -59,5 +72,7 @@ def test_protocol_does_no_io() -> None:
 def test_checker_sees_forbidden_imports(tmp_path: Path) -> None:
     """The import scanner itself finds plain, dotted and from-imports."""
     sample = tmp_path / "sample.py"
-    sample.write_text("import trio\nimport os.path\nfrom node.transport import x\nfrom . import y\n")
+    sample.write_text(
+        "import trio\nimport os.path\nfrom node.transport import x\nfrom . import y\n"
+    )
     assert imported_modules(sample) == {"trio", "os", "node"}

@@ -16,7 +16,6 @@ back a `PendingLink` (a peer that has connected but not yet authenticated), and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-
 from typing import TYPE_CHECKING
 
 from protocol.identity import NodeId
@@ -33,12 +32,14 @@ Address = tuple[str, int]
 class LinkClosed(Exception):
     """The link is closed: by us, by the peer, or because the peer broke the protocol.
 
-    `reason` says which, for the log line that every cut-off peer gets.
+    `reason` says which, for the log line that every cut-off peer gets; `misbehaved` is
+    true when the peer broke the protocol (as opposed to going away).
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, misbehaved: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.misbehaved = misbehaved
 
 
 class Link(ABC):

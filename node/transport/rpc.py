@@ -70,6 +70,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_LIMIT = 1 << 32
+# Error.message holds at most 1024 UTF-8 bytes (protocol.messages); we send less.
+ERROR_TEXT_BYTES = 1000
+
+
+def _error_text(text: str) -> str:
+    """`text` cut to ERROR_TEXT_BYTES of UTF-8, on a character boundary."""
+    return text.encode()[:ERROR_TEXT_BYTES].decode(errors="ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +209,8 @@ class Connection:
                         await self._read_loop(nursery)
                     except LinkClosed as exc:
                         reason = exc.reason
+                        if exc.misbehaved:
+                            await self._cut_off(reason)
                     nursery.cancel_scope.cancel()
         finally:
             reason = self._close_reason or reason
@@ -266,18 +275,20 @@ class Connection:
             return
         self._inbound_in_flight += 1
         self.transport._statistics.requests_received += 1
-        nursery.start_soon(self._reply, exc.request_id, Error(code, str(exc)[:1000]))
+        nursery.start_soon(self._reply, exc.request_id, Error(code, _error_text(str(exc))))
 
     async def _serve(self, request_id: int, message: Message) -> None:
         handler = self.transport._handlers.get(type(message))
         if handler is None:
-            response: Message = Error(ErrorCode.UNSUPPORTED, f"no handler for {type(message).__name__}")
+            response: Message = Error(
+                ErrorCode.UNSUPPORTED, f"no handler for {type(message).__name__}"
+            )
         else:
             try:
                 with trio.fail_after(self.config.request_timeout):
                     response = await handler(self.peer, message)
             except RequestRejected as exc:
-                response = Error(ErrorCode(exc.code), exc.message[:1000])
+                response = Error(exc.code, _error_text(exc.message))
             except trio.TooSlowError:
                 response = Error(ErrorCode.INTERNAL, "handler timed out")
             except Exception:
@@ -293,7 +304,11 @@ class Connection:
                 if isinstance(exc, ConnectionClosed):
                     raise
                 logger.error("cannot send response: %s", exc)
-                await self._send(Envelope(Kind.RESPONSE, request_id, Error(ErrorCode.INTERNAL, "response too large")))
+                await self._send(
+                    Envelope(
+                        Kind.RESPONSE, request_id, Error(ErrorCode.INTERNAL, "response too large")
+                    )
+                )
         except ConnectionClosed:
             pass
         finally:
@@ -358,13 +373,17 @@ class Transport:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Address | None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[Address | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen (if given an address) and serve until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
                 if self._listen_address is not None:
-                    listener = await self._link_layer.open_listener(self._listen_address, self.config)
+                    listener = await self._link_layer.open_listener(
+                        self._listen_address, self.config
+                    )
                     self.address = listener.address
                     nursery.start_soon(self._accept_loop, listener)
                 task_status.started(self.address)
@@ -400,7 +419,9 @@ class Transport:
         connection = await self._connection_to(address, node_id, deadline)
         return await connection.request(message, max(0.0, deadline - trio.current_time()))
 
-    async def ping(self, address: Address, *, node_id: NodeId | None = None) -> tuple[NodeId, float]:
+    async def ping(
+        self, address: Address, *, node_id: NodeId | None = None
+    ) -> tuple[NodeId, float]:
         """Ping the node at `address`: its NodeId and the round trip time in seconds
         (dialling excluded)."""
         connection = await self._connection_to(
@@ -446,7 +467,9 @@ class Transport:
         self._slots_in_use += 1
         registered = False
         try:
-            with trio.move_on_at(min(deadline, trio.current_time() + self.config.handshake_timeout)):
+            with trio.move_on_at(
+                min(deadline, trio.current_time() + self.config.handshake_timeout)
+            ):
                 try:
                     link = await self._link_layer.connect(address, node_id, self.config)
                 except LinkClosed as exc:
@@ -497,9 +520,7 @@ class Transport:
                     link = await pending.handshake()
                 except LinkClosed as exc:
                     self._statistics.handshakes_failed += 1
-                    logger.warning(
-                        "cutting off %s:%s: %s", *pending.remote_address, exc.reason
-                    )
+                    logger.warning("cutting off %s:%s: %s", *pending.remote_address, exc.reason)
                     return
             if scope.cancelled_caught:
                 self._statistics.handshakes_failed += 1

@@ -25,7 +25,7 @@ from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListen
 from protocol.errors import ProtocolError
 from protocol.handshake import SecureHandshake
 from protocol.identity import Identity, NodeId, RandomBytes
-from protocol.noise import MAX_MESSAGE_SIZE, MAX_PLAINTEXT_SIZE, TransportState
+from protocol.noise import MAX_PLAINTEXT_SIZE, TransportState
 
 __all__ = ["TcpLinkLayer"]
 
@@ -111,6 +111,7 @@ class SecureLink(Link):
         self._flushing = False
         self._drained = trio.lowlevel.ParkingLot()
         self._close_reason: str | None = None
+        self._misbehaved = False
 
     # -- sending ---------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class SecureLink(Link):
                 with trio.move_on_after(self._send_timeout) as scope:
                     await self._flush()
             if scope.cancelled_caught:
-                await self._fail(f"peer did not read for {self._send_timeout:g} s")
+                await self._fail(f"peer did not read for {self._send_timeout:g} s", misbehaved=True)
         finally:
             self._flushing = False
             self._drained.unpark_all()
@@ -178,7 +179,8 @@ class SecureLink(Link):
         (length,) = FRAME_HEADER.unpack_from(plain)
         if length > self._max_frame_size:
             raise LinkClosed(
-                f"peer announced a frame of {length} bytes, over the {self._max_frame_size} limit"
+                f"peer announced a frame of {length} bytes, over the {self._max_frame_size} limit",
+                misbehaved=True,
             )
         end = FRAME_HEADER.size + length
         if len(plain) < end:
@@ -194,26 +196,30 @@ class SecureLink(Link):
                 if frame is not None:
                     return frame
                 if self._close_reason is not None:
-                    raise LinkClosed(self._close_reason)
+                    raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
                 records = self._reader.take_records()
                 if not records:
                     try:
                         await self._reader.fill()
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                        raise LinkClosed(f"connection lost: {exc}") from None
+                        raise LinkClosed(
+                            self._close_reason or f"connection lost: {exc}",
+                            misbehaved=self._misbehaved,
+                        ) from None
                     continue
                 for record in records:
                     try:
                         self._plain += self._noise.decrypt(record)
                     except ProtocolError as exc:
-                        raise LinkClosed(f"bad transport message: {exc}") from None
+                        raise LinkClosed(f"bad transport message: {exc}", misbehaved=True) from None
         except LinkClosed as exc:
-            await self._fail(exc.reason)
+            await self._fail(exc.reason, misbehaved=exc.misbehaved)
             raise
 
-    async def _fail(self, reason: str) -> None:
+    async def _fail(self, reason: str, *, misbehaved: bool = False) -> None:
         if self._close_reason is None:
             self._close_reason = reason
+            self._misbehaved = misbehaved
         with trio.CancelScope(shield=True):
             await self._stream.aclose()
 
@@ -241,14 +247,12 @@ async def _run_handshake(
             if reply is not None:
                 await stream.send_all(_record(reply))
     except ProtocolError as exc:
-        raise LinkClosed(f"handshake failed: {exc}") from None
+        raise LinkClosed(f"handshake failed: {exc}", misbehaved=True) from None
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         raise LinkClosed(f"connection lost during handshake: {exc}") from None
     remote_node_id = handshake.remote_node_id
     assert remote_node_id is not None
-    return SecureLink(
-        stream, reader, handshake.transport(), remote_node_id, remote_address, config
-    )
+    return SecureLink(stream, reader, handshake.transport(), remote_node_id, remote_address, config)
 
 
 def _peer_address(stream: trio.SocketStream) -> Address:
@@ -313,7 +317,9 @@ class TcpLinkLayer(LinkLayer):
         self.identity = identity
         self._random_bytes = random_bytes
 
-    def _new_handshake(self, *, initiator: bool, expected_node_id: NodeId | None) -> SecureHandshake:
+    def _new_handshake(
+        self, *, initiator: bool, expected_node_id: NodeId | None
+    ) -> SecureHandshake:
         # A fresh Noise static key per connection: the Ed25519 signature in the payload
         # binds it to our identity, and nothing long-lived is kept besides that key.
         return SecureHandshake(

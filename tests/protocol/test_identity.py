@@ -80,8 +80,7 @@ def test_proof_of_work_difficulty() -> None:
     assert meets_difficulty(identity.node_id, 0)
     # Most ids fail a high difficulty.
     failures = sum(
-        not meets_difficulty(Identity.generate(seeded_bytes(seed)).node_id, 8)
-        for seed in range(50)
+        not meets_difficulty(Identity.generate(seeded_bytes(seed)).node_id, 8) for seed in range(50)
     )
     assert failures >= 45
     with pytest.raises(LocalProtocolError):

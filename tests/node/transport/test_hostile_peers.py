@@ -1,0 +1,332 @@
+"""Hostile peers over real TCP loopback: each is cut off with a logged reason while an
+honest peer, served at the same time, keeps getting its answers."""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from noise.connection import Keypair, NoiseConnection
+from trio.testing import MockClock
+
+from node.transport import TcpLinkLayer, Transport, TransportConfig, open_transport
+from protocol.handshake import SecureHandshake
+from protocol.identity import Identity
+from protocol.messages import Envelope, Kind, Ping, Pong, encode_envelope
+from protocol.noise import TransportState
+
+from .conftest import TCP_AUTOJUMP, seeded_identity
+
+CONFIG = TransportConfig(
+    handshake_timeout=5.0,
+    max_connections=8,
+    max_inflight_per_peer=8,
+    max_frame_size=64 * 1024,
+)
+RECORD = struct.Struct(">H")
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    return MockClock(autojump_threshold=TCP_AUTOJUMP)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(7)
+
+
+@asynccontextmanager
+async def server_and_honest_client(
+    rng: random.Random,
+) -> AsyncIterator[tuple[Transport, Callable[[], Awaitable[int]]]]:
+    """A server, and an honest client that pings it once a second in the background.
+
+    The callable stops the pinger and returns how many pings it completed; every one
+    must have succeeded (a failure raises out of the nursery)."""
+    server_identity = seeded_identity(rng)
+    client_identity = seeded_identity(rng)
+    async with (
+        open_transport(
+            server_identity,
+            TcpLinkLayer(server_identity, random_bytes=rng.randbytes),
+            listen_address=("127.0.0.1", 0),
+            config=CONFIG,
+        ) as server,
+        open_transport(
+            client_identity, TcpLinkLayer(client_identity, random_bytes=rng.randbytes)
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
+        assert server.address is not None
+        address = server.address
+        await client.ping(address, node_id=server.node_id)  # connected before the attack
+        completed = 0
+        stop = trio.Event()
+
+        async def keep_pinging() -> None:
+            nonlocal completed
+            while not stop.is_set():
+                peer, _ = await client.ping(address, node_id=server.node_id)
+                assert peer == server.node_id
+                completed += 1
+                with trio.move_on_after(1):
+                    await stop.wait()
+
+        nursery.start_soon(keep_pinging)
+
+        async def finish() -> int:
+            stop.set()
+            return completed
+
+        yield server, finish
+
+
+async def raw_connection(server: Transport) -> trio.SocketStream:
+    assert server.address is not None
+    return await trio.open_tcp_stream(*server.address)
+
+
+async def read_until_closed(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = bytearray()
+    while True:
+        try:
+            data = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            return bytes(received)
+        if not data:
+            return bytes(received)
+        received += data
+
+
+async def read_record(stream: trio.SocketStream, buffer: bytearray) -> bytes:
+    while len(buffer) < 2 or len(buffer) < 2 + RECORD.unpack_from(buffer)[0]:
+        data = await stream.receive_some(65536)
+        assert data, "server closed during the handshake"
+        buffer += data
+    (length,) = RECORD.unpack_from(buffer)
+    record = bytes(buffer[2 : 2 + length])
+    del buffer[: 2 + length]
+    return record
+
+
+async def authenticated_raw_connection(
+    server: Transport, identity: Identity, rng: random.Random
+) -> tuple[trio.SocketStream, TransportState]:
+    """A raw stream on which we completed an honest handshake, to misbehave after it."""
+    stream = await raw_connection(server)
+    handshake = SecureHandshake(
+        identity,
+        initiator=True,
+        noise_static_private=rng.randbytes(32),
+        ephemeral_private=rng.randbytes(32),
+        expected_node_id=server.node_id,
+    )
+    buffer = bytearray()
+    message = handshake.start()
+    await stream.send_all(RECORD.pack(len(message)) + message)
+    reply = handshake.receive(await read_record(stream, buffer))
+    assert reply is not None
+    await stream.send_all(RECORD.pack(len(reply)) + reply)
+    assert handshake.is_complete
+    return stream, handshake.transport()
+
+
+def cut_off_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING and "cutting off" in record.getMessage()
+    ]
+
+
+async def test_garbage_instead_of_a_handshake(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random bytes where the handshake belongs get the connection closed at once."""
+    async with server_and_honest_client(rng) as (server, finish):
+        stream = await raw_connection(server)
+        garbage = rng.randbytes(1000)
+        await stream.send_all(RECORD.pack(len(garbage)) + garbage)
+        started = trio.current_time()
+        assert await read_until_closed(stream) == b""
+        assert trio.current_time() - started < CONFIG.handshake_timeout
+        assert await finish() >= 1
+    assert any("handshake failed" in line for line in cut_off_lines(caplog))
+    assert server.statistics().handshakes_failed == 1
+
+
+async def test_forged_identity_signature(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer (here the independent noiseprotocol package) whose payload signs another
+    Noise static key than its own is refused."""
+    async with server_and_honest_client(rng) as (server, finish):
+        stream = await raw_connection(server)
+        mallory = seeded_identity(rng)
+        noise = NoiseConnection.from_name(b"Noise_XX_25519_ChaChaPoly_BLAKE2b")
+        noise.set_as_initiator()
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, rng.randbytes(32))
+        noise.set_prologue(b"freehold/1")
+        noise.start_handshake()
+        first = noise.write_message()
+        await stream.send_all(RECORD.pack(len(first)) + first)
+        buffer = bytearray()
+        noise.read_message(await read_record(stream, buffer))
+        # The signature covers some other static key, not the one in this handshake.
+        forged = (
+            b"\x01" + mallory.public_key + mallory.sign(b"freehold-noise-static-key:" + bytes(32))
+        )
+        third = noise.write_message(forged)
+        await stream.send_all(RECORD.pack(len(third)) + third)
+        assert await read_until_closed(stream) == b""
+        assert await finish() >= 1
+    assert any("signature" in line for line in cut_off_lines(caplog))
+
+
+async def test_slowloris_handshake(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that dribbles its handshake one byte a second is cut at the handshake timeout."""
+    async with server_and_honest_client(rng) as (server, finish):
+        stream = await raw_connection(server)
+        started = trio.current_time()
+        closed_after: float | None = None
+        # XX message 1: length 32, then 32 bytes of ephemeral key, one byte at a time.
+        for byte in RECORD.pack(32) + rng.randbytes(32):
+            try:
+                await stream.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            with trio.move_on_after(1):
+                try:
+                    data = await stream.receive_some(1)
+                except trio.BrokenResourceError:  # reset: we had sent unread bytes
+                    data = b""
+                if data == b"":
+                    closed_after = trio.current_time() - started
+                    break
+        assert closed_after is not None
+        assert CONFIG.handshake_timeout <= closed_after <= CONFIG.handshake_timeout + 1
+        assert await finish() >= 3
+    assert any("no handshake within" in line for line in cut_off_lines(caplog))
+
+
+async def test_oversized_frame(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An authenticated peer announcing a frame over the limit is cut off before we read it."""
+    async with server_and_honest_client(rng) as (server, finish):
+        stream, noise = await authenticated_raw_connection(server, seeded_identity(rng), rng)
+        header = struct.pack(">I", 100 * 1024 * 1024)
+        record = noise.encrypt(header)
+        await stream.send_all(RECORD.pack(len(record)) + record)
+        assert await read_until_closed(stream) == b""
+        assert await finish() >= 1
+    assert any("announced a frame of 104857600 bytes" in line for line in cut_off_lines(caplog))
+
+
+async def test_tampered_transport_record(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transport record that fails to decrypt kills that connection only."""
+    async with server_and_honest_client(rng) as (server, finish):
+        stream, noise = await authenticated_raw_connection(server, seeded_identity(rng), rng)
+        frame = encode_envelope(Envelope(Kind.REQUEST, 1, Ping(b"hi")))
+        record = bytearray(noise.encrypt(struct.pack(">I", len(frame)) + frame))
+        record[5] ^= 1
+        await stream.send_all(RECORD.pack(len(record)) + bytes(record))
+        assert await read_until_closed(stream) == b""
+        assert await finish() >= 1
+    assert any("bad transport message" in line for line in cut_off_lines(caplog))
+
+
+async def test_malformed_envelope(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame that is not an envelope closes the connection with the codec's reason."""
+    async with server_and_honest_client(rng) as (server, finish):
+        stream, noise = await authenticated_raw_connection(server, seeded_identity(rng), rng)
+        frame = b"\xc1not msgpack"
+        record = noise.encrypt(struct.pack(">I", len(frame)) + frame)
+        await stream.send_all(RECORD.pack(len(record)) + record)
+        assert await read_until_closed(stream) != b"never"
+        assert await finish() >= 1
+    assert any("malformed frame" in line for line in cut_off_lines(caplog))
+
+
+async def test_request_flood_beyond_in_flight_limit(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that keeps sending requests without reading answers past the in-flight limit
+    is cut off; the requests it had in flight within the limit were still answered."""
+
+    async def slow(peer: object, message: object) -> Pong:
+        await trio.sleep(10)
+        return Pong(b"late")
+
+    server_identity = seeded_identity(rng)
+    async with (
+        open_transport(
+            server_identity,
+            TcpLinkLayer(server_identity, random_bytes=rng.randbytes),
+            listen_address=("127.0.0.1", 0),
+            config=CONFIG,
+            handlers={Ping: slow},
+        ) as server,
+    ):
+        stream, noise = await authenticated_raw_connection(server, seeded_identity(rng), rng)
+        frames = b"".join(
+            struct.pack(">I", len(frame)) + frame
+            for frame in (
+                encode_envelope(Envelope(Kind.REQUEST, number, Ping(b"x")))
+                for number in range(CONFIG.max_inflight_per_peer + 1)
+            )
+        )
+        record = noise.encrypt(frames)
+        await stream.send_all(RECORD.pack(len(record)) + record)
+        assert await read_until_closed(stream) == b""
+        assert server.statistics().peers_cut_off == 1
+    assert any("requests in flight" in line for line in cut_off_lines(caplog))
+
+
+async def test_connection_flood(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections beyond the limit are closed at once, the ones within it at the handshake
+    timeout; the established honest peer is served throughout, and newcomers get in after."""
+    async with server_and_honest_client(rng) as (server, finish):
+        flood = [await raw_connection(server) for _ in range(3 * CONFIG.max_connections)]
+        closed_at: list[float] = []
+        started = trio.current_time()
+
+        async def watch(stream: trio.SocketStream) -> None:
+            await read_until_closed(stream)
+            closed_at.append(trio.current_time() - started)
+
+        async with trio.open_nursery() as nursery:
+            for stream in flood:
+                nursery.start_soon(watch, stream)
+        immediately = [t for t in closed_at if t < CONFIG.handshake_timeout]
+        at_timeout = [t for t in closed_at if t >= CONFIG.handshake_timeout]
+        # The honest connection holds one slot; the flood fills the other seven.
+        assert len(at_timeout) == CONFIG.max_connections - 1
+        assert len(immediately) == len(flood) - (CONFIG.max_connections - 1)
+        assert server.statistics().connections_refused == len(immediately)
+        assert await finish() >= 4
+        newcomer_identity = seeded_identity(rng)
+        async with open_transport(
+            newcomer_identity, TcpLinkLayer(newcomer_identity, random_bytes=rng.randbytes)
+        ) as newcomer:
+            assert server.address is not None
+            peer, _ = await newcomer.ping(server.address, node_id=server.node_id)
+            assert peer == server.node_id
+    lines = caplog.records
+    assert sum("connection limit" in r.getMessage() for r in lines) == len(immediately)
+    assert sum("no handshake within" in r.getMessage() for r in lines) == len(at_timeout)
