@@ -25,10 +25,14 @@ Every cut-off is one log line at WARNING with the peer and the reason; the node 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import trio
 
@@ -60,7 +64,9 @@ from protocol.messages import (
 )
 
 __all__ = [
+    "AsyncHandler",
     "Handler",
+    "InlineHandler",
     "Peer",
     "Transport",
     "TransportStatistics",
@@ -87,7 +93,13 @@ class Peer:
     address: Address
 
 
-Handler = Callable[[Peer, Message], Awaitable[Message]]
+# A request handler. An async function gets a task of its own per request, bounded by
+# the request timeout. A plain function is for quick non-blocking answers (PING, a
+# routing-table lookup): it runs inline in the connection's read loop, which saves a
+# task per request, so it must never block.
+AsyncHandler = Callable[[Peer, Message], Awaitable[Message]]
+InlineHandler = Callable[[Peer, Message], Message]
+Handler = AsyncHandler | InlineHandler
 
 
 @dataclass(slots=True)
@@ -108,12 +120,14 @@ class TransportStatistics:
 
 
 class _Waiter:
-    __slots__ = ("error", "event", "response")
+    __slots__ = ("deadline", "error", "event", "response", "timed_out")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self.event = trio.Event()
         self.response: Message | None = None
         self.error: TransportError | None = None
+        self.timed_out = False
 
 
 class Connection:
@@ -126,7 +140,9 @@ class Connection:
         self.config = transport.config
         self._pending: dict[int, _Waiter] = {}
         self._next_request_id = 0
-        self._outbound_slots = trio.Semaphore(self.config.max_inflight_per_peer)
+        self._outbound_in_flight = 0
+        self._timer: trio.CancelScope | None = None
+        self._outbound_waiting = trio.lowlevel.ParkingLot()
         self._inbound_in_flight = 0
         self._consecutive_timeouts = 0
         self._last_activity = trio.current_time()
@@ -140,30 +156,46 @@ class Connection:
     # -- outbound ---------------------------------------------------------------------
 
     async def request(self, message: Message, timeout: float) -> Message:
-        """Send `message` and wait for its answer; ERROR answers raise RemoteError."""
-        waiter = _Waiter()
-        request_id = -1
+        """Send `message` and wait for its answer; ERROR answers raise RemoteError.
+
+        The timeout is kept by the connection's timer task rather than a cancel scope
+        per request: on a small RPC a cancel scope costs as much as the cryptography.
+        """
+        deadline = trio.current_time() + timeout
+        if self._outbound_in_flight >= self.config.max_inflight_per_peer:
+            # Never more in flight than the peer accepts (it cuts off beyond that).
+            with trio.move_on_at(deadline):
+                while self._outbound_in_flight >= self.config.max_inflight_per_peer:
+                    await self._outbound_waiting.park()
+            if self._outbound_in_flight >= self.config.max_inflight_per_peer:
+                self._note_timeout()
+                raise RequestTimeout(
+                    f"{self.peer.node_id.short()} had {self._outbound_in_flight} requests "
+                    f"in flight for {timeout:g} s"
+                )
+        if self._close_reason is not None:
+            raise ConnectionClosed(self._close_reason)
+        waiter = _Waiter(deadline)
+        request_id = self._allocate_request_id()
+        self._pending[request_id] = waiter
+        self._outbound_in_flight += 1
+        self.transport._statistics.requests_sent += 1
+        timer = self._timer
+        if timer is not None and deadline < timer.deadline:
+            timer.deadline = deadline
         try:
-            with trio.fail_after(timeout):
-                async with self._outbound_slots:
-                    if self._close_reason is not None:
-                        raise ConnectionClosed(self._close_reason)
-                    request_id = self._allocate_request_id()
-                    self._pending[request_id] = waiter
-                    self.transport._statistics.requests_sent += 1
-                    await self._send(Envelope(Kind.REQUEST, request_id, message))
-                    await waiter.event.wait()
-        except trio.TooSlowError:
-            self.transport._statistics.request_timeouts += 1
-            self._consecutive_timeouts += 1
-            if self._consecutive_timeouts >= self.config.max_consecutive_timeouts:
-                await self.close(f"{self._consecutive_timeouts} requests in a row unanswered")
+            await self._send(Envelope(Kind.REQUEST, request_id, message))
+            await waiter.event.wait()
+        finally:
+            self._outbound_in_flight -= 1
+            self._outbound_waiting.unpark()
+            self._pending.pop(request_id, None)
+        if waiter.timed_out:
+            await self._note_timeout_and_maybe_close()
             raise RequestTimeout(
                 f"{self.peer.node_id.short()} did not answer {type(message).__name__} "
                 f"within {timeout:g} s"
-            ) from None
-        finally:
-            self._pending.pop(request_id, None)
+            )
         self._consecutive_timeouts = 0
         if waiter.error is not None:
             raise waiter.error
@@ -172,6 +204,31 @@ class Connection:
         if isinstance(response, Error):
             raise RemoteError(int(response.code), response.message)
         return response
+
+    def _note_timeout(self) -> None:
+        self.transport._statistics.request_timeouts += 1
+        self._consecutive_timeouts += 1
+
+    async def _note_timeout_and_maybe_close(self) -> None:
+        self._note_timeout()
+        if self._consecutive_timeouts >= self.config.max_consecutive_timeouts:
+            await self.close(f"{self._consecutive_timeouts} requests in a row unanswered")
+
+    async def _expire_requests(self) -> None:
+        """The timer task: fails each request whose deadline has passed."""
+        while True:
+            with trio.CancelScope() as timer:
+                self._timer = timer
+                timer.deadline = min(
+                    (waiter.deadline for waiter in self._pending.values()), default=math.inf
+                )
+                await trio.sleep_forever()
+            now = trio.current_time()
+            for request_id, waiter in list(self._pending.items()):
+                if waiter.deadline <= now:
+                    del self._pending[request_id]
+                    waiter.timed_out = True
+                    waiter.event.set()
 
     def _allocate_request_id(self) -> int:
         while True:
@@ -205,6 +262,7 @@ class Connection:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._close_when_idle)
+                    nursery.start_soon(self._expire_requests)
                     try:
                         await self._read_loop(nursery)
                     except LinkClosed as exc:
@@ -232,23 +290,35 @@ class Connection:
             try:
                 envelope = decode_envelope(frame, max_size=max_frame_size)
             except UnknownMessageType as exc:
-                await self._answer_undecodable(exc, ErrorCode.UNSUPPORTED, nursery)
+                await self._answer_undecodable(exc, ErrorCode.UNSUPPORTED)
                 continue
             except MalformedMessage as exc:
-                await self._answer_undecodable(exc, ErrorCode.BAD_REQUEST, nursery)
+                await self._answer_undecodable(exc, ErrorCode.BAD_REQUEST)
                 continue
             except RemoteProtocolError as exc:
                 await self._cut_off(f"malformed frame: {exc}")
                 return
             if envelope.kind is Kind.REQUEST:
-                if self._inbound_in_flight >= self.config.max_inflight_per_peer:
+                statistics.requests_received += 1
+                message = envelope.message
+                handler = self.transport._handlers.get(type(message))
+                if handler is None:
+                    unsupported = f"no handler for {type(message).__name__}"
+                    await self._reply(
+                        envelope.request_id, Error(ErrorCode.UNSUPPORTED, unsupported)
+                    )
+                elif not inspect.iscoroutinefunction(handler):
+                    inline = cast(InlineHandler, handler)
+                    await self._reply(envelope.request_id, self._answer_inline(inline, message))
+                elif self._inbound_in_flight >= self.config.max_inflight_per_peer:
                     await self._cut_off(
                         f"more than {self.config.max_inflight_per_peer} requests in flight"
                     )
                     return
-                self._inbound_in_flight += 1
-                statistics.requests_received += 1
-                nursery.start_soon(self._serve, envelope.request_id, envelope.message)
+                else:
+                    self._inbound_in_flight += 1
+                    handler = cast(AsyncHandler, handler)
+                    nursery.start_soon(self._serve, handler, envelope.request_id, message)
             else:
                 waiter = self._pending.pop(envelope.request_id, None)
                 if waiter is None:
@@ -258,61 +328,56 @@ class Connection:
                 waiter.event.set()
 
     async def _answer_undecodable(
-        self,
-        exc: UnknownMessageType | MalformedMessage,
-        code: ErrorCode,
-        nursery: trio.Nursery,
+        self, exc: UnknownMessageType | MalformedMessage, code: ErrorCode
     ) -> None:
-        if exc.kind is not Kind.REQUEST or exc.request_id is None:
-            # A response we cannot read fails the request it answers.
-            waiter = self._pending.pop(exc.request_id, None) if exc.request_id is not None else None
-            if waiter is not None:
-                waiter.error = TransportError(f"unreadable response: {exc}")
-                waiter.event.set()
+        if exc.kind is Kind.REQUEST:
+            self.transport._statistics.requests_received += 1
+            await self._reply(exc.request_id, Error(code, _error_text(str(exc))))
             return
-        if self._inbound_in_flight >= self.config.max_inflight_per_peer:
-            await self._cut_off(f"more than {self.config.max_inflight_per_peer} requests in flight")
-            return
-        self._inbound_in_flight += 1
-        self.transport._statistics.requests_received += 1
-        nursery.start_soon(self._reply, exc.request_id, Error(code, _error_text(str(exc))))
+        # A response we cannot read fails the request it answers.
+        waiter = self._pending.pop(exc.request_id, None)
+        if waiter is not None:
+            waiter.error = TransportError(f"unreadable response: {exc}")
+            waiter.event.set()
 
-    async def _serve(self, request_id: int, message: Message) -> None:
-        handler = self.transport._handlers.get(type(message))
-        if handler is None:
-            response: Message = Error(
-                ErrorCode.UNSUPPORTED, f"no handler for {type(message).__name__}"
-            )
-        else:
-            try:
-                with trio.fail_after(self.config.request_timeout):
-                    response = await handler(self.peer, message)
-            except RequestRejected as exc:
-                response = Error(exc.code, _error_text(exc.message))
-            except trio.TooSlowError:
-                response = Error(ErrorCode.INTERNAL, "handler timed out")
-            except Exception:
-                logger.exception("handler for %s failed", type(message).__name__)
-                response = Error(ErrorCode.INTERNAL, "internal error")
+    def _answer_inline(self, handler: InlineHandler, message: Message) -> Message:
+        try:
+            return handler(self.peer, message)
+        except RequestRejected as exc:
+            return Error(exc.code, _error_text(exc.message))
+        except Exception:
+            logger.exception("handler for %s failed", type(message).__name__)
+            return Error(ErrorCode.INTERNAL, "internal error")
+
+    async def _serve(self, handler: AsyncHandler, request_id: int, message: Message) -> None:
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                response = await handler(self.peer, message)
+        except RequestRejected as exc:
+            response = Error(exc.code, _error_text(exc.message))
+        except trio.TooSlowError:
+            response = Error(ErrorCode.INTERNAL, "handler timed out")
+        except Exception:
+            logger.exception("handler for %s failed", type(message).__name__)
+            response = Error(ErrorCode.INTERNAL, "internal error")
+        finally:
+            # Answered (or abandoned): it no longer counts, even while the answer waits
+            # for the link. Counting until the send returned made a peer within the limit
+            # look over it whenever the scheduler ran our read loop first.
+            self._inbound_in_flight -= 1
         await self._reply(request_id, response)
 
     async def _reply(self, request_id: int, response: Message) -> None:
         try:
-            try:
-                await self._send(Envelope(Kind.RESPONSE, request_id, response))
-            except (MessageTooLarge, TransportError) as exc:
-                if isinstance(exc, ConnectionClosed):
-                    raise
-                logger.error("cannot send response: %s", exc)
-                await self._send(
-                    Envelope(
-                        Kind.RESPONSE, request_id, Error(ErrorCode.INTERNAL, "response too large")
-                    )
-                )
+            await self._send(Envelope(Kind.RESPONSE, request_id, response))
         except ConnectionClosed:
             pass
-        finally:
-            self._inbound_in_flight -= 1
+        except TransportError as exc:
+            # Our own answer could not be encoded or is over the frame limit.
+            logger.error("cannot send the answer to %s: %s", self.peer.node_id.short(), exc)
+            fallback = Error(ErrorCode.INTERNAL, "the answer could not be sent")
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(Envelope(Kind.RESPONSE, request_id, fallback))
 
     async def _close_when_idle(self) -> None:
         idle_timeout = self.config.idle_timeout
@@ -435,7 +500,7 @@ class Transport:
             raise TransportError(f"{connection.peer.node_id.short()} answered PING wrongly")
         return connection.peer.node_id, trio.current_time() - started
 
-    async def handle_ping(self, peer: Peer, message: Message) -> Message:
+    def handle_ping(self, peer: Peer, message: Message) -> Message:
         assert isinstance(message, Ping)
         return Pong(message.nonce)
 

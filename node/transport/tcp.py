@@ -7,6 +7,12 @@ length and one encoded envelope. A sender packs as many pending frames as fit in
 Noise message and splits large frames across several, so small RPCs share system calls
 and 1 MiB chunks move in 64 KiB records.
 
+Sockets are non-blocking stdlib sockets driven with trio.lowlevel.wait_readable and
+wait_writable: a send or receive that the kernel completes at once costs no pass
+through the scheduler (trio's SocketStream checkpoints on every call, which is most of
+the cost of a small RPC). Reads go into one fixed buffer with recv_into; writes hand
+the records to sendmsg without joining them.
+
 A peer is cut off (the link closes with a reason) when it sends a record that does not
 decrypt, announces a frame over the size limit, or stops reading for `send_timeout`.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import struct
 
 import nacl.utils
@@ -25,7 +32,7 @@ from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListen
 from protocol.errors import ProtocolError
 from protocol.handshake import SecureHandshake
 from protocol.identity import Identity, NodeId, RandomBytes
-from protocol.noise import MAX_PLAINTEXT_SIZE, TransportState
+from protocol.noise import MAX_MESSAGE_SIZE, MAX_PLAINTEXT_SIZE, TransportState
 
 __all__ = ["TcpLinkLayer"]
 
@@ -33,66 +40,129 @@ logger = logging.getLogger(__name__)
 
 RECORD_HEADER = struct.Struct(">H")
 FRAME_HEADER = struct.Struct(">I")
-RECEIVE_SIZE = 256 * 1024
+# The receive buffer holds at least three whole records, so that compacting it always
+# leaves room for the record being read.
+RECEIVE_BUFFER_SIZE = 4 * (RECORD_HEADER.size + MAX_MESSAGE_SIZE)
 # Bytes queued behind a flush before senders wait for it.
 SEND_HIGH_WATER = 4 * 1024 * 1024
+# Buffers per sendmsg call (Linux's IOV_MAX is 1024).
+SEND_BATCH = 512
+# Frames the reader hands out back to back before it yields to other tasks.
+FRAMES_PER_CHECKPOINT = 64
 LISTEN_BACKLOG = 128
 KEY_SIZE = 32
+_LOST = (ConnectionError, OSError)
 
 
-class _Reader:
-    """Buffers bytes from a stream and hands out exact-length pieces."""
+class _RecordSocket:
+    """A non-blocking TCP socket carrying 2-byte-length-prefixed records."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._buffer = bytearray(RECEIVE_BUFFER_SIZE)
+        self._view = memoryview(self._buffer)
+        self._start = 0
+        self._end = 0
+        self._drained = False
+        self.closed = False
+
+    # -- receiving --------------------------------------------------------------------
 
     async def fill(self) -> None:
-        data = await self._stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            raise LinkClosed("peer closed the connection")
-        self._buffer += data
+        """Wait for more bytes from the peer (raises LinkClosed at the end)."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif len(self._buffer) - self._end < RECORD_HEADER.size + MAX_MESSAGE_SIZE:
+            # Move the partial record to the front; the buffer never changes size.
+            remaining = self._end - self._start
+            self._view[:remaining] = self._view[self._start : self._end]
+            self._start, self._end = 0, remaining
+        if self._drained:
+            # The last read emptied the kernel's buffer: wait before asking again, which
+            # saves a system call that would only say "nothing yet".
+            await trio.lowlevel.wait_readable(self.sock)
+        while True:
+            space = len(self._buffer) - self._end
+            try:
+                count = self.sock.recv_into(self._view[self._end :])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            except _LOST as exc:
+                raise LinkClosed(f"connection lost: {exc}") from None
+            if count == 0:
+                raise LinkClosed("peer closed the connection")
+            self._end += count
+            self._drained = count < space
+            return
 
-    async def receive_exactly(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            await self.fill()
-        piece = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return piece
-
-    async def receive_record(self) -> bytes:
-        header = await self.receive_exactly(RECORD_HEADER.size)
-        (length,) = RECORD_HEADER.unpack(header)
-        return await self.receive_exactly(length)
+    def take_record(self) -> bytes | None:
+        """The next complete record already received, if any (no I/O)."""
+        start, end = self._start, self._end
+        if end - start < RECORD_HEADER.size:
+            return None
+        length = (self._buffer[start] << 8) | self._buffer[start + 1]
+        if end - start - RECORD_HEADER.size < length:
+            return None
+        start += RECORD_HEADER.size
+        self._start = start + length
+        return bytes(self._view[start : start + length])
 
     def take_records(self) -> list[bytes]:
-        """Every complete record already buffered (no I/O)."""
-        buffer = self._buffer
+        """Every complete record already received (no I/O)."""
         records = []
-        position = 0
-        end = len(buffer)
-        while end - position >= 2:
-            length = (buffer[position] << 8) | buffer[position + 1]
-            if end - position - 2 < length:
-                break
-            records.append(bytes(buffer[position + 2 : position + 2 + length]))
-            position += 2 + length
-        if position:
-            del buffer[:position]
+        while (record := self.take_record()) is not None:
+            records.append(record)
         return records
 
+    async def receive_record(self) -> bytes:
+        while (record := self.take_record()) is None:
+            await self.fill()
+        return record
 
-def _record(payload: bytes) -> bytes:
-    return RECORD_HEADER.pack(len(payload)) + payload
+    # -- sending ----------------------------------------------------------------------
+
+    def try_send(self, buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
+        """Send what the kernel takes now; return what is left (no I/O wait)."""
+        pending = list(buffers)
+        while pending:
+            try:
+                sent = self.sock.sendmsg(pending[:SEND_BATCH])
+            except BlockingIOError:
+                return pending
+            except _LOST as exc:
+                raise LinkClosed(f"connection lost while sending: {exc}") from None
+            while sent:
+                first = pending[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    pending.pop(0)
+                else:
+                    pending[0] = memoryview(first)[sent:]
+                    sent = 0
+        return pending
+
+    async def send_all(self, buffers: list[bytes | memoryview]) -> None:
+        pending = self.try_send(buffers)
+        while pending:
+            await trio.lowlevel.wait_writable(self.sock)
+            pending = self.try_send(pending)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
 
 
 class SecureLink(Link):
-    """A Link over a trio stream after a completed Noise handshake."""
+    """A Link over a socket after a completed Noise handshake."""
 
     def __init__(
         self,
-        stream: trio.SocketStream,
-        reader: _Reader,
+        records: _RecordSocket,
         transport: TransportState,
         remote_node_id: NodeId,
         remote_address: Address,
@@ -100,12 +170,13 @@ class SecureLink(Link):
     ) -> None:
         self.remote_node_id = remote_node_id
         self.remote_address = remote_address
-        self._stream = stream
-        self._reader = reader
+        self._records = records
         self._noise = transport
         self._max_frame_size = config.max_frame_size
         self._send_timeout = config.send_timeout
         self._plain = bytearray()
+        self._plain_start = 0
+        self._frames_since_checkpoint = 0
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flushing = False
@@ -124,69 +195,89 @@ class SecureLink(Link):
         self._pending.append(frame)
         self._pending_bytes += FRAME_HEADER.size + len(frame)
         if self._flushing:
-            # Another task is writing and will take our frame along; wait only if the
-            # queue behind it is long (backpressure).
+            # Another task is writing and takes our frame along; wait only if the queue
+            # behind it is long (backpressure).
             while self._pending_bytes > SEND_HIGH_WATER and self._close_reason is None:
                 await self._drained.park()
             if self._close_reason is not None:
                 raise LinkClosed(self._close_reason)
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             return
         self._flushing = True
         try:
-            # Shielded: a caller giving up (its request timed out, its lookup ended)
-            # must not leave half a record on a link others share. The send timeout
-            # still bounds it, and a peer that does not read is cut off.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._send_timeout) as scope:
-                    await self._flush()
-            if scope.cancelled_caught:
-                await self._fail(f"peer did not read for {self._send_timeout:g} s", misbehaved=True)
+            await self._flush()
         finally:
             self._flushing = False
             self._drained.unpark_all()
         if self._close_reason is not None:
             raise LinkClosed(self._close_reason)
-        await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _encrypt_pending(self) -> list[bytes | memoryview]:
+        data = (
+            self._pending[0] + self._pending[1]
+            if len(self._pending) == 2
+            else b"".join(self._pending)
+        )
+        self._pending.clear()
+        self._pending_bytes = 0
+        encrypt = self._noise.encrypt
+        pack = RECORD_HEADER.pack
+        if len(data) <= MAX_PLAINTEXT_SIZE:
+            ciphertext = encrypt(data)
+            return [pack(len(ciphertext)), ciphertext]
+        buffers: list[bytes | memoryview] = []
+        view = memoryview(data)
+        for start in range(0, len(data), MAX_PLAINTEXT_SIZE):
+            ciphertext = encrypt(view[start : start + MAX_PLAINTEXT_SIZE])
+            buffers.append(pack(len(ciphertext)))
+            buffers.append(ciphertext)
+        return buffers
 
     async def _flush(self) -> None:
-        while self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
-            self._drained.unpark_all()
-            encrypt = self._noise.encrypt
-            if len(data) <= MAX_PLAINTEXT_SIZE:
-                wire = _record(encrypt(data))
-            else:
-                view = memoryview(data)
-                wire = b"".join(
-                    _record(encrypt(bytes(view[start : start + MAX_PLAINTEXT_SIZE])))
-                    for start in range(0, len(data), MAX_PLAINTEXT_SIZE)
-                )
-            try:
-                await self._stream.send_all(wire)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                await self._fail(f"connection lost while sending: {exc}")
+        try:
+            while self._pending:
+                buffers = self._encrypt_pending()
+                self._drained.unpark_all()
+                left = self._records.try_send(buffers)
+                if left:
+                    await self._finish_send(left)
+        except LinkClosed as exc:
+            self._close(exc.reason, misbehaved=exc.misbehaved)
+
+    async def _finish_send(self, left: list[bytes | memoryview]) -> None:
+        # Part of a record may be on the wire already, so a caller giving up (its
+        # request timed out, its lookup ended) must not stop us here: shielded, bounded
+        # by the send timeout, after which the peer is cut off for not reading.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self._send_timeout):
+                await self._records.send_all(left)
                 return
+        raise LinkClosed(f"peer did not read for {self._send_timeout:g} s", misbehaved=True)
 
     # -- receiving -------------------------------------------------------------------
 
     def _take_frame(self) -> bytes | None:
         plain = self._plain
-        if len(plain) < FRAME_HEADER.size:
+        start = self._plain_start
+        available = len(plain) - start
+        if available < FRAME_HEADER.size:
             return None
-        (length,) = FRAME_HEADER.unpack_from(plain)
+        (length,) = FRAME_HEADER.unpack_from(plain, start)
         if length > self._max_frame_size:
             raise LinkClosed(
                 f"peer announced a frame of {length} bytes, over the {self._max_frame_size} limit",
                 misbehaved=True,
             )
-        end = FRAME_HEADER.size + length
-        if len(plain) < end:
+        if available < FRAME_HEADER.size + length:
             return None
-        frame = bytes(plain[FRAME_HEADER.size : end])
-        del plain[:end]
+        start += FRAME_HEADER.size
+        with memoryview(plain) as view:
+            frame = bytes(view[start : start + length])
+        start += length
+        if start == len(plain):
+            plain.clear()
+            start = 0
+        self._plain_start = start
         return frame
 
     async def receive_frame(self) -> bytes:
@@ -194,120 +285,129 @@ class SecureLink(Link):
             while True:
                 frame = self._take_frame()
                 if frame is not None:
+                    self._frames_since_checkpoint += 1
+                    if self._frames_since_checkpoint >= FRAMES_PER_CHECKPOINT:
+                        self._frames_since_checkpoint = 0
+                        await trio.lowlevel.checkpoint()
                     return frame
                 if self._close_reason is not None:
                     raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
-                records = self._reader.take_records()
+                records = self._records.take_records()
                 if not records:
-                    try:
-                        await self._reader.fill()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                        raise LinkClosed(
-                            self._close_reason or f"connection lost: {exc}",
-                            misbehaved=self._misbehaved,
-                        ) from None
+                    self._frames_since_checkpoint = 0
+                    await self._records.fill()
                     continue
+                if self._plain_start:
+                    del self._plain[: self._plain_start]
+                    self._plain_start = 0
                 for record in records:
                     try:
                         self._plain += self._noise.decrypt(record)
                     except ProtocolError as exc:
                         raise LinkClosed(f"bad transport message: {exc}", misbehaved=True) from None
         except LinkClosed as exc:
-            await self._fail(exc.reason, misbehaved=exc.misbehaved)
+            if self._close_reason is not None:
+                # We closed it ourselves (a send failed or timed out): that reason counts.
+                raise LinkClosed(self._close_reason, misbehaved=self._misbehaved) from None
+            self._close(exc.reason, misbehaved=exc.misbehaved)
             raise
+        except trio.ClosedResourceError:
+            raise LinkClosed(self._close_reason or "closed", misbehaved=self._misbehaved) from None
 
-    async def _fail(self, reason: str, *, misbehaved: bool = False) -> None:
+    def _close(self, reason: str, *, misbehaved: bool = False) -> None:
         if self._close_reason is None:
             self._close_reason = reason
             self._misbehaved = misbehaved
-        with trio.CancelScope(shield=True):
-            await self._stream.aclose()
+        self._drained.unpark_all()
+        self._records.close()
 
     async def aclose(self) -> None:
-        if self._close_reason is None:
-            self._close_reason = "closed"
-        self._drained.unpark_all()
-        with trio.CancelScope(shield=True):
-            await self._stream.aclose()
+        self._close("closed")
+        await trio.lowlevel.checkpoint()
 
 
 async def _run_handshake(
-    stream: trio.SocketStream,
+    records: _RecordSocket,
     handshake: SecureHandshake,
     remote_address: Address,
     config: TransportConfig,
     first_message: bytes | None,
 ) -> SecureLink:
-    reader = _Reader(stream)
     try:
         if first_message is not None:
-            await stream.send_all(_record(first_message))
+            await records.send_all([RECORD_HEADER.pack(len(first_message)), first_message])
         while not handshake.is_complete:
-            reply = handshake.receive(await reader.receive_record())
+            reply = handshake.receive(await records.receive_record())
             if reply is not None:
-                await stream.send_all(_record(reply))
+                await records.send_all([RECORD_HEADER.pack(len(reply)), reply])
     except ProtocolError as exc:
         raise LinkClosed(f"handshake failed: {exc}", misbehaved=True) from None
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        raise LinkClosed(f"connection lost during handshake: {exc}") from None
-    remote_node_id = handshake.remote_node_id
-    assert remote_node_id is not None
-    return SecureLink(stream, reader, handshake.transport(), remote_node_id, remote_address, config)
-
-
-def _peer_address(stream: trio.SocketStream) -> Address:
-    try:
-        name = stream.socket.getpeername()
-    except OSError:
-        return ("?", 0)
-    return (str(name[0]), int(name[1]))
+    return SecureLink(
+        records, handshake.transport(), handshake.remote_node_id, remote_address, config
+    )
 
 
 class TcpPendingLink(PendingLink):
-    def __init__(self, layer: TcpLinkLayer, stream: trio.SocketStream, config: TransportConfig):
+    def __init__(
+        self, layer: TcpLinkLayer, sock: socket.socket, address: Address, config: TransportConfig
+    ) -> None:
         self._layer = layer
-        self._stream = stream
+        self._records = _RecordSocket(sock)
         self._config = config
-        self.remote_address = _peer_address(stream)
+        self.remote_address = address
 
     async def handshake(self) -> Link:
         handshake = self._layer._new_handshake(initiator=False, expected_node_id=None)
         try:
             return await _run_handshake(
-                self._stream, handshake, self.remote_address, self._config, None
+                self._records, handshake, self.remote_address, self._config, None
             )
         except BaseException:
-            await self.aclose()
+            self._records.close()
             raise
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            await self._stream.aclose()
+        self._records.close()
+        await trio.lowlevel.checkpoint()
 
 
 class TcpListener(LinkListener):
-    def __init__(self, layer: TcpLinkLayer, listener: trio.SocketListener, config: TransportConfig):
+    def __init__(self, layer: TcpLinkLayer, sock: socket.socket, config: TransportConfig) -> None:
         self._layer = layer
-        self._listener = listener
+        self._sock = sock
         self._config = config
-        name = listener.socket.getsockname()
+        name = sock.getsockname()
         self.address = (str(name[0]), int(name[1]))
 
     async def accept(self) -> PendingLink:
         while True:
             try:
-                stream = await self._listener.accept()
+                sock, name = self._sock.accept()
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(self._sock)
+                except trio.ClosedResourceError:
+                    raise trio.ClosedResourceError("listener is closed") from None
+                continue
             except OSError as exc:
+                if self._sock.fileno() == -1:
+                    raise trio.ClosedResourceError("listener is closed") from None
                 # Out of file descriptors or memory: back off instead of spinning.
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     logger.warning("accept failed (%s); pausing", exc)
                     await trio.sleep(0.1)
                     continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
                 raise
-            return TcpPendingLink(self._layer, stream, self._config)
+            await trio.lowlevel.checkpoint()
+            return TcpPendingLink(self._layer, sock, (str(name[0]), int(name[1])), self._config)
 
     async def aclose(self) -> None:
-        await self._listener.aclose()
+        if self._sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
 
 
 class TcpLinkLayer(LinkLayer):
@@ -332,30 +432,41 @@ class TcpLinkLayer(LinkLayer):
 
     async def open_listener(self, address: Address, config: TransportConfig) -> LinkListener:
         host, port = address
-        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, sockaddr = infos[0]
-        sock = trio.socket.socket(family, kind, proto)
+        sock = socket.socket(family, kind, proto)
         try:
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-            await sock.bind(sockaddr)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind(sockaddr)
             sock.listen(LISTEN_BACKLOG)
         except BaseException:
             sock.close()
             raise
-        return TcpListener(self, trio.SocketListener(sock), config)
+        return TcpListener(self, sock, config)
 
     async def connect(
         self, address: Address, expected_node_id: NodeId | None, config: TransportConfig
     ) -> Link:
         host, port = address
         try:
-            stream = await trio.open_tcp_stream(host, port)
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise LinkClosed(f"cannot connect to {host}:{port}: {exc}") from None
-        handshake = self._new_handshake(initiator=True, expected_node_id=expected_node_id)
+            raise LinkClosed(f"cannot resolve {host}: {exc}") from None
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        records = _RecordSocket(sock)
         try:
-            return await _run_handshake(stream, handshake, address, config, handshake.start())
+            code = sock.connect_ex(sockaddr)
+            if code == errno.EINPROGRESS:
+                await trio.lowlevel.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code != 0:
+                raise LinkClosed(
+                    f"cannot connect to {host}:{port}: {errno.errorcode.get(code, code)}"
+                )
+            handshake = self._new_handshake(initiator=True, expected_node_id=expected_node_id)
+            return await _run_handshake(records, handshake, address, config, handshake.start())
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            records.close()
             raise

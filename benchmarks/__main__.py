@@ -1,0 +1,60 @@
+"""`python -m benchmarks NAME [--quick] [--profile]`: run one benchmark by name.
+
+The names are an explicit table; each entry runs one benchmark module and prints its
+table and JSON lines. The exit status is 0 whether or not targets are met, and 1 (with
+one line on stderr) if a benchmark could not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from benchmarks import BenchmarkError, BenchmarkOptions
+from benchmarks.transport import run_transport_benchmark
+
+__all__ = ["BENCHMARKS", "main"]
+
+BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
+    "transport": (
+        run_transport_benchmark,
+        "Noise-over-TCP RPC between two processes vs plain blocking sockets",
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run a Freehold benchmark and print its figures beside a baseline.",
+    )
+    parser.add_argument(
+        "name",
+        choices=sorted(BENCHMARKS),
+        help="; ".join(f"{name}: {text}" for name, (_, text) in sorted(BENCHMARKS.items())),
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short measurements for a smoke run (rough figures)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the measured client with cProfile (skews the figures)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    run, _ = BENCHMARKS[arguments.name]
+    try:
+        run(BenchmarkOptions(quick=arguments.quick, profile=arguments.profile))
+    except BenchmarkError as exc:
+        print(f"benchmark {arguments.name} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

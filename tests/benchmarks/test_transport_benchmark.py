@@ -1,0 +1,70 @@
+"""Smoke test of `python -m benchmarks transport --quick`: it runs and prints its figures.
+
+The benchmark runs as a subprocess (it spawns its own server processes, and importing it
+here would add its benchmark-only messages to this process's message table). Nothing
+here asserts on speed: the figures only have to be there and be positive.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+METRICS = {
+    "bulk_mb_per_s",
+    "round_trips_per_s_1_in_flight",
+    "round_trips_per_s_32_in_flight",
+}
+# Generous: a quick run takes a few seconds; this only stops a hung run.
+RUN_TIMEOUT = 120.0
+
+
+def run_benchmark(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    records = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            assert isinstance(record, dict)
+            records.append(record)
+    return records
+
+
+def test_quick_run_prints_positive_figures_for_every_metric() -> None:
+    """A quick run exits 0 and prints one JSON line per metric with positive figures."""
+    result = run_benchmark("transport", "--quick")
+    assert result.returncode == 0, result.stderr
+    records = json_lines(result.stdout)
+    assert {record["metric"] for record in records} == METRICS, result.stdout
+    assert len(records) == len(METRICS)
+    for record in records:
+        assert record["benchmark"] == "transport"
+        for key in ("freehold", "baseline", "ratio", "target"):
+            value = record[key]
+            assert isinstance(value, int | float) and not isinstance(value, bool), record
+            assert value > 0, record
+        assert record["quick"] is True
+    # The readable table is there too, one row per metric with its verdict.
+    rows = [line for line in result.stdout.splitlines() if line.endswith(("pass", "miss"))]
+    assert len(rows) == len(METRICS), result.stdout
+
+
+def test_unknown_benchmark_name_is_refused() -> None:
+    """An unknown benchmark name is a usage error (exit 2), not a traceback."""
+    result = run_benchmark("no-such-benchmark")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
