@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 import nacl.bindings
 import nacl.exceptions
@@ -75,6 +76,71 @@ _DEAD_HANDSHAKE = "handshake is dead: a message failed earlier; start a new conn
 # Bound once: the hot path looks each up as a module global, not as an attribute chain.
 _aead_encrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
 _aead_decrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
+
+
+class _DirectAead:
+    """ChaCha20-Poly1305 IETF through PyNaCl's own cffi binding of libsodium.
+
+    The transport phase runs every byte through these two calls. PyNaCl's public
+    wrappers check their arguments with a dozen Python calls and copy the input to
+    bytes first, which costs four times the cipher on a small RPC; calling the same
+    libsodium functions through PyNaCl's compiled module (nacl._sodium) takes
+    memoryviews as they are. If that module ever changes shape, `load()` returns None
+    and TransportState uses the public wrappers; tests check both give the same bytes.
+    """
+
+    __slots__ = ("_decrypt", "_encrypt", "_ffi", "_null")
+
+    def __init__(self, ffi: Any, lib: Any) -> None:
+        self._ffi = ffi
+        self._null = ffi.NULL
+        self._encrypt = lib.crypto_aead_chacha20poly1305_ietf_encrypt
+        self._decrypt = lib.crypto_aead_chacha20poly1305_ietf_decrypt
+
+    @classmethod
+    def load(cls) -> _DirectAead | None:
+        try:
+            from nacl._sodium import ffi, lib  # type: ignore[import-not-found,unused-ignore]
+
+            return cls(ffi, lib)
+        except (ImportError, AttributeError):
+            return None
+
+    def encrypt(self, plaintext: BytesLike, nonce: bytes, key: bytes) -> bytes:
+        out = bytearray(len(plaintext) + TAG_SIZE)
+        from_buffer = self._ffi.from_buffer
+        self._encrypt(
+            from_buffer(out),
+            self._null,
+            from_buffer(plaintext),
+            len(plaintext),
+            self._null,
+            0,
+            self._null,
+            nonce,
+            key,
+        )
+        return bytes(out)
+
+    def decrypt(self, ciphertext: BytesLike, nonce: bytes, key: bytes) -> bytes | None:
+        """The plaintext, or None if the message fails authentication."""
+        out = bytearray(len(ciphertext) - TAG_SIZE)
+        from_buffer = self._ffi.from_buffer
+        status = self._decrypt(
+            from_buffer(out),
+            self._null,
+            self._null,
+            from_buffer(ciphertext),
+            len(ciphertext),
+            self._null,
+            0,
+            nonce,
+            key,
+        )
+        return bytes(out) if status == 0 else None
+
+
+_DIRECT_AEAD = _DirectAead.load()
 
 
 # --- Crypto functions (§4, §12) ---------------------------------------------------------
@@ -548,7 +614,14 @@ class TransportState:
     anywhere.
     """
 
-    __slots__ = ("_dead", "_receive_key", "_receive_nonce", "_send_key", "_send_nonce")
+    __slots__ = (
+        "_dead",
+        "_direct",
+        "_receive_key",
+        "_receive_nonce",
+        "_send_key",
+        "_send_nonce",
+    )
 
     def __init__(
         self,
@@ -557,6 +630,7 @@ class TransportState:
         *,
         send_nonce: int = 0,
         receive_nonce: int = 0,
+        direct: bool = True,
     ) -> None:
         _check_key_size(send_key, "a send key")
         _check_key_size(receive_key, "a receive key")
@@ -567,13 +641,13 @@ class TransportState:
         self._send_nonce = send_nonce
         self._receive_nonce = receive_nonce
         self._dead = False
+        # `direct=False` forces PyNaCl's public wrappers (the tests compare the two).
+        self._direct = _DIRECT_AEAD if direct else None
 
     def encrypt(self, plaintext: BytesLike) -> bytes:
         """One Noise transport message (at most 65535 bytes) carrying `plaintext`."""
         if self._dead:
             raise LocalProtocolError(_DEAD_TRANSPORT)
-        if not isinstance(plaintext, bytes):
-            plaintext = bytes(plaintext)
         if len(plaintext) > MAX_PLAINTEXT_SIZE:
             raise LocalProtocolError(
                 f"plaintext of {len(plaintext)} bytes exceeds {MAX_PLAINTEXT_SIZE}"
@@ -582,7 +656,12 @@ class TransportState:
         if counter >= MAX_NONCE:
             raise LocalProtocolError("send nonce exhausted (2**64-1 is reserved); reconnect")
         self._send_nonce = counter + 1
-        return _aead_encrypt(plaintext, b"", (counter << 32).to_bytes(12, "little"), self._send_key)
+        nonce = (counter << 32).to_bytes(12, "little")
+        if self._direct is not None:
+            return self._direct.encrypt(plaintext, nonce, self._send_key)
+        if not isinstance(plaintext, bytes):
+            plaintext = bytes(plaintext)
+        return _aead_encrypt(plaintext, b"", nonce, self._send_key)
 
     def decrypt(self, ciphertext: BytesLike) -> bytes:
         """The plaintext of the peer's next transport message. A message that is too
@@ -590,8 +669,6 @@ class TransportState:
         this state."""
         if self._dead:
             raise LocalProtocolError(_DEAD_TRANSPORT)
-        if not isinstance(ciphertext, bytes):
-            ciphertext = bytes(ciphertext)
         counter = self._receive_nonce
         if counter >= MAX_NONCE:
             raise LocalProtocolError("receive nonce exhausted (2**64-1 is reserved); reconnect")
@@ -600,14 +677,17 @@ class TransportState:
             raise RemoteProtocolError(
                 f"transport message of {len(ciphertext)} bytes is not {TAG_SIZE}..65535"
             )
-        try:
-            plaintext = _aead_decrypt(
-                ciphertext, b"", (counter << 32).to_bytes(12, "little"), self._receive_key
-            )
-        except nacl.exceptions.CryptoError:
+        nonce = (counter << 32).to_bytes(12, "little")
+        plaintext: bytes | None
+        if self._direct is not None:
+            plaintext = self._direct.decrypt(ciphertext, nonce, self._receive_key)
+        else:
+            try:
+                plaintext = _aead_decrypt(bytes(ciphertext), b"", nonce, self._receive_key)
+            except nacl.exceptions.CryptoError:
+                plaintext = None
+        if plaintext is None:
             self._dead = True
-            raise RemoteProtocolError(
-                "transport message failed authentication; connection is dead"
-            ) from None
+            raise RemoteProtocolError("transport message failed authentication; connection is dead")
         self._receive_nonce = counter + 1
         return plaintext

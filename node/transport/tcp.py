@@ -98,8 +98,9 @@ class _RecordSocket:
             self._drained = count < space
             return
 
-    def take_record(self) -> bytes | None:
-        """The next complete record already received, if any (no I/O)."""
+    def take_record(self) -> memoryview | None:
+        """The next complete record already received, if any (no I/O). The view is
+        into the receive buffer: use it before the next fill()."""
         start, end = self._start, self._end
         if end - start < RECORD_HEADER.size:
             return None
@@ -108,9 +109,9 @@ class _RecordSocket:
             return None
         start += RECORD_HEADER.size
         self._start = start + length
-        return bytes(self._view[start : start + length])
+        return self._view[start : start + length]
 
-    def take_records(self) -> list[bytes]:
+    def take_records(self) -> list[memoryview]:
         """Every complete record already received (no I/O)."""
         records = []
         while (record := self.take_record()) is not None:
@@ -120,7 +121,7 @@ class _RecordSocket:
     async def receive_record(self) -> bytes:
         while (record := self.take_record()) is None:
             await self.fill()
-        return record
+        return bytes(record)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -208,7 +209,8 @@ class SecureLink(Link):
             await self._flush()
         finally:
             self._flushing = False
-            self._drained.unpark_all()
+            if self._drained:
+                self._drained.unpark_all()
         if self._close_reason is not None:
             raise LinkClosed(self._close_reason)
 
@@ -237,7 +239,8 @@ class SecureLink(Link):
         try:
             while self._pending:
                 buffers = self._encrypt_pending()
-                self._drained.unpark_all()
+                if self._drained:
+                    self._drained.unpark_all()
                 left = self._records.try_send(buffers)
                 if left:
                     await self._finish_send(left)

@@ -508,3 +508,29 @@ def test_random_transport_messages(ciphertexts: list[bytes]) -> None:
     for ciphertext in ciphertexts[1:]:
         with pytest.raises(ProtocolError):
             receiving.decrypt(ciphertext)
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 65519])
+def test_direct_aead_matches_pynacl_public_wrappers(size: int) -> None:
+    """The fast libsodium path and PyNaCl's public wrappers produce and accept the same
+    bytes, and both refuse a tampered message."""
+    from protocol import noise
+
+    assert noise._DIRECT_AEAD is not None, "PyNaCl's compiled module was not found"
+    plaintext = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    key_a, key_b = b"a" * 32, b"b" * 32
+    fast = TransportState(key_a, key_b)
+    slow = TransportState(key_a, key_b, direct=False)
+    fast_peer = TransportState(key_b, key_a)
+    slow_peer = TransportState(key_b, key_a, direct=False)
+    for _ in range(3):
+        ciphertext = fast.encrypt(memoryview(plaintext))
+        assert ciphertext == slow.encrypt(plaintext)
+        assert slow_peer.decrypt(ciphertext) == plaintext
+        assert fast_peer.decrypt(memoryview(ciphertext)) == plaintext
+    tampered = bytearray(fast.encrypt(plaintext))
+    tampered[-1] ^= 0x80
+    slow.encrypt(plaintext)
+    for receiver in (fast_peer, slow_peer):
+        with pytest.raises(RemoteProtocolError):
+            receiver.decrypt(bytes(tampered))

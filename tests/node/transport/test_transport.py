@@ -201,12 +201,16 @@ async def test_in_flight_limit_queues_our_requests(network: Network, clock: Mock
 
 
 async def test_idle_connections_close_and_redial(network: Network, clock: MockClock) -> None:
-    """A connection idle past the idle timeout closes; the next request dials again."""
+    """A connection idle for a whole idle period closes (within two periods of its last
+    use, never before one); the next request dials again."""
     config = TransportConfig(idle_timeout=30.0)
     async with network.node(config=config) as server, network.node(config=config) as client:
         assert server.address is not None
-        await client.ping(server.address, node_id=server.node_id)
-        await trio.sleep(31)
+        for _ in range(3):  # in use: stays open across idle periods
+            await client.ping(server.address, node_id=server.node_id)
+            await trio.sleep(29)
+        assert len(client.connected_peers()) == 1
+        await trio.sleep(60 - 29)
         assert client.connected_peers() == []
         assert server.connected_peers() == []
         await client.ping(server.address, node_id=server.node_id)
