@@ -326,15 +326,15 @@ class Connection:
             if envelope.kind is Kind.REQUEST:
                 statistics.requests_received += 1
                 message = envelope.message
-                handler = self.transport._handlers.get(type(message))
-                if handler is None:
+                inline = self.transport._inline_handlers.get(type(message))
+                handler = self.transport._async_handlers.get(type(message))
+                if inline is not None:
+                    await self._reply(envelope.request_id, self._answer_inline(inline, message))
+                elif handler is None:
                     unsupported = f"no handler for {type(message).__name__}"
                     await self._reply(
                         envelope.request_id, Error(ErrorCode.UNSUPPORTED, unsupported)
                     )
-                elif not inspect.iscoroutinefunction(handler):
-                    inline = cast(InlineHandler, handler)
-                    await self._reply(envelope.request_id, self._answer_inline(inline, message))
                 elif self._inbound_in_flight >= self.config.max_inflight_per_peer:
                     await self._cut_off(
                         f"more than {self.config.max_inflight_per_peer} requests in flight"
@@ -342,7 +342,6 @@ class Connection:
                     return
                 else:
                     self._inbound_in_flight += 1
-                    handler = cast(AsyncHandler, handler)
                     nursery.start_soon(self._serve, handler, envelope.request_id, message)
             else:
                 waiter = self._pending.pop(envelope.request_id, None)
@@ -454,8 +453,12 @@ class Transport:
         self._link_layer = link_layer
         self._listen_address = listen_address
         self.address: Address | None = None
-        self._handlers: dict[type[Message], Handler] = {Ping: self.handle_ping}
-        self._handlers.update(handlers or {})
+        # Split once here, not per request: inspecting a function costs microseconds.
+        self._inline_handlers: dict[type[Message], InlineHandler] = {}
+        self._async_handlers: dict[type[Message], AsyncHandler] = {}
+        self.add_handler(Ping, self.handle_ping)
+        for message_type, handler in (handlers or {}).items():
+            self.add_handler(message_type, handler)
         self._connections: dict[NodeId, Connection] = {}
         self._dialing: dict[NodeId, trio.Event] = {}
         self._slots_in_use = 0
@@ -485,7 +488,12 @@ class Transport:
 
     def add_handler(self, message_type: type[Message], handler: Handler) -> None:
         """Answer requests of `message_type` with `handler` (replaces any earlier one)."""
-        self._handlers[message_type] = handler
+        self._inline_handlers.pop(message_type, None)
+        self._async_handlers.pop(message_type, None)
+        if inspect.iscoroutinefunction(handler):
+            self._async_handlers[message_type] = cast(AsyncHandler, handler)
+        else:
+            self._inline_handlers[message_type] = cast(InlineHandler, handler)
 
     def statistics(self) -> TransportStatistics:
         self._statistics.connections_open = len(self._connections)
