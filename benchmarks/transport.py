@@ -259,6 +259,63 @@ def _serve_baseline_connection(connection: socket.socket) -> None:
         connection.sendall(LENGTH.pack(len(reply)) + reply)
 
 
+def _serve_trio_echo(control: Connection) -> None:
+    """Server process: the least a trio server can do per round trip (no crypto, no
+    codec): wait until readable, read, write the bytes back."""
+    listener = socket.create_server(LOOPBACK)
+    host, port = listener.getsockname()[:2]
+    control.send((str(host), int(port)))
+    threading.Thread(target=_exit_when_orphaned, args=(control,), daemon=True).start()
+    connection, _ = listener.accept()
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection.setblocking(False)
+
+    async def echo() -> None:
+        while True:
+            await trio.lowlevel.wait_readable(connection)
+            data = connection.recv(BASELINE_READ_BUFFER)
+            if not data:
+                return
+            connection.sendall(data)
+
+    trio.run(echo)
+
+
+async def _trio_floor_rate(address: tuple[str, int], seconds: float) -> float:
+    """One-at-a-time round trips against `_serve_trio_echo`, with the client shaped like
+    any multiplexing client: a reader task hands each answer to the waiting caller."""
+    connection = socket.create_connection(address)
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection.setblocking(False)
+    framed = LENGTH.pack(len(ROUND_TRIP_PAYLOAD)) + ROUND_TRIP_PAYLOAD
+    waiting: list[trio.lowlevel.Task] = []
+
+    async def read_answers() -> None:
+        while True:
+            await trio.lowlevel.wait_readable(connection)
+            if not connection.recv(BASELINE_READ_BUFFER):
+                return
+            trio.lowlevel.reschedule(waiting.pop())
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    done = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_answers)
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            waiting.append(trio.lowlevel.current_task())
+            connection.sendall(framed)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            done += 1
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    connection.close()
+    return done / elapsed
+
+
 # ---------------------------------------------------------------------- profiling
 
 
@@ -456,7 +513,10 @@ def _in_unit(metric: Metric, rate: float) -> float:
 
 
 def _report(
-    freehold: dict[Metric, float], baseline: dict[Metric, float], options: BenchmarkOptions
+    freehold: dict[Metric, float],
+    baseline: dict[Metric, float],
+    trio_floor: float,
+    options: BenchmarkOptions,
 ) -> None:
     run = "quick run, rough figures" if options.quick else "full run"
     if options.profile:
@@ -499,8 +559,28 @@ def _report(
             }
         )
     print()
+    print(
+        "reference: trio floor, 1 at a time (8-byte echo, trio at both ends, a reader task "
+        f"on the client, no Noise, no codec): {trio_floor:.1f} rt/s; freehold reaches "
+        f"{freehold[ONE_AT_A_TIME] / trio_floor:.2f} of it"
+    )
+    print()
     for record in records:
         print(json.dumps(record))
+    print(
+        json.dumps(
+            {
+                "benchmark": "transport",
+                "metric": "trio_floor_round_trips_per_s_1_in_flight",
+                "unit": "rt/s",
+                "reference": round(trio_floor, 1),
+                "freehold": round(freehold[ONE_AT_A_TIME], 1),
+                "ratio": round(freehold[ONE_AT_A_TIME] / trio_floor, 3),
+                "quick": options.quick,
+                "profiled": options.profile,
+            }
+        )
+    )
 
 
 def run_transport_benchmark(options: BenchmarkOptions) -> None:
@@ -514,7 +594,11 @@ def run_transport_benchmark(options: BenchmarkOptions) -> None:
         )
     with _spawned_server(_serve_baseline) as (_, baseline_address):
         baseline = _measure_baseline(baseline_address, durations)
+    with _spawned_server(_serve_trio_echo) as (_, echo_address):
+        trio.run(_trio_floor_rate, echo_address, durations.warmup)  # warm-up connection
+    with _spawned_server(_serve_trio_echo) as (_, echo_address):
+        trio_floor = trio.run(_trio_floor_rate, echo_address, durations.round_trips)
     for profile in profiles:
         print(profile)
         print()
-    _report(freehold, baseline, options)
+    _report(freehold, baseline, trio_floor, options)

@@ -49,8 +49,15 @@ def test_quick_run_prints_positive_figures_for_every_metric() -> None:
     result = run_benchmark("transport", "--quick")
     assert result.returncode == 0, result.stderr
     records = json_lines(result.stdout)
+    references = [record for record in records if "reference" in record]
+    records = [record for record in records if "reference" not in record]
     assert {record["metric"] for record in records} == METRICS, result.stdout
     assert len(records) == len(METRICS)
+    # The trio floor: what the same machine does per round trip with no Noise or codec.
+    assert [record["metric"] for record in references] == [
+        "trio_floor_round_trips_per_s_1_in_flight"
+    ]
+    assert references[0]["reference"] > 0
     for record in records:
         assert record["benchmark"] == "transport"
         for key in ("freehold", "baseline", "ratio", "target"):
