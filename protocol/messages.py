@@ -53,25 +53,34 @@ from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_CONTACTS",
+    "MAX_PROVIDERS",
     "MAX_REQUEST_ID",
     "MAX_TYPE_CODE",
     "MESSAGES",
     "PROTOCOL_VERSION",
+    "AddProvider",
     "Bytes",
     "EnumValue",
     "Envelope",
     "Error",
     "ErrorCode",
+    "FindNode",
+    "GetProviders",
     "Int",
     "Items",
     "Kind",
     "MalformedMessage",
     "Message",
     "MessageTable",
+    "Nodes",
     "Ping",
     "Pong",
+    "ProviderAdded",
+    "Providers",
     "Text",
     "UnknownMessageType",
+    "WireContact",
     "decode_envelope",
     "encode_envelope",
     "message",
@@ -707,6 +716,80 @@ class Error(Message):
 
     code: Annotated[ErrorCode, EnumValue(fallback=ErrorCode.UNKNOWN)]
     message: Annotated[str, Text(max_len=1024)]
+
+
+# ---------------------------------------------------------------------------- DHT
+# docs/PROTOCOL.md#dht. Every DHT request carries the port its sender listens on (0 if
+# it does not): the receiver pairs it with the host the authenticated connection comes
+# from to learn a contact it can dial back.
+
+MAX_CONTACTS: Final = 32
+"""Most contacts in one NODES or PROVIDERS answer (k = 20 is what honest nodes send)."""
+
+MAX_PROVIDERS: Final = 64
+"""Most providers in one PROVIDERS answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireContact:
+    """A node as the DHT passes it around: its id and where to dial it."""
+
+    node_id: Annotated[bytes, Bytes(exact_len=32)]
+    host: Annotated[str, Text(min_len=1, max_len=253)]
+    port: Annotated[int, Int(min=1, max=65535)]
+
+
+@message(type_code=10)
+@dataclass(frozen=True, slots=True)
+class FindNode(Message):
+    """Which contacts do you know closest to `target`? Answered by NODES."""
+
+    target: Annotated[bytes, Bytes(exact_len=32)]
+    sender_port: Annotated[int, Int(min=0, max=65535)]
+
+
+@message(type_code=11)
+@dataclass(frozen=True, slots=True)
+class Nodes(Message):
+    """Answer to FIND_NODE: up to k contacts, closest to the target first."""
+
+    contacts: Annotated[tuple[WireContact, ...], Items(max_items=MAX_CONTACTS)]
+
+
+@message(type_code=12)
+@dataclass(frozen=True, slots=True)
+class AddProvider(Message):
+    """Record that the sender (the authenticated peer, nobody else) provides `key`."""
+
+    key: Annotated[bytes, Bytes(exact_len=32)]
+    sender_port: Annotated[int, Int(min=1, max=65535)]
+
+
+@message(type_code=13)
+@dataclass(frozen=True, slots=True)
+class ProviderAdded(Message):
+    """Answer to ADD_PROVIDER: the record is kept for `ttl` seconds."""
+
+    ttl: Annotated[int, Int(min=0, max=2**32 - 1)]
+
+
+@message(type_code=14)
+@dataclass(frozen=True, slots=True)
+class GetProviders(Message):
+    """Who provides `key`? Answered by PROVIDERS."""
+
+    key: Annotated[bytes, Bytes(exact_len=32)]
+    sender_port: Annotated[int, Int(min=0, max=65535)]
+
+
+@message(type_code=15)
+@dataclass(frozen=True, slots=True)
+class Providers(Message):
+    """Answer to GET_PROVIDERS: the providers we hold records for, and the contacts we
+    know closest to the key (so the lookup can go on)."""
+
+    providers: Annotated[tuple[WireContact, ...], Items(max_items=MAX_PROVIDERS)]
+    closer: Annotated[tuple[WireContact, ...], Items(max_items=MAX_CONTACTS)]
 
 
 # -------------------------------------------------------------------------- codec

@@ -1,0 +1,64 @@
+"""Every DHT parameter in one validated frozen dataclass (h2's model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.messages import MAX_CONTACTS, MAX_PROVIDERS
+
+__all__ = ["DhtConfig"]
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class DhtConfig:
+    """Kademlia's parameters and Freehold's limits. Times are in seconds."""
+
+    # Kademlia §2.2 / §2.3.
+    k: int = 20
+    alpha: int = 3
+    # Contacts kept per bucket in the replacement cache (Kademlia §4.1).
+    replacement_cache_size: int = 10
+    # Limits on contacts from one IP prefix (/24 for IPv4, /64 for IPv6), per bucket and
+    # per table, against one operator filling a table with Sybils. None turns a limit
+    # off, as tests on loopback or in memory need.
+    ip_prefix_limit_per_bucket: int | None = 2
+    ip_prefix_limit_per_table: int | None = 10
+    # Query timeouts adapt to measured round trips (RFC 6298 style): timeout = srtt +
+    # 4 * rttvar, clamped to [min_query_timeout, max_query_timeout]; initial_query_timeout
+    # until a peer has been measured.
+    initial_query_timeout: float = 2.0
+    min_query_timeout: float = 0.2
+    max_query_timeout: float = 5.0
+    # Provider records (DESIGN.md#dht): kept 48 h, republished by their provider every
+    # 22 h; quotas bound what one peer can make us store.
+    provider_ttl: float = 48 * HOUR
+    republish_interval: float = 22 * HOUR
+    max_records_per_peer: int = 100_000
+    max_providers_per_key: int = MAX_PROVIDERS
+    # Buckets with no lookup for this long are refreshed with a random-id lookup.
+    bucket_refresh_interval: float = 1 * HOUR
+    # How often expired records are swept out.
+    expiry_sweep_interval: float = 10 * 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= MAX_CONTACTS:
+            raise ValueError(f"DhtConfig.k must be 1..{MAX_CONTACTS}")
+        if not 1 <= self.alpha <= self.k:
+            raise ValueError("DhtConfig.alpha must be 1..k")
+        if self.replacement_cache_size < 0:
+            raise ValueError("DhtConfig.replacement_cache_size must be >= 0")
+        for name in ("ip_prefix_limit_per_bucket", "ip_prefix_limit_per_table"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"DhtConfig.{name} must be >= 1 or None")
+        if not 0 < self.min_query_timeout <= self.initial_query_timeout <= self.max_query_timeout:
+            raise ValueError("need 0 < min_query_timeout <= initial <= max_query_timeout")
+        if not 0 < self.republish_interval < self.provider_ttl:
+            raise ValueError("republish_interval must be positive and below provider_ttl")
+        if not 1 <= self.max_providers_per_key <= MAX_PROVIDERS:
+            raise ValueError(f"DhtConfig.max_providers_per_key must be 1..{MAX_PROVIDERS}")
+        for name in ("max_records_per_peer", "bucket_refresh_interval", "expiry_sweep_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DhtConfig.{name} must be positive")
