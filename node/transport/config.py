@@ -19,8 +19,12 @@ class TransportConfig:
     # Requests one peer may have in flight to us (and we to it). A peer that sends
     # more is cut off: an honest peer holds the same limit on its own side.
     max_inflight_per_peer: int = 64
-    # Authenticated and handshaking connections together; beyond it new ones are closed.
+    # Inbound connections (handshaking or established) we keep; beyond it new ones are
+    # closed at once. Outbound connections have a budget of the same size of their own.
     max_connections: int = 512
+    # Inbound handshakes in progress at once: a flood of half-open connections is
+    # refused beyond this without touching established ones.
+    max_handshakes: int = 64
     # A dial or an inbound handshake that takes longer is abandoned.
     handshake_timeout: float = 10.0
     # Default wait for an answer, and the longest a handler may take to give one.
@@ -33,7 +37,12 @@ class TransportConfig:
     max_consecutive_timeouts: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_size", "max_inflight_per_peer", "max_connections"):
+        for name in (
+            "max_frame_size",
+            "max_inflight_per_peer",
+            "max_connections",
+            "max_handshakes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"TransportConfig.{name} must be at least 1")
         if self.max_frame_size > 64 * 1024 * 1024:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
+import trio
+
 from protocol.identity import NodeId
 
 if TYPE_CHECKING:
@@ -59,6 +61,12 @@ class Link(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Close the link; idempotent."""
+
+    async def run(self) -> None:
+        """The link's own background work (the TCP writer), run by the connection in
+        its nursery for the life of the link. Returns or is cancelled when the link
+        closes; never raises."""
+        await trio.sleep_forever()
 
 
 class PendingLink(ABC):

@@ -130,7 +130,7 @@ class MemoryLink(Link):
         remote_address: Address,
         outgoing: trio.MemorySendChannel[_Frame],
         incoming: trio.MemoryReceiveChannel[_Frame],
-        max_frame_size: int,
+        config: TransportConfig,
     ) -> None:
         self.remote_node_id = remote_node_id
         self.remote_address = remote_address
@@ -139,7 +139,8 @@ class MemoryLink(Link):
         self._latency = network.latency(local_host, remote_address[0])
         self._outgoing = outgoing
         self._incoming = incoming
-        self._max_frame_size = max_frame_size
+        self._max_frame_size = config.max_frame_size
+        self._send_timeout = config.send_timeout
         self._last_arrival = -math.inf
         self._close_reason: str | None = None
 
@@ -157,9 +158,15 @@ class MemoryLink(Link):
         arrival = max(trio.current_time() + self._latency, self._last_arrival)
         self._last_arrival = arrival
         try:
-            await self._outgoing.send((arrival, frame))
+            with trio.move_on_after(self._send_timeout):
+                await self._outgoing.send((arrival, frame))
+                return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise LinkClosed(self._close_reason or "peer closed the connection") from None
+        # As over TCP: a peer that does not read for the send timeout is cut off.
+        reason = f"peer did not read for {self._send_timeout:g} s"
+        await self.aclose()
+        raise LinkClosed(reason, misbehaved=True)
 
     async def receive_frame(self) -> bytes:
         try:
@@ -178,16 +185,24 @@ class MemoryLink(Link):
 
 
 class MemoryPendingLink(PendingLink):
+    """The listener's end before it accepts; the dialer waits for the verdict, as a TCP
+    dialer waits for the handshake the listener may refuse."""
+
     def __init__(self, link: MemoryLink) -> None:
         self.remote_address = link.remote_address
         self._link = link
+        self.accepted = False
+        self.decided = trio.Event()
 
     async def handshake(self) -> Link:
         # The dialer spends the handshake's round trip; the responder has nothing to do.
+        self.accepted = True
+        self.decided.set()
         await trio.lowlevel.checkpoint()
         return self._link
 
     async def aclose(self) -> None:
+        self.decided.set()
         await self._link.aclose()
 
 
@@ -264,7 +279,7 @@ class MemoryLinkLayer(LinkLayer):
             address,
             to_remote,
             from_remote,
-            config.max_frame_size,
+            config,
         )
         theirs = MemoryLink(
             network,
@@ -273,9 +288,22 @@ class MemoryLinkLayer(LinkLayer):
             local_address,
             to_local,
             from_local,
-            listener.config.max_frame_size,
+            listener.config,
         )
-        if not listener._offer(MemoryPendingLink(theirs)):
+        pending = MemoryPendingLink(theirs)
+        if not listener._offer(pending):
             raise LinkClosed(f"{address[0]}:{address[1]} refused the connection (backlog full)")
-        await trio.sleep(latency)  # the rest of the handshake
+        try:
+            await pending.decided.wait()
+            if not pending.accepted:
+                raise LinkClosed(
+                    f"{address[0]}:{address[1]} closed the connection in the handshake"
+                )
+            await trio.sleep(latency)  # the rest of the handshake
+        except BaseException:
+            # Given up (or refused): the listener's end must not stay half open.
+            with trio.CancelScope(shield=True):
+                await ours.aclose()
+                await theirs.aclose()
+            raise
         return ours

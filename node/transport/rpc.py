@@ -155,15 +155,33 @@ class _Waiter:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+class _Dial:
+    """A dial in progress, whose outcome every request waiting on it shares."""
+
+    __slots__ = ("connection", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.connection: Connection | None = None
+        self.error: TransportError | None = None
+
+
 class Connection:
     """One authenticated link and the requests multiplexed on it."""
 
-    def __init__(self, transport: Transport, link: Link) -> None:
+    def __init__(self, transport: Transport, link: Link, *, outbound: bool) -> None:
         self.transport = transport
         self.link = link
+        self.outbound = outbound
         self.peer = Peer(link.remote_node_id, link.remote_address)
         self.config = transport.config
+        # A newer connection to the same peer serves new requests; this one closes
+        # once nothing is in flight on it.
+        self.superseded = False
         self._pending: dict[int, _Waiter] = {}
+        # Requests we gave up on (timed out, cancelled) whose answers have not come:
+        # the peer may still be serving them, so they still count against its limit.
+        self._abandoned: set[int] = set()
         self._next_request_id = 0
         self._outbound_in_flight = 0
         self._timer: trio.CancelScope | None = None
@@ -187,15 +205,19 @@ class Connection:
         The timeout is kept by the connection's timer task rather than a cancel scope
         per request: on a small RPC a cancel scope costs as much as the cryptography.
         """
-        if self._outbound_in_flight >= self.config.max_inflight_per_peer:
+        if self._in_flight_to_peer() >= self.config.max_inflight_per_peer:
             # Never more in flight than the peer accepts (it cuts off beyond that).
             with trio.move_on_at(deadline):
-                while self._outbound_in_flight >= self.config.max_inflight_per_peer:
+                while (
+                    self._in_flight_to_peer() >= self.config.max_inflight_per_peer
+                    and self._close_reason is None
+                ):
                     await self._outbound_waiting.park()
-            if self._outbound_in_flight >= self.config.max_inflight_per_peer:
-                self._note_timeout()
+            if self._close_reason is None and (
+                self._in_flight_to_peer() >= self.config.max_inflight_per_peer
+            ):
                 raise RequestTimeout(
-                    f"{self.peer.node_id.short()} had {self._outbound_in_flight} requests "
+                    f"{self.peer.node_id.short()} had {self._in_flight_to_peer()} requests "
                     "in flight until the deadline"
                 )
         if self._close_reason is not None:
@@ -213,9 +235,13 @@ class Connection:
             await waiter.wait()
         finally:
             self._outbound_in_flight -= 1
-            if self._outbound_waiting:
-                self._outbound_waiting.unpark()
             self._pending.pop(request_id, None)
+            if (waiter.timed_out or not waiter.done) and self._close_reason is None:
+                self._abandoned.add(request_id)
+            elif self._outbound_waiting:
+                self._outbound_waiting.unpark()
+        if self.superseded:
+            await self._retire_if_idle()
         if waiter.timed_out:
             await self._note_timeout_and_maybe_close()
             raise RequestTimeout(
@@ -229,6 +255,9 @@ class Connection:
         if isinstance(response, Error):
             raise RemoteError(int(response.code), response.message)
         return response
+
+    def _in_flight_to_peer(self) -> int:
+        return self._outbound_in_flight + len(self._abandoned)
 
     def _note_timeout(self) -> None:
         self.transport._statistics.request_timeouts += 1
@@ -259,7 +288,7 @@ class Connection:
         while True:
             request_id = self._next_request_id
             self._next_request_id = (request_id + 1) % REQUEST_ID_LIMIT
-            if request_id not in self._pending:
+            if request_id not in self._pending and request_id not in self._abandoned:
                 return request_id
 
     async def _send(self, envelope: Envelope) -> None:
@@ -281,23 +310,36 @@ class Connection:
     # -- inbound ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read frames until the link closes; then fail whatever still waits on it."""
+        """Read frames until the link closes; then fail whatever still waits on it.
+
+        Nothing a peer sends may end the node: an unexpected error in this connection's
+        tasks is logged with its traceback and closes this connection only.
+        """
         reason = "closed"
         try:
             with self._cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._close_when_idle)
-                    nursery.start_soon(self._expire_requests)
-                    try:
-                        await self._read_loop(nursery)
-                    except LinkClosed as exc:
-                        reason = exc.reason
-                        if exc.misbehaved:
-                            await self._cut_off(reason)
-                    nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self.link.run)
+                        nursery.start_soon(self._close_when_idle)
+                        nursery.start_soon(self._expire_requests)
+                        try:
+                            await self._read_loop(nursery)
+                        except LinkClosed as exc:
+                            reason = exc.reason
+                            if exc.misbehaved:
+                                await self._cut_off(reason)
+                            elif self._close_reason is None:
+                                self._close_reason = reason
+                        nursery.cancel_scope.cancel()
+                except Exception as exc:  # a bug of ours, not the peer's doing
+                    logger.exception("connection to %s failed", self.peer.node_id.short())
+                    reason = f"internal error: {exc!r}"
         finally:
             reason = self._close_reason or reason
             self._close_reason = reason
+            self._abandoned.clear()
+            self._outbound_waiting.unpark_all()
             for waiter in self._pending.values():
                 waiter.error = ConnectionClosed(reason)
                 waiter.finish()
@@ -347,6 +389,10 @@ class Connection:
                 waiter = self._pending.pop(envelope.request_id, None)
                 if waiter is None:
                     statistics.late_responses += 1
+                    if envelope.request_id in self._abandoned:
+                        self._abandoned.discard(envelope.request_id)
+                        if self._outbound_waiting:
+                            self._outbound_waiting.unpark()
                     continue
                 waiter.response = envelope.message
                 waiter.finish()
@@ -384,12 +430,16 @@ class Connection:
         except Exception:
             logger.exception("handler for %s failed", type(message).__name__)
             response = Error(ErrorCode.INTERNAL, "internal error")
+        try:
+            # Counted until the link has taken the answer: while the peer does not read,
+            # its answers hold their places and it cannot pile up more requests. Handing
+            # an answer over does not yield, so an answered request stops counting
+            # before the read loop can run again.
+            await self._reply(request_id, response)
         finally:
-            # Answered (or abandoned): it no longer counts, even while the answer waits
-            # for the link. Counting until the send returned made a peer within the limit
-            # look over it whenever the scheduler ran our read loop first.
             self._inbound_in_flight -= 1
-        await self._reply(request_id, response)
+        if self.superseded:
+            await self._retire_if_idle()
 
     async def _reply(self, request_id: int, response: Message) -> None:
         try:
@@ -416,6 +466,10 @@ class Connection:
                 return
             seen = self._activity
 
+    async def _retire_if_idle(self) -> None:
+        if not self._pending and not self._inbound_in_flight and self._close_reason is None:
+            await self.close("replaced by a newer connection")
+
     async def _cut_off(self, reason: str) -> None:
         statistics = self.transport._statistics
         statistics.peers_cut_off += 1
@@ -431,6 +485,7 @@ class Connection:
         if self._close_reason is None:
             self._close_reason = reason
         self._cancel_scope.cancel()
+        self._outbound_waiting.unpark_all()
         with trio.CancelScope(shield=True):
             await self.link.aclose()
 
@@ -460,8 +515,13 @@ class Transport:
         for message_type, handler in (handlers or {}).items():
             self.add_handler(message_type, handler)
         self._connections: dict[NodeId, Connection] = {}
-        self._dialing: dict[NodeId, trio.Event] = {}
-        self._slots_in_use = 0
+        self._by_address: dict[Address, Connection] = {}  # outbound, by dialled address
+        self._dialing: dict[NodeId, _Dial] = {}
+        # Separate budgets, so that a flood of inbound handshakes or connections cannot
+        # stop us from dialling out, nor the other way round.
+        self._handshaking = 0
+        self._inbound_count = 0
+        self._outbound_count = 0
         self._statistics = TransportStatistics()
         self._nursery: trio.Nursery | None = None
         self._ping_count = 0
@@ -542,49 +602,64 @@ class Transport:
     async def _connection_to(
         self, address: Address, node_id: NodeId | None, deadline: float
     ) -> Connection:
-        while node_id is not None:
-            connection = self._connections.get(node_id)
-            if connection is not None and connection.is_open:
-                return connection
-            dialing = self._dialing.get(node_id)
-            if dialing is None:
-                break
-            with trio.move_on_at(deadline):
-                await dialing.wait()
-            if trio.current_time() >= deadline:
-                raise RequestTimeout(f"dialling {node_id.short()} took too long")
-        return await self._dial(address, node_id, deadline)
+        if node_id is None:
+            # Dialled by address alone (bootstrap): reuse what that address gave us.
+            known = self._by_address.get(address)
+            if known is not None and known.is_open:
+                return known
+            return await self._dial(address, None, deadline)
+        connection = self._connections.get(node_id)
+        if connection is not None and connection.is_open:
+            return connection
+        dialing = self._dialing.get(node_id)
+        if dialing is None:
+            return await self._dial(address, node_id, deadline)
+        # Someone is dialling that peer already: share the outcome.
+        with trio.move_on_at(deadline):
+            await dialing.done.wait()
+        if dialing.connection is not None and dialing.connection.is_open:
+            return dialing.connection
+        if dialing.error is not None:
+            raise type(dialing.error)(str(dialing.error))
+        raise RequestTimeout(f"dialling {node_id.short()} took too long")
 
     async def _dial(self, address: Address, node_id: NodeId | None, deadline: float) -> Connection:
-        nursery = self._nursery
-        if nursery is None:
+        if self._nursery is None:
             raise TransportError("the transport is not running")
-        if self._slots_in_use >= self.config.max_connections:
-            raise ConnectionFailed(f"connection limit ({self.config.max_connections}) reached")
-        done = trio.Event()
+        if self._outbound_count >= self.config.max_connections:
+            raise ConnectionFailed(
+                f"outbound connection limit ({self.config.max_connections}) reached"
+            )
+        dial = _Dial()
         if node_id is not None:
-            self._dialing[node_id] = done
-        self._slots_in_use += 1
+            self._dialing[node_id] = dial
+        self._outbound_count += 1
         registered = False
+        handshake_deadline = trio.current_time() + self.config.handshake_timeout
         try:
-            with trio.move_on_at(
-                min(deadline, trio.current_time() + self.config.handshake_timeout)
-            ):
+            with trio.move_on_at(min(deadline, handshake_deadline)):
                 try:
                     link = await self._link_layer.connect(address, node_id, self.config)
                 except LinkClosed as exc:
                     raise ConnectionFailed(exc.reason) from None
-                connection = self._register(link, nursery)
+                connection = await self._register(link, outbound=True)
                 registered = True
+                self._by_address[address] = connection
                 self._statistics.connections_outbound += 1
+                dial.connection = connection
                 return connection
+            if deadline < handshake_deadline:
+                raise RequestTimeout(f"no answer from {address[0]}:{address[1]} in time (dialling)")
             raise ConnectionFailed(f"no handshake with {address[0]}:{address[1]} in time")
+        except TransportError as exc:
+            dial.error = exc
+            raise
         finally:
             if not registered:
-                self._slots_in_use -= 1
-            if node_id is not None and self._dialing.get(node_id) is done:
+                self._outbound_count -= 1
+            if node_id is not None and self._dialing.get(node_id) is dial:
                 del self._dialing[node_id]
-            done.set()
+            dial.done.set()
 
     # -- inbound ----------------------------------------------------------------------
 
@@ -597,22 +672,24 @@ class Transport:
                     pending = await listener.accept()
                 except trio.ClosedResourceError:
                     return
-                if self._slots_in_use >= self.config.max_connections:
+                refusal = None
+                if self._handshaking >= self.config.max_handshakes:
+                    refusal = f"handshake limit ({self.config.max_handshakes}) reached"
+                elif self._inbound_count >= self.config.max_connections:
+                    refusal = f"connection limit ({self.config.max_connections}) reached"
+                if refusal is not None:
                     self._statistics.connections_refused += 1
-                    logger.warning(
-                        "refusing %s:%s: connection limit (%d) reached",
-                        *pending.remote_address,
-                        self.config.max_connections,
-                    )
+                    logger.warning("refusing %s:%s: %s", *pending.remote_address, refusal)
                     await pending.aclose()
                     continue
-                self._slots_in_use += 1
-                nursery.start_soon(self._handshake_inbound, pending, nursery)
+                self._handshaking += 1
+                self._inbound_count += 1
+                nursery.start_soon(self._handshake_inbound, pending)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
-    async def _handshake_inbound(self, pending: PendingLink, nursery: trio.Nursery) -> None:
+    async def _handshake_inbound(self, pending: PendingLink) -> None:
         registered = False
         try:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
@@ -620,6 +697,7 @@ class Transport:
                     link = await pending.handshake()
                 except LinkClosed as exc:
                     self._statistics.handshakes_failed += 1
+                    self._statistics.peers_cut_off += 1
                     logger.warning("cutting off %s:%s: %s", *pending.remote_address, exc.reason)
                     return
             if scope.cancelled_caught:
@@ -632,27 +710,45 @@ class Transport:
                 )
                 await pending.aclose()
                 return
-            self._register(link, nursery)
+            await self._register(link, outbound=False)
             registered = True
             self._statistics.connections_inbound += 1
         finally:
+            self._handshaking -= 1
             if not registered:
-                self._slots_in_use -= 1
+                self._inbound_count -= 1
 
     # -- the pool ---------------------------------------------------------------------
 
-    def _register(self, link: Link, nursery: trio.Nursery) -> Connection:
-        connection = Connection(self, link)
+    async def _register(self, link: Link, *, outbound: bool) -> Connection:
+        nursery = self._nursery
+        if nursery is None:
+            # Stopped while the handshake ran: nobody will serve this link.
+            with trio.CancelScope(shield=True):
+                await link.aclose()
+            raise ConnectionFailed("the transport stopped")
+        connection = Connection(self, link, outbound=outbound)
         # The newest connection to a peer serves new requests; an older one finishes
-        # what it carries and closes when idle.
+        # what it carries and closes as soon as nothing is in flight on it, so that one
+        # identity cannot hold many of our connection slots.
+        older = self._connections.get(link.remote_node_id)
         self._connections[link.remote_node_id] = connection
         nursery.start_soon(connection.run)
+        if older is not None and older.is_open:
+            older.superseded = True
+            nursery.start_soon(older._retire_if_idle)
         return connection
 
     def _forget(self, connection: Connection) -> None:
-        self._slots_in_use -= 1
+        if connection.outbound:
+            self._outbound_count -= 1
+        else:
+            self._inbound_count -= 1
         if self._connections.get(connection.peer.node_id) is connection:
             del self._connections[connection.peer.node_id]
+        for address, known in list(self._by_address.items()):
+            if known is connection:
+                del self._by_address[address]
 
 
 @asynccontextmanager

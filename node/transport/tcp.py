@@ -23,6 +23,7 @@ import errno
 import logging
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import nacl.utils
 import trio
@@ -47,9 +48,11 @@ RECEIVE_BUFFER_SIZE = 4 * (RECORD_HEADER.size + MAX_MESSAGE_SIZE)
 SEND_HIGH_WATER = 4 * 1024 * 1024
 # Buffers per sendmsg call (Linux's IOV_MAX is 1024).
 SEND_BATCH = 512
-# Frames the reader hands out back to back before it yields to other tasks.
-FRAMES_PER_CHECKPOINT = 64
+# Frames and records the reader takes back to back before it yields to other tasks.
+UNITS_PER_CHECKPOINT = 64
 LISTEN_BACKLOG = 128
+# Pause after accept() fails for lack of descriptors or memory.
+ACCEPT_BACKOFF = 0.1
 KEY_SIZE = 32
 _LOST = (ConnectionError, OSError)
 
@@ -82,13 +85,13 @@ class _RecordSocket:
         if self._drained:
             # The last read emptied the kernel's buffer: wait before asking again, which
             # saves a system call that would only say "nothing yet".
-            await trio.lowlevel.wait_readable(self.sock)
+            await self._wait(trio.lowlevel.wait_readable)
         while True:
             space = len(self._buffer) - self._end
             try:
                 count = self.sock.recv_into(self._view[self._end :])
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
+                await self._wait(trio.lowlevel.wait_readable)
                 continue
             except _LOST as exc:
                 raise LinkClosed(f"connection lost: {exc}") from None
@@ -148,8 +151,17 @@ class _RecordSocket:
     async def send_all(self, buffers: list[bytes | memoryview]) -> None:
         pending = self.try_send(buffers)
         while pending:
-            await trio.lowlevel.wait_writable(self.sock)
+            await self._wait(trio.lowlevel.wait_writable)
             pending = self.try_send(pending)
+
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        if self.closed:
+            raise LinkClosed("closed")
+        try:
+            await wait(self.sock)
+        except trio.ClosedResourceError:
+            # Another task closed the link while we waited on the socket.
+            raise LinkClosed("closed") from None
 
     def close(self) -> None:
         if not self.closed:
@@ -159,7 +171,15 @@ class _RecordSocket:
 
 
 class SecureLink(Link):
-    """A Link over a socket after a completed Noise handshake."""
+    """A Link over a socket after a completed Noise handshake.
+
+    Sending: a frame is encrypted and written by the caller itself when the link has
+    nothing else queued and the kernel takes it at once (the common case: no task
+    switch, no scheduler pass). Whatever the kernel does not take is left to the link's
+    writer task (`run()`), which alone waits for the socket, bounded by the send timeout.
+    Callers therefore never wait on the peer except for room in the queue, and that wait
+    is cancellable; records always go out whole and in nonce order.
+    """
 
     def __init__(
         self,
@@ -177,51 +197,46 @@ class SecureLink(Link):
         self._send_timeout = config.send_timeout
         self._plain = bytearray()
         self._plain_start = 0
-        self._frames_since_checkpoint = 0
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._flushing = False
-        self._drained = trio.lowlevel.ParkingLot()
+        self._units_since_checkpoint = 0
+        self._pending: list[bytes] = []  # plaintext frame headers and frames, in order
+        self._unsent: list[bytes | memoryview] = []  # encrypted, not yet on the wire
+        self._queued_bytes = 0
+        self._writer_busy = False
+        self._writer_wakeup = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
         self._close_reason: str | None = None
         self._misbehaved = False
 
     # -- sending ---------------------------------------------------------------------
 
     async def send_frame(self, frame: bytes) -> None:
+        if self._close_reason is None and self._queued_bytes > SEND_HIGH_WATER:
+            while self._queued_bytes > SEND_HIGH_WATER and self._close_reason is None:
+                await self._room.park()
         if self._close_reason is not None:
-            raise LinkClosed(self._close_reason)
-        if len(frame) > self._max_frame_size:
-            raise LinkClosed(f"frame of {len(frame)} bytes is over the limit")
+            raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
         self._pending.append(FRAME_HEADER.pack(len(frame)))
         self._pending.append(frame)
-        self._pending_bytes += FRAME_HEADER.size + len(frame)
-        if self._flushing:
-            # Another task is writing and takes our frame along; wait only if the queue
-            # behind it is long (backpressure).
-            while self._pending_bytes > SEND_HIGH_WATER and self._close_reason is None:
-                await self._drained.park()
-            if self._close_reason is not None:
-                raise LinkClosed(self._close_reason)
-            await trio.lowlevel.checkpoint_if_cancelled()
+        self._queued_bytes += FRAME_HEADER.size + len(frame)
+        if self._writer_busy or self._unsent or len(self._pending) > 2:
+            self._writer_wakeup.unpark()
             return
-        self._flushing = True
         try:
-            await self._flush()
-        finally:
-            self._flushing = False
-            if self._drained:
-                self._drained.unpark_all()
-        if self._close_reason is not None:
-            raise LinkClosed(self._close_reason)
+            left = self._records.try_send(self._encrypt_pending())
+        except LinkClosed as exc:
+            self._close(exc.reason, misbehaved=exc.misbehaved)
+            raise
+        if left:
+            self._unsent = left
+            self._queued_bytes = sum(len(piece) for piece in left)
+            self._writer_wakeup.unpark()
+        else:
+            self._queued_bytes = 0
 
     def _encrypt_pending(self) -> list[bytes | memoryview]:
-        data = (
-            self._pending[0] + self._pending[1]
-            if len(self._pending) == 2
-            else b"".join(self._pending)
-        )
-        self._pending.clear()
-        self._pending_bytes = 0
+        pending = self._pending
+        data = pending[0] + pending[1] if len(pending) == 2 else b"".join(pending)
+        pending.clear()
         encrypt = self._noise.encrypt
         pack = RECORD_HEADER.pack
         if len(data) <= MAX_PLAINTEXT_SIZE:
@@ -235,27 +250,29 @@ class SecureLink(Link):
             buffers.append(ciphertext)
         return buffers
 
-    async def _flush(self) -> None:
+    async def run(self) -> None:
+        """The writer: sends what callers could not, in order, until the link closes."""
         try:
-            while self._pending:
-                buffers = self._encrypt_pending()
-                if self._drained:
-                    self._drained.unpark_all()
-                left = self._records.try_send(buffers)
-                if left:
-                    await self._finish_send(left)
+            while self._close_reason is None:
+                if not self._unsent and not self._pending:
+                    await self._writer_wakeup.park()
+                    continue
+                self._writer_busy = True
+                if not self._unsent:
+                    self._unsent = self._encrypt_pending()
+                with trio.move_on_after(self._send_timeout):
+                    await self._records.send_all(self._unsent)
+                    self._unsent = []
+                    self._queued_bytes = sum(len(piece) for piece in self._pending)
+                    self._writer_busy = False
+                    if self._room:
+                        self._room.unpark_all()
+                    continue
+                raise LinkClosed(f"peer did not read for {self._send_timeout:g} s", misbehaved=True)
         except LinkClosed as exc:
             self._close(exc.reason, misbehaved=exc.misbehaved)
-
-    async def _finish_send(self, left: list[bytes | memoryview]) -> None:
-        # Part of a record may be on the wire already, so a caller giving up (its
-        # request timed out, its lookup ended) must not stop us here: shielded, bounded
-        # by the send timeout, after which the peer is cut off for not reading.
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(self._send_timeout):
-                await self._records.send_all(left)
-                return
-        raise LinkClosed(f"peer did not read for {self._send_timeout:g} s", misbehaved=True)
+        finally:
+            self._writer_busy = False
 
     # -- receiving -------------------------------------------------------------------
 
@@ -288,18 +305,20 @@ class SecureLink(Link):
             while True:
                 frame = self._take_frame()
                 if frame is not None:
-                    self._frames_since_checkpoint += 1
-                    if self._frames_since_checkpoint >= FRAMES_PER_CHECKPOINT:
-                        self._frames_since_checkpoint = 0
-                        await trio.lowlevel.checkpoint()
+                    self._units_since_checkpoint += 1
                     return frame
+                if self._units_since_checkpoint >= UNITS_PER_CHECKPOINT:
+                    # A peer that keeps the socket full (many frames, or records that
+                    # carry none) must not keep the other tasks from running.
+                    self._units_since_checkpoint = 0
+                    await trio.lowlevel.checkpoint()
                 if self._close_reason is not None:
                     raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
                 records = self._records.take_records()
                 if not records:
-                    self._frames_since_checkpoint = 0
                     await self._records.fill()
                     continue
+                self._units_since_checkpoint += len(records)
                 if self._plain_start:
                     del self._plain[: self._plain_start]
                     self._plain_start = 0
@@ -321,7 +340,8 @@ class SecureLink(Link):
         if self._close_reason is None:
             self._close_reason = reason
             self._misbehaved = misbehaved
-        self._drained.unpark_all()
+        self._room.unpark_all()
+        self._writer_wakeup.unpark_all()
         self._records.close()
 
     async def aclose(self) -> None:
@@ -395,16 +415,30 @@ class TcpListener(LinkListener):
             except OSError as exc:
                 if self._sock.fileno() == -1:
                     raise trio.ClosedResourceError("listener is closed") from None
-                # Out of file descriptors or memory: back off instead of spinning.
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of file descriptors or memory: back off instead of spinning.
                     logger.warning("accept failed (%s); pausing", exc)
-                    await trio.sleep(0.1)
-                    continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
+                    await trio.sleep(ACCEPT_BACKOFF)
+                else:
+                    # The one connection failed (reset, unreachable, refused by a
+                    # firewall rule...): it is that connection's problem, not ours.
+                    logger.info("accept failed (%s); going on", exc)
+                    await trio.lowlevel.checkpoint()
+                continue
+            try:
+                pending = TcpPendingLink(
+                    self._layer, sock, (str(name[0]), int(name[1])), self._config
+                )
+            except OSError as exc:
+                sock.close()
+                logger.info("dropping a connection that failed at once (%s)", exc)
+                continue
+            try:
+                await trio.lowlevel.checkpoint()
+            except BaseException:
+                await pending.aclose()
                 raise
-            await trio.lowlevel.checkpoint()
-            return TcpPendingLink(self._layer, sock, (str(name[0]), int(name[1])), self._config)
+            return pending
 
     async def aclose(self) -> None:
         if self._sock.fileno() != -1:
@@ -454,20 +488,24 @@ class TcpLinkLayer(LinkLayer):
         host, port = address
         try:
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, sockaddr = infos[0]
+            sock = socket.socket(family, kind, proto)
+        except (OSError, UnicodeError, ValueError) as exc:
+            # Addresses come from peers too (DHT contacts): a bad one fails this dial only.
+            raise LinkClosed(f"cannot connect to {host!r}:{port}: {exc}") from None
+        try:
+            records = _RecordSocket(sock)
         except OSError as exc:
-            raise LinkClosed(f"cannot resolve {host}: {exc}") from None
-        family, kind, proto, _, sockaddr = infos[0]
-        sock = socket.socket(family, kind, proto)
-        records = _RecordSocket(sock)
+            sock.close()
+            raise LinkClosed(f"cannot connect to {host!r}:{port}: {exc}") from None
         try:
             code = sock.connect_ex(sockaddr)
             if code == errno.EINPROGRESS:
-                await trio.lowlevel.wait_writable(sock)
+                await records._wait(trio.lowlevel.wait_writable)
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code != 0:
-                raise LinkClosed(
-                    f"cannot connect to {host}:{port}: {errno.errorcode.get(code, code)}"
-                )
+                reason = errno.errorcode.get(code, str(code))
+                raise LinkClosed(f"cannot connect to {host}:{port}: {reason}")
             handshake = self._new_handshake(initiator=True, expected_node_id=expected_node_id)
             return await _run_handshake(records, handshake, address, config, handshake.start())
         except BaseException:
