@@ -1,0 +1,471 @@
+"""The iterative lookup state machine, by hand and on a simulated 300-node network."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dht.config import DhtConfig
+from dht.contact import Contact
+from dht.lookup import CANDIDATE_FACTOR, ContactState, Lookup, Query
+from dht.rtt import RttEstimator
+from protocol.identity import NodeId
+
+TARGET = NodeId.from_int(0)  # hand-made tests: a contact's distance is its number
+
+
+def contact(number: int, host: str = "10.0.0.1") -> Contact:
+    return Contact(NodeId.from_int(number), (host, 1 + number % 65535))
+
+
+def ids(contacts: Sequence[Contact]) -> list[int]:
+    return [int(c.node_id) for c in contacts]
+
+
+def queried(queries: Sequence[Query]) -> list[int]:
+    return [int(q.contact.node_id) for q in queries]
+
+
+# ------------------------------------------------------------------ hand-made cases
+
+
+def test_queries_closest_first_and_finishes_when_k_closest_answered() -> None:
+    """The lookup queries closer contacts as it learns them and stops once the k closest answer."""
+    lookup = Lookup(TARGET, [contact(9), contact(8)], config=DhtConfig(k=2, alpha=1))
+    assert queried(lookup.next_queries(0.0)) == [8]
+    assert lookup.next_queries(0.0) == []  # alpha = 1 already in flight
+    lookup.answered(contact(8), [contact(4), contact(50)], 1.0)
+    assert not lookup.is_done
+    assert queried(lookup.next_queries(1.0)) == [4]
+    lookup.answered(contact(4), [contact(2)], 2.0)
+    assert not lookup.is_done  # 2 is closer and has not answered yet
+    assert queried(lookup.next_queries(2.0)) == [2]
+    lookup.answered(contact(2), [], 3.0)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [2, 4]
+    assert lookup.next_queries(3.0) == []
+    stats = lookup.statistics()
+    assert (stats.queries_sent, stats.answered, stats.failed, stats.hops) == (3, 3, 0, 2)
+    assert (stats.started_at, stats.finished_at) == (0.0, 3.0)
+    assert lookup.state(NodeId.from_int(9)) is ContactState.CANDIDATE  # never needed
+
+
+def test_done_does_not_wait_for_queries_outside_the_window() -> None:
+    """Once the k closest answered, a farther query is abandoned and its report ignored."""
+    lookup = Lookup(TARGET, [contact(8), contact(9)], config=DhtConfig(k=2, alpha=2))
+    assert queried(lookup.next_queries(0.0)) == [8, 9]
+    lookup.answered(contact(8), [contact(1)], 1.0)
+    assert queried(lookup.next_queries(1.0)) == [1]
+    lookup.answered(contact(1), [], 2.0)
+    assert lookup.is_done  # 9 is still in flight, but outside the window {1, 8}
+    lookup.failed(contact(9), 3.0)  # raced its cancellation: ignored
+    lookup.answered(contact(9), [contact(0)], 3.0)
+    assert ids(lookup.result()) == [1, 8]
+    assert lookup.statistics().failed == 0
+    assert lookup.statistics().finished_at == 2.0
+
+
+def test_not_done_while_a_closer_query_is_in_flight() -> None:
+    """A farther answer does not finish the lookup while a closer contact is in flight; its failure
+    lets the next contact into the window."""
+    seeds = [contact(7), contact(8), contact(9)]
+    lookup = Lookup(TARGET, seeds, config=DhtConfig(k=2, alpha=2))
+    assert queried(lookup.next_queries(0.0)) == [7, 8]
+    lookup.answered(contact(8), [], 1.0)
+    assert not lookup.is_done
+    assert lookup.next_queries(1.0) == []  # 9 is outside the window {7, 8}
+    lookup.failed(contact(7), 2.0)
+    assert not lookup.is_done
+    assert queried(lookup.next_queries(2.0)) == [9]
+    lookup.answered(contact(9), [], 3.0)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [8, 9]
+
+
+def test_failed_query_is_replaced_at_once() -> None:
+    """After failed(), next_queries() hands out a replacement without waiting for the others."""
+    seeds = [contact(n) for n in range(1, 7)]
+    lookup = Lookup(TARGET, seeds, config=DhtConfig(k=4, alpha=3))
+    assert queried(lookup.next_queries(0.0)) == [1, 2, 3]
+    lookup.failed(contact(2), 0.5)
+    assert lookup.in_flight == 2
+    assert queried(lookup.next_queries(0.5)) == [4]
+    assert lookup.in_flight == 3
+    assert lookup.state(NodeId.from_int(2)) is ContactState.FAILED
+
+
+def test_failed_contact_is_never_queried_again() -> None:
+    """A contact that failed and is named again by a later answer is not re-queried."""
+    lookup = Lookup(TARGET, [contact(5), contact(6)], config=DhtConfig(k=2, alpha=1))
+    lookup.next_queries(0.0)
+    lookup.failed(contact(5), 1.0)
+    assert queried(lookup.next_queries(1.0)) == [6]
+    lookup.answered(contact(6), [contact(5)], 2.0)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [6]
+
+
+def test_no_seeds_or_all_failed_is_done_and_empty() -> None:
+    """A lookup with no seeds is done at once; one whose contacts all fail ends empty."""
+    empty = Lookup(TARGET, [], config=DhtConfig())
+    assert empty.is_done
+    assert empty.result() == []
+    assert empty.next_queries(0.0) == []
+    lookup = Lookup(TARGET, [contact(3)], config=DhtConfig())
+    lookup.next_queries(0.0)
+    lookup.failed(contact(3), 1.0)
+    assert lookup.is_done
+    assert lookup.result() == []
+
+
+def test_oversized_answer_counts_as_failure() -> None:
+    """An answer with more than k contacts is ignored and its sender treated as failed."""
+    lookup = Lookup(TARGET, [contact(8), contact(9)], config=DhtConfig(k=2, alpha=1))
+    lookup.next_queries(0.0)
+    lookup.answered(contact(8), [contact(1), contact(2), contact(3)], 1.0)
+    assert lookup.state(NodeId.from_int(8)) is ContactState.FAILED
+    assert lookup.state(NodeId.from_int(1)) is None
+    stats = lookup.statistics()
+    assert (stats.answered, stats.failed, stats.rejected) == (0, 1, 1)
+    assert queried(lookup.next_queries(1.0)) == [9]
+    lookup.answered(contact(9), [], 2.0)
+    assert ids(lookup.result()) == [9]
+
+
+def test_duplicates_own_id_self_and_undialable_entries_are_dropped() -> None:
+    """Our own id, the answerer itself, repeated ids and undialable contacts are never queried."""
+    own = NodeId.from_int(1)
+    lookup = Lookup(
+        TARGET,
+        [contact(8), contact(8, host="10.9.9.9"), contact(1)],
+        config=DhtConfig(k=8, alpha=3),
+        own_id=own,
+    )
+    assert queried(lookup.next_queries(0.0)) == [8]
+    answer = [
+        contact(1),
+        contact(8, host="10.6.6.6"),
+        contact(4),
+        contact(4, host="10.7.7.7"),
+        contact(4),
+        Contact(NodeId.from_int(2), ("", 80)),
+        Contact(NodeId.from_int(3), ("10.0.0.3", 0)),
+    ]
+    lookup.answered(contact(8), answer, 1.0)
+    queries = lookup.next_queries(1.0)
+    assert queried(queries) == [4]
+    assert queries[0].contact.address == contact(4).address  # first address seen wins
+    for dropped in (1, 2, 3):
+        assert lookup.state(NodeId.from_int(dropped)) is None
+    lookup.answered(contact(4), [contact(8), contact(4)], 2.0)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [4, 8]
+    assert lookup.result()[1].address == ("10.0.0.1", 9)
+    assert lookup.statistics().queries_sent == 2
+
+
+def test_candidates_are_capped_farthest_first() -> None:
+    """Only the CANDIDATE_FACTOR * k closest unqueried candidates are kept."""
+    k = 2
+    limit = CANDIDATE_FACTOR * k
+    seeds = [contact(n) for n in range(100, 100 + limit + 3)]
+    lookup = Lookup(TARGET, reversed(seeds), config=DhtConfig(k=k, alpha=1))
+    for number in range(100, 100 + limit):
+        assert lookup.state(NodeId.from_int(number)) is ContactState.CANDIDATE
+    for number in range(100 + limit, 100 + limit + 3):
+        assert lookup.state(NodeId.from_int(number)) is None
+
+
+def test_reports_for_contacts_not_in_flight_are_refused() -> None:
+    """answered() or failed() for a contact with no query in flight is a driver bug."""
+    lookup = Lookup(TARGET, [contact(5), contact(6)], config=DhtConfig(k=2, alpha=1))
+    with pytest.raises(ValueError):
+        lookup.answered(contact(5), [], 0.0)  # never queried
+    lookup.next_queries(0.0)
+    lookup.answered(contact(5), [], 1.0)
+    with pytest.raises(ValueError):
+        lookup.failed(contact(5), 1.0)  # already answered
+    with pytest.raises(ValueError):
+        lookup.answered(contact(6), [], 1.0, providers=[contact(9)])  # not a provider lookup
+
+
+def test_deadlines_come_from_the_rtt_estimator() -> None:
+    """Each query's deadline is now plus the peer's adaptive timeout."""
+    config = DhtConfig(k=2, alpha=2)
+    rtt = RttEstimator(config)
+    rtt.observe(NodeId.from_int(5), 0.1)  # srtt 0.1, rttvar 0.05: 0.3 s
+    lookup = Lookup(TARGET, [contact(5), contact(6)], config=config, rtt=rtt)
+    queries = {int(q.contact.node_id): q for q in lookup.next_queries(10.0)}
+    assert queries[5].sent_at == 10.0
+    assert queries[5].deadline == pytest.approx(10.3)
+    assert queries[6].deadline == pytest.approx(10.3)  # unmeasured: the global estimate
+    plain = Lookup(TARGET, [contact(5)], config=config)
+    assert plain.next_queries(10.0)[0].deadline == 10.0 + config.initial_query_timeout
+
+
+def test_provider_lookup_continues_past_first_providers() -> None:
+    """A provider lookup keeps going until the k closest answered and merges their providers."""
+    config = DhtConfig(k=2, alpha=1)
+    lookup = Lookup(TARGET, [contact(8)], config=config, want_providers=True)
+    provider_1, provider_2, provider_3 = (contact(n, host="10.1.1.1") for n in (501, 502, 503))
+    lookup.next_queries(0.0)
+    lookup.answered(contact(8), [contact(4), contact(2)], 1.0, providers=[provider_1])
+    assert not lookup.is_done
+    assert queried(lookup.next_queries(1.0)) == [2]
+    lookup.answered(contact(2), [], 2.0, providers=[provider_2, provider_1, provider_2])
+    assert not lookup.is_done
+    assert queried(lookup.next_queries(2.0)) == [4]
+    lookup.answered(contact(4), [], 3.0, providers=[provider_3])
+    assert lookup.is_done
+    # Deduplicated; those reported by the closest node (2) first.
+    assert lookup.providers() == [provider_2, provider_1, provider_3]
+    assert ids(lookup.result()) == [2, 4]
+
+
+def test_providers_are_bounded_preferring_closer_reporters() -> None:
+    """Past max_providers_per_key, providers reported by farther nodes are dropped first."""
+    config = DhtConfig(k=2, alpha=2, max_providers_per_key=2)
+    lookup = Lookup(TARGET, [contact(8), contact(3)], config=config, want_providers=True)
+    far = [contact(n, host="10.2.2.2") for n in (601, 602)]
+    near = [contact(n, host="10.3.3.3") for n in (701, 702)]
+    lookup.next_queries(0.0)
+    lookup.answered(contact(8), [], 1.0, providers=far)
+    assert lookup.providers() == far
+    lookup.answered(contact(3), [], 2.0, providers=near)
+    assert lookup.providers() == near
+
+
+def test_answer_with_too_many_providers_is_rejected() -> None:
+    """An answer with more than max_providers_per_key providers counts as a failure."""
+    config = DhtConfig(k=2, alpha=1, max_providers_per_key=2)
+    lookup = Lookup(TARGET, [contact(8)], config=config, want_providers=True)
+    lookup.next_queries(0.0)
+    lookup.answered(contact(8), [], 1.0, providers=[contact(n) for n in (601, 602, 603)])
+    assert lookup.providers() == []
+    assert lookup.statistics().rejected == 1
+    assert lookup.is_done
+    assert lookup.result() == []
+
+
+# ---------------------------------------------------------------- simulated network
+
+NETWORK_SIZE = 300
+
+
+@dataclass
+class Network:
+    """Nodes with Kademlia-like views: up to k random members per bucket plus their true
+    k nearest neighbours. Liars answer only with invented ids close to the target."""
+
+    k: int
+    contacts: dict[NodeId, Contact]
+    views: dict[NodeId, list[Contact]]
+    providers: dict[NodeId, list[Contact]] = field(default_factory=dict)
+    liars: frozenset[NodeId] = frozenset()
+
+    def true_closest(self, target: NodeId, *, exclude: NodeId) -> list[Contact]:
+        others = [c for c in self.contacts.values() if c.node_id != exclude]
+        return sorted(others, key=lambda c: target.distance(c.node_id))[: self.k]
+
+    def answer(self, node_id: NodeId, target: NodeId, rng: random.Random) -> list[Contact]:
+        if node_id in self.liars:
+            return [fake_contact(target, rng) for _ in range(self.k)]
+        view = self.views[node_id]
+        return sorted(view, key=lambda c: target.distance(c.node_id))[: self.k]
+
+
+def fake_contact(target: NodeId, rng: random.Random) -> Contact:
+    """An id that exists nowhere, within 2**200 of the target (closer than any real node)."""
+    return Contact(NodeId.from_int(int(target) ^ rng.getrandbits(200)), ("10.66.6.6", 666))
+
+
+@functools.cache
+def build_network(seed: int, k: int, per_bucket: int | None = None) -> Network:
+    """`per_bucket` members of each bucket (k if None) plus each node's k nearest."""
+    per_bucket = k if per_bucket is None else per_bucket
+    rng = random.Random(seed)
+    contacts = {}
+    for index in range(NETWORK_SIZE):
+        node_id = NodeId(rng.randbytes(32))
+        contacts[node_id] = Contact(node_id, (f"10.{index // 256}.{index % 256}.1", 7000))
+    views = {}
+    for node_id in contacts:
+        buckets: dict[int, list[Contact]] = {}
+        others = [c for other, c in contacts.items() if other != node_id]
+        for other in others:
+            buckets.setdefault(node_id.distance(other.node_id).bit_length(), []).append(other)
+        view = {
+            c.node_id: c
+            for members in buckets.values()
+            for c in rng.sample(members, k=min(per_bucket, len(members)))
+        }
+        for neighbour in sorted(others, key=lambda c: node_id.distance(c.node_id))[:k]:
+            view[neighbour.node_id] = neighbour
+        views[node_id] = list(view.values())
+    return Network(k=k, contacts=contacts, views=views)
+
+
+Respond = Callable[[Contact], tuple[list[Contact], list[Contact]] | None]
+
+
+def drive(lookup: Lookup, respond: Respond, *, alpha: int, rng: random.Random) -> None:
+    """A synchronous fake driver: complete one random in-flight query at a time, so answers
+    arrive out of order; `respond` returns (contacts, providers), or None for a timeout."""
+    in_flight: dict[NodeId, Query] = {}
+    now = 0.0
+    while not lookup.is_done:
+        for query in lookup.next_queries(now):
+            assert query.contact.node_id not in in_flight
+            in_flight[query.contact.node_id] = query
+        assert len(in_flight) == lookup.in_flight <= alpha
+        assert in_flight, "lookup stalled: not done, nothing in flight"
+        query = in_flight.pop(rng.choice(sorted(in_flight)))
+        outcome = respond(query.contact)
+        if outcome is None:
+            now = max(now, query.deadline)
+            lookup.failed(query.contact, now)
+        else:
+            now += 0.01
+            contacts, providers = outcome
+            lookup.answered(query.contact, contacts, now, providers=providers)
+        stats = lookup.statistics()
+        assert stats.answered + stats.failed + stats.in_flight == stats.queries_sent
+
+
+def network_responder(network: Network, target: NodeId, rng: random.Random) -> Respond:
+    def respond(contact: Contact) -> tuple[list[Contact], list[Contact]] | None:
+        if contact.node_id not in network.contacts:
+            return None  # invented id: nobody answers
+        answer = network.answer(contact.node_id, target, rng)
+        return answer, network.providers.get(contact.node_id, [])
+
+    return respond
+
+
+def start_lookup(
+    network: Network, seed: int, *, alpha: int = 3, want_providers: bool = False
+) -> tuple[Lookup, NodeId, NodeId, random.Random]:
+    """A lookup of a random target from a random honest node, seeded from its own view."""
+    rng = random.Random(seed)
+    target = NodeId(rng.randbytes(32))
+    honest = sorted(set(network.contacts) - network.liars)
+    querier = rng.choice(honest)
+    seeds = network.answer(querier, target, rng)
+    config = DhtConfig(k=network.k, alpha=alpha)
+    lookup = Lookup(target, seeds, config=config, own_id=querier, want_providers=want_providers)
+    return lookup, target, querier, rng
+
+
+@settings(derandomize=True, max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), alpha=st.integers(1, 4))
+def test_finds_the_true_k_closest(seed: int, alpha: int) -> None:
+    """On an honest network the lookup returns exactly the true k closest to the target."""
+    network = build_network(1, 8)
+    lookup, target, querier, rng = start_lookup(network, seed, alpha=alpha)
+    drive(lookup, network_responder(network, target, rng), alpha=alpha, rng=rng)
+    assert lookup.result() == network.true_closest(target, exclude=querier)
+    assert querier not in {c.node_id for c in lookup.result()}
+    stats = lookup.statistics()
+    assert stats.failed == 0
+    assert stats.hops >= 0
+
+
+def test_finds_the_true_k_closest_over_many_hops() -> None:
+    """With sparse views (2 per bucket) and 3 random seeds, lookups take several hops and still
+    find the true k closest."""
+    network = build_network(5, 8, per_bucket=2)
+    hops = []
+    for seed in range(40):
+        rng = random.Random(seed)
+        target = NodeId(rng.randbytes(32))
+        querier = rng.choice(sorted(network.contacts))
+        others = sorted(set(network.contacts) - {querier})
+        seeds = [network.contacts[node_id] for node_id in rng.sample(others, 3)]
+        lookup = Lookup(target, seeds, config=DhtConfig(k=8, alpha=3), own_id=querier)
+        drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
+        assert lookup.result() == network.true_closest(target, exclude=querier)
+        hops.append(lookup.statistics().hops)
+    assert max(hops) >= 4
+
+
+def test_finds_the_true_k_closest_with_default_config() -> None:
+    """With k = 20 and alpha = 3 the lookup also finds the true 20 closest."""
+    network = build_network(2, 20)
+    for seed in range(5):
+        lookup, target, querier, rng = start_lookup(network, seed)
+        drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
+        assert lookup.result() == network.true_closest(target, exclude=querier)
+
+
+@settings(derandomize=True, max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_liars_cannot_get_fake_ids_into_the_result(seed: int) -> None:
+    """With 10% of nodes answering invented close ids, the result is still the true k closest."""
+    honest_network = build_network(3, 8)
+    rng = random.Random(seed)
+    liars = frozenset(rng.sample(sorted(honest_network.contacts), NETWORK_SIZE // 10))
+    network = Network(
+        k=honest_network.k,
+        contacts=honest_network.contacts,
+        views=honest_network.views,
+        liars=liars,
+    )
+    lookup, target, querier, rng = start_lookup(network, seed)
+    drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
+    result = lookup.result()
+    assert all(c.node_id in network.contacts for c in result)
+    assert result == network.true_closest(target, exclude=querier)
+
+
+def test_liar_seed_costs_only_timeouts() -> None:
+    """A lying seed's invented contacts all fail, and the honest seed still leads to the answer."""
+    network = build_network(1, 8)
+    rng = random.Random(7)
+    target = NodeId(rng.randbytes(32))
+    liar, honest = sorted(network.contacts)[:2]
+    network = Network(
+        k=network.k, contacts=network.contacts, views=network.views, liars=frozenset({liar})
+    )
+    seeds = [network.contacts[liar], network.contacts[honest]]
+    config = DhtConfig(k=8, alpha=3)
+    lookup = Lookup(target, seeds, config=config, own_id=None)
+    drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
+    assert (
+        lookup.result()
+        == sorted(network.contacts.values(), key=lambda c: target.distance(c.node_id))[:8]
+    )
+    assert lookup.statistics().failed == 8  # every invented contact was queried once
+
+
+def test_provider_lookup_collects_providers_of_the_k_closest() -> None:
+    """A provider lookup ends with the providers held by every one of the k closest nodes."""
+    network = build_network(1, 8)
+    for seed in range(5):
+        rng = random.Random(seed)
+        key = NodeId(rng.randbytes(32))
+        querier = rng.choice(sorted(network.contacts))
+        holders = network.true_closest(key, exclude=querier)
+        providers: dict[NodeId, list[Contact]] = {
+            holder.node_id: [contact(10_000 + index, host="10.200.0.1")]
+            for index, holder in enumerate(holders)
+        }
+        # A far node also knows one provider: finding it first must not end the lookup.
+        far = max(network.contacts, key=key.distance)
+        providers[far] = [contact(20_000, host="10.201.0.1")]
+        with_providers = Network(
+            k=network.k, contacts=network.contacts, views=network.views, providers=providers
+        )
+        seeds = [network.contacts[far], *network.answer(querier, key, rng)]
+        lookup = Lookup(
+            key, seeds, config=DhtConfig(k=8, alpha=3), own_id=querier, want_providers=True
+        )
+        drive(lookup, network_responder(with_providers, key, rng), alpha=3, rng=rng)
+        found = {int(p.node_id) for p in lookup.providers()}
+        assert {10_000 + index for index in range(len(holders))} <= found
+        assert lookup.result() == holders
