@@ -20,7 +20,11 @@ The rules:
    freed by an answer or a failure is refilled by the next `next_queries()`, so one slow
    peer never holds the lookup up beyond its own timeout (DESIGN.md#dht). Each query's
    deadline is now + the peer's adaptive timeout (dht/rtt.py), or
-   `initial_query_timeout` without an estimator.
+   `initial_query_timeout` without an estimator. Past it the driver reports `slow()`:
+   the slot is freed and refilled, but the query stays open and a late answer still
+   counts, until the driver gives up on it (`failed()`). An adaptive timeout can thus
+   be tight without costing exactness: a peer merely slower than its estimate costs one
+   extra query, not its place in the result.
 3. **Answers.** An answer with more than k contacts, or more than
    `max_providers_per_key` providers, breaks the protocol (an honest node sends at most
    k, Kademlia §2.3): it is ignored entirely and counts as a failure of that contact,
@@ -60,9 +64,12 @@ Contact states in one lookup, and how they change:
 | CANDIDATE   | `next_queries()`: in the window, fewer than alpha    | IN_FLIGHT   |
 |             | in flight; returns Query(contact, sent_at, deadline) |             |
 | CANDIDATE   | beyond the `CANDIDATE_FACTOR * k` closest candidates | (unknown)   |
-| IN_FLIGHT   | `answered()` within the limits (rule 3)              | ANSWERED    |
+| IN_FLIGHT   | `slow()`: past its deadline; slot freed at once      | SLOW        |
+| IN_FLIGHT,  | `answered()` within the limits (rule 3)              | ANSWERED    |
+| SLOW        |                                                      |             |
 | IN_FLIGHT   | `answered()` with too many entries                   | FAILED      |
-| IN_FLIGHT   | `failed()`: timeout or error; slot freed at once     | FAILED      |
+| IN_FLIGHT,  | `failed()`: error, or the driver gave up; slot freed | FAILED      |
+| SLOW        |                                                      |             |
 | ANSWERED    | anything (terminal; never queried again)             | ANSWERED    |
 | FAILED      | anything (terminal; never queried again)             | FAILED      |
 
@@ -99,6 +106,7 @@ class ContactState(enum.Enum):
 
     CANDIDATE = "candidate"
     IN_FLIGHT = "in flight"
+    SLOW = "slow"
     ANSWERED = "answered"
     FAILED = "failed"
 
@@ -178,6 +186,7 @@ class Lookup:
         "_rejected_count",
         "_retired_ids",
         "_rtt",
+        "_slow_count",
         "_started_at",
         "_want_providers",
         "target",
@@ -206,6 +215,7 @@ class Lookup:
         # again (answers are final), so only their ids are kept, to not query them twice.
         self._retired_ids: set[NodeId] = set()
         self._in_flight = 0
+        self._slow_count = 0
         self._providers: dict[NodeId, _Provider] = {}
         self._provider_arrivals = 0
         self._queries_sent = 0
@@ -219,6 +229,11 @@ class Lookup:
         self._check_finished(now=None)
 
     # ------------------------------------------------------------------ decisions
+
+    @property
+    def want_providers(self) -> bool:
+        """Whether this lookup collects providers (GET_PROVIDERS) or only nodes."""
+        return self._want_providers
 
     def next_queries(self, now: float) -> list[Query]:
         """The contacts to query now: the closest unqueried ones of the window, up to
@@ -266,14 +281,25 @@ class Lookup:
             self._fail(entry)
             self._check_finished(now)
             return
+        self._release(entry)
         entry.state = ContactState.ANSWERED
-        self._in_flight -= 1
         self._answered_count += 1
         self._learn(contacts, hop=entry.hop + 1, reporter=entry.contact.node_id)
         if self._want_providers:
             self._collect_providers(providers, reporter_distance=entry.distance)
         self._retire_answered()
         self._check_finished(now)
+
+    def slow(self, contact: Contact, now: float) -> None:
+        """`contact`'s query passed its (adaptive) deadline: its slot is free at once,
+        so another contact is queried, but a late answer is still taken until the driver
+        gives up on it with `failed()`. Raises ValueError if it has no query in flight."""
+        entry = self._in_flight_entry(contact)
+        if entry is None or entry.state is ContactState.SLOW:
+            return
+        entry.state = ContactState.SLOW
+        self._in_flight -= 1
+        self._slow_count += 1
 
     def failed(self, contact: Contact, now: float) -> None:
         """`contact`'s query timed out or failed; its slot is free at once. Raises
@@ -293,8 +319,13 @@ class Lookup:
 
     @property
     def in_flight(self) -> int:
-        """Queries handed out and not yet reported."""
+        """Queries holding one of the alpha slots."""
         return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Queries not yet reported: in flight, and slow ones still awaited."""
+        return self._in_flight + self._slow_count
 
     def result(self) -> list[Contact]:
         """The k closest contacts that answered, closest first."""
@@ -305,6 +336,10 @@ class Lookup:
         the target first; empty for a FIND_NODE lookup."""
         ranked = sorted(self._providers.values(), key=lambda provider: provider.rank)
         return [provider.contact for provider in ranked]
+
+    def contact(self, node_id: NodeId) -> Contact:
+        """The contact this lookup knows by `node_id` (KeyError if none)."""
+        return self._entries[node_id].contact
 
     def state(self, node_id: NodeId) -> ContactState | None:
         """Where `node_id` stands in this lookup; None if unknown (or forgotten)."""
@@ -351,15 +386,21 @@ class Lookup:
         if self._finished:
             return None  # an abandoned query that raced its cancellation (rule 4)
         entry = self._entries.get(contact.node_id)
-        if entry is None or entry.state is not ContactState.IN_FLIGHT:
+        if entry is None or entry.state not in (ContactState.IN_FLIGHT, ContactState.SLOW):
             raise ValueError(f"{contact!r} has no query in flight in this lookup")
         return entry
 
+    def _release(self, entry: _Entry) -> None:
+        if entry.state is ContactState.SLOW:
+            self._slow_count -= 1
+        else:
+            self._in_flight -= 1
+
     def _fail(self, entry: _Entry) -> None:
         node_id = entry.contact.node_id
+        self._release(entry)
         del self._entries[node_id]
         self._failed_ids.add(node_id)
-        self._in_flight -= 1
         self._failed_count += 1
 
     def _learn(self, contacts: Iterable[Contact], *, hop: int, reporter: NodeId | None) -> None:

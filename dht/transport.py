@@ -41,6 +41,14 @@ class RpcTransport(Protocol):
         answer. Raises dht.errors.RpcFailed for every failure of the peer."""
         ...
 
+    async def ping(self, contact: Contact, *, timeout: float) -> float:
+        """Check that `contact` is alive; its round trip in seconds. Raises RpcFailed."""
+        ...
+
+    async def identify(self, address: Address, *, timeout: float) -> NodeId:
+        """Who listens at `address` (authenticated)? For bootstrap. Raises RpcFailed."""
+        ...
+
     def serve(self, message_type: type[Message], handler: InlineHandler) -> None:
         """Answer inbound requests of `message_type` with `handler`."""
         ...

@@ -6,7 +6,9 @@ refusals into ERROR REFUSED answers, so that dht/ never imports node/.
 
 from __future__ import annotations
 
-from dht.contact import Contact
+import trio
+
+from dht.contact import Address, Contact
 from dht.errors import RecordRejected, RpcFailed
 from dht.transport import InlineHandler
 from node.errors import RequestRejected, TransportError
@@ -34,6 +36,24 @@ class DhtTransportAdapter:
             )
         except TransportError as exc:
             raise RpcFailed(str(exc)) from exc
+
+    async def ping(self, contact: Contact, *, timeout: float) -> float:
+        with trio.move_on_after(timeout):
+            try:
+                _, rtt = await self._transport.ping(contact.address, node_id=contact.node_id)
+            except TransportError as exc:
+                raise RpcFailed(str(exc)) from exc
+            return rtt
+        raise RpcFailed(f"{contact.node_id.short()} did not answer a ping in {timeout:g} s")
+
+    async def identify(self, address: Address, *, timeout: float) -> NodeId:
+        with trio.move_on_after(timeout):
+            try:
+                node_id, _ = await self._transport.ping(address)
+            except TransportError as exc:
+                raise RpcFailed(str(exc)) from exc
+            return node_id
+        raise RpcFailed(f"{address[0]}:{address[1]} did not answer in {timeout:g} s")
 
     def serve(self, message_type: type[Message], handler: InlineHandler) -> None:
         def answer(peer: Peer, message: Message) -> Message:

@@ -320,7 +320,8 @@ class Connection:
             with self._cancel_scope:
                 try:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self.link.run)
+                        if type(self.link).run is not Link.run:  # only links with work
+                            nursery.start_soon(self.link.run)
                         nursery.start_soon(self._close_when_idle)
                         nursery.start_soon(self._expire_requests)
                         try:

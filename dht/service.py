@@ -1,0 +1,481 @@
+"""The DHT service: carries out the routing table's and the lookups' decisions over a
+transport, answers the DHT's RPCs, and runs the background jobs.
+
+Public API: `bootstrap(addresses)`, `find_node(target)`, `provide(key)`,
+`find_providers(key)`, `statistics()`; `run()` is the long-lived task (started with
+`nursery.start(service.run)`), holding every background job in its nursery:
+
+| job          | when                                   | what                              |
+|--------------|----------------------------------------|-----------------------------------|
+| refresh      | every bucket_refresh_interval          | a random-id lookup in each bucket |
+|              |                                        | with no lookup for that long      |
+| republish    | at each provision's last publish +     | ADD_PROVIDER to the k closest     |
+|              | republish_interval (22 h)              |                                   |
+| expiry       | every expiry_sweep_interval            | drop expired provider records     |
+| persistence  | every persist_interval and at the end  | save records, provisions, table   |
+| eviction     | when the table asks (PingOldest)       | ping the oldest contact of a full |
+|              |                                        | bucket; evict it if it is silent  |
+
+Inbound RPCs (docs/PROTOCOL.md#dht) are answered inline from memory: FIND_NODE with the
+k closest contacts we know, GET_PROVIDERS with our records and the k closest, and
+ADD_PROVIDER by recording the authenticated sender (never anyone named in the
+message) at the host its connection comes from and the port it says it listens on.
+Every request with a listening port teaches us a contact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from dht.config import DhtConfig
+from dht.contact import Address, Contact
+from dht.errors import DhtError, RpcFailed, StorageError
+from dht.lookup import Lookup
+from dht.providers import LocalProvisions, ProviderStore
+from dht.routing import Evicted, PingOldest, RoutingTable
+from dht.rtt import RttEstimator
+from dht.storage import ContactRecord, DhtStorage
+from dht.transport import Caller, RpcTransport
+from protocol.identity import NodeId
+from protocol.messages import (
+    AddProvider,
+    FindNode,
+    GetProviders,
+    Message,
+    Nodes,
+    ProviderAdded,
+    Providers,
+)
+
+__all__ = ["DhtService", "DhtStatistics"]
+
+logger = logging.getLogger(__name__)
+
+# Eviction pings running at once; more PingOldest decisions wait for the next contact.
+MAX_EVICTION_PINGS = 8
+# How often the tables are saved while running (they are saved at shutdown too).
+PERSIST_INTERVAL = 5 * 60.0
+
+
+@dataclass(slots=True)
+class DhtStatistics:
+    """Counters since start and current sizes (trio's `statistics()` convention)."""
+
+    contacts: int = 0
+    records: int = 0
+    provisions: int = 0
+    lookups: int = 0
+    lookup_queries: int = 0
+    lookup_failures: int = 0
+    requests_served: int = 0
+    provides: int = 0
+    republished: int = 0
+    bucket_refreshes: int = 0
+    evictions: int = 0
+
+
+class DhtService:
+    """One node's DHT over an RpcTransport."""
+
+    def __init__(
+        self,
+        transport: RpcTransport,
+        *,
+        listen_port: int,
+        config: DhtConfig | None = None,
+        storage: DhtStorage | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or DhtConfig()
+        self.node_id = transport.node_id
+        self._transport = transport
+        # 0 means we do not listen: peers then keep us out of their tables.
+        self._listen_port = listen_port
+        self._storage = storage
+        self._rng = rng or random.Random()
+        self._wall_clock = wall_clock
+        self.routing = RoutingTable(self.node_id, self.config)
+        self.rtt = RttEstimator(self.config)
+        self.records = ProviderStore(self.config)
+        self.provisions = LocalProvisions()
+        self._statistics = DhtStatistics()
+        self._nursery: trio.Nursery | None = None
+        self._eviction_pings = 0
+        self._republish_timer: trio.CancelScope | None = None
+        transport.serve(FindNode, self.handle_find_node)
+        transport.serve(GetProviders, self.handle_get_providers)
+        transport.serve(AddProvider, self.handle_add_provider)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load saved state, then run the background jobs until cancelled."""
+        self._load()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._refresh_loop)
+                nursery.start_soon(self._republish_loop)
+                nursery.start_soon(self._expiry_loop)
+                if self._storage is not None:
+                    nursery.start_soon(self._persist_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self._save()  # synchronous: cancellation cannot cut it short
+
+    def statistics(self) -> DhtStatistics:
+        self._statistics.contacts = len(self.routing)
+        self._statistics.records = len(self.records)
+        self._statistics.provisions = len(self.provisions)
+        return self._statistics
+
+    # -- public API -------------------------------------------------------------------
+
+    async def bootstrap(self, addresses: Iterable[Address]) -> int:
+        """Join through the nodes at `addresses`: learn who they are, look ourselves up
+        (Kademlia §2.3), then refresh every bucket. Returns the number of contacts
+        known; raises DhtError if none of the addresses answered."""
+        answered = 0
+
+        async def meet(address: Address) -> None:
+            nonlocal answered
+            try:
+                node_id = await self._transport.identify(
+                    address, timeout=self.config.max_query_timeout
+                )
+            except RpcFailed as exc:
+                logger.info("bootstrap node %s:%s did not answer: %s", *address, exc)
+                return
+            if node_id != self.node_id:
+                self._seen(Contact(node_id, address))
+                answered += 1
+
+        async with trio.open_nursery() as nursery:
+            for address in addresses:
+                nursery.start_soon(meet, address)
+        if not answered:
+            raise DhtError("no bootstrap node answered")
+        await self.find_node(self.node_id)
+        await self._refresh_buckets(force=True)
+        return len(self.routing)
+
+    async def find_node(self, target: NodeId) -> list[Contact]:
+        """The k contacts closest to `target` that answered, closest first."""
+        lookup = await self._lookup(target, want_providers=False)
+        return lookup.result()
+
+    async def provide(self, key: NodeId) -> int:
+        """Announce that we provide `key` to the k nodes closest to it, and keep
+        republishing it. Returns how many nodes took the record."""
+        self.provisions.provide(key)
+        stored = await self._publish(key)
+        self._statistics.provides += 1
+        return stored
+
+    def withdraw(self, key: NodeId) -> None:
+        """Stop republishing `key`; its records elsewhere lapse within provider_ttl."""
+        self.provisions.withdraw(key)
+
+    async def find_providers(self, key: NodeId) -> list[Contact]:
+        """Every provider of `key` known to the k nodes closest to it (and to us)."""
+        lookup = await self._lookup(key, want_providers=True)
+        found: dict[NodeId, Contact] = {}
+        for contact in (*lookup.providers(), *self._local_providers(key)):
+            found.setdefault(contact.node_id, contact)
+        return list(found.values())
+
+    # -- inbound RPCs (inline: they answer from memory and never block) ---------------
+
+    def handle_find_node(self, caller: Caller, message: Message) -> Message:
+        assert isinstance(message, FindNode)
+        self._statistics.requests_served += 1
+        self._learn(caller, message.sender_port)
+        closest = self.routing.closest(
+            NodeId(message.target), self.config.k, exclude={caller.node_id}
+        )
+        return Nodes(tuple(contact.to_wire() for contact in closest))
+
+    def handle_get_providers(self, caller: Caller, message: Message) -> Message:
+        assert isinstance(message, GetProviders)
+        self._statistics.requests_served += 1
+        self._learn(caller, message.sender_port)
+        key = NodeId(message.key)
+        providers = self._local_providers(key)
+        closer = self.routing.closest(key, self.config.k, exclude={caller.node_id})
+        return Providers(
+            tuple(contact.to_wire() for contact in providers),
+            tuple(contact.to_wire() for contact in closer),
+        )
+
+    def handle_add_provider(self, caller: Caller, message: Message) -> Message:
+        assert isinstance(message, AddProvider)
+        self._statistics.requests_served += 1
+        self._learn(caller, message.sender_port)
+        # The record names the authenticated sender, at the host its connection comes
+        # from: nobody can announce someone else. RecordRejected (quota, full key)
+        # becomes an ERROR answer.
+        provider = Contact(caller.node_id, (caller.address[0], message.sender_port))
+        now = trio.current_time()
+        expires_at = self.records.add(NodeId(message.key), provider, now)
+        return ProviderAdded(ttl=max(0, math.floor(expires_at - now)))
+
+    # -- lookups ----------------------------------------------------------------------
+
+    async def _lookup(self, target: NodeId, *, want_providers: bool) -> Lookup:
+        now = trio.current_time()
+        self.routing.touch_bucket(target, now)
+        lookup = Lookup(
+            target,
+            self.routing.closest(target, self.config.k),
+            config=self.config,
+            own_id=self.node_id,
+            want_providers=want_providers,
+            rtt=self.rtt,
+        )
+        wakeup = trio.lowlevel.ParkingLot()
+        # Queries not yet past their adaptive deadline; past it they are reported slow
+        # (their slot is refilled) but stay open until max_query_timeout.
+        fresh: dict[NodeId, float] = {}
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                for node_id, deadline in list(fresh.items()):
+                    if deadline <= now:
+                        del fresh[node_id]
+                        lookup.slow(lookup.contact(node_id), now)
+                for query in lookup.next_queries(now):
+                    fresh[query.contact.node_id] = query.deadline
+                    give_up = max(query.deadline, now + self.config.max_query_timeout)
+                    nursery.start_soon(self._query, lookup, query.contact, give_up, wakeup, fresh)
+                if lookup.is_done or lookup.waiting == 0:
+                    break
+                with trio.move_on_at(min(fresh.values(), default=math.inf)):
+                    await wakeup.park()
+            nursery.cancel_scope.cancel()  # queries outside the final window
+        statistics = lookup.statistics()
+        self._statistics.lookups += 1
+        self._statistics.lookup_queries += statistics.queries_sent
+        self._statistics.lookup_failures += statistics.failed
+        return lookup
+
+    async def _query(
+        self,
+        lookup: Lookup,
+        contact: Contact,
+        deadline: float,
+        wakeup: trio.lowlevel.ParkingLot,
+        fresh: dict[NodeId, float],
+    ) -> None:
+        target = lookup.target.value
+        request: Message
+        if lookup.want_providers:
+            request = GetProviders(target, self._listen_port)
+        else:
+            request = FindNode(target, self._listen_port)
+        started = trio.current_time()
+        try:
+            answer = await self._transport.call(
+                contact, request, timeout=max(0.0, deadline - started)
+            )
+            contacts, providers = self._parse_answer(lookup, answer)
+        except RpcFailed:
+            now = trio.current_time()
+            if not lookup.is_done:
+                lookup.failed(contact, now)
+            self.rtt.observe_timeout(contact.node_id)
+            self._failed(contact)
+        else:
+            now = trio.current_time()
+            self.rtt.observe(contact.node_id, now - started)
+            if not lookup.is_done:
+                lookup.answered(contact, contacts, now, providers=providers)
+            self._seen(contact)
+        finally:
+            fresh.pop(contact.node_id, None)
+            wakeup.unpark_all()
+
+    def _parse_answer(self, lookup: Lookup, answer: Message) -> tuple[list[Contact], list[Contact]]:
+        if lookup.want_providers and isinstance(answer, Providers):
+            return (
+                [Contact.from_wire(wire) for wire in answer.closer],
+                [Contact.from_wire(wire) for wire in answer.providers],
+            )
+        if not lookup.want_providers and isinstance(answer, Nodes):
+            return [Contact.from_wire(wire) for wire in answer.contacts], []
+        raise RpcFailed(f"answered {type(answer).__name__} to a lookup")
+
+    # -- publishing -------------------------------------------------------------------
+
+    async def _publish(self, key: NodeId) -> int:
+        if self._listen_port == 0:
+            raise DhtError("a node that does not listen cannot provide")
+        closest = await self.find_node(key)
+        stored = 0
+
+        async def store(contact: Contact) -> None:
+            nonlocal stored
+            try:
+                answer = await self._transport.call(
+                    contact,
+                    AddProvider(key.value, self._listen_port),
+                    timeout=self.rtt.timeout_for(contact.node_id),
+                )
+            except RpcFailed as exc:
+                logger.debug("%r did not take %s: %s", contact, key.short(), exc)
+                self._failed(contact)
+                return
+            if isinstance(answer, ProviderAdded):
+                stored += 1
+
+        async with trio.open_nursery() as nursery:
+            for contact in closest:
+                nursery.start_soon(store, contact)
+        if stored:
+            self.provisions.published(key, trio.current_time())
+            self._wake_republisher(trio.current_time() + self.config.republish_interval)
+        return stored
+
+    def _local_providers(self, key: NodeId) -> list[Contact]:
+        return self.records.get(key, trio.current_time(), self.config.max_providers_per_key)
+
+    # -- the routing table ------------------------------------------------------------
+
+    def _learn(self, caller: Caller, sender_port: int) -> None:
+        if sender_port:
+            self._seen(Contact(caller.node_id, (caller.address[0], sender_port)))
+
+    def _seen(self, contact: Contact) -> None:
+        decision = self.routing.seen(contact, trio.current_time())
+        if isinstance(decision, PingOldest):
+            nursery = self._nursery
+            if nursery is not None and self._eviction_pings < MAX_EVICTION_PINGS:
+                self._eviction_pings += 1
+                nursery.start_soon(self._ping_oldest, decision.oldest)
+
+    def _failed(self, contact: Contact) -> None:
+        if isinstance(self.routing.failed(contact.node_id), Evicted):
+            self._statistics.evictions += 1
+
+    async def _ping_oldest(self, oldest: Contact) -> None:
+        try:
+            rtt = await self._transport.ping(oldest, timeout=self.rtt.timeout_for(oldest.node_id))
+        except RpcFailed:
+            if self.routing.ping_failed(oldest) is not None:
+                self._statistics.evictions += 1
+        else:
+            self.rtt.observe(oldest.node_id, rtt)
+            self.routing.ping_answered(oldest, trio.current_time())
+        finally:
+            self._eviction_pings -= 1
+
+    # -- background jobs --------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.bucket_refresh_interval)
+            await self._refresh_buckets(force=False)
+
+    async def _refresh_buckets(self, *, force: bool) -> None:
+        now = trio.current_time()
+        interval = 0.0 if force else self.config.bucket_refresh_interval
+        stale = self.routing.stale_buckets(now, interval)
+        targets = [
+            self.routing.random_id_in_bucket(bucket.index, self._random_below) for bucket in stale
+        ]
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                self._statistics.bucket_refreshes += 1
+                nursery.start_soon(self.find_node, target)
+
+    def _random_below(self, limit: int) -> int:
+        return self._rng.randrange(limit)
+
+    def _wake_republisher(self, when: float) -> None:
+        timer = self._republish_timer
+        if timer is not None and when < timer.deadline:
+            timer.deadline = when
+
+    def _next_republish(self) -> float:
+        due = [
+            provision.last_published + self.config.republish_interval
+            for provision in self.provisions.records()
+            if provision.last_published is not None
+        ]
+        if any(provision.last_published is None for provision in self.provisions.records()):
+            return trio.current_time()
+        return min(due, default=math.inf)
+
+    async def _republish_loop(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._next_republish()) as timer:
+                self._republish_timer = timer
+                await trio.sleep_forever()
+            self._republish_timer = None
+            due = self.provisions.due_for_republish(
+                trio.current_time(), self.config.republish_interval
+            )
+            async with trio.open_nursery() as nursery:
+                for key in due:
+                    nursery.start_soon(self._republish, key)
+            if due and self._next_republish() <= trio.current_time():
+                # Nobody took them: try again after a while rather than spin.
+                await trio.sleep(self.config.bucket_refresh_interval)
+
+    async def _republish(self, key: NodeId) -> None:
+        try:
+            if await self._publish(key):
+                self._statistics.republished += 1
+        except DhtError as exc:
+            logger.warning("republishing %s failed: %s", key.short(), exc)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.expiry_sweep_interval)
+            self.records.expire(trio.current_time())
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await trio.sleep(PERSIST_INTERVAL)
+            self._save()
+
+    # -- persistence ------------------------------------------------------------------
+
+    def _load(self) -> None:
+        storage = self._storage
+        if storage is None:
+            return
+        now = trio.current_time()
+        wall_time = self._wall_clock()
+        try:
+            self.records.restore(storage.load_records(now=now, wall_time=wall_time), now)
+            self.provisions.restore(storage.load_provisions(now=now, wall_time=wall_time), now)
+            for record in storage.load_contacts(now=now, wall_time=wall_time):
+                self.routing.seen(record.contact, min(record.last_seen, now))
+        except StorageError as exc:
+            logger.error("could not load the DHT state, starting empty: %s", exc)
+
+    def _save(self) -> None:
+        storage = self._storage
+        if storage is None:
+            return
+        now = trio.current_time()
+        wall_time = self._wall_clock()
+        contacts = [
+            ContactRecord(Contact(NodeId(node_id), (host, port)), last_seen)
+            for node_id, host, port, last_seen in self.routing.to_records()
+        ]
+        try:
+            storage.save_records(self.records.records(), now=now, wall_time=wall_time)
+            storage.save_provisions(self.provisions.records(), now=now, wall_time=wall_time)
+            storage.save_contacts(contacts, now=now, wall_time=wall_time)
+        except StorageError as exc:
+            logger.error("could not save the DHT state: %s", exc)
