@@ -75,7 +75,9 @@ class MemoryNetwork:
         if self.max_latency == self.min_latency:
             return self.min_latency
         first, second = sorted((host_a, host_b))
-        digest = hashlib.blake2b(f"{self.seed}\0{first}\0{second}".encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(
+            f"{self.seed}\0{first}\0{second}".encode(errors="surrogatepass"), digest_size=8
+        ).digest()
         fraction = int.from_bytes(digest, "big") / 2**64
         return self.min_latency + fraction * (self.max_latency - self.min_latency)
 

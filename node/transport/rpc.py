@@ -76,6 +76,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_LIMIT = 1 << 32
+# After a simultaneous open, the losing connection closes once idle this long.
+RETIRE_GRACE = 5.0
+# How often a replaced connection checks whether its last request has finished.
+RETIRE_POLL = 0.1
 # Error.message holds at most 1024 UTF-8 bytes (protocol.messages); we send less.
 ERROR_TEXT_BYTES = 1000
 
@@ -240,8 +244,6 @@ class Connection:
                 self._abandoned.add(request_id)
             elif self._outbound_waiting:
                 self._outbound_waiting.unpark()
-        if self.superseded:
-            await self._retire_if_idle()
         if waiter.timed_out:
             await self._note_timeout_and_maybe_close()
             raise RequestTimeout(
@@ -439,8 +441,6 @@ class Connection:
             await self._reply(request_id, response)
         finally:
             self._inbound_in_flight -= 1
-        if self.superseded:
-            await self._retire_if_idle()
 
     async def _reply(self, request_id: int, response: Message) -> None:
         try:
@@ -467,9 +467,18 @@ class Connection:
                 return
             seen = self._activity
 
-    async def _retire_if_idle(self) -> None:
-        if not self._pending and not self._inbound_in_flight and self._close_reason is None:
-            await self.close("replaced by a newer connection")
+    async def retire(self, grace: float) -> None:
+        """Close this connection, which another to the same peer replaced, once nothing
+        is in flight on it and it carried nothing for `grace` seconds (after a
+        simultaneous open the peer may have sent a request on it before it switched
+        too; with grace 0, as soon as nothing is in flight)."""
+        seen = self._activity if grace == 0 else -1
+        while self._close_reason is None:
+            if self._activity == seen and not self._pending and not self._inbound_in_flight:
+                await self.close("replaced by another connection to the same peer")
+                return
+            seen = self._activity
+            await trio.sleep(grace if grace else RETIRE_POLL)
 
     async def _cut_off(self, reason: str) -> None:
         statistics = self.transport._statistics
@@ -518,6 +527,7 @@ class Transport:
         self._connections: dict[NodeId, Connection] = {}
         self._by_address: dict[Address, Connection] = {}  # outbound, by dialled address
         self._dialing: dict[NodeId, _Dial] = {}
+        self._dialing_by_address: dict[Address, _Dial] = {}
         # Separate budgets, so that a flood of inbound handshakes or connections cannot
         # stop us from dialling out, nor the other way round.
         self._handshaking = 0
@@ -604,25 +614,36 @@ class Transport:
         self, address: Address, node_id: NodeId | None, deadline: float
     ) -> Connection:
         if node_id is None:
-            # Dialled by address alone (bootstrap): reuse what that address gave us.
+            # Dialled by address alone (bootstrap): reuse what that address gave us, or
+            # share a dial to it already under way.
             known = self._by_address.get(address)
             if known is not None and known.is_open:
                 return known
+            dialing = self._dialing_by_address.get(address)
+            if dialing is not None:
+                with trio.move_on_at(deadline):
+                    await dialing.done.wait()
+                if dialing.connection is not None and dialing.connection.is_open:
+                    return dialing.connection
             return await self._dial(address, None, deadline)
-        connection = self._connections.get(node_id)
-        if connection is not None and connection.is_open:
-            return connection
-        dialing = self._dialing.get(node_id)
-        if dialing is None:
-            return await self._dial(address, node_id, deadline)
-        # Someone is dialling that peer already: share the outcome.
-        with trio.move_on_at(deadline):
-            await dialing.done.wait()
-        if dialing.connection is not None and dialing.connection.is_open:
-            return dialing.connection
-        if dialing.error is not None:
-            raise type(dialing.error)(str(dialing.error))
-        raise RequestTimeout(f"dialling {node_id.short()} took too long")
+        while True:
+            connection = self._connections.get(node_id)
+            if connection is not None and connection.is_open:
+                return connection
+            dialing = self._dialing.get(node_id)
+            if dialing is None:
+                return await self._dial(address, node_id, deadline)
+            # Someone is dialling that peer already: share the outcome.
+            with trio.move_on_at(deadline):
+                await dialing.done.wait()
+            if dialing.connection is not None and dialing.connection.is_open:
+                return dialing.connection
+            if trio.current_time() >= deadline:
+                raise RequestTimeout(f"dialling {node_id.short()} took too long")
+            if dialing.error is not None and not isinstance(dialing.error, RequestTimeout):
+                raise type(dialing.error)(str(dialing.error))
+            # That dial ended on its caller's deadline (or was cancelled), not ours: try
+            # again within our own.
 
     async def _dial(self, address: Address, node_id: NodeId | None, deadline: float) -> Connection:
         if self._nursery is None:
@@ -634,6 +655,8 @@ class Transport:
         dial = _Dial()
         if node_id is not None:
             self._dialing[node_id] = dial
+        else:
+            self._dialing_by_address[address] = dial
         self._outbound_count += 1
         registered = False
         handshake_deadline = trio.current_time() + self.config.handshake_timeout
@@ -660,6 +683,8 @@ class Transport:
                 self._outbound_count -= 1
             if node_id is not None and self._dialing.get(node_id) is dial:
                 del self._dialing[node_id]
+            if self._dialing_by_address.get(address) is dial:
+                del self._dialing_by_address[address]
             dial.done.set()
 
     # -- inbound ----------------------------------------------------------------------
@@ -729,15 +754,27 @@ class Transport:
                 await link.aclose()
             raise ConnectionFailed("the transport stopped")
         connection = Connection(self, link, outbound=outbound)
-        # The newest connection to a peer serves new requests; an older one finishes
-        # what it carries and closes as soon as nothing is in flight on it, so that one
-        # identity cannot hold many of our connection slots.
-        older = self._connections.get(link.remote_node_id)
-        self._connections[link.remote_node_id] = connection
         nursery.start_soon(connection.run)
-        if older is not None and older.is_open:
-            older.superseded = True
-            nursery.start_soon(older._retire_if_idle)
+        # One connection per peer identity serves requests; another one finishes what
+        # it carries and retires, so that one identity cannot hold many of our slots.
+        # Two of the same direction: the newer wins. One each way (both dialled at
+        # once): both ends keep the one dialled by the lower NodeId, so they agree.
+        peer_id = link.remote_node_id
+        older = self._connections.get(peer_id)
+        keep_new = True
+        grace = 0.0
+        if older is not None and older.is_open and older.outbound != outbound:
+            dialer = self.node_id if outbound else peer_id
+            keep_new = dialer == min(self.node_id, peer_id)
+            grace = RETIRE_GRACE
+        if keep_new:
+            self._connections[peer_id] = connection
+            loser = older
+        else:
+            loser = connection
+        if loser is not None and loser.is_open:
+            loser.superseded = True
+            nursery.start_soon(loser.retire, grace)
         return connection
 
     def _forget(self, connection: Connection) -> None:
