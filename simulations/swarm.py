@@ -8,7 +8,8 @@ random choice comes from the seed, so a swarm replays exactly.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import trio
 from dht.config import DhtConfig
 from dht.contact import Contact
 from dht.service import DhtService
+from dht.storage import DhtStorage
 from node.dht_transport import DhtTransportAdapter
 from node.transport import MemoryNetwork, Transport, TransportConfig
 from protocol.identity import Identity, NodeId
@@ -101,20 +103,25 @@ async def open_swarm(
         nursery.cancel_scope.cancel()
 
 
-async def _start_node(
+async def start_dht_node(
     nursery: trio.Nursery,
-    swarm: Swarm,
-    index: int,
-    dht_config: DhtConfig,
-    transport_config: TransportConfig | None,
-) -> SwarmNode:
-    rng = swarm.rng
-    identity = Identity.generate(rng.randbytes)
-    host = f"node-{index}"
+    network: MemoryNetwork,
+    identity: Identity,
+    host: str,
+    *,
+    port: int = 0,
+    dht_config: DhtConfig = SWARM_DHT_CONFIG,
+    transport_config: TransportConfig | None = None,
+    storage: DhtStorage | None = None,
+    rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> tuple[Transport, DhtService, trio.CancelScope]:
+    """Start one node (Transport + DhtService) on `network` in `nursery`; cancelling the
+    returned scope stops it (saving its DHT state if it has storage)."""
     transport = Transport(
         identity,
-        swarm.network.link_layer(identity, host),
-        listen_address=(host, 0),
+        network.link_layer(identity, host),
+        listen_address=(host, port),
         config=transport_config,
     )
     scope = trio.CancelScope()
@@ -128,10 +135,34 @@ async def _start_node(
                     DhtTransportAdapter(transport),
                     listen_port=transport.address[1],
                     config=dht_config,
-                    rng=random.Random(rng.getrandbits(64)),
+                    storage=storage,
+                    rng=rng,
+                    wall_clock=wall_clock,
                 )
                 await inner.start(dht.run)
                 task_status.started(dht)
 
     dht = await nursery.start(run_node)
+    return transport, dht, scope
+
+
+async def _start_node(
+    nursery: trio.Nursery,
+    swarm: Swarm,
+    index: int,
+    dht_config: DhtConfig,
+    transport_config: TransportConfig | None,
+) -> SwarmNode:
+    rng = swarm.rng
+    identity = Identity.generate(rng.randbytes)
+    host = f"node-{index}"
+    transport, dht, scope = await start_dht_node(
+        nursery,
+        swarm.network,
+        identity,
+        host,
+        dht_config=dht_config,
+        transport_config=transport_config,
+        rng=random.Random(rng.getrandbits(64)),
+    )
     return SwarmNode(index, host, identity, transport, dht, scope)

@@ -11,10 +11,9 @@ from trio.testing import MockClock
 
 from dht.service import DhtService
 from dht.storage import DhtStorage
-from node.dht_transport import DhtTransportAdapter
-from node.transport import MemoryNetwork, Transport
+from node.transport import MemoryNetwork
 from protocol.identity import Identity, NodeId
-from simulations.swarm import SWARM_DHT_CONFIG
+from simulations.swarm import start_dht_node
 
 HOUR = 3600.0
 
@@ -32,27 +31,18 @@ async def run_node(
     storage: DhtStorage | None,
     port: int = 0,
 ) -> tuple[DhtService, trio.CancelScope]:
-    transport = Transport(identity, network.link_layer(identity, host), listen_address=(host, port))
-    scope = trio.CancelScope()
-
-    async def run(task_status: trio.TaskStatus[DhtService]) -> None:
-        with scope:
-            async with trio.open_nursery() as inner:
-                await inner.start(transport.run)
-                assert transport.address is not None
-                service = DhtService(
-                    DhtTransportAdapter(transport),
-                    listen_port=transport.address[1],
-                    config=SWARM_DHT_CONFIG,
-                    storage=storage,
-                    rng=random.Random(1),
-                    # The wall clock the saved times refer to: virtual time, offset.
-                    wall_clock=lambda: 1e9 + trio.current_time(),
-                )
-                await inner.start(service.run)
-                task_status.started(service)
-
-    return await nursery.start(run), scope
+    _, service, scope = await start_dht_node(
+        nursery,
+        network,
+        identity,
+        host,
+        port=port,
+        storage=storage,
+        rng=random.Random(1),
+        # The wall clock the saved times refer to: virtual time, offset.
+        wall_clock=lambda: 1e9 + trio.current_time(),
+    )
+    return service, scope
 
 
 async def test_records_provisions_and_contacts_survive_a_restart(
