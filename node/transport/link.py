@@ -15,6 +15,7 @@ back a `PendingLink` (a peer that has connected but not yet authenticated), and
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,15 @@ from protocol.identity import NodeId
 if TYPE_CHECKING:
     from node.transport.config import TransportConfig
 
-__all__ = ["Address", "Link", "LinkClosed", "LinkLayer", "LinkListener", "PendingLink"]
+__all__ = [
+    "Address",
+    "Link",
+    "LinkClosed",
+    "LinkLayer",
+    "LinkListener",
+    "NoRoom",
+    "PendingLink",
+]
 
 # (host, port). For TCP a host name or IP literal; for the in-memory network a name.
 Address = tuple[str, int]
@@ -44,6 +53,10 @@ class LinkClosed(Exception):
         self.misbehaved = misbehaved
 
 
+class NoRoom(Exception):
+    """The link's send queue stayed full until the caller's deadline; nothing was sent."""
+
+
 class Link(ABC):
     """An authenticated pipe of frames to one peer."""
 
@@ -51,8 +64,9 @@ class Link(ABC):
     remote_address: Address
 
     @abstractmethod
-    async def send_frame(self, frame: bytes) -> None:
-        """Queue one frame; returns once it is handed to the link (raises LinkClosed)."""
+    async def send_frame(self, frame: bytes, *, deadline: float = math.inf) -> None:
+        """Queue one frame; returns once it is handed to the link. Raises LinkClosed, or
+        NoRoom if the link's queue stays full until `deadline` (the frame is not sent)."""
 
     @abstractmethod
     async def receive_frame(self) -> bytes:

@@ -28,7 +28,15 @@ from collections.abc import Iterable
 import trio
 
 from node.transport.config import TransportConfig
-from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from node.transport.link import (
+    Address,
+    Link,
+    LinkClosed,
+    LinkLayer,
+    LinkListener,
+    NoRoom,
+    PendingLink,
+)
 from protocol.identity import Identity, NodeId
 
 __all__ = ["MemoryLinkLayer", "MemoryNetwork"]
@@ -146,7 +154,7 @@ class MemoryLink(Link):
         self._last_arrival = -math.inf
         self._close_reason: str | None = None
 
-    async def send_frame(self, frame: bytes) -> None:
+    async def send_frame(self, frame: bytes, *, deadline: float = math.inf) -> None:
         if self._close_reason is not None:
             raise LinkClosed(self._close_reason)
         if len(frame) > self._max_frame_size:
@@ -159,12 +167,15 @@ class MemoryLink(Link):
             return
         arrival = max(trio.current_time() + self._latency, self._last_arrival)
         self._last_arrival = arrival
+        cut_off_at = trio.current_time() + self._send_timeout
         try:
-            with trio.move_on_after(self._send_timeout):
+            with trio.move_on_at(min(deadline, cut_off_at)):
                 await self._outgoing.send((arrival, frame))
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise LinkClosed(self._close_reason or "peer closed the connection") from None
+        if deadline < cut_off_at:
+            raise NoRoom("the link stayed full")
         # As over TCP: a peer that does not read for the send timeout is cut off.
         reason = f"peer did not read for {self._send_timeout:g} s"
         await self.aclose()

@@ -46,7 +46,15 @@ from node.errors import (
     TransportError,
 )
 from node.transport.config import TransportConfig
-from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from node.transport.link import (
+    Address,
+    Link,
+    LinkClosed,
+    LinkLayer,
+    LinkListener,
+    NoRoom,
+    PendingLink,
+)
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.identity import Identity, NodeId
 from protocol.messages import (
@@ -234,13 +242,15 @@ class Connection:
         timer = self._timer
         if timer is not None and deadline < timer.deadline:
             timer.deadline = deadline
+        sent = False
         try:
-            await self._send(Envelope(Kind.REQUEST, request_id, message))
+            await self._send(Envelope(Kind.REQUEST, request_id, message), deadline=deadline)
+            sent = True
             await waiter.wait()
         finally:
             self._outbound_in_flight -= 1
             self._pending.pop(request_id, None)
-            if (waiter.timed_out or not waiter.done) and self._close_reason is None:
+            if sent and (waiter.timed_out or not waiter.done) and self._close_reason is None:
                 self._abandoned.add(request_id)
             elif self._outbound_waiting:
                 self._outbound_waiting.unpark()
@@ -293,7 +303,7 @@ class Connection:
             if request_id not in self._pending and request_id not in self._abandoned:
                 return request_id
 
-    async def _send(self, envelope: Envelope) -> None:
+    async def _send(self, envelope: Envelope, *, deadline: float = math.inf) -> None:
         try:
             frame = encode_envelope(envelope)
         except LocalProtocolError as exc:
@@ -305,9 +315,13 @@ class Connection:
             )
         self._activity += 1
         try:
-            await self.link.send_frame(frame)
+            await self.link.send_frame(frame, deadline=deadline)
         except LinkClosed as exc:
             raise ConnectionClosed(exc.reason) from None
+        except NoRoom:
+            raise RequestTimeout(
+                f"{self.peer.node_id.short()} did not read what we queued for it in time"
+            ) from None
 
     # -- inbound ----------------------------------------------------------------------
 

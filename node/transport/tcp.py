@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,15 @@ import nacl.utils
 import trio
 
 from node.transport.config import TransportConfig
-from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from node.transport.link import (
+    Address,
+    Link,
+    LinkClosed,
+    LinkLayer,
+    LinkListener,
+    NoRoom,
+    PendingLink,
+)
 from protocol.errors import ProtocolError
 from protocol.handshake import SecureHandshake
 from protocol.identity import Identity, NodeId, RandomBytes
@@ -209,10 +218,13 @@ class SecureLink(Link):
 
     # -- sending ---------------------------------------------------------------------
 
-    async def send_frame(self, frame: bytes) -> None:
+    async def send_frame(self, frame: bytes, *, deadline: float = math.inf) -> None:
         if self._close_reason is None and self._queued_bytes > SEND_HIGH_WATER:
-            while self._queued_bytes > SEND_HIGH_WATER and self._close_reason is None:
-                await self._room.park()
+            with trio.move_on_at(deadline):
+                while self._queued_bytes > SEND_HIGH_WATER and self._close_reason is None:
+                    await self._room.park()
+            if self._close_reason is None and self._queued_bytes > SEND_HIGH_WATER:
+                raise NoRoom("the send queue stayed full")
         if self._close_reason is not None:
             raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
         self._pending.append(FRAME_HEADER.pack(len(frame)))

@@ -597,12 +597,6 @@ async def test_callers_return_promptly_while_the_writer_is_blocked(
 
 
 @TCP_ONLY
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request parked in SecureLink.send_frame for room in the send queue is not "
-    "woken by the connection's timer: it returns only when the writer gives up at "
-    "send_timeout, with ConnectionClosed",
-)
 async def test_request_waiting_for_room_in_the_send_queue_times_out(
     network: Network, clock: MockClock
 ) -> None:

@@ -158,15 +158,19 @@ async def test_request_without_handler_is_unsupported(network: Network, clock: M
 
 
 async def test_oversized_message_is_refused_locally(network: Network, clock: MockClock) -> None:
-    """A message over the frame limit is refused before sending, and the link stays up."""
-    config = TransportConfig(max_frame_size=200)
+    """A message over the frame limit is refused before sending, the link stays up, and
+    the refused request does not keep a place among those in flight."""
+    config = TransportConfig(max_frame_size=200, max_inflight_per_peer=1)
     async with network.node(config=config) as server, network.node(config=config) as client:
         assert server.address is not None
         with pytest.raises(MessageTooLarge):
             await client.request(
                 server.address, Error(ErrorCode.INTERNAL, "x" * 500), node_id=server.node_id
             )
-        assert await client.request(server.address, Ping(b"ok"), node_id=server.node_id)
+        for _ in range(3):
+            assert await client.request(
+                server.address, Ping(b"ok"), node_id=server.node_id, timeout=5
+            )
 
 
 async def test_in_flight_limit_queues_our_requests(network: Network, clock: MockClock) -> None:
