@@ -50,8 +50,9 @@ logger = logging.getLogger(__name__)
 
 RECORD_HEADER = struct.Struct(">H")
 FRAME_HEADER = struct.Struct(">I")
-# The receive buffer holds at least three whole records, so that compacting it always
-# leaves room for the record being read.
+# A connection's receive buffer starts at INITIAL_RECEIVE_BUFFER and grows up to
+# RECEIVE_BUFFER_SIZE (four whole records) while large records stream in.
+INITIAL_RECEIVE_BUFFER = 16 * 1024
 RECEIVE_BUFFER_SIZE = 4 * (RECORD_HEADER.size + MAX_MESSAGE_SIZE)
 # Bytes queued behind a flush before senders wait for it.
 SEND_HIGH_WATER = 4 * 1024 * 1024
@@ -73,7 +74,9 @@ class _RecordSocket:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
-        self._buffer = bytearray(RECEIVE_BUFFER_SIZE)
+        # Small to start with: a node holds hundreds of connections, most carrying small
+        # RPCs. It grows (up to RECEIVE_BUFFER_SIZE) when a record does not fit.
+        self._buffer = bytearray(INITIAL_RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
         self._start = 0
         self._end = 0
@@ -84,13 +87,7 @@ class _RecordSocket:
 
     async def fill(self) -> None:
         """Wait for more bytes from the peer (raises LinkClosed at the end)."""
-        if self._start == self._end:
-            self._start = self._end = 0
-        elif len(self._buffer) - self._end < RECORD_HEADER.size + MAX_MESSAGE_SIZE:
-            # Move the partial record to the front; the buffer never changes size.
-            remaining = self._end - self._start
-            self._view[:remaining] = self._view[self._start : self._end]
-            self._start, self._end = 0, remaining
+        self._make_room()
         if self._drained:
             # The last read emptied the kernel's buffer: wait before asking again, which
             # saves a system call that would only say "nothing yet".
@@ -109,6 +106,34 @@ class _RecordSocket:
             self._end += count
             self._drained = count < space
             return
+
+    def _make_room(self) -> None:
+        """Room for the rest of the record being read, and for more besides."""
+        start, end = self._start, self._end
+        remaining = end - start
+        if remaining == 0:
+            self._start = self._end = 0
+            return
+        wanted = RECORD_HEADER.size
+        if remaining >= RECORD_HEADER.size:
+            wanted += (self._buffer[start] << 8) | self._buffer[start + 1]
+        wanted = max(wanted, INITIAL_RECEIVE_BUFFER)
+        if len(self._buffer) - end >= wanted - remaining:
+            return
+        if len(self._buffer) >= wanted and start > 0:
+            # Move the partial record to the front.
+            self._view[:remaining] = self._view[start:end]
+            self._start, self._end = 0, remaining
+            return
+        self._resize(min(RECEIVE_BUFFER_SIZE, max(wanted, 2 * len(self._buffer))), remaining)
+
+    def _resize(self, size: int, remaining: int) -> None:
+        # A new buffer, not a resized one: records handed out are views of the old one.
+        buffer = bytearray(size)
+        buffer[:remaining] = self._view[self._start : self._start + remaining]
+        self._buffer = buffer
+        self._view = memoryview(buffer)
+        self._start, self._end = 0, remaining
 
     def take_record(self) -> memoryview | None:
         """The next complete record already received, if any (no I/O). The view is
