@@ -12,11 +12,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from benchmarks import BenchmarkError, BenchmarkOptions
+from benchmarks.dht import run_dht_benchmark
 from benchmarks.transport import run_transport_benchmark
 
 __all__ = ["BENCHMARKS", "main"]
 
 BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
+    "dht": (
+        run_dht_benchmark,
+        "N Freehold DHT nodes on TCP loopback vs bmuller/kademlia, healthy and 25% killed",
+    ),
     "transport": (
         run_transport_benchmark,
         "Noise-over-TCP RPC between two processes vs plain blocking sockets",

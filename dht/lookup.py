@@ -21,10 +21,12 @@ The rules:
    peer never holds the lookup up beyond its own timeout (DESIGN.md#dht). Each query's
    deadline is now + the peer's adaptive timeout (dht/rtt.py), or
    `initial_query_timeout` without an estimator. Past it the driver reports `slow()`:
-   the slot is freed and refilled, but the query stays open and a late answer still
-   counts, until the driver gives up on it (`failed()`). An adaptive timeout can thus
-   be tight without costing exactness: a peer merely slower than its estimate costs one
-   extra query, not its place in the result.
+   the contact steps out of the window, so its slot goes to the next closest contact,
+   but the query stays open and an answer that comes before the lookup ends still
+   counts (the contact is back in the window). The lookup does not wait for slow
+   contacts: after a mass failure, the dead ones cost one adaptive timeout each, not the
+   driver's give-up time. (The estimator doubles the timeout of a peer it has not
+   measured yet, since that first request also pays for the handshake.)
 3. **Answers.** An answer with more than k contacts, or more than
    `max_providers_per_key` providers, breaks the protocol (an honest node sends at most
    k, Kademlia §2.3): it is ignored entirely and counts as a failure of that contact,
@@ -300,6 +302,7 @@ class Lookup:
         entry.state = ContactState.SLOW
         self._in_flight -= 1
         self._slow_count += 1
+        self._check_finished(now)
 
     def failed(self, contact: Contact, now: float) -> None:
         """`contact`'s query timed out or failed; its slot is free at once. Raises
@@ -373,8 +376,13 @@ class Lookup:
         return self._rtt.timeout_for(entry.contact.node_id)
 
     def _window(self) -> list[_Entry]:
-        """The k closest contacts not failed, closest first."""
-        ordered = sorted(self._entries.values(), key=lambda entry: entry.distance)
+        """The k closest contacts neither failed nor slow, closest first. A slow contact
+        steps out of the window, so that its slot goes to the next closest contact
+        rather than waiting on it; if it answers before the lookup ends it is back."""
+        ordered = sorted(
+            (entry for entry in self._entries.values() if entry.state is not ContactState.SLOW),
+            key=lambda entry: entry.distance,
+        )
         return ordered[: self._config.k]
 
     def _result_entries(self) -> list[_Entry]:

@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from dht.config import DhtConfig
 from protocol.identity import NodeId
 
+FIRST_CONTACT_FACTOR = 2
+"""A peer not yet measured gets this many times the global timeout (handshake included)."""
+
 __all__ = ["DEFAULT_MAX_PEERS", "RttEstimate", "RttEstimator"]
 
 # RFC 6298 §2 constants.
@@ -139,7 +142,9 @@ class RttEstimator:
         if peer is not None:
             timeout = peer.estimate.timeout * (1 << peer.backoff_doublings)
         elif self._global is not None:
-            timeout = self._global.timeout
+            # Never measured: its first request also pays for the handshake (about one
+            # more round trip), so allow twice the typical timeout.
+            timeout = FIRST_CONTACT_FACTOR * self._global.timeout
         else:
             timeout = config.initial_query_timeout
         return min(max(timeout, config.min_query_timeout), config.max_query_timeout)

@@ -737,8 +737,13 @@ class Transport:
                     link = await pending.handshake()
                 except LinkClosed as exc:
                     self._statistics.handshakes_failed += 1
-                    self._statistics.peers_cut_off += 1
-                    logger.warning("cutting off %s:%s: %s", *pending.remote_address, exc.reason)
+                    if exc.misbehaved:
+                        self._statistics.peers_cut_off += 1
+                        logger.warning("cutting off %s:%s: %s", *pending.remote_address, exc.reason)
+                    else:  # it went away (a dialler that gave up): nothing to hold against it
+                        logger.debug(
+                            "handshake with %s:%s ended: %s", *pending.remote_address, exc.reason
+                        )
                     return
             if scope.cancelled_caught:
                 self._statistics.handshakes_failed += 1

@@ -61,8 +61,9 @@ SEND_BATCH = 512
 # Frames and records the reader takes back to back before it yields to other tasks.
 UNITS_PER_CHECKPOINT = 64
 LISTEN_BACKLOG = 128
-# Pause after accept() fails for lack of descriptors or memory.
+# Pause after accept() fails for lack of descriptors or memory, and how often to say so.
 ACCEPT_BACKOFF = 0.1
+RESOURCE_WARNING_INTERVAL = 60.0
 KEY_SIZE = 32
 _LOST = (ConnectionError, OSError)
 
@@ -438,6 +439,8 @@ class TcpListener(LinkListener):
         self._config = config
         name = sock.getsockname()
         self.address = (str(name[0]), int(name[1]))
+        self._resource_failures = 0
+        self._next_resource_warning = -math.inf
 
     async def accept(self) -> PendingLink:
         while True:
@@ -453,8 +456,18 @@ class TcpListener(LinkListener):
                 if self._sock.fileno() == -1:
                     raise trio.ClosedResourceError("listener is closed") from None
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of file descriptors or memory: back off instead of spinning.
-                    logger.warning("accept failed (%s); pausing", exc)
+                    # Out of file descriptors or memory: back off instead of spinning,
+                    # and say so once a minute, not at every retry.
+                    self._resource_failures += 1
+                    now = trio.current_time()
+                    if now >= self._next_resource_warning:
+                        logger.warning(
+                            "accept failed %d times (%s); pausing between tries",
+                            self._resource_failures,
+                            exc,
+                        )
+                        self._resource_failures = 0
+                        self._next_resource_warning = now + RESOURCE_WARNING_INTERVAL
                     await trio.sleep(ACCEPT_BACKOFF)
                 else:
                     # The one connection failed (reset, unreachable, refused by a

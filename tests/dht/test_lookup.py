@@ -204,7 +204,8 @@ def test_deadlines_come_from_the_rtt_estimator() -> None:
     queries = {int(q.contact.node_id): q for q in lookup.next_queries(10.0)}
     assert queries[5].sent_at == 10.0
     assert queries[5].deadline == pytest.approx(10.3)
-    assert queries[6].deadline == pytest.approx(10.3)  # unmeasured: the global estimate
+    # Unmeasured: twice the global estimate, since its first request pays for the handshake.
+    assert queries[6].deadline == pytest.approx(10.6)
     plain = Lookup(TARGET, [contact(5)], config=config)
     assert plain.next_queries(10.0)[0].deadline == 10.0 + config.initial_query_timeout
 
@@ -469,3 +470,66 @@ def test_provider_lookup_collects_providers_of_the_k_closest() -> None:
         found = {int(p.node_id) for p in lookup.providers()}
         assert {10_000 + index for index in range(len(holders))} <= found
         assert lookup.result() == holders
+
+
+def test_slow_contact_steps_out_of_the_window() -> None:
+    """A query past its deadline frees its slot for the next closest contact, and the
+    lookup ends without waiting for it; a late answer after the end is ignored."""
+    config = DhtConfig(k=2, alpha=2)
+    lookup = Lookup(TARGET, [contact(1), contact(2), contact(3)], config=config)
+    assert ids([q.contact for q in lookup.next_queries(0.0)]) == [1, 2]
+    lookup.slow(contact(1), 1.0)
+    assert lookup.in_flight == 1 and lookup.waiting == 2
+    assert ids([q.contact for q in lookup.next_queries(1.0)]) == [3]
+    lookup.answered(contact(2), [], 1.5)
+    assert not lookup.is_done
+    lookup.answered(contact(3), [], 2.0)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [2, 3]
+    lookup.answered(contact(1), [], 3.0)  # too late: ignored
+    assert ids(lookup.result()) == [2, 3]
+
+
+def test_slow_contact_that_answers_in_time_is_back_in_the_result() -> None:
+    """A slow contact whose answer comes before the lookup ends takes its place again."""
+    config = DhtConfig(k=2, alpha=2)
+    lookup = Lookup(TARGET, [contact(1), contact(2), contact(3)], config=config)
+    lookup.next_queries(0.0)
+    lookup.slow(contact(1), 1.0)
+    lookup.next_queries(1.0)
+    lookup.answered(contact(1), [], 1.2)
+    lookup.answered(contact(2), [], 1.5)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [1, 2]
+
+
+def test_slow_contact_lets_the_next_candidate_into_the_window() -> None:
+    """A contact turning slow lets the next closest candidate into the window, which is
+    then asked before the lookup ends."""
+    config = DhtConfig(k=3, alpha=3)
+    lookup = Lookup(TARGET, [contact(1), contact(2), contact(3), contact(4)], config=config)
+    lookup.next_queries(0.0)  # 1, 2, 3
+    lookup.answered(contact(2), [], 0.5)
+    lookup.answered(contact(3), [], 0.6)
+    assert ids([q.contact for q in lookup.next_queries(0.6)]) == []  # 4: beyond k
+    assert not lookup.is_done  # contact 1 is closer and still in flight
+    lookup.slow(contact(1), 1.0)
+    assert not lookup.is_done  # 4 moved into the window and must be asked
+    assert ids([q.contact for q in lookup.next_queries(1.0)]) == [4]
+    lookup.answered(contact(4), [], 1.2)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [2, 3, 4]
+
+
+def test_last_slow_contact_ends_the_lookup_at_once() -> None:
+    """When everything else answered and nothing is left to ask, a contact turning slow
+    ends the lookup at that moment."""
+    config = DhtConfig(k=2, alpha=2)
+    lookup = Lookup(TARGET, [contact(1), contact(2)], config=config)
+    lookup.next_queries(0.0)
+    lookup.answered(contact(2), [], 0.5)
+    assert not lookup.is_done
+    lookup.slow(contact(1), 1.0)
+    assert lookup.is_done
+    assert lookup.statistics().finished_at == 1.0
+    assert ids(lookup.result()) == [2]

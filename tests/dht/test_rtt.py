@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dht.config import DhtConfig
-from dht.rtt import RttEstimate, RttEstimator
+from dht.rtt import FIRST_CONTACT_FACTOR, RttEstimate, RttEstimator
 from protocol.identity import NodeId
 
 CONFIG = DhtConfig()  # initial 2.0 s, clamped to [0.2, 5.0]
@@ -60,14 +60,24 @@ def test_timeouts_are_clamped() -> None:
 
 
 def test_unmeasured_peer_uses_the_global_estimate() -> None:
-    """A peer never measured gets the estimate over every sample from every peer."""
+    """A peer never measured gets twice the estimate over every sample from every peer
+    (its first request also pays for the handshake), clamped to the maximum."""
     estimator = RttEstimator(CONFIG)
-    estimator.observe(PEER_A, 1.0)
+    estimator.observe(PEER_A, 0.2)
+    estimator.observe(PEER_B, 0.1)
+    global_estimate = estimator.global_estimate
+    assert global_estimate is not None
+    assert global_estimate.srtt == pytest.approx(0.1875)
+    assert global_estimate.rttvar == pytest.approx(0.1)
+    assert estimator.timeout_for(PEER_C) == pytest.approx(2 * 0.5875)
+    estimator.observe(PEER_A, 3.0)
+    assert estimator.timeout_for(PEER_C) == CONFIG.max_query_timeout
     estimator.observe(PEER_B, 0.5)
-    assert estimator.global_estimate == RttEstimate(srtt=0.9375, rttvar=0.5)
-    assert estimator.timeout_for(PEER_C) == 2.9375
     # Each measured peer keeps its own estimate.
-    assert estimator.timeout_for(PEER_B) == 1.5
+    assert estimator.timeout_for(PEER_B) == pytest.approx(
+        RttEstimate.first(0.1).updated(0.5).timeout
+    )
+    assert estimator.timeout_for(PEER_B) < CONFIG.max_query_timeout
 
 
 def test_forget_falls_back_to_global() -> None:
@@ -81,7 +91,9 @@ def test_forget_falls_back_to_global() -> None:
     assert len(estimator) == 1
     global_estimate = estimator.global_estimate
     assert global_estimate is not None
-    assert estimator.timeout_for(PEER_A) == global_estimate.timeout
+    assert estimator.timeout_for(PEER_A) == pytest.approx(
+        min(FIRST_CONTACT_FACTOR * global_estimate.timeout, CONFIG.max_query_timeout)
+    )
 
 
 def test_eviction_drops_the_least_recently_updated_peer() -> None:

@@ -1,0 +1,90 @@
+"""Smoke test of `python -m benchmarks dht --quick`: it runs and prints its figures.
+
+The benchmark runs as a subprocess (it starts many nodes on loopback and may spawn the
+kademlia baseline's process). It passes whether or not `kademlia` is installed: without
+it the baseline's columns are empty and the run says so. Nothing here asserts on speed
+or on targets: the Freehold figures only have to be there and be plausible.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PHASES = {"healthy", "killed"}
+# Figures that must be positive in every phase they appear in; shares are in 0..100.
+POSITIVE_METRICS = {
+    "find_node_p50_ms",
+    "find_node_rpcs",
+    "provide_mean_ms",
+    "provide_p50_ms",
+    "provide_p99_ms",
+    "provide_rpcs",
+    "find_providers_mean_ms",
+    "find_providers_p50_ms",
+    "find_providers_p99_ms",
+    "find_providers_rpcs",
+}
+SHARE_METRICS = {"find_node_exact_pct", "provide_accepted_pct", "find_providers_found_pct"}
+# Generous: a quick run takes well under a minute; this only stops a hung run.
+RUN_TIMEOUT = 300.0
+
+
+def run_quick_benchmark() -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", "dht", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    records = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            assert isinstance(record, dict)
+            records.append(record)
+    return records
+
+
+def test_quick_run_prints_plausible_freehold_figures() -> None:
+    """A quick run exits 0 and prints, for N = 20 and both phases, every Freehold metric
+    as a JSON line with a positive figure (shares within 0..100)."""
+    result = run_quick_benchmark()
+    assert result.returncode == 0, result.stderr
+    records = json_lines(result.stdout)
+    summaries = [record for record in records if "metric" not in record]
+    metrics = [record for record in records if "metric" in record]
+    assert len(summaries) == 1, result.stdout
+    summary = summaries[0]
+    assert summary["benchmark"] == "dht"
+    assert summary["sizes"] == [20]
+    # Either the baseline ran, or the run says why not.
+    assert (summary["baseline"] is None) != (summary["baseline_missing"] is None), summary
+    seen = set()
+    for record in metrics:
+        assert record["benchmark"] == "dht"
+        assert record["nodes"] == 20
+        assert record["phase"] in PHASES
+        assert record["quick"] is True
+        value = record["freehold"]
+        assert isinstance(value, int | float) and not isinstance(value, bool), record
+        if record["metric"] in SHARE_METRICS:
+            assert 0 <= value <= 100, record
+        else:
+            assert value > 0, record
+        seen.add((record["phase"], record["metric"]))
+    expected = {(phase, metric) for phase in PHASES for metric in POSITIVE_METRICS | SHARE_METRICS}
+    expected.add(("healthy", "bootstrap_s"))
+    assert seen == expected, result.stdout
+    # The readable table is printed before the JSON lines.
+    assert "find_providers p50" in result.stdout
+    assert "Traceback" not in result.stderr
