@@ -245,7 +245,12 @@ class DhtService:
         # Queries not yet past their adaptive deadline; past it they are reported slow
         # (their slot is refilled) but stay open until max_query_timeout.
         fresh: dict[NodeId, float] = {}
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as local:
+            # Queries run in the service's nursery when it is running, so that the ones
+            # still open when the lookup ends run to their answer or give-up: their
+            # outcome still teaches the routing table (a dead contact's failures get it
+            # evicted). Without the service running they end with the lookup.
+            queries = self._nursery or local
             while True:
                 now = trio.current_time()
                 for node_id, deadline in list(fresh.items()):
@@ -255,12 +260,12 @@ class DhtService:
                 for query in lookup.next_queries(now):
                     fresh[query.contact.node_id] = query.deadline
                     give_up = max(query.deadline, now + self.config.max_query_timeout)
-                    nursery.start_soon(self._query, lookup, query.contact, give_up, wakeup, fresh)
+                    queries.start_soon(self._query, lookup, query.contact, give_up, wakeup, fresh)
                 if lookup.is_done or lookup.waiting == 0:
                     break
                 with trio.move_on_at(min(fresh.values(), default=math.inf)):
                     await wakeup.park()
-            nursery.cancel_scope.cancel()  # queries outside the final window
+            local.cancel_scope.cancel()
         statistics = lookup.statistics()
         self._statistics.lookups += 1
         self._statistics.lookup_queries += statistics.queries_sent
