@@ -15,7 +15,6 @@ __all__ = [
     "KeyFileError",
     "MessageTooLarge",
     "NodeError",
-    "PeerLimitExceeded",
     "RemoteError",
     "RequestRejected",
     "RequestTimeout",
@@ -50,10 +49,6 @@ class RequestTimeout(TransportError):
 
 class MessageTooLarge(TransportError):
     """A message is larger than the frame size limit."""
-
-
-class PeerLimitExceeded(TransportError):
-    """We already have as many requests in flight to this peer as allowed."""
 
 
 class RemoteError(TransportError):

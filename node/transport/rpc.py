@@ -187,9 +187,6 @@ class Connection:
         self.outbound = outbound
         self.peer = Peer(link.remote_node_id, link.remote_address)
         self.config = transport.config
-        # A newer connection to the same peer serves new requests; this one closes
-        # once nothing is in flight on it.
-        self.superseded = False
         self._pending: dict[int, _Waiter] = {}
         # Requests we gave up on (timed out, cancelled) whose answers have not come:
         # the peer may still be serving them, so they still count against its limit.
@@ -271,12 +268,9 @@ class Connection:
     def _in_flight_to_peer(self) -> int:
         return self._outbound_in_flight + len(self._abandoned)
 
-    def _note_timeout(self) -> None:
+    async def _note_timeout_and_maybe_close(self) -> None:
         self.transport._statistics.request_timeouts += 1
         self._consecutive_timeouts += 1
-
-    async def _note_timeout_and_maybe_close(self) -> None:
-        self._note_timeout()
         if self._consecutive_timeouts >= self.config.max_consecutive_timeouts:
             await self.close(f"{self._consecutive_timeouts} requests in a row unanswered")
 
@@ -792,7 +786,6 @@ class Transport:
         else:
             loser = connection
         if loser is not None and loser.is_open:
-            loser.superseded = True
             nursery.start_soon(loser.retire, grace)
         return connection
 

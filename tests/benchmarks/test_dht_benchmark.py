@@ -8,13 +8,8 @@ or on targets: the Freehold figures only have to be there and be plausible.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
+from .runner import json_lines, run_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 PHASES = {"healthy", "killed"}
 # Figures that must be positive in every phase they appear in; shares are in 0..100.
 POSITIVE_METRICS = {
@@ -34,31 +29,10 @@ SHARE_METRICS = {"find_node_exact_pct", "provide_accepted_pct", "find_providers_
 RUN_TIMEOUT = 300.0
 
 
-def run_quick_benchmark() -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks", "dht", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-
-
-def json_lines(output: str) -> list[dict[str, Any]]:
-    records = []
-    for line in output.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            assert isinstance(record, dict)
-            records.append(record)
-    return records
-
-
 def test_quick_run_prints_plausible_freehold_figures() -> None:
     """A quick run exits 0 and prints, for N = 20 and both phases, every Freehold metric
     as a JSON line with a positive figure (shares within 0..100)."""
-    result = run_quick_benchmark()
+    result = run_benchmark("dht", "--quick", timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr
     records = json_lines(result.stdout)
     summaries = [record for record in records if "metric" not in record]

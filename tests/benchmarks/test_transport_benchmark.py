@@ -7,13 +7,8 @@ here asserts on speed: the figures only have to be there and be positive.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
+from .runner import json_lines, run_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 METRICS = {
     "bulk_mb_per_s",
     "round_trips_per_s_1_in_flight",
@@ -23,30 +18,9 @@ METRICS = {
 RUN_TIMEOUT = 120.0
 
 
-def run_benchmark(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-
-
-def json_lines(output: str) -> list[dict[str, Any]]:
-    records = []
-    for line in output.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            assert isinstance(record, dict)
-            records.append(record)
-    return records
-
-
 def test_quick_run_prints_positive_figures_for_every_metric() -> None:
     """A quick run exits 0 and prints one JSON line per metric with positive figures."""
-    result = run_benchmark("transport", "--quick")
+    result = run_benchmark("transport", "--quick", timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr
     records = json_lines(result.stdout)
     references = [record for record in records if "reference" in record]
@@ -72,6 +46,6 @@ def test_quick_run_prints_positive_figures_for_every_metric() -> None:
 
 def test_unknown_benchmark_name_is_refused() -> None:
     """An unknown benchmark name is a usage error (exit 2), not a traceback."""
-    result = run_benchmark("no-such-benchmark")
+    result = run_benchmark("no-such-benchmark", timeout=RUN_TIMEOUT)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

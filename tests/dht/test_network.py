@@ -9,7 +9,6 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from dht.contact import Contact
 from protocol.identity import NodeId
 from protocol.messages import (
     MAX_CONTACTS,
@@ -126,12 +125,9 @@ def lie_with_huge_lists(node: SwarmNode) -> None:
     """Answer with more contacts than k (the most the codec carries)."""
 
     def huge(caller: object, message: Message) -> Message:
-        contacts = tuple(
-            Contact(other.node_id, other.contact.address).to_wire()
-            for other in node.dht.routing.contacts()[:MAX_CONTACTS]
-            for other in [other]
-        )
-        contacts = (contacts * MAX_CONTACTS)[:MAX_CONTACTS]
+        known = tuple(contact.to_wire() for contact in node.dht.routing.contacts())
+        contacts = (known * MAX_CONTACTS)[:MAX_CONTACTS]  # real contacts, more than k
+        assert len(contacts) > node.dht.config.k
         if isinstance(message, FindNode):
             return Nodes(contacts)
         return Providers((), contacts)

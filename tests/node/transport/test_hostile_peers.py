@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -117,10 +118,20 @@ async def read_record(stream: trio.SocketStream, buffer: bytearray) -> bytes:
 
 
 async def authenticated_raw_connection(
-    server: Transport, identity: Identity, rng: random.Random
+    server: Transport,
+    identity: Identity,
+    rng: random.Random,
+    *,
+    receive_buffer: int | None = None,
 ) -> tuple[trio.SocketStream, TransportState]:
-    """A raw stream on which we completed an honest handshake, to misbehave after it."""
-    stream = await raw_connection(server)
+    """A raw stream on which `identity` completed an honest handshake with `server`, to
+    misbehave after it; `receive_buffer` shrinks its socket's receive buffer first."""
+    assert server.address is not None
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(server.address)
+    stream = trio.SocketStream(sock)
     handshake = SecureHandshake(
         identity,
         initiator=True,

@@ -30,7 +30,7 @@ from node.errors import ConnectionFailed, RequestTimeout, TransportError
 from node.transport import Address, Peer, Transport, TransportConfig
 from node.transport.tcp import SEND_HIGH_WATER
 from protocol.handshake import SecureHandshake
-from protocol.identity import Identity, NodeId
+from protocol.identity import NodeId
 from protocol.messages import (
     MAX_CONTACTS,
     MAX_PROVIDERS,
@@ -48,7 +48,13 @@ from protocol.messages import (
 from protocol.noise import TransportState
 
 from .conftest import Network, seeded_identity
-from .test_hostile_peers import RECORD, cut_off_lines, read_record, read_until_closed
+from .test_hostile_peers import (
+    RECORD,
+    authenticated_raw_connection,
+    cut_off_lines,
+    read_record,
+    read_until_closed,
+)
 
 TCP_ONLY = pytest.mark.parametrize("kind", ["tcp"])
 MEMORY_ONLY = pytest.mark.parametrize("kind", ["memory"])
@@ -110,38 +116,6 @@ async def big_answer(peer: Peer, message: Message) -> Message:
     """An async handler that answers every request with the largest answer there is."""
     await trio.lowlevel.checkpoint()
     return BIG_ANSWER
-
-
-async def raw_authenticated(
-    server: Transport,
-    identity: Identity,
-    network: Network,
-    *,
-    receive_buffer: int | None = None,
-) -> tuple[trio.SocketStream, TransportState]:
-    """A raw TCP stream on which `identity` completed an honest handshake with `server`,
-    to misbehave after it; `receive_buffer` shrinks its socket's receive buffer first."""
-    assert server.address is not None
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if receive_buffer is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    await sock.connect(server.address)
-    stream = trio.SocketStream(sock)
-    handshake = SecureHandshake(
-        identity,
-        initiator=True,
-        noise_static_private=network.rng.randbytes(32),
-        ephemeral_private=network.rng.randbytes(32),
-        expected_node_id=server.node_id,
-    )
-    buffer = bytearray()
-    message = handshake.start()
-    await stream.send_all(RECORD.pack(len(message)) + message)
-    reply = handshake.receive(await read_record(stream, buffer))
-    assert reply is not None
-    await stream.send_all(RECORD.pack(len(reply)) + reply)
-    assert handshake.is_complete
-    return stream, handshake.transport()
 
 
 def request_record(noise: TransportState, first_id: int, count: int, message: Message) -> bytes:
@@ -264,8 +238,8 @@ async def test_peer_that_stops_reading_then_hangs_up_is_dropped(
     async with server_and_client(network, config=config, handlers=handlers) as (server, client):
         assert server.address is not None
         attacker = seeded_identity(network.rng)
-        stream, noise = await raw_authenticated(
-            server, attacker, network, receive_buffer=TINY_RECEIVE_BUFFER
+        stream, noise = await authenticated_raw_connection(
+            server, attacker, network.rng, receive_buffer=TINY_RECEIVE_BUFFER
         )
         # More answers than the kernel can hold for the connection: the rest are queued
         # in the node, its writer blocked (and some answers may wait for room).
@@ -381,8 +355,8 @@ async def test_peer_that_never_reads_cannot_grow_our_send_queue(
         return await big_answer(peer, message)
 
     async with network.node(config=config, handlers={GetProviders: counting_big_answer}) as server:
-        stream, noise = await raw_authenticated(
-            server, seeded_identity(network.rng), network, receive_buffer=TINY_RECEIVE_BUFFER
+        stream, noise = await authenticated_raw_connection(
+            server, seeded_identity(network.rng), network.rng, receive_buffer=TINY_RECEIVE_BUFFER
         )
         await trio.testing.wait_all_tasks_blocked()
         tasks_before = task_count()
@@ -471,7 +445,9 @@ async def test_flood_of_tiny_records_does_not_starve_the_node(
         assert server.address is not None
         address = server.address
         await client.ping(address, node_id=server.node_id)
-        stream, noise = await raw_authenticated(server, seeded_identity(network.rng), network)
+        stream, noise = await authenticated_raw_connection(
+            server, seeded_identity(network.rng), network.rng
+        )
         sock = socket.socket(fileno=stream.socket.detach())
         sock.setblocking(True)
         with sock:
@@ -809,26 +785,6 @@ async def test_nodes_dialling_each_other_at_once_keep_a_connection(
 
 
 # -- 12. the memory network behaves like TCP ----------------------------------------------
-
-
-async def test_refusal_at_the_connection_limit_is_connection_failed(
-    network: Network, clock: MockClock
-) -> None:
-    """A dial refused at the listener's connection limit raises ConnectionFailed on both
-    networks and does not count as an outbound connection."""
-    config = TransportConfig(max_connections=1)
-    async with (
-        network.node(config=config) as server,
-        network.node() as first,
-        network.node() as second,
-    ):
-        assert server.address is not None
-        await first.ping(server.address, node_id=server.node_id)
-        with pytest.raises(ConnectionFailed):
-            await second.request(server.address, Ping(b"?"), node_id=server.node_id, timeout=5)
-        assert second.statistics().connections_outbound == 0
-        assert second.connected_peers() == []
-        assert server.statistics().connections_refused == 1
 
 
 @MEMORY_ONLY

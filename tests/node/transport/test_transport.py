@@ -222,7 +222,8 @@ async def test_idle_connections_close_and_redial(network: Network, clock: MockCl
 
 
 async def test_connection_limit_refuses_newcomers(network: Network, clock: MockClock) -> None:
-    """At max_connections a node refuses more, and serves the ones it has."""
+    """At max_connections a node refuses more (the dialler gets ConnectionFailed on both
+    networks, and no outbound connection is counted), and serves the ones it has."""
     config = TransportConfig(max_connections=1)
     async with (
         network.node(config=config) as server,
@@ -231,8 +232,10 @@ async def test_connection_limit_refuses_newcomers(network: Network, clock: MockC
     ):
         assert server.address is not None
         await first.ping(server.address, node_id=server.node_id)
-        with pytest.raises(TransportError):
+        with pytest.raises(ConnectionFailed):
             await second.request(server.address, Ping(b"?"), node_id=server.node_id, timeout=5)
+        assert second.statistics().connections_outbound == 0
+        assert second.connected_peers() == []
         assert server.statistics().connections_refused == 1
         await first.ping(server.address, node_id=server.node_id)
 
