@@ -20,6 +20,9 @@ class DhtConfig:
     alpha: int = 3
     # Contacts kept per bucket in the replacement cache (Kademlia §4.1).
     replacement_cache_size: int = 10
+    # A full bucket pings its least-recently-seen contact for a newcomer only if that
+    # contact has been silent this long (BEP 5 calls fresher nodes "good"); 0 always pings.
+    ping_oldest_after: float = 15 * 60.0
     # Limits on contacts from one IP prefix (/24 for IPv4, /64 for IPv6), per bucket and
     # per table, against one operator filling a table with Sybils. None turns a limit
     # off, as tests on loopback or in memory need.
@@ -49,6 +52,8 @@ class DhtConfig:
             raise ValueError("DhtConfig.alpha must be 1..k")
         if self.replacement_cache_size < 0:
             raise ValueError("DhtConfig.replacement_cache_size must be >= 0")
+        if self.ping_oldest_after < 0:
+            raise ValueError("DhtConfig.ping_oldest_after must be >= 0")
         for name in ("ip_prefix_limit_per_bucket", "ip_prefix_limit_per_table"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -47,6 +47,8 @@ us, and listens at this address":
     new, over a prefix limit            none (not cached either)         Refused(..LIMIT)
     new, bucket has room                appended at the tail             Added
     new, bucket full, holds our id      split (§2.4), then as above      (as above)
+    new, bucket full, oldest seen       newcomer cached                  Cached
+    within ping_oldest_after
     new, bucket full, no ping pending   newcomer cached, ping pending    PingOldest(o, new)
     new, bucket full, ping pending      newcomer cached                  Cached
     ==================================  ===============================  =================
@@ -54,7 +56,12 @@ us, and listens at this address":
 Known contacts: the transport authenticated the NodeId, so the newest address wins (an
 old one is likely stale). "New" includes a contact waiting in a replacement cache. A
 pending ping is forgotten after `PENDING_PING_EXPIRY` seconds in case the service never
-reported back; with a replacement cache of size 0 the newcomer is not kept.
+reported back; with a replacement cache of size 0 the newcomer is not kept. A bucket
+whose least-recently-seen contact was heard from within `config.ping_oldest_after`
+holds only contacts known to be alive, so nobody is pinged (BEP 5's "good" nodes): in
+a busy network every inbound request from a newcomer would otherwise cost a ping. A
+dead contact still leaves through its failures (`failed` below), the newcomer waiting
+in the cache to take its place.
 
 Answers and failures (the eviction and failure policy):
 
@@ -600,6 +607,8 @@ class RoutingTable:
         if bucket.ping_pending is not None and now - bucket.ping_since < PENDING_PING_EXPIRY:
             return Cached(newcomer.contact)
         oldest = bucket.entries[0]
+        if now - oldest.last_seen < self._config.ping_oldest_after:
+            return Cached(newcomer.contact)
         bucket.ping_pending = oldest.contact.node_id
         bucket.ping_since = now
         return PingOldest(oldest.contact, newcomer.contact)

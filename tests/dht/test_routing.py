@@ -47,9 +47,11 @@ def far(index: int, host: str | None = None) -> Contact:
     return node(TOP + index, host)
 
 
-def full_far_bucket(k: int = 2, cache: int = 3) -> tuple[RoutingTable, list[Contact]]:
+def full_far_bucket(
+    k: int = 2, cache: int = 3, ping_oldest_after: float = 0.0
+) -> tuple[RoutingTable, list[Contact]]:
     """A table around id 0 whose far bucket holds k contacts seen at times 1..k."""
-    config = small(k, replacement_cache_size=cache)
+    config = small(k, replacement_cache_size=cache, ping_oldest_after=ping_oldest_after)
     table = RoutingTable(OWN, config)
     members = [far(index) for index in range(k)]
     for now, contact in enumerate(members, start=1):
@@ -187,6 +189,16 @@ def test_full_bucket_asks_to_ping_the_oldest_and_caches_newcomers() -> None:
     late = 8.0 + PENDING_PING_EXPIRY
     assert table.seen(newcomers[0], late) == PingOldest(oldest, newcomers[0])
     assert table.buckets[0].replacements == (*newcomers[3:], newcomers[0])
+
+
+def test_full_bucket_of_recently_seen_contacts_pings_nobody() -> None:
+    """While the oldest contact was heard from within ping_oldest_after, a newcomer is
+    only cached; once it has been silent that long, the oldest is pinged."""
+    table, (oldest, _) = full_far_bucket(k=2, cache=3, ping_oldest_after=60.0)
+    newcomer = far(10)
+    assert table.seen(newcomer, 60.9) == Cached(newcomer)
+    assert table.buckets[0].replacements == (newcomer,)
+    assert table.seen(newcomer, 61.0) == PingOldest(oldest, newcomer)
 
 
 def test_split_instead_of_ping_when_the_bucket_holds_our_id() -> None:
@@ -365,7 +377,11 @@ def test_names_are_their_own_prefix_and_limits_can_be_off() -> None:
 def test_promotion_respects_prefix_limits() -> None:
     """A replacement that would break a prefix limit is passed over for one that fits."""
     config = small(
-        2, replacement_cache_size=3, ip_prefix_limit_per_bucket=1, ip_prefix_limit_per_table=None
+        2,
+        replacement_cache_size=3,
+        ip_prefix_limit_per_bucket=1,
+        ip_prefix_limit_per_table=None,
+        ping_oldest_after=0.0,
     )
     table = RoutingTable(OWN, config)
     kept, leaving = far(1, "10.0.0.1"), far(2, "10.0.1.1")
