@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from protocol.noise import (
     CipherState,
     HandshakeState,
     TransportState,
+    _hmac_hash,
     x25519_public_key,
 )
 
@@ -534,3 +537,10 @@ def test_direct_aead_matches_pynacl_public_wrappers(size: int) -> None:
     for receiver in (fast_peer, slow_peer):
         with pytest.raises(RemoteProtocolError):
             receiver.decrypt(bytes(tampered))
+
+
+@HYPOTHESIS
+@given(key=st.binary(max_size=300), data=st.binary(max_size=300))
+def test_hmac_hash_matches_the_standard_library(key: bytes, data: bytes) -> None:
+    """The written-out HMAC-BLAKE2b equals hmac.new(..., blake2b), short and long keys."""
+    assert _hmac_hash(key, data) == hmac.new(key, data, hashlib.blake2b).digest()
