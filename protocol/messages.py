@@ -53,7 +53,10 @@ from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_CHUNKS_PER_QUERY",
+    "MAX_CHUNK_SIZE",
     "MAX_CONTACTS",
+    "MAX_GROUP_SIZE",
     "MAX_PROVIDERS",
     "MAX_REQUEST_ID",
     "MAX_TYPE_CODE",
@@ -61,12 +64,18 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AddProvider",
     "Bytes",
+    "ChunkData",
+    "ChunkGroup",
+    "ChunkStored",
+    "ChunksHeld",
     "EnumValue",
     "Envelope",
     "Error",
     "ErrorCode",
+    "FetchChunk",
     "FindNode",
     "GetProviders",
+    "HasChunks",
     "Int",
     "Items",
     "Kind",
@@ -78,6 +87,7 @@ __all__ = [
     "Pong",
     "ProviderAdded",
     "Providers",
+    "StoreChunk",
     "Text",
     "UnknownMessageType",
     "WireContact",
@@ -790,6 +800,99 @@ class Providers(Message):
 
     providers: Annotated[tuple[WireContact, ...], Items(max_items=MAX_PROVIDERS)]
     closer: Annotated[tuple[WireContact, ...], Items(max_items=MAX_CONTACTS)]
+
+
+# ------------------------------------------------------------------------- chunks
+# docs/PROTOCOL.md#chunk-messages. A chunk is one erasure-coded block of a file's
+# ciphertext, named by the BLAKE3-256 hash of its bytes; holders keep it with its group
+# record so that they can watch and repair the group without any key.
+
+MAX_CHUNK_SIZE: Final = 4 * 1024 * 1024 + 16 * 1024
+"""Largest chunk on the wire: a 4 MiB segment with k = 1, its tag and zfec padding."""
+
+MAX_GROUP_SIZE: Final = 256
+"""zfec's limit on n, and so on the chunks of one group."""
+
+MAX_CHUNKS_PER_QUERY: Final = 256
+"""Most chunk ids in one HAS_CHUNKS."""
+
+ChunkId = Annotated[bytes, Bytes(exact_len=32)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkGroup:
+    """The group record of a chunk: any k of the n chunks `ids` rebuild the segment,
+    and the chunk it travels with is `ids[index]`."""
+
+    k: Annotated[int, Int(min=1, max=MAX_GROUP_SIZE)]
+    n: Annotated[int, Int(min=1, max=MAX_GROUP_SIZE)]
+    index: Annotated[int, Int(min=0, max=MAX_GROUP_SIZE - 1)]
+    ids: Annotated[tuple[ChunkId, ...], Items(min_items=1, max_items=MAX_GROUP_SIZE)]
+
+    def __post_init__(self) -> None:
+        if not self.k <= self.n:
+            raise ValueError(f"k = {self.k} is above n = {self.n}")
+        if not self.index < self.n:
+            raise ValueError(f"index {self.index} is not below n = {self.n}")
+        if len(self.ids) != self.n:
+            raise ValueError(f"{len(self.ids)} chunk ids for n = {self.n}")
+
+    @property
+    def chunk_id(self) -> bytes:
+        """The id of the chunk this record travels with."""
+        return self.ids[self.index]
+
+
+@message(type_code=20)
+@dataclass(frozen=True, slots=True)
+class StoreChunk(Message):
+    """Keep this chunk. The receiver checks that `data` hashes to `group.chunk_id`, then
+    answers CHUNK_STORED once it is on disk, or ERROR (REFUSED when full)."""
+
+    group: ChunkGroup
+    data: Annotated[bytes, Bytes(max_len=MAX_CHUNK_SIZE)]
+
+
+@message(type_code=21)
+@dataclass(frozen=True, slots=True)
+class ChunkStored(Message):
+    """Answer to STORE_CHUNK: the chunk is durably stored; `free` bytes remain."""
+
+    free: Annotated[int, Int(min=0, max=2**64 - 1)]
+
+
+@message(type_code=22)
+@dataclass(frozen=True, slots=True)
+class FetchChunk(Message):
+    """Send me chunk `chunk_id`. Answered by CHUNK, or ERROR NOT_FOUND."""
+
+    chunk_id: Annotated[bytes, Bytes(exact_len=32)]
+
+
+@message(type_code=23)
+@dataclass(frozen=True, slots=True)
+class ChunkData(Message):
+    """Answer to FETCH_CHUNK: the chunk and its group record. The asker checks the
+    hash; a holder that sends wrong bytes is treated as not holding it."""
+
+    group: ChunkGroup
+    data: Annotated[bytes, Bytes(max_len=MAX_CHUNK_SIZE)]
+
+
+@message(type_code=24)
+@dataclass(frozen=True, slots=True)
+class HasChunks(Message):
+    """Which of these chunks do you hold? Answered by CHUNKS_HELD."""
+
+    chunk_ids: Annotated[tuple[ChunkId, ...], Items(max_items=MAX_CHUNKS_PER_QUERY)]
+
+
+@message(type_code=25)
+@dataclass(frozen=True, slots=True)
+class ChunksHeld(Message):
+    """Answer to HAS_CHUNKS: one flag per id asked, in the same order."""
+
+    held: Annotated[tuple[bool, ...], Items(max_items=MAX_CHUNKS_PER_QUERY)]
 
 
 # -------------------------------------------------------------------------- codec

@@ -26,9 +26,12 @@ from hypothesis import strategies as st
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.messages import (
     DEFAULT_MAX_FRAME_SIZE,
+    MAX_GROUP_SIZE,
     MAX_REQUEST_ID,
     MESSAGES,
+    PROTOCOL_VERSION,
     Bytes,
+    ChunkGroup,
     EnumValue,
     Envelope,
     Error,
@@ -41,6 +44,7 @@ from protocol.messages import (
     MessageTable,
     Ping,
     Pong,
+    StoreChunk,
     Text,
     UnknownMessageType,
     decode_envelope,
@@ -175,9 +179,22 @@ def strategy_for(hint: Any) -> st.SearchStrategy[Any]:
         return st.lists(element, min_size=constraint.min_items, max_size=constraint.max_items).map(
             tuple
         )
+    if hint is ChunkGroup:
+        # Its invariants (len(ids) == n, index < n, k <= n) are too narrow for the
+        # generic strategy's filter: draw n first.
+        return chunk_groups()
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return struct_strategy(hint)
     raise AssertionError(f"no strategy for {hint!r}")
+
+
+@st.composite
+def chunk_groups(draw: st.DrawFn) -> ChunkGroup:
+    n = draw(st.integers(min_value=1, max_value=MAX_GROUP_SIZE))
+    k = draw(st.integers(min_value=1, max_value=n))
+    index = draw(st.integers(min_value=0, max_value=n - 1))
+    ids = draw(st.lists(st.binary(min_size=32, max_size=32), min_size=n, max_size=n))
+    return ChunkGroup(k, n, index, tuple(ids))
 
 
 def build_or_none(cls: type, args: tuple[Any, ...]) -> Any:
@@ -815,3 +832,23 @@ def test_constraints_check_their_own_bounds(constraint: Any, bounds: dict[str, A
 def test_bytes_may_allow_several_mebibytes() -> None:
     """A Bytes field may allow several MiB, as STORE_CHUNK will need."""
     assert Bytes(max_len=8 * 1024 * 1024).bounds == (0, 8 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("group", "reason"),
+    [
+        ([3, 2, 0, [b"\x01" * 32] * 2], "k = 3 is above n = 2"),
+        ([1, 2, 2, [b"\x01" * 32] * 2], "index 2 is not below n = 2"),
+        ([1, 3, 0, [b"\x01" * 32] * 2], "2 chunk ids for n = 3"),
+        ([1, 1, 0, [b"\x01" * 31]], "31 bytes"),
+    ],
+)
+def test_inconsistent_chunk_group_is_malformed(group: list[Any], reason: str) -> None:
+    """A STORE_CHUNK whose group record breaks its invariants is refused as malformed."""
+    frame = msgpack.packb(
+        (PROTOCOL_VERSION, Kind.REQUEST, 7, MESSAGES.type_code(StoreChunk), [group, b"data"])
+    )
+    error = refused(frame)
+    assert isinstance(error, MalformedMessage)
+    assert error.request_id == 7
+    assert reason in str(error)
