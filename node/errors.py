@@ -10,14 +10,21 @@ from __future__ import annotations
 from protocol.messages import ErrorCode
 
 __all__ = [
+    "ChunkMismatch",
+    "ChunkNotFound",
+    "ChunkTooLarge",
     "ConnectionClosed",
     "ConnectionFailed",
+    "CorruptChunk",
+    "InvalidGroupRecord",
     "KeyFileError",
     "MessageTooLarge",
     "NodeError",
     "RemoteError",
     "RequestRejected",
     "RequestTimeout",
+    "StoreError",
+    "StoreFull",
     "TransportError",
 ]
 
@@ -67,3 +74,35 @@ class RequestRejected(NodeError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class StoreError(NodeError):
+    """The chunk store failed. Base of every chunk store error, and raised as itself when
+    the disk or the index fails in a way the store cannot explain (an I/O error, a
+    damaged or foreign index, a closed store, another process holding the store)."""
+
+
+class StoreFull(StoreError):
+    """A new chunk was refused: it would exceed the configured capacity, or the disk (or
+    the user's quota) is full. Nothing of the chunk is left behind."""
+
+
+class ChunkTooLarge(StoreError):
+    """A chunk is larger than the store's per-chunk size limit."""
+
+
+class ChunkMismatch(StoreError):
+    """A chunk's bytes do not hash to the id they were offered under."""
+
+
+class InvalidGroupRecord(StoreError):
+    """A group record (k, n, index, sibling ids) is malformed or is not this chunk's."""
+
+
+class ChunkNotFound(StoreError):
+    """The store does not hold this chunk."""
+
+
+class CorruptChunk(ChunkNotFound):
+    """The store held this chunk, but its file was damaged or gone; the chunk has been
+    dropped, so it is now not found (hence the subclass)."""
