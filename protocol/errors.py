@@ -19,3 +19,81 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol (malformed, forged or out of order)."""
+
+
+# --- Files (docs/PROTOCOL.md#files) ------------------------------------------------------
+
+
+class MalformedCapability(LocalProtocolError):
+    """A capability string is not one: the message says what is wrong and where."""
+
+
+class WrongKey(LocalProtocolError):
+    """The file key does not open the manifest's sealed info.
+
+    The manifest itself is genuine (it hashes to its id), so the key half of the read
+    capability is wrong: mistyped, or pasted from another file.
+    """
+
+
+class TamperedManifest(RemoteProtocolError):
+    """Manifest bytes do not hash to the manifest id, or break a rule of the format."""
+
+
+class ChunkRejected(RemoteProtocolError):
+    """A chunk offered for a segment cannot be used; the decoder tries another.
+
+    `chunk_id` is the id the chunk was offered under, `segment_index` the segment it
+    was offered for.
+    """
+
+    def __init__(self, reason: str, *, chunk_id: bytes, segment_index: int) -> None:
+        super().__init__(f"segment {segment_index}, chunk {chunk_id.hex()[:16]}…: {reason}")
+        self.reason = reason
+        self.chunk_id = chunk_id
+        self.segment_index = segment_index
+
+
+class CorruptChunk(ChunkRejected):
+    """A chunk's bytes do not hash to the id it was offered under."""
+
+
+class ForeignChunk(ChunkRejected):
+    """A chunk offered under an id that is not one of the segment's: it belongs to
+    another segment or another file."""
+
+
+class NotEnoughChunks(RemoteProtocolError):
+    """A segment cannot be decoded: fewer than k of its chunks were valid.
+
+    `rejected` holds every chunk turned down for this segment, with its reason.
+    """
+
+    def __init__(
+        self,
+        *,
+        segment_index: int,
+        valid: int,
+        needed: int,
+        rejected: tuple[ChunkRejected, ...],
+    ) -> None:
+        summary = f"segment {segment_index}: {valid} valid chunks, {needed} needed"
+        if rejected:
+            reasons = "; ".join(
+                f"{chunk.chunk_id.hex()[:16]}… {chunk.reason}" for chunk in rejected
+            )
+            summary += f"; rejected {len(rejected)}: {reasons}"
+        super().__init__(summary)
+        self.segment_index = segment_index
+        self.valid = valid
+        self.needed = needed
+        self.rejected = rejected
+
+
+class CorruptSegment(RemoteProtocolError):
+    """A segment whose chunks all match the manifest does not decrypt under a key that
+    opens the manifest: whoever encoded the file made it inconsistent."""
+
+    def __init__(self, reason: str, *, segment_index: int) -> None:
+        super().__init__(f"segment {segment_index}: {reason}")
+        self.segment_index = segment_index
