@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from benchmarks import BenchmarkError, BenchmarkOptions
 from benchmarks.dht import run_dht_benchmark
+from benchmarks.network import run_network_benchmark
 from benchmarks.transport import run_transport_benchmark
 
 __all__ = ["BENCHMARKS", "main"]
@@ -21,6 +22,10 @@ BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
     "dht": (
         run_dht_benchmark,
         "N Freehold DHT nodes on TCP loopback vs bmuller/kademlia, healthy and 25% killed",
+    ),
+    "network": (
+        run_network_benchmark,
+        "put and get through a 10-node testnet of real processes, RSS and idle CPU",
     ),
     "transport": (
         run_transport_benchmark,

@@ -1,22 +1,29 @@
 """The `freehold` command line.
 
-Every known error becomes one line on stderr and exit code 1, in `main()` only
-(magic-wormhole's model); a user never sees a traceback for a user error.
+`freehold node` runs a node in the foreground. The other commands talk to a running
+node through its control socket (`<data-dir>/control.sock`; the data dir comes from
+`--data-dir`, else `$FREEHOLD_DATA_DIR`, else the platform's user data directory).
+
+Every known error becomes one line on stderr and a non-zero exit code, in `main()`
+only (magic-wormhole's model); a user never sees a traceback for a user error. Heavy
+modules (trio, the node) are imported only by the commands that need them, so a
+client command starts in a few tens of milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
-from collections.abc import Sequence
-
-import trio
-
-from node.errors import NodeError
-from protocol.errors import ProtocolError
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 __all__ = ["main"]
+
+# Exit codes of `freehold check`.
+HEALTHY, DEGRADED, UNREADABLE = 0, 1, 2
+PIECE = 1024 * 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,35 +32,338 @@ def build_parser() -> argparse.ArgumentParser:
         description="Freehold: peer-to-peer storage that nobody can read, seize or switch off.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="start two nodes on loopback; they handshake, ping each other and report",
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the node's directory (default: $FREEHOLD_DATA_DIR or the user data dir)",
     )
-    demo.add_argument("--pings", type=int, default=5, help="pings each way (default 5)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = commands.add_parser("node", help="run a node in the foreground")
+    node.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    node.add_argument("--listen", metavar="HOST:PORT", help="address to listen on")
+    node.add_argument(
+        "--bootstrap", metavar="HOST:PORT", nargs="+", help="nodes to join the network through"
+    )
+    node.add_argument("--capacity", metavar="SIZE", help="disk space to donate, e.g. 50GiB")
+
+    put = commands.add_parser("put", help="store a file; prints its read capability")
+    put.add_argument("path", help="the file, or - for standard input")
+    put.add_argument("--name", help="the name stored (encrypted) with it")
+
+    get = commands.add_parser("get", help="fetch a file by its read capability")
+    get.add_argument("capability")
+    get.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
+
+    check = commands.add_parser(
+        "check", help="count live chunks (exit 0 healthy, 1 degraded, 2 unreadable)"
+    )
+    check.add_argument("capability", help="a read or verify capability")
+
+    commands.add_parser("status", help="what the node holds and whom it knows")
+    commands.add_parser("peers", help="the nodes in the node's routing table")
+    commands.add_parser("stop", help="stop the node")
+
+    testnet = commands.add_parser("testnet", help="run N nodes on loopback until Ctrl-C")
+    testnet.add_argument("--nodes", type=int, default=10)
+    testnet.add_argument("--dir", type=Path, help="where their data dirs go (default: temp)")
+
+    commands.add_parser("demo", help="a 10-node testnet puts, loses 3 nodes and gets a file")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if arguments.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        if arguments.command == "demo":
-            from node.demo import run_demo
+    from node.errors import NodeError, single_error
+    from protocol.errors import ProtocolError
 
-            if arguments.pings < 1:
-                raise NodeError("--pings must be at least 1")
-            trio.run(run_demo, arguments.pings)
-    except (NodeError, ProtocolError, OSError) as exc:
-        print(f"freehold: error: {exc}", file=sys.stderr)
-        return 1
+    try:
+        return _run(arguments)
+    except Exception as exc:
+        # `freehold node` runs in trio, whose nurseries wrap an error in an ExceptionGroup.
+        error = single_error(exc)
+        if isinstance(error, NodeError | ProtocolError):
+            print(f"freehold: {error}", file=sys.stderr)
+            return 1
+        if isinstance(error, OSError):
+            text = f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
+            print(f"freehold: {text}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("freehold: interrupted", file=sys.stderr)
         return 130
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    command = arguments.command
+    if command == "node":
+        return _node(arguments)
+    if command == "testnet":
+        return _testnet(arguments)
+    if command == "demo":
+        from node.demo import run_demo
+
+        return run_demo()
+    handler: Callable[[argparse.Namespace, Path], int] = {
+        "put": _put,
+        "get": _get,
+        "check": _check,
+        "status": _status,
+        "peers": _peers,
+        "stop": _stop,
+    }[command]
+    return handler(arguments, _data_dir(arguments))
+
+
+def _data_dir(arguments: argparse.Namespace) -> Path:
+    if arguments.data_dir is not None:
+        return Path(arguments.data_dir)
+    from node.config import default_data_dir
+
+    return default_data_dir()
+
+
+# ------------------------------------------------------------------------ the node
+
+
+def _node(arguments: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from node.config import load_config
+    from node.node import Node
+
+    config = load_config(
+        _data_dir(arguments),
+        {
+            "listen": arguments.listen,
+            "bootstrap": arguments.bootstrap,
+            "capacity": arguments.capacity,
+        },
+    )
+    logging.basicConfig(
+        level="DEBUG" if arguments.verbose else config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    async def run() -> None:
+        node = Node(config)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                await node.run()  # returns when `freehold stop` stops it
+                nursery.cancel_scope.cancel()
+
+    trio.run(run)
+    return 0
+
+
+async def _stop_on_signal(signals: Any, scope: Any) -> None:
+    import logging
+
+    async for number in signals:
+        logging.getLogger("node").info("signal %d: stopping", number)
+        scope.cancel()
+        return
+
+
+# --------------------------------------------------------------------- the client
+
+
+def _client(data_dir: Path, timeout: float | None = 10.0) -> Any:
+    from node.control import ControlClient
+
+    return ControlClient(data_dir / "control.sock", timeout=timeout)
+
+
+def _command(data_dir: Path, name: str, **arguments: Any) -> dict[str, Any]:
+    with _client(data_dir, timeout=None) as client:
+        client.send({"command": name, "arguments": arguments})
+        for frame in client.frames():
+            if "result" in frame:
+                result: dict[str, Any] = frame["result"]
+                return result
+    raise AssertionError("unreachable")
+
+
+def _progress_bar(total: int | None, label: str) -> Any:
+    """A tqdm bar on stderr when it is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False)
+
+
+def _put(arguments: argparse.Namespace, data_dir: Path) -> int:
+    path = arguments.path
+    if path == "-":
+        import tempfile
+
+        # The size must be known before encoding starts (docs/PROTOCOL.md#files): spool
+        # standard input to an anonymous temporary file first.
+        source: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        while block := sys.stdin.buffer.read(PIECE):
+            source.write(block)
+        size = source.tell()
+        source.seek(0)
+        name = arguments.name or ""
+    else:
+        source = open(path, "rb")  # noqa: SIM115 - closed below
+        size = os.fstat(source.fileno()).st_size
+        name = arguments.name if arguments.name is not None else os.path.basename(path)
+    from node.control import ControlError
+    from node.errors import NodeError
+
+    with source, _client(data_dir, timeout=None) as client:
+        client.send({"command": "put", "arguments": {"size": size, "name": name}})
+        bar = _progress_bar(size, "put")
+        sent = 0
+        try:
+            while block := source.read(PIECE):
+                client.send({"data": block})
+                sent += len(block)
+            if sent == size:
+                client.send({"end": True})
+        except ControlError:
+            # The node stopped reading because the put failed (a full network, say):
+            # its error frame is waiting to be read, and says more than "broken pipe".
+            pass
+        else:
+            if sent != size:
+                raise NodeError(f"{path} changed size while it was read")
+        result = _drain(client, bar)
+    print(result["capability"])
+    return 0
+
+
+def _drain(client: Any, bar: Any, write: Callable[[bytes], object] | None = None) -> Any:
+    try:
+        for frame in client.frames():
+            if "progress" in frame and bar is not None:
+                bar.n = frame["progress"]
+                bar.refresh()
+            elif "data" in frame and write is not None:
+                write(frame["data"])
+            elif "result" in frame:
+                return frame["result"]
+    finally:
+        if bar is not None:
+            bar.close()
+    raise AssertionError("unreachable")
+
+
+def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
+    from protocol.capability import VerifyCapability, parse_capability
+
+    capability = parse_capability(arguments.capability)  # fail early, before any dial
+    if isinstance(capability, VerifyCapability):
+        from node.errors import NodeError
+
+        raise NodeError(
+            "this is a verify capability: it can check and repair the file but not read "
+            "it; get needs the read capability (with the #key part)"
+        )
+    with _client(data_dir, timeout=None) as client:
+        client.send({"command": "get", "arguments": {"capability": arguments.capability}})
+        bar = _progress_bar(None, "get")
+        if arguments.output is None:
+            out = sys.stdout.buffer
+            _drain(client, bar, out.write)
+            out.flush()
+            return 0
+        output: Path = arguments.output
+        temporary = output.with_name(f".{output.name}.freehold-partial")
+        try:
+            with open(temporary, "wb") as file:
+                _drain(client, bar, file.write)
+            os.replace(temporary, output)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return 0
+
+
+def _check(arguments: argparse.Namespace, data_dir: Path) -> int:
+    result = _command(data_dir, "check", capability=arguments.capability)
+    k, n = result["k"], result["n"]
+    live = result["live_chunks"]
+    print(f"manifest: {result['manifest_holders']} holder(s)")
+    for index, count in enumerate(live):
+        state = "ok" if count >= n else ("degraded" if count >= k else "UNREADABLE")
+        print(f"segment {index}: {count}/{n} chunks live (need {k}) {state}")
+    if result["healthy"]:
+        print("healthy")
+        return HEALTHY
+    if result["readable"]:
+        print("degraded but readable")
+        return DEGRADED
+    print("unreadable")
+    return UNREADABLE
+
+
+def _status(arguments: argparse.Namespace, data_dir: Path) -> int:
+    from node.config import format_size
+
+    result = _command(data_dir, "status")
+    print(f"node id:     {result['node_id']}")
+    print(f"listening:   {result['listen']}")
+    print(f"data dir:    {result['data_dir']}")
+    print(f"contacts:    {result['contacts']} ({result['connections']} connected)")
+    print(
+        f"stored:      {result['chunks']} chunks, {format_size(result['used_bytes'])} of "
+        f"{format_size(result['capacity'])}"
+    )
+    return 0
+
+
+def _peers(arguments: argparse.Namespace, data_dir: Path) -> int:
+    result = _command(data_dir, "peers")
+    for peer in result["peers"]:
+        mark = "*" if peer["connected"] else " "
+        print(f"{mark} {peer['node_id']} {peer['address']}")
+    return 0
+
+
+def _stop(arguments: argparse.Namespace, data_dir: Path) -> int:
+    _command(data_dir, "stop")
+    print("stopping")
+    return 0
+
+
+# ----------------------------------------------------------------------- testnet
+
+
+def _testnet(arguments: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    from node.errors import NodeError
+    from node.testnet import open_testnet, wait_until_joined
+
+    if arguments.nodes < 1:
+        raise NodeError("--nodes must be at least 1")
+    directory = arguments.dir or Path(tempfile.mkdtemp(prefix="freehold-testnet-"))
+    with open_testnet(arguments.nodes, directory) as testnet:
+        wait_until_joined(testnet)
+        for node in testnet.nodes:
+            print(f"node {node.index:2d}  {node.address:21s}  {node.data_dir}")
+        print(
+            f"{len(testnet.nodes)} nodes running; use e.g. "
+            f"`freehold --data-dir {testnet.nodes[0].data_dir} put FILE`. Ctrl-C stops them."
+        )
+        sys.stdout.flush()
+        try:
+            while all(node.alive for node in testnet.nodes):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        dead = [node.index for node in testnet.nodes if not node.alive]
+        if dead:
+            print(f"node(s) {dead} stopped; stopping the testnet", file=sys.stderr)
     return 0
 
 

@@ -7,7 +7,10 @@ connection; they never stop the node.
 
 from __future__ import annotations
 
-from protocol.messages import ErrorCode
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported for its name only: the CLI loads this module and must start fast
+    from protocol.messages import ErrorCode
 
 __all__ = [
     "ChunkMismatch",
@@ -26,6 +29,7 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "TransportError",
+    "single_error",
 ]
 
 
@@ -106,3 +110,16 @@ class ChunkNotFound(StoreError):
 class CorruptChunk(ChunkNotFound):
     """The store held this chunk, but its file was damaged or gone; the chunk has been
     dropped, so it is now not found (hence the subclass)."""
+
+
+def single_error(exc: BaseException) -> BaseException:
+    """The one exception inside `exc` if it is an exception group of one (nested or
+    not), else `exc` itself.
+
+    A trio nursery wraps whatever escapes it in an ExceptionGroup, even a lone error; the
+    CLI and the control socket unwrap it so that a user error still reaches the user as
+    its own one line, not as an internal error or a traceback.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,222 @@
+"""The chunk RPCs a storage node serves: STORE_CHUNK, FETCH_CHUNK and HAS_CHUNKS.
+
+docs/PROTOCOL.md#chunk-messages. What it promises:
+
+- A chunk is acknowledged (CHUNK_STORED) only once the store has it durably; bytes that
+  do not hash to the id, an inconsistent group record, a chunk over the size limit or a
+  full store are refused with an ERROR the sender can act on, and never stored.
+- The disk work runs in worker threads (`trio.to_thread`), so a slow disk never stalls
+  the node's event loop; at most `MAX_CHUNK_JOBS` chunk requests are served at once, and
+  at most `MAX_CHUNK_JOBS_PER_PEER` for one peer (each holds a chunk in memory), so no
+  peer can make us buffer unbounded data or starve the others.
+- Every chunk stored is announced on the DHT (a provider record under its id) by one
+  background task, one announcement at a time, off the path of the acknowledgement,
+  once no chunk arrived for `ANNOUNCE_QUIET` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from node.errors import (
+    ChunkMismatch,
+    ChunkNotFound,
+    ChunkTooLarge,
+    InvalidGroupRecord,
+    RequestRejected,
+    StoreError,
+    StoreFull,
+)
+from node.store import ChunkStore, GroupRecord
+from node.transport import Peer, Transport
+from protocol.identity import NodeId
+from protocol.messages import (
+    ChunkData,
+    ChunkGroup,
+    ChunksHeld,
+    ChunkStored,
+    ErrorCode,
+    FetchChunk,
+    HasChunks,
+    Message,
+    StoreChunk,
+)
+
+__all__ = [
+    "MAX_CHUNK_JOBS",
+    "MAX_CHUNK_JOBS_PER_PEER",
+    "ChunkService",
+    "group_message",
+    "group_record",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_CHUNK_JOBS: Final = 16
+MAX_CHUNK_JOBS_PER_PEER: Final = 8
+# Chunk ids waiting to be announced; past this, the oldest waiting are announced later
+# by the DHT's republish (they are still in its provisions).
+MAX_ANNOUNCE_BACKLOG: Final = 100_000
+
+# Announcements wait until no chunk arrived for this long: an upload in progress keeps
+# the CPU for itself, and its chunks are found meanwhile by asking the nodes near each
+# segment's group key (node/files.py), which is where they were placed.
+ANNOUNCE_QUIET: Final = 1.0
+
+ProvideFunction = Callable[[NodeId], Awaitable[int]]
+
+
+def group_record(group: ChunkGroup) -> GroupRecord:
+    """The store's form of a group record from the wire's."""
+    return GroupRecord(group.k, group.n, group.index, tuple(group.ids))
+
+
+def group_message(group: GroupRecord) -> ChunkGroup:
+    """The wire's form of a group record from the store's."""
+    return ChunkGroup(group.k, group.n, group.index, tuple(group.chunk_ids))
+
+
+class ChunkService:
+    """Serves the chunk RPCs from `store` and announces what it stores."""
+
+    def __init__(self, store: ChunkStore, transport: Transport, provide: ProvideFunction) -> None:
+        self.store = store
+        self._provide = provide
+        self._jobs = trio.Semaphore(MAX_CHUNK_JOBS)
+        self._per_peer: Counter[NodeId] = Counter()
+        self._announce_send, self._announce_receive = trio.open_memory_channel[bytes](
+            MAX_ANNOUNCE_BACKLOG
+        )
+        self._last_store = -math.inf
+        self._announcing = False
+        self.stored = 0
+        self.served = 0
+        self.refused = 0
+        transport.add_handler(StoreChunk, self.handle_store_chunk)
+        transport.add_handler(FetchChunk, self.handle_fetch_chunk)
+        transport.add_handler(HasChunks, self.handle_has_chunks)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Announce stored chunks, one at a time, until cancelled; while chunks keep
+        arriving, wait for a quiet moment first (see `ANNOUNCE_QUIET`)."""
+        task_status.started()
+        async for chunk_id in self._announce_receive:
+            self._announcing = True
+            quiet_at = self._last_store + ANNOUNCE_QUIET
+            while trio.current_time() < quiet_at:
+                await trio.sleep_until(quiet_at)
+                quiet_at = self._last_store + ANNOUNCE_QUIET
+            try:
+                await self._provide(NodeId(chunk_id))
+            except Exception as exc:  # the DHT's errors: the republish will try again
+                logger.info("announcing chunk %s failed: %s", chunk_id.hex()[:8], exc)
+            finally:
+                self._announcing = False
+
+    @property
+    def announcements_pending(self) -> int:
+        """Chunks stored but not yet announced on the DHT."""
+        waiting = self._announce_send.statistics().current_buffer_used
+        return waiting + (1 if self._announcing else 0)
+
+    def announce(self, chunk_id: bytes) -> None:
+        """Queue a provider record for `chunk_id` (dropped if the backlog is full)."""
+        try:
+            self._announce_send.send_nowait(chunk_id)
+        except trio.WouldBlock:
+            logger.warning("announcement backlog full; %s waits for the republish", chunk_id)
+
+    async def store_local(self, data: bytes, group: GroupRecord) -> None:
+        """Store a chunk of our own upload (same checks as a peer's) and announce it."""
+        await trio.to_thread.run_sync(self.store.put, group.chunk_id, data, group)
+        self._last_store = trio.current_time()
+        self.stored += 1
+        self.announce(group.chunk_id)
+
+    # -- handlers ---------------------------------------------------------------------
+
+    async def handle_store_chunk(self, peer: Peer, message: Message) -> Message:
+        assert isinstance(message, StoreChunk)
+        async with self._job(peer):
+            try:
+                group = group_record(message.group)
+                await trio.to_thread.run_sync(self.store.put, group.chunk_id, message.data, group)
+            except StoreFull as exc:
+                self.refused += 1
+                raise RequestRejected(ErrorCode.REFUSED, f"full: {exc}") from None
+            except ChunkTooLarge as exc:
+                self.refused += 1
+                raise RequestRejected(ErrorCode.TOO_LARGE, str(exc)) from None
+            except (ChunkMismatch, InvalidGroupRecord) as exc:
+                self.refused += 1
+                raise RequestRejected(ErrorCode.BAD_REQUEST, str(exc)) from None
+            except StoreError as exc:
+                logger.error("storing a chunk failed: %s", exc)
+                raise RequestRejected(ErrorCode.INTERNAL, "the store failed") from None
+        self._last_store = trio.current_time()
+        self.stored += 1
+        self.announce(group.chunk_id)
+        return ChunkStored(self.store.statistics().free_bytes)
+
+    async def handle_fetch_chunk(self, peer: Peer, message: Message) -> Message:
+        assert isinstance(message, FetchChunk)
+        async with self._job(peer):
+            try:
+                data = await trio.to_thread.run_sync(self.store.get, message.chunk_id)
+                group = await trio.to_thread.run_sync(self.store.group, message.chunk_id)
+            except ChunkNotFound:  # CorruptChunk included: it is gone now
+                raise RequestRejected(ErrorCode.NOT_FOUND, "no such chunk here") from None
+            except StoreError as exc:
+                logger.error("reading a chunk failed: %s", exc)
+                raise RequestRejected(ErrorCode.INTERNAL, "the store failed") from None
+        self.served += 1
+        return ChunkData(group_message(group), data)
+
+    async def handle_has_chunks(self, peer: Peer, message: Message) -> Message:
+        assert isinstance(message, HasChunks)
+        async with self._job(peer):
+            held = await trio.to_thread.run_sync(self._held, message.chunk_ids)
+        return ChunksHeld(held)
+
+    def _held(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
+        return tuple(self.store.has(chunk_id) for chunk_id in chunk_ids)
+
+    def _job(self, peer: Peer) -> _Job:
+        return _Job(self, peer.node_id)
+
+
+class _Job:
+    """One chunk request's slot: global and per-peer limits (BUSY past the peer's)."""
+
+    def __init__(self, service: ChunkService, peer: NodeId) -> None:
+        self._service = service
+        self._peer = peer
+
+    async def __aenter__(self) -> None:
+        counts = self._service._per_peer
+        if counts[self._peer] >= MAX_CHUNK_JOBS_PER_PEER:
+            raise RequestRejected(
+                ErrorCode.BUSY, f"at most {MAX_CHUNK_JOBS_PER_PEER} chunk requests at once"
+            )
+        counts[self._peer] += 1
+        try:
+            await self._service._jobs.acquire()
+        except BaseException:
+            self._release_peer()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._service._jobs.release()
+        self._release_peer()
+
+    def _release_peer(self) -> None:
+        counts = self._service._per_peer
+        counts[self._peer] -= 1
+        if counts[self._peer] <= 0:
+            del counts[self._peer]

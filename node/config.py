@@ -1,0 +1,235 @@
+"""The node's configuration: flags, `<data-dir>/config.toml`, and their defaults.
+
+One frozen dataclass (`NodeConfig`), validated once. Its sources, the later winning:
+the defaults below, `<data-dir>/config.toml`, then the command-line flags. The file's
+keys are the flags' names with `_` or `-` (`listen`, `bootstrap`, `capacity`, ...), so
+what an operator writes in one place means the same in the other:
+
+    listen = "0.0.0.0:4410"
+    bootstrap = ["203.0.113.5:4410", "198.51.100.7:4410"]
+    capacity = "50 GiB"
+
+Unknown keys are an error, not a silent no-op: a typo in a volunteer's config must not
+quietly run the node with a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from node.errors import NodeError
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "DATA_DIR_ENVIRONMENT",
+    "DEFAULT_PORT",
+    "ConfigError",
+    "NodeConfig",
+    "default_data_dir",
+    "format_size",
+    "load_config",
+    "parse_address",
+    "parse_size",
+]
+
+CONFIG_FILE_NAME: Final = "config.toml"
+DATA_DIR_ENVIRONMENT: Final = "FREEHOLD_DATA_DIR"
+DEFAULT_PORT: Final = 4410
+DEFAULT_CAPACITY: Final = 10 * 1024**3
+
+_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_PATTERN: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+class ConfigError(NodeError):
+    """A flag or a config file value is malformed or out of range."""
+
+
+Address = tuple[str, int]
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from `1048576`, `"100 MiB"`, `"2.5GB"` (SI and IEC units, case-insensitive)."""
+    if isinstance(text, bool):
+        raise ConfigError(f"not a size: {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ConfigError(f"a size cannot be negative: {text}")
+        return text
+    match = _SIZE_PATTERN.match(text)
+    if match is None:
+        raise ConfigError(f"not a size: {text!r} (try e.g. 500MB or 20GiB)")
+    number, unit = match.groups()
+    factor = _UNITS.get(unit.lower())
+    if factor is None:
+        raise ConfigError(f"unknown size unit {unit!r} in {text!r} (use B, KB, MB, GB, KiB, ...)")
+    return int(float(number) * factor)
+
+
+def format_size(size: float) -> str:
+    """`1.5 MiB`-style text for a byte count."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_address(text: str, *, default_port: int | None = None) -> Address:
+    """`(host, port)` from `HOST:PORT` or `[IPv6]:PORT` (or HOST alone with a default)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(f"not an address: {text!r} (expected [IPv6]:PORT)")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            host, port_text = text, ""
+    if not host:
+        raise ConfigError(f"not an address: {text!r} (expected HOST:PORT)")
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(f"no port in {text!r} (expected HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"bad port in {text!r}: must be 0..65535")
+    return host, int(port_text)
+
+
+def default_data_dir() -> Path:
+    """`$FREEHOLD_DATA_DIR`, else the platform's user data directory (platformdirs)."""
+    from_environment = os.environ.get(DATA_DIR_ENVIRONMENT)
+    if from_environment:
+        return Path(from_environment).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("freehold", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything `freehold node` needs to run. Sizes in bytes, times in seconds."""
+
+    data_dir: Path
+    listen: Address = ("127.0.0.1", DEFAULT_PORT)
+    bootstrap: tuple[Address, ...] = ()
+    capacity: int = DEFAULT_CAPACITY
+    # Erasure code of new uploads (docs/PROTOCOL.md#files): any k of n chunks rebuild
+    # a segment; an upload fails unless `happy` distinct nodes took chunks.
+    k: int = 3
+    n: int = 10
+    happy: int = 7
+    segment_size: int = 4 * 1024 * 1024
+    # Threads for encryption, erasure coding and hashing (they release the GIL).
+    workers: int = 2
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n <= 256:
+            raise ConfigError(f"need 1 <= k <= n <= 256, got k={self.k}, n={self.n}")
+        if not 1 <= self.happy <= self.n:
+            raise ConfigError(f"happy must be 1..n ({self.n}), got {self.happy}")
+        if self.capacity < 0:
+            raise ConfigError("capacity cannot be negative")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_FILE_NAME
+
+    @property
+    def control_path(self) -> Path:
+        return self.data_dir / "control.sock"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "node.key"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "node.sqlite3"
+
+
+_FILE_KEYS: Final = {item.name for item in fields(NodeConfig)} - {"data_dir"}
+
+
+def _from_mapping(config: NodeConfig, values: Mapping[str, Any], source: str) -> NodeConfig:
+    changes: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in _FILE_KEYS:
+            known = ", ".join(sorted(_FILE_KEYS))
+            raise ConfigError(f"{source}: unknown setting {raw_key!r} (known: {known})")
+        try:
+            changes[key] = _convert(key, value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {raw_key}: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {raw_key}: {exc}") from None
+    return replace(config, **changes)
+
+
+def _convert(key: str, value: Any) -> Any:
+    if key == "listen":
+        return parse_address(_text(value), default_port=DEFAULT_PORT)
+    if key == "bootstrap":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, Sequence):
+            raise ConfigError("expected HOST:PORT or a list of them")
+        return tuple(parse_address(_text(item), default_port=DEFAULT_PORT) for item in items)
+    if key in ("capacity", "segment_size"):
+        return parse_size(value)
+    if key in ("k", "n", "happy", "workers"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}")
+        return value
+    if key == "log_level":
+        return _text(value).upper()
+    raise AssertionError(key)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {value!r}")
+    return value
+
+
+def load_config(data_dir: Path, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
+    """The defaults, then `<data_dir>/config.toml` if present, then `overrides` (flags
+    given on the command line; None values are flags not given)."""
+    config = NodeConfig(data_dir=data_dir)
+    path = config.config_path
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        config = _from_mapping(config, values, str(path))
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    return _from_mapping(config, given, "command line")

@@ -1,0 +1,549 @@
+"""Putting files on the network and getting them back (DESIGN.md#files).
+
+Placement. The n chunks of a segment go to n distinct nodes among those closest (by the
+DHT's XOR metric) to the segment's first chunk id, the "group key": each chunk, in
+order, to the candidate closest to its own id that holds no other chunk of the segment.
+A node that refuses (full, gone, busy) is replaced by the next candidate; only when
+fewer nodes than n can be reached does a node take a second chunk of the segment. The
+manifest is stored whole (a group of k = n = 1) on up to n nodes closest to its id.
+Each holder announces a provider record per chunk. An upload fails, saying why, when a
+segment keeps fewer than k chunks, or when fewer than `happy` distinct nodes took
+shares.
+
+Retrieval. The nodes closest to a segment's group key are asked which of its chunks
+they hold (HAS_CHUNKS, one request each); chunks nobody near the key has are looked up
+by their provider records. Then k chunks are fetched in parallel, data blocks first (no
+erasure decoding needed), each from a holder that said it has it; a fetch that fails or
+is slower than `HEDGE_AFTER` starts another one for a chunk not yet asked for, and the
+first k valid chunks win. Every chunk's hash is checked before use (protocol/encoding).
+
+Pipelines. Encoding and decoding run in worker threads (they release the GIL): the
+encoder's thread reads the source and yields segments through a channel while the
+previous segment is being placed; a download fetches the next segment while the last
+one is decoded and written. Memory holds a few segments, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import nacl.utils
+import trio
+
+from dht.contact import Contact
+from dht.errors import DhtError
+from dht.service import DhtService
+from node.chunks import ChunkService
+from node.errors import NodeError, TransportError
+from node.store import GroupRecord
+from node.transport import Transport
+from protocol.capability import ReadCapability, VerifyCapability
+from protocol.encoding import Candidate, EncodedSegment, Encoder, decode_segment
+from protocol.identity import NodeId
+from protocol.manifest import EncodingParams, FileInfo, Manifest, chunk_id
+from protocol.messages import (
+    MAX_CHUNK_SIZE,
+    ChunkData,
+    ChunkGroup,
+    ChunksHeld,
+    ChunkStored,
+    FetchChunk,
+    HasChunks,
+    StoreChunk,
+)
+
+__all__ = [
+    "FileNetwork",
+    "FileReport",
+    "PlacementFailed",
+    "Unreadable",
+    "check_file",
+    "get_file",
+    "put_file",
+]
+
+logger = logging.getLogger(__name__)
+
+# A chunk fetch slower than this starts a second one for another chunk (hedging).
+HEDGE_AFTER: Final = 2.0
+CHUNK_TIMEOUT: Final = 30.0
+QUERY_TIMEOUT: Final = 5.0
+# Chunk transfers of one upload or download in flight at once: each holds a chunk
+# (about 1.4 MiB with the defaults) and its encrypted frame in memory.
+TRANSFERS_IN_FLIGHT: Final = 6
+# Encoded segments waiting between the encoder's thread and the placement, and being
+# placed at once (each holds its chunks until stored: about 14 MiB with the defaults).
+SEGMENTS_QUEUED: Final = 0
+SEGMENTS_PLACING: Final = 3
+
+Progress = Callable[[int, int], Awaitable[None]]
+
+
+class PlacementFailed(NodeError):
+    """The network did not take enough of an upload's chunks."""
+
+
+class Unreadable(NodeError):
+    """A file cannot be read back: its manifest or some segment lacks k chunks."""
+
+
+@dataclass(slots=True)
+class FileNetwork:
+    """What putting and getting files needs from the node."""
+
+    transport: Transport
+    dht: DhtService
+    chunks: ChunkService
+    own_contact: Contact | None  # None when this node takes no chunks itself
+    executor: ThreadPoolExecutor
+    params: EncodingParams
+    happy: int
+
+
+@dataclass(slots=True)
+class _Placement:
+    """Which nodes took shares of one upload."""
+
+    holders: set[NodeId] = field(default_factory=set)
+    chunks_stored: int = 0
+    refusals: list[str] = field(default_factory=list)
+
+
+def _reasons(placement: _Placement) -> str:
+    """The most common reasons nodes gave for not taking chunks, for an error message."""
+    if not placement.refusals:
+        return ""
+    counts = Counter(placement.refusals)
+    listed = "; ".join(f"{count} x {reason}" for reason, count in counts.most_common(2))
+    return f" (nodes said: {listed})"
+
+
+# ------------------------------------------------------------------------- talking
+
+
+async def _candidates(net: FileNetwork, key: bytes) -> list[Contact]:
+    """The nodes closest to `key` that answered a lookup, us included, closest first."""
+    try:
+        found = await net.dht.find_node(NodeId(key))
+    except DhtError as exc:
+        raise PlacementFailed(f"looking up nodes failed: {exc}") from None
+    contacts = list(found)
+    if net.own_contact is not None:
+        contacts.append(net.own_contact)
+    target = int.from_bytes(key, "big")
+    contacts.sort(key=lambda contact: int(contact.node_id) ^ target)
+    return contacts
+
+
+def _is_self(net: FileNetwork, contact: Contact) -> bool:
+    return net.own_contact is not None and contact.node_id == net.own_contact.node_id
+
+
+async def _store(net: FileNetwork, contact: Contact, data: bytes, group: GroupRecord) -> None:
+    """Store one chunk on `contact`; raises NodeError (transport or refusal) if not."""
+    if _is_self(net, contact):
+        await net.chunks.store_local(data, group)
+        return
+    message = StoreChunk(ChunkGroup(group.k, group.n, group.index, tuple(group.chunk_ids)), data)
+    answer = await net.transport.request(
+        contact.address, message, node_id=contact.node_id, timeout=CHUNK_TIMEOUT
+    )
+    if not isinstance(answer, ChunkStored):
+        raise TransportError(f"{contact.node_id.short()} answered {type(answer).__name__}")
+
+
+async def _fetch(net: FileNetwork, contact: Contact, wanted: bytes) -> bytes:
+    """Chunk `wanted` from `contact`, checked against its id; raises NodeError if not."""
+    if _is_self(net, contact):
+        return await trio.to_thread.run_sync(net.chunks.store.get, wanted)
+    answer = await net.transport.request(
+        contact.address, FetchChunk(wanted), node_id=contact.node_id, timeout=CHUNK_TIMEOUT
+    )
+    if not isinstance(answer, ChunkData):
+        raise TransportError(f"{contact.node_id.short()} answered {type(answer).__name__}")
+    if chunk_id(answer.data) != wanted:
+        raise TransportError(f"{contact.node_id.short()} sent bytes that are not the chunk")
+    return answer.data
+
+
+async def _held(net: FileNetwork, contact: Contact, ids: Sequence[bytes]) -> list[bool]:
+    if _is_self(net, contact):
+        store = net.chunks.store
+        return await trio.to_thread.run_sync(lambda: [store.has(each) for each in ids])
+    answer = await net.transport.request(
+        contact.address, HasChunks(tuple(ids)), node_id=contact.node_id, timeout=QUERY_TIMEOUT
+    )
+    if not isinstance(answer, ChunksHeld) or len(answer.held) != len(ids):
+        raise TransportError(f"{contact.node_id.short()} answered HAS_CHUNKS wrongly")
+    return list(answer.held)
+
+
+async def _locate(
+    net: FileNetwork, ids: Sequence[bytes], *, enough: int | None = None
+) -> list[list[Contact]]:
+    """For each of `ids`, the live nodes that say they hold it: the nodes closest to
+    ids[0] are asked first; for ids none of them holds, the nodes named by provider
+    records are asked too (a record may outlive its holder, so only the answer counts),
+    unless `enough` ids already have a holder."""
+    holders: list[list[Contact]] = [[] for _ in ids]
+    asked: set[NodeId] = set()
+
+    async def ask(contact: Contact) -> None:
+        try:
+            flags = await _held(net, contact, ids)
+        except NodeError as exc:
+            logger.debug("%s did not say what it holds: %s", contact.node_id.short(), exc)
+            return
+        for position, flag in enumerate(flags):
+            if flag:
+                holders[position].append(contact)
+
+    async def ask_all(contacts: Iterable[Contact]) -> None:
+        async with trio.open_nursery() as nursery:
+            for contact in contacts:
+                if contact.node_id not in asked:
+                    asked.add(contact.node_id)
+                    nursery.start_soon(ask, contact)
+
+    await ask_all(await _candidates(net, ids[0]))
+    missing = [position for position, found in enumerate(holders) if not found]
+    if missing and (enough is None or len(ids) - len(missing) < enough):
+        named: dict[NodeId, Contact] = {}
+
+        async def providers_of(position: int) -> None:
+            try:
+                found = await net.dht.find_providers(NodeId(ids[position]))
+            except DhtError:
+                return
+            for contact in found:
+                named.setdefault(contact.node_id, contact)
+
+        async with trio.open_nursery() as nursery:
+            for position in missing:
+                nursery.start_soon(providers_of, position)
+        await ask_all(named.values())
+    return holders
+
+
+# ------------------------------------------------------------------------- putting
+
+
+async def put_file(
+    net: FileNetwork,
+    source: Any,
+    *,
+    size: int,
+    name: str = "",
+    progress: Progress | None = None,
+) -> ReadCapability:
+    """Encode `source` (a file object or an iterable of blocks, read in a worker
+    thread) of `size` bytes, place its chunks and manifest, and return the capability."""
+    encoder = Encoder(
+        source,
+        random_bytes=nacl.utils.random,
+        size=size,
+        name=name,
+        params=net.params,
+        executor=net.executor,
+        window=2,
+    )
+    placement = _Placement()
+    send, receive = trio.open_memory_channel[EncodedSegment](SEGMENTS_QUEUED)
+
+    def produce() -> None:
+        for segment in encoder.segments():
+            trio.from_thread.run(send.send, segment)
+
+    async def run_encoder() -> None:
+        # The channel is closed here, in trio's thread: closing it from the worker
+        # thread would wake the receiving task from outside trio (a 0-byte file, which
+        # has no segment, crashed the node with TrioInternalError that way).
+        async with send:
+            await trio.to_thread.run_sync(produce, abandon_on_cancel=False)
+
+    done = 0
+    transfers = trio.Semaphore(TRANSFERS_IN_FLIGHT)
+    placing = trio.Semaphore(SEGMENTS_PLACING)
+
+    async def place(segment: EncodedSegment) -> None:
+        nonlocal done
+        try:
+            await _place_segment(net, segment, placement, transfers)
+        finally:
+            placing.release()
+        done = min(size, done + net.params.segment_size)
+        if progress is not None:
+            await progress(done, size)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_encoder)
+        async with receive:
+            # Several segments are placed at once: one segment's stores wait on the
+            # holders' fsyncs, and placing them one by one left the CPUs idle.
+            while True:
+                await placing.acquire()
+                try:
+                    segment = await receive.receive()
+                except trio.EndOfChannel:
+                    placing.release()
+                    break
+                nursery.start_soon(place, segment)
+                del segment
+    manifest_bytes = encoder.manifest_bytes
+    await _place_manifest(net, encoder.manifest_id, manifest_bytes, placement)
+    if len(placement.holders) < net.happy:
+        raise PlacementFailed(
+            f"only {len(placement.holders)} distinct nodes took shares, {net.happy} needed "
+            f"(is the network big enough, and are its nodes reachable and not full?)"
+            f"{_reasons(placement)}"
+        )
+    return encoder.read_capability
+
+
+async def _place_segment(
+    net: FileNetwork,
+    segment: EncodedSegment,
+    placement: _Placement,
+    limit: trio.Semaphore,
+) -> None:
+    params = net.params
+    ids = tuple(chunk.chunk_id for chunk in segment.chunks)
+    index = segment.index
+    # Each chunk's bytes are let go once a node has them, not when the whole segment is.
+    pending: list[bytes | None] = [chunk.data for chunk in segment.chunks]
+    del segment
+    candidates = await _candidates(net, ids[0])
+    if not candidates:
+        raise PlacementFailed("no node to store chunks on: is the node connected?")
+    taken: set[NodeId] = set()  # nodes holding a chunk of this segment (or asked for one)
+    stored = 0
+
+    def next_candidate(target: bytes, tried: set[NodeId]) -> Contact | None:
+        number = int.from_bytes(target, "big")
+        fresh = [c for c in candidates if c.node_id not in taken and c.node_id not in tried]
+        pool = fresh or [c for c in candidates if c.node_id not in tried]
+        return min(pool, key=lambda c: int(c.node_id) ^ number, default=None)
+
+    async def place(number: int) -> None:
+        nonlocal stored
+        data = pending[number]
+        assert data is not None
+        group = GroupRecord(params.k, params.n, number, ids)
+        tried: set[NodeId] = set()
+        while True:
+            contact = next_candidate(ids[number], tried)
+            if contact is None:
+                logger.warning("no node took chunk %d of segment %d", number, index)
+                return
+            tried.add(contact.node_id)
+            taken.add(contact.node_id)
+            try:
+                async with limit:
+                    await _store(net, contact, data, group)
+            except NodeError as exc:
+                placement.refusals.append(str(exc))
+                logger.info("%s did not take a chunk: %s", contact.node_id.short(), exc)
+                continue
+            pending[number] = None
+            stored += 1
+            placement.holders.add(contact.node_id)
+            placement.chunks_stored += 1
+            return
+
+    async with trio.open_nursery() as nursery:
+        for number in range(params.n):
+            nursery.start_soon(place, number)
+    if stored < params.k:
+        raise PlacementFailed(
+            f"segment {index}: only {stored} of its {params.n} chunks were stored, "
+            f"{params.k} needed to read it back{_reasons(placement)}"
+        )
+
+
+async def _place_manifest(
+    net: FileNetwork, manifest_id: bytes, data: bytes, placement: _Placement
+) -> None:
+    if len(data) > MAX_CHUNK_SIZE:
+        raise PlacementFailed(
+            f"the manifest has {len(data)} bytes, over the {MAX_CHUNK_SIZE}-byte chunk "
+            "limit: use a larger segment size for a file this big"
+        )
+    group = GroupRecord(1, 1, 0, (manifest_id,))
+    candidates = (await _candidates(net, manifest_id))[: net.params.n]
+    stored = 0
+
+    async def place(contact: Contact) -> None:
+        nonlocal stored
+        try:
+            await _store(net, contact, data, group)
+        except NodeError as exc:
+            logger.info("%s did not take the manifest: %s", contact.node_id.short(), exc)
+            return
+        stored += 1
+        placement.holders.add(contact.node_id)
+
+    async with trio.open_nursery() as nursery:
+        for contact in candidates:
+            nursery.start_soon(place, contact)
+    if not stored:
+        raise PlacementFailed("no node took the manifest")
+
+
+# ------------------------------------------------------------------------- getting
+
+
+async def fetch_manifest(net: FileNetwork, manifest_id: bytes) -> Manifest:
+    """The manifest named `manifest_id`, from any node that holds it."""
+    holders = (await _locate(net, [manifest_id], enough=1))[0]
+    problems: list[str] = []
+    for contact in holders:
+        try:
+            data = await _fetch(net, contact, manifest_id)
+        except NodeError as exc:
+            problems.append(str(exc))
+            continue
+        return Manifest.parse(data, manifest_id)
+    detail = f" ({'; '.join(problems[:3])})" if problems else ""
+    raise Unreadable(f"no reachable node holds the manifest {manifest_id.hex()[:16]}…{detail}")
+
+
+async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Candidate]:
+    """k valid chunks of segment `index`: k fetches at a time, data blocks first, and one
+    more (hedging) whenever none finished for HEDGE_AFTER seconds."""
+    k = manifest.params.k
+    ids = manifest.segment_chunk_ids(index)
+    holders = await _locate(net, ids, enough=k + 1)
+    options = {number: list(found) for number, found in enumerate(holders) if found}
+    got: dict[int, bytes] = {}
+    active: set[int] = set()
+    problems: list[str] = []
+    changed = trio.Event()
+
+    def next_option() -> tuple[int, Contact] | None:
+        for number in sorted(options):  # the data blocks, 0..k-1, come first
+            if number not in got and number not in active and options[number]:
+                return number, options[number].pop(0)
+        return None
+
+    async def fetch(number: int, contact: Contact) -> None:
+        try:
+            data = await _fetch(net, contact, ids[number])
+        except NodeError as exc:
+            problems.append(f"chunk {number} from {contact.node_id.short()}: {exc}")
+        else:
+            got.setdefault(number, data)
+        finally:
+            active.discard(number)
+            changed.set()
+
+    def start(nursery: trio.Nursery, option: tuple[int, Contact]) -> None:
+        active.add(option[0])
+        nursery.start_soon(fetch, *option)
+
+    async with trio.open_nursery() as nursery:
+        while len(got) < k:
+            while len(active) < k - len(got):
+                option = next_option()
+                if option is None:
+                    break
+                start(nursery, option)
+            if not active:
+                break  # nothing running and nothing left to try
+            changed = trio.Event()
+            with trio.move_on_after(HEDGE_AFTER) as hedge:
+                await changed.wait()
+            if hedge.cancelled_caught:
+                option = next_option()
+                if option is not None:
+                    start(nursery, option)
+        nursery.cancel_scope.cancel()
+    if len(got) < k:
+        detail = f" ({'; '.join(problems[:3])})" if problems else ""
+        raise Unreadable(
+            f"segment {index}: {len(got)} of the {k} chunks needed could be fetched{detail}"
+        )
+    return [(ids[number], got[number]) for number in sorted(got)[:k]]
+
+
+async def get_file(
+    net: FileNetwork,
+    capability: ReadCapability,
+    write: Callable[[bytes], Awaitable[None]],
+    *,
+    progress: Progress | None = None,
+    on_info: Callable[[FileInfo], Awaitable[None]] | None = None,
+) -> FileInfo:
+    """Fetch, verify, decode and decrypt the file; `write` gets its bytes in order."""
+    manifest = await fetch_manifest(net, capability.manifest_id)
+    info = manifest.unseal(capability.file_key)  # WrongKey for a key that does not fit
+    if on_info is not None:
+        await on_info(info)
+    segment_size = manifest.params.segment_size
+    count = math.ceil(info.size / segment_size)
+    send, receive = trio.open_memory_channel[tuple[int, list[Candidate]]](1)
+
+    async def fetch_all() -> None:
+        async with send:
+            for index in range(count):
+                await send.send((index, await _gather(net, manifest, index)))
+
+    done = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch_all)
+        async with receive:
+            async for index, candidates in receive:
+                decoded = await trio.to_thread.run_sync(
+                    decode_segment, manifest, capability.file_key, index, candidates
+                )
+                plaintext = decoded.plaintext
+                keep = info.size - index * segment_size
+                if keep < len(plaintext):
+                    plaintext = plaintext[:keep]
+                await write(plaintext)
+                done += len(plaintext)
+                if progress is not None:
+                    await progress(done, info.size)
+    return info
+
+
+# ------------------------------------------------------------------------ checking
+
+
+@dataclass(frozen=True, slots=True)
+class FileReport:
+    """How many distinct chunks of each segment live nodes hold."""
+
+    k: int
+    n: int
+    manifest_holders: int
+    live_chunks: tuple[int, ...]
+
+    @property
+    def readable(self) -> bool:
+        return self.manifest_holders > 0 and all(count >= self.k for count in self.live_chunks)
+
+    @property
+    def healthy(self) -> bool:
+        return self.readable and all(count >= self.n for count in self.live_chunks)
+
+
+async def check_file(net: FileNetwork, capability: VerifyCapability | ReadCapability) -> FileReport:
+    """Ask the network which chunks of the file are held; needs no key."""
+    manifest_holders = len((await _locate(net, [capability.manifest_id]))[0])
+    try:
+        manifest = await fetch_manifest(net, capability.manifest_id)
+    except Unreadable:
+        # No live node gave the manifest: the file is unreadable (a report, so that
+        # `freehold check` exits 2 for it), not an error of the check itself.
+        return FileReport(net.params.k, net.params.n, 0, ())
+    live: list[int] = []
+    for index in range(manifest.segment_count):
+        holders = await _locate(net, manifest.segment_chunk_ids(index))
+        live.append(sum(1 for found in holders if found))
+    return FileReport(manifest.params.k, manifest.params.n, manifest_holders, tuple(live))

@@ -1,0 +1,184 @@
+"""A local network of real node processes on loopback: `freehold testnet` and the demo.
+
+Each node is a `freehold node` child process with its own data directory under the
+testnet's directory (`node-00`, `node-01`, ...), listening on 127.0.0.1 with a port
+the kernel picks. A node writes the address it listens on to `<data-dir>/node.address`
+once it serves; the first node's address is the others' bootstrap address. Nothing
+leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Final
+
+from node.errors import NodeError
+from node.node import ADDRESS_FILE
+
+__all__ = ["Testnet", "TestnetNode", "open_testnet", "read_address", "wait_until_joined"]
+
+START_TIMEOUT: Final = 30.0
+STOP_TIMEOUT: Final = 10.0
+
+
+def read_address(data_dir: Path) -> str | None:
+    """The `HOST:PORT` a running node wrote, or None if it has not yet."""
+    try:
+        text = (data_dir / ADDRESS_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+@dataclass
+class TestnetNode:
+    index: int
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    address: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (clean stop) or SIGKILL, then wait for the process."""
+        if not self.alive:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Testnet:
+    directory: Path
+    nodes: list[TestnetNode] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.alive:
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            node.stop()
+
+
+def _node_command(data_dir: Path, bootstrap: str | None, extra: Sequence[str]) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "node",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "127.0.0.1:0",
+        *extra,
+    ]
+    if bootstrap:
+        command += ["--bootstrap", bootstrap]
+    return command
+
+
+def _start(
+    index: int, directory: Path, bootstrap: str | None, extra: Sequence[str], log: bool
+) -> TestnetNode:
+    data_dir = directory / f"node-{index:02d}"
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+    command = _node_command(data_dir, bootstrap, extra)
+    if log:
+        with open(data_dir / "node.log", "ab") as stderr:
+            process = _spawn(command, stderr)
+    else:
+        process = _spawn(command, subprocess.DEVNULL)
+    return TestnetNode(index, data_dir, process)
+
+
+def _spawn(command: list[str], stderr: IO[bytes] | int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env=_child_environment(),
+    )
+
+
+def _child_environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    # The children import this checkout's packages, installed or not.
+    root = str(Path(__file__).resolve().parent.parent)
+    path = environment.get("PYTHONPATH")
+    environment["PYTHONPATH"] = root if not path else f"{root}{os.pathsep}{path}"
+    return environment
+
+
+def _wait_for_address(node: TestnetNode, deadline: float) -> str:
+    while time.monotonic() < deadline:
+        address = read_address(node.data_dir)
+        if address is not None:
+            node.address = address
+            return address
+        if not node.alive:
+            raise NodeError(
+                f"node {node.index} exited with code {node.process.returncode} before "
+                f"listening (see {node.data_dir / 'node.log'})"
+            )
+        time.sleep(0.02)
+    raise NodeError(f"node {node.index} did not start within {START_TIMEOUT:g} s")
+
+
+@contextmanager
+def open_testnet(
+    count: int, directory: Path, *, extra: Sequence[str] = (), log: bool = True
+) -> Iterator[Testnet]:
+    """Start `count` nodes in `directory`, joined through the first; stop them all on
+    exit (SIGTERM, then SIGKILL for any that hangs)."""
+    if count < 1:
+        raise NodeError("a testnet needs at least one node")
+    testnet = Testnet(directory)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        first = _start(0, directory, None, extra, log)
+        testnet.nodes.append(first)
+        bootstrap = _wait_for_address(first, deadline)
+        for index in range(1, count):
+            testnet.nodes.append(_start(index, directory, bootstrap, extra, log))
+        for node in testnet.nodes[1:]:
+            _wait_for_address(node, deadline)
+        yield testnet
+    finally:
+        testnet.stop()
+
+
+def wait_until_joined(testnet: Testnet, timeout: float = START_TIMEOUT) -> None:
+    """Wait until every live node knows every other live one (its routing table)."""
+    from node.control import ControlClient, ControlError
+
+    deadline = time.monotonic() + timeout
+    live = [node for node in testnet.nodes if node.alive]
+    for node in live:
+        while True:
+            try:
+                with ControlClient(node.data_dir / "control.sock", timeout=5) as client:
+                    client.send({"command": "status", "arguments": {}})
+                    result = list(client.frames())[-1]["result"]
+                if result["contacts"] >= len(live) - 1:
+                    break
+            except ControlError:
+                pass
+            if time.monotonic() > deadline:
+                raise NodeError(f"node {node.index} did not meet the others in {timeout:g} s")
+            time.sleep(0.05)
