@@ -5,10 +5,11 @@ docs/PROTOCOL.md#chunk-messages. What it promises:
 - A chunk is acknowledged (CHUNK_STORED) only once the store has it durably; bytes that
   do not hash to the id, an inconsistent group record, a chunk over the size limit or a
   full store are refused with an ERROR the sender can act on, and never stored.
-- The disk work runs in worker threads (`trio.to_thread`), so a slow disk never stalls
-  the node's event loop; at most `MAX_CHUNK_JOBS` chunk requests are served at once, and
-  at most `MAX_CHUNK_JOBS_PER_PEER` for one peer (each holds a chunk in memory), so no
-  peer can make us buffer unbounded data or starve the others.
+- The disk work runs in worker threads (`trio.to_thread`; `inline` for simulations),
+  so a slow disk never stalls the node's event loop; at most `MAX_CHUNK_JOBS` chunk
+  requests are served at once, and at most `MAX_CHUNK_JOBS_PER_PEER` for one peer
+  (each holds a chunk in memory), so no peer can make us buffer unbounded data or
+  starve the others.
 - Every chunk stored is announced on the DHT (a provider record under its id) by one
   background task, one announcement at a time, off the path of the acknowledgement,
   once no chunk arrived for `ANNOUNCE_QUIET` seconds.
@@ -20,7 +21,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -52,8 +53,11 @@ __all__ = [
     "MAX_CHUNK_JOBS",
     "MAX_CHUNK_JOBS_PER_PEER",
     "ChunkService",
+    "Offload",
     "group_message",
     "group_record",
+    "in_thread",
+    "inline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +74,21 @@ MAX_ANNOUNCE_BACKLOG: Final = 100_000
 ANNOUNCE_QUIET: Final = 1.0
 
 ProvideFunction = Callable[[NodeId], Awaitable[int]]
+Offload = Callable[..., Awaitable[Any]]
+"""How blocking work (disk, hashing, coding) is run: `in_thread`, or `inline`."""
+
+
+async def in_thread(function: Callable[..., Any], *arguments: Any) -> Any:
+    """Run `function(*arguments)` in a worker thread: the event loop goes on meanwhile."""
+    return await trio.to_thread.run_sync(function, *arguments)
+
+
+async def inline(function: Callable[..., Any], *arguments: Any) -> Any:
+    """Run `function(*arguments)` in the event loop's thread. For simulations under
+    trio's MockClock: a worker thread's real time would let the virtual clock jump
+    past every timeout, and threads would make runs unrepeatable."""
+    await trio.lowlevel.checkpoint()
+    return function(*arguments)
 
 
 def group_record(group: ChunkGroup) -> GroupRecord:
@@ -85,8 +104,16 @@ def group_message(group: GroupRecord) -> ChunkGroup:
 class ChunkService:
     """Serves the chunk RPCs from `store` and announces what it stores."""
 
-    def __init__(self, store: ChunkStore, transport: Transport, provide: ProvideFunction) -> None:
+    def __init__(
+        self,
+        store: ChunkStore,
+        transport: Transport,
+        provide: ProvideFunction,
+        *,
+        offload: Offload = in_thread,
+    ) -> None:
         self.store = store
+        self._offload = offload
         self._provide = provide
         self._jobs = trio.Semaphore(MAX_CHUNK_JOBS)
         self._per_peer: Counter[NodeId] = Counter()
@@ -134,7 +161,7 @@ class ChunkService:
 
     async def store_local(self, data: bytes, group: GroupRecord) -> None:
         """Store a chunk of our own upload (same checks as a peer's) and announce it."""
-        await trio.to_thread.run_sync(self.store.put, group.chunk_id, data, group)
+        await self._offload(self.store.put, group.chunk_id, data, group)
         self._last_store = trio.current_time()
         self.stored += 1
         self.announce(group.chunk_id)
@@ -146,7 +173,7 @@ class ChunkService:
         async with self._job(peer):
             try:
                 group = group_record(message.group)
-                await trio.to_thread.run_sync(self.store.put, group.chunk_id, message.data, group)
+                await self._offload(self.store.put, group.chunk_id, message.data, group)
             except StoreFull as exc:
                 self.refused += 1
                 raise RequestRejected(ErrorCode.REFUSED, f"full: {exc}") from None
@@ -168,8 +195,8 @@ class ChunkService:
         assert isinstance(message, FetchChunk)
         async with self._job(peer):
             try:
-                data = await trio.to_thread.run_sync(self.store.get, message.chunk_id)
-                group = await trio.to_thread.run_sync(self.store.group, message.chunk_id)
+                data = await self._offload(self.store.get, message.chunk_id)
+                group = await self._offload(self.store.group, message.chunk_id)
             except ChunkNotFound:  # CorruptChunk included: it is gone now
                 raise RequestRejected(ErrorCode.NOT_FOUND, "no such chunk here") from None
             except StoreError as exc:
@@ -181,7 +208,7 @@ class ChunkService:
     async def handle_has_chunks(self, peer: Peer, message: Message) -> Message:
         assert isinstance(message, HasChunks)
         async with self._job(peer):
-            held = await trio.to_thread.run_sync(self._held, message.chunk_ids)
+            held = await self._offload(self._held, message.chunk_ids)
         return ChunksHeld(held)
 
     def _held(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]:

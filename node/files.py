@@ -35,11 +35,12 @@ from typing import Any, Final
 
 import nacl.utils
 import trio
+import trio.lowlevel
 
 from dht.contact import Contact
 from dht.errors import DhtError
 from dht.service import DhtService
-from node.chunks import ChunkService
+from node.chunks import ChunkService, Offload, in_thread
 from node.errors import NodeError, TransportError
 from node.store import GroupRecord
 from node.transport import Transport
@@ -81,6 +82,8 @@ TRANSFERS_IN_FLIGHT: Final = 6
 # placed at once (each holds its chunks until stored: about 14 MiB with the defaults).
 SEGMENTS_QUEUED: Final = 0
 SEGMENTS_PLACING: Final = 3
+# Segments of a download being fetched at once (k chunks each: about 4 MiB).
+SEGMENTS_FETCHING: Final = 3
 
 Progress = Callable[[int, int], Awaitable[None]]
 
@@ -101,9 +104,10 @@ class FileNetwork:
     dht: DhtService
     chunks: ChunkService
     own_contact: Contact | None  # None when this node takes no chunks itself
-    executor: ThreadPoolExecutor
+    executor: ThreadPoolExecutor | None  # None: encode and decode inline (simulations)
     params: EncodingParams
     happy: int
+    offload: Offload = in_thread
 
 
 @dataclass(slots=True)
@@ -161,7 +165,7 @@ async def _store(net: FileNetwork, contact: Contact, data: bytes, group: GroupRe
 async def _fetch(net: FileNetwork, contact: Contact, wanted: bytes) -> bytes:
     """Chunk `wanted` from `contact`, checked against its id; raises NodeError if not."""
     if _is_self(net, contact):
-        return await trio.to_thread.run_sync(net.chunks.store.get, wanted)
+        return await net.offload(net.chunks.store.get, wanted)  # type: ignore[no-any-return]
     answer = await net.transport.request(
         contact.address, FetchChunk(wanted), node_id=contact.node_id, timeout=CHUNK_TIMEOUT
     )
@@ -175,7 +179,7 @@ async def _fetch(net: FileNetwork, contact: Contact, wanted: bytes) -> bytes:
 async def _held(net: FileNetwork, contact: Contact, ids: Sequence[bytes]) -> list[bool]:
     if _is_self(net, contact):
         store = net.chunks.store
-        return await trio.to_thread.run_sync(lambda: [store.has(each) for each in ids])
+        return await net.offload(lambda: [store.has(each) for each in ids])  # type: ignore[no-any-return]
     answer = await net.transport.request(
         contact.address, HasChunks(tuple(ids)), node_id=contact.node_id, timeout=QUERY_TIMEOUT
     )
@@ -260,6 +264,11 @@ async def put_file(
         for segment in encoder.segments():
             trio.from_thread.run(send.send, segment)
 
+    async def run_encoder_inline() -> None:
+        async with send:
+            for segment in encoder.segments():
+                await send.send(segment)
+
     async def run_encoder() -> None:
         # The channel is closed here, in trio's thread: closing it from the worker
         # thread would wake the receiving task from outside trio (a 0-byte file, which
@@ -282,7 +291,7 @@ async def put_file(
             await progress(done, size)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_encoder)
+        nursery.start_soon(run_encoder if net.executor is not None else run_encoder_inline)
         async with receive:
             # Several segments are placed at once: one segment's stores wait on the
             # holders' fsyncs, and placing them one by one left the CPUs idle.
@@ -486,29 +495,46 @@ async def get_file(
         await on_info(info)
     segment_size = manifest.params.segment_size
     count = math.ceil(info.size / segment_size)
-    send, receive = trio.open_memory_channel[tuple[int, list[Candidate]]](1)
+    # Segments are gathered SEGMENTS_FETCHING at a time (each gather waits on lookups and
+    # round trips more than on the CPU) and decoded and written strictly in order.
+    window = trio.Semaphore(SEGMENTS_FETCHING)
+    gathered: dict[int, list[Candidate]] = {}
+    ready: dict[int, trio.Event] = {}
 
-    async def fetch_all() -> None:
-        async with send:
-            for index in range(count):
-                await send.send((index, await _gather(net, manifest, index)))
+    def event(index: int) -> trio.Event:
+        return ready.setdefault(index, trio.Event())
+
+    async def gather(index: int) -> None:
+        gathered[index] = await _gather(net, manifest, index)
+        event(index).set()
+
+    async def gather_all(nursery: trio.Nursery) -> None:
+        for index in range(count):
+            await window.acquire()
+            nursery.start_soon(gather, index)
 
     done = 0
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(fetch_all)
-        async with receive:
-            async for index, candidates in receive:
-                decoded = await trio.to_thread.run_sync(
-                    decode_segment, manifest, capability.file_key, index, candidates
-                )
-                plaintext = decoded.plaintext
-                keep = info.size - index * segment_size
-                if keep < len(plaintext):
-                    plaintext = plaintext[:keep]
-                await write(plaintext)
-                done += len(plaintext)
-                if progress is not None:
-                    await progress(done, info.size)
+        nursery.start_soon(gather_all, nursery)
+        for index in range(count):
+            while index not in ready:
+                await trio.lowlevel.checkpoint()  # gather_all has not reached it yet
+            await ready.pop(index).wait()
+            candidates = gathered.pop(index)
+            window.release()
+            decoded = await net.offload(
+                decode_segment, manifest, capability.file_key, index, candidates
+            )
+            del candidates
+            plaintext = decoded.plaintext
+            del decoded
+            keep = info.size - index * segment_size
+            if keep < len(plaintext):
+                plaintext = plaintext[:keep]
+            await write(plaintext)
+            done += len(plaintext)
+            if progress is not None:
+                await progress(done, info.size)
     return info
 
 

@@ -24,14 +24,14 @@ from dht.contact import Contact
 from dht.errors import DhtError
 from dht.service import DhtService
 from dht.storage import DhtStorage
-from node.chunks import ChunkService
+from node.chunks import ChunkService, in_thread, inline
 from node.config import NodeConfig
 from node.control import ControlChannel, ControlServer
 from node.dht_transport import DhtTransportAdapter
 from node.errors import NodeError
 from node.files import FileNetwork, check_file, get_file, put_file
 from node.keyfile import load_or_create_identity
-from node.store import ChunkStore, StoreConfig, open_chunk_store
+from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
 from node.transport import LinkLayer, TcpLinkLayer, Transport
 from protocol.capability import ReadCapability, VerifyCapability, parse_capability
 from protocol.identity import Identity
@@ -86,33 +86,46 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled or stopped; started() once listening and serving."""
         config = self.config
-        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        identity = self._identity or load_or_create_identity(config.key_path)
+        in_memory = config.storage == "memory"
+        identity = self._identity
+        if identity is None:
+            if in_memory:
+                raise NodeError("a node with storage = memory needs its identity given")
+            config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            identity = load_or_create_identity(config.key_path)
         store: ChunkStore
+        store_config = StoreConfig(capacity=config.capacity, in_memory=in_memory)
         if self._store is not None:
             store = self._store
+        elif in_memory:
+            store = MemoryChunkStore(store_config)
         else:
-            store = await trio.to_thread.run_sync(
-                open_chunk_store, config.data_dir, StoreConfig(capacity=config.capacity)
-            )
-        dht_storage = self._dht_storage or DhtStorage.open(config.data_dir / "dht.sqlite3")
-        executor = ThreadPoolExecutor(config.workers, thread_name_prefix="freehold-codec")
+            store = await trio.to_thread.run_sync(open_chunk_store, config.data_dir, store_config)
+        dht_storage = self._dht_storage
+        if dht_storage is None and not in_memory:
+            dht_storage = DhtStorage.open(config.data_dir / "dht.sqlite3")
+        executor = (
+            ThreadPoolExecutor(config.workers, thread_name_prefix="freehold-codec")
+            if config.workers
+            else None
+        )
         try:
             with self._cancel_scope:
                 await self._serve(identity, store, dht_storage, executor, task_status)
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
             if self._store is None:
                 store.close()
-            if self._dht_storage is None:
+            if self._dht_storage is None and dht_storage is not None:
                 dht_storage.close()
 
     async def _serve(
         self,
         identity: Identity,
         store: ChunkStore,
-        dht_storage: DhtStorage,
-        executor: ThreadPoolExecutor,
+        dht_storage: DhtStorage | None,
+        executor: ThreadPoolExecutor | None,
         task_status: trio.TaskStatus[None],
     ) -> None:
         config = self.config
@@ -135,7 +148,8 @@ class Node:
                 config=dht_config,
                 storage=dht_storage,
             )
-            chunks = ChunkService(store, transport, dht.provide)
+            offload = in_thread if executor is not None else inline
+            chunks = ChunkService(store, transport, dht.provide, offload=offload)
             await nursery.start(dht.run)
             await nursery.start(chunks.run)
             own = Contact(identity.node_id, address) if config.capacity > 0 else None
@@ -148,12 +162,13 @@ class Node:
                 executor,
                 EncodingParams(config.k, config.n, config.segment_size),
                 config.happy,
+                offload,
             )
             if config.bootstrap:
                 nursery.start_soon(self._join)
             else:
                 self.joined.set()
-            if self._control:
+            if self._control and self.config.storage == "disk":
                 control = ControlServer(config.control_path, self._handlers())
                 await nursery.start(control.run)
                 _write_atomically(config.data_dir / ADDRESS_FILE, f"{address[0]}:{address[1]}\n")
