@@ -1,5 +1,5 @@
 # `make run` and `make test` work on a fresh machine: each creates .venv if it is
-# missing and installs the project (with its test extra) into it.
+# missing and installs the project (with its test and sim extras) into it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,sim]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -101,6 +101,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import heapq
 import ipaddress
 from collections import Counter
@@ -253,6 +254,7 @@ class BucketSnapshot:
     last_lookup: float
 
 
+@functools.lru_cache(maxsize=65536)
 def address_prefix(host: str) -> str:
     """The prefix a host counts against for the IP limits: its IPv4 /24 or IPv6 /64 (an
     IPv4-mapped IPv6 address counts as its IPv4 address); any other host, such as an

@@ -74,6 +74,9 @@ class DhtStatistics:
     lookups: int = 0
     lookup_queries: int = 0
     lookup_failures: int = 0
+    # Sum over lookups of each one's hops (LookupStatistics.hops): with `lookups`, the
+    # mean number of hops.
+    lookup_hops: int = 0
     requests_served: int = 0
     provides: int = 0
     republished: int = 0
@@ -270,6 +273,7 @@ class DhtService:
         self._statistics.lookups += 1
         self._statistics.lookup_queries += statistics.queries_sent
         self._statistics.lookup_failures += statistics.failed
+        self._statistics.lookup_hops += statistics.hops
         return lookup
 
     async def _query(

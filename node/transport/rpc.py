@@ -185,6 +185,8 @@ class Connection:
         self.transport = transport
         self.link = link
         self.outbound = outbound
+        # The address this connection was dialled at (its key in Transport._by_address).
+        self.dialled_address: Address | None = None
         self.peer = Peer(link.remote_node_id, link.remote_address)
         self.config = transport.config
         self._pending: dict[int, _Waiter] = {}
@@ -677,6 +679,7 @@ class Transport:
                 connection = await self._register(link, outbound=True)
                 registered = True
                 self._by_address[address] = connection
+                connection.dialled_address = address
                 self._statistics.connections_outbound += 1
                 dial.connection = connection
                 return connection
@@ -796,9 +799,9 @@ class Transport:
             self._inbound_count -= 1
         if self._connections.get(connection.peer.node_id) is connection:
             del self._connections[connection.peer.node_id]
-        for address, known in list(self._by_address.items()):
-            if known is connection:
-                del self._by_address[address]
+        address = connection.dialled_address
+        if address is not None and self._by_address.get(address) is connection:
+            del self._by_address[address]
 
 
 @asynccontextmanager
