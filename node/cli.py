@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(arguments)
     except Exception as exc:
         # `freehold node` runs in trio, whose nurseries wrap an error in an ExceptionGroup.
-        error = single_error(exc)
+        error = single_error(exc, (NodeError, ProtocolError, OSError))
         if isinstance(error, NodeError | ProtocolError):
             print(f"freehold: {error}", file=sys.stderr)
             return 1

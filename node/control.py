@@ -90,8 +90,13 @@ class ControlChannel:
     """One CLI connection, as a command handler sees it."""
 
     def __init__(self, stream: Any) -> None:
+        import trio
+
         self._stream = stream
         self._buffer = bytearray()
+        # A handler may send from several tasks (progress of segments placed in
+        # parallel); a trio stream takes one sender at a time.
+        self._sending = trio.Lock()
 
     async def receive(self) -> dict[str, Any]:
         """The next frame from the CLI; ControlError if it hung up or sent garbage."""
@@ -104,10 +109,12 @@ class ControlChannel:
     async def send(self, frame: Mapping[str, Any]) -> None:
         import trio
 
-        try:
-            await self._stream.send_all(_pack(frame))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ControlError(f"the CLI went away: {exc}") from None
+        data = _pack(frame)
+        async with self._sending:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ControlError(f"the CLI went away: {exc}") from None
 
     async def progress(self, done: int, total: int | None) -> None:
         await self.send({"progress": done, "total": total})
@@ -234,7 +241,8 @@ class ControlServer:
                 try:
                     result = await handler(channel, arguments)
                 except Exception as exc:
-                    error = single_error(exc)  # a handler's nursery wraps what it raises
+                    # A handler's nursery wraps what it raises in an exception group.
+                    error = single_error(exc, (NodeError, ProtocolError))
                     if isinstance(error, ControlError):
                         raise error from None
                     if not isinstance(error, NodeError | ProtocolError):

@@ -7,6 +7,7 @@ connection; they never stop the node.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported for its name only: the CLI loads this module and must start fast
@@ -112,14 +113,27 @@ class CorruptChunk(ChunkNotFound):
     dropped, so it is now not found (hence the subclass)."""
 
 
-def single_error(exc: BaseException) -> BaseException:
-    """The one exception inside `exc` if it is an exception group of one (nested or
-    not), else `exc` itself.
+def single_error(
+    exc: BaseException, reportable: tuple[type[BaseException], ...] = (NodeError,)
+) -> BaseException:
+    """The error to tell the user about for `exc`: `exc` itself, or, for an exception
+    group (nested or not), the first exception inside it if it holds just one, or holds
+    only `reportable` ones, else the group.
 
-    A trio nursery wraps whatever escapes it in an ExceptionGroup, even a lone error; the
-    CLI and the control socket unwrap it so that a user error still reaches the user as
-    its own one line, not as an internal error or a traceback.
+    A trio nursery wraps whatever escapes it in an ExceptionGroup, even a lone error, and
+    tasks run side by side can fail together (three segments of a download found
+    unreadable at once); the CLI and the control socket unwrap the group so that a user
+    error still reaches the user as one line, not as an internal error or a traceback.
     """
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    leaves = list(_leaves(exc))
+    if len(leaves) == 1 or all(isinstance(leaf, reportable) for leaf in leaves):
+        return leaves[0]
     return exc
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

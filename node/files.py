@@ -46,7 +46,7 @@ from node.store import GroupRecord
 from node.transport import Transport
 from protocol.capability import ReadCapability, VerifyCapability
 from protocol.encoding import Candidate, EncodedSegment, Encoder, decode_segment
-from protocol.identity import NodeId
+from protocol.identity import NodeId, RandomBytes
 from protocol.manifest import EncodingParams, FileInfo, Manifest, chunk_id
 from protocol.messages import (
     MAX_CHUNK_SIZE,
@@ -108,6 +108,7 @@ class FileNetwork:
     params: EncodingParams
     happy: int
     offload: Offload = in_thread
+    random_bytes: RandomBytes = nacl.utils.random
 
 
 @dataclass(slots=True)
@@ -250,7 +251,7 @@ async def put_file(
     thread) of `size` bytes, place its chunks and manifest, and return the capability."""
     encoder = Encoder(
         source,
-        random_bytes=nacl.utils.random,
+        random_bytes=net.random_bytes,
         size=size,
         name=name,
         params=net.params,

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
+import nacl.utils
 import trio
 
 from dht.config import DhtConfig
@@ -34,7 +37,7 @@ from node.keyfile import load_or_create_identity
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
 from node.transport import LinkLayer, TcpLinkLayer, Transport
 from protocol.capability import ReadCapability, VerifyCapability, parse_capability
-from protocol.identity import Identity
+from protocol.identity import Identity, RandomBytes
 from protocol.manifest import EncodingParams, FileInfo
 
 __all__ = ["ADDRESS_FILE", "Node", "is_loopback"]
@@ -67,8 +70,18 @@ class Node:
         store: ChunkStore | None = None,
         dht_storage: DhtStorage | None = None,
         control: bool = True,
+        rng: random.Random | None = None,
+        random_bytes: RandomBytes = nacl.utils.random,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """`identity`, `link_layer`, `store` and `dht_storage` replace what `config`
+        would make; `rng` (the DHT's choices), `random_bytes` (file keys) and
+        `wall_clock` (record lifetimes) are the simulations' hooks for repeatable runs
+        in virtual time."""
         self.config = config
+        self._rng = rng
+        self._random_bytes = random_bytes
+        self._wall_clock = wall_clock
         self._identity = identity
         self._link_layer = link_layer
         self._store = store
@@ -147,6 +160,8 @@ class Node:
                 listen_port=address[1],
                 config=dht_config,
                 storage=dht_storage,
+                rng=self._rng,
+                wall_clock=self._wall_clock,
             )
             offload = in_thread if executor is not None else inline
             chunks = ChunkService(store, transport, dht.provide, offload=offload)
@@ -163,6 +178,7 @@ class Node:
                 EncodingParams(config.k, config.n, config.segment_size),
                 config.happy,
                 offload,
+                self._random_bytes,
             )
             if config.bootstrap:
                 nursery.start_soon(self._join)

@@ -1,0 +1,454 @@
+"""The `freehold` command line against real node processes on 127.0.0.1 (issue 5).
+
+Every node is a `python -m node.cli node` child (node.testnet), every command a
+`python -m node.cli` subprocess, exactly as a user runs them. Starting ten nodes costs
+seconds, so the tests that leave the network as they found it share one module-scoped
+testnet; each test that stops or kills nodes, or needs nodes started otherwise, has a
+testnet of its own, so no test depends on another or on their order.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from node.node import ADDRESS_FILE
+from node.testnet import open_testnet, read_address, wait_until_joined
+from protocol.capability import ReadCapability
+
+if TYPE_CHECKING:  # imported at run time, pytest would try to collect them as tests
+    from node.testnet import Testnet, TestnetNode
+
+REPO = Path(__file__).resolve().parents[2]
+# The defaults every node here runs with (NodeConfig): 3-of-10, 4 MiB segments, happy 7.
+SEGMENT = 4 * 1024 * 1024
+K, N, HAPPY = 3, 10, 7
+NODES = 10
+# Bounds so that nothing can hang CI: one CLI command, and a node (re)starting.
+CLI_TIMEOUT = 60.0
+START_TIMEOUT = 30.0
+CAPABILITY = re.compile(r"^freehold:[a-z2-7]{52}#[a-z2-7]{52}$")
+
+
+def environment() -> dict[str, str]:
+    """The children import this checkout, installed or not."""
+    variables = dict(os.environ)
+    path = variables.get("PYTHONPATH")
+    variables["PYTHONPATH"] = str(REPO) if not path else f"{REPO}{os.pathsep}{path}"
+    return variables
+
+
+def freehold(
+    data_dir: Path, *arguments: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `freehold --data-dir DATA_DIR ARGUMENTS...` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", "--data-dir", str(data_dir), *arguments],
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        timeout=CLI_TIMEOUT,
+        cwd=REPO,
+        env=environment(),
+        check=False,
+    )
+
+
+def succeeds(data_dir: Path, *arguments: str, stdin: bytes | None = None) -> bytes:
+    """Run a command that must succeed silently on stderr; its stdout."""
+    result = freehold(data_dir, *arguments, stdin=stdin)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert result.stderr == b""
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
+    """Check that a command failed as a user error should, and return its message: a
+    non-zero exit, nothing on stdout, one `freehold: ...` line on stderr, no traceback."""
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode != 0, stderr
+    assert "Traceback" not in stderr
+    assert "internal error" not in stderr
+    assert result.stdout == b""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("freehold: "), stderr
+    return lines[0]
+
+
+def put(data_dir: Path, path: Path) -> str:
+    """Put a file through the node at `data_dir`; its read capability."""
+    capability = succeeds(data_dir, "put", str(path)).decode().strip()
+    assert CAPABILITY.match(capability), capability
+    return capability
+
+
+def random_file(directory: Path, size: int, seed: int) -> Path:
+    path = directory / f"file-{size}-{seed}.bin"
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+def unknown_capability(seed: int) -> str:
+    """A well-formed read capability of a file nobody stored."""
+    rng = random.Random(seed)
+    return str(ReadCapability(rng.randbytes(32), rng.randbytes(32)))
+
+
+def restart(node: TestnetNode, bootstrap: str) -> None:
+    """Start `node` again on its data dir and address (as node.testnet starts it), and
+    wait until it serves."""
+    assert not node.alive
+    (node.data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "node",
+        "--data-dir",
+        str(node.data_dir),
+        "--listen",
+        node.address,
+        "--bootstrap",
+        bootstrap,
+    ]
+    with open(node.data_dir / "node.log", "ab") as log:
+        node.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=REPO,
+            env=environment(),
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while read_address(node.data_dir) != node.address:
+        assert node.alive, f"node {node.index} exited with {node.process.returncode}"
+        assert time.monotonic() < deadline, f"node {node.index} did not restart"
+        time.sleep(0.02)
+
+
+def stored_chunks(node: TestnetNode) -> int:
+    status = succeeds(node.data_dir, "status").decode()
+    match = re.search(r"^stored: +(\d+) chunks", status, re.MULTILINE)
+    assert match is not None, status
+    return int(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testnet]:
+    """Ten joined nodes that no test stops or fills."""
+    with open_testnet(NODES, tmp_path_factory.mktemp("net")) as testnet:
+        wait_until_joined(testnet)
+        yield testnet
+
+
+@pytest.fixture
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh directory with a short path (control socket paths must stay short)."""
+    return tmp_path_factory.mktemp("t")
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 9 * 1024 * 1024],
+    ids=["empty", "one-byte", "segment-minus-1", "one-segment", "segment-plus-1", "9MiB"],
+)
+def test_put_then_get_gives_the_same_bytes(network: Testnet, directory: Path, size: int) -> None:
+    """A file put through one node comes back byte-identical through another, written
+    with -o (and nothing on stdout)."""
+    original = random_file(directory, size, seed=size)
+    capability = put(network.nodes[0].data_dir, original)
+    copy = directory / "copy.bin"
+    assert succeeds(network.nodes[9].data_dir, "get", capability, "-o", str(copy)) == b""
+    assert copy.read_bytes() == original.read_bytes()
+    assert sorted(path.name for path in directory.iterdir()) == ["copy.bin", original.name]
+
+
+def test_put_from_stdin_and_get_to_stdout(network: Testnet) -> None:
+    """`put -` stores standard input, and `get` without -o writes the file to stdout."""
+    data = random.Random(7).randbytes(SEGMENT + 12345)
+    capability = succeeds(network.nodes[2].data_dir, "put", "-", stdin=data).decode().strip()
+    assert CAPABILITY.match(capability), capability
+    assert succeeds(network.nodes[7].data_dir, "get", capability) == data
+
+
+def test_check_of_a_healthy_file_exits_0(network: Testnet, directory: Path) -> None:
+    """`check` with the read or the verify capability counts all n chunks of every
+    segment live and exits 0."""
+    capability = put(network.nodes[1].data_dir, random_file(directory, SEGMENT + 1, seed=3))
+    for text in (capability, capability.split("#")[0]):
+        lines = succeeds(network.nodes[8].data_dir, "check", text).decode().splitlines()
+        assert lines == [
+            f"manifest: {N} holder(s)",
+            f"segment 0: {N}/{N} chunks live (need {K}) ok",
+            f"segment 1: {N}/{N} chunks live (need {K}) ok",
+            "healthy",
+        ]
+
+
+def test_status_and_peers_describe_the_node(network: Testnet) -> None:
+    """`status` shows the node's id, address, data dir and contacts; `peers` lists the
+    other nine nodes, one a line."""
+    node = network.nodes[3]
+    status = succeeds(node.data_dir, "status").decode()
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    assert set(fields) == {"node id", "listening", "data dir", "contacts", "stored"}
+    own_id = fields["node id"].strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", own_id)
+    assert fields["listening"].strip() == node.address
+    assert fields["data dir"].strip() == str(node.data_dir)
+    assert re.fullmatch(rf" +{NODES - 1} \(\d+ connected\)", fields["contacts"])
+    assert re.fullmatch(r" +\d+ chunks, .+ of 10(\.0)? GiB", fields["stored"])
+
+    lines = succeeds(node.data_dir, "peers").decode().splitlines()
+    peers = [re.fullmatch(r"[* ] ([0-9a-f]{64}) (127\.0\.0\.1:\d+)", line) for line in lines]
+    assert all(peers), lines
+    ids = {peer.group(1) for peer in peers if peer}
+    addresses = {peer.group(2) for peer in peers if peer}
+    assert len(ids) == NODES - 1 and own_id not in ids
+    assert addresses == {other.address for other in network.nodes if other is not node}
+
+
+# ----------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "empty capability"),
+        ("nonsense", "no scheme"),
+        ("https://example.org/file", "unknown scheme 'https'"),
+        ("freehold:abc", "manifest id has 3 characters"),
+        ("freehold:" + "a" * 51 + "!#" + "a" * 52, "bad character '!' at position 60"),
+        ("freehold:" + "a" * 52 + "#" + "a" * 52 + "#", "a second '#'"),
+    ],
+    ids=["empty", "no-scheme", "other-scheme", "short", "bad-character", "two-keys"],
+)
+def test_malformed_capability_is_a_one_line_error(
+    network: Testnet, text: str, problem: str
+) -> None:
+    """`get` and `check` of a malformed capability fail with one line saying what is
+    wrong with it."""
+    data_dir = network.nodes[4].data_dir
+    for command in ("get", "check"):
+        message = one_line_error(freehold(data_dir, command, text))
+        assert problem in message, (command, message)
+
+
+def test_get_with_a_verify_capability_says_it_cannot_read(
+    network: Testnet, directory: Path
+) -> None:
+    """A verify capability (no `#key`) given to `get` fails saying a read capability
+    is needed."""
+    capability = put(network.nodes[0].data_dir, random_file(directory, 1000, seed=4))
+    message = one_line_error(freehold(network.nodes[5].data_dir, "get", capability.split("#")[0]))
+    assert "verify capability" in message and "read capability" in message
+
+
+def test_get_with_the_wrong_key_fails_and_writes_nothing(network: Testnet, directory: Path) -> None:
+    """The manifest id of one file with the key of another fails saying the key does
+    not fit, with nothing written to stdout or left at the -o path."""
+    first = put(network.nodes[0].data_dir, random_file(directory, 1000, seed=5))
+    second = put(network.nodes[0].data_dir, random_file(directory, 1000, seed=6))
+    mixed = first.split("#")[0] + "#" + second.split("#")[1]
+    data_dir = network.nodes[6].data_dir
+    message = one_line_error(freehold(data_dir, "get", mixed))
+    assert "key" in message and "does not open" in message
+    before = set(directory.iterdir())
+    one_line_error(freehold(data_dir, "get", mixed, "-o", str(directory / "out.bin")))
+    assert set(directory.iterdir()) == before
+
+
+def test_a_file_nobody_stored_is_not_found_and_unreadable(network: Testnet) -> None:
+    """`get` of a well-formed capability nobody stored fails saying no node holds its
+    manifest, and `check` reports it unreadable (exit 2)."""
+    capability = unknown_capability(seed=8)
+    message = one_line_error(freehold(network.nodes[1].data_dir, "get", capability))
+    assert "no reachable node holds the manifest" in message
+    result = freehold(network.nodes[1].data_dir, "check", capability)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.decode().splitlines() == ["manifest: 0 holder(s)", "unreadable"]
+
+
+def test_put_of_a_missing_file_is_a_one_line_error(network: Testnet, directory: Path) -> None:
+    """`put` of a path that does not exist, or of a directory, fails with one line."""
+    data_dir = network.nodes[0].data_dir
+    missing = directory / "missing.bin"
+    message = one_line_error(freehold(data_dir, "put", str(missing)))
+    assert "No such file or directory" in message and str(missing) in message
+    assert "Is a directory" in one_line_error(freehold(data_dir, "put", str(directory)))
+
+
+def test_second_node_on_a_data_dir_in_use_fails_clearly(network: Testnet) -> None:
+    """`freehold node` on the data dir of a running node fails with one line saying
+    another node uses it, and the running node is unharmed."""
+    node = network.nodes[0]
+    message = one_line_error(freehold(node.data_dir, "node", "--listen", "127.0.0.1:0"))
+    assert "another" in message and "running" in message
+    assert node.alive
+    assert stored_chunks(node) >= 0
+
+
+def test_node_that_cannot_start_says_why_in_one_line(network: Testnet, directory: Path) -> None:
+    """`freehold node` with a misspelt config key, a malformed flag or an address already
+    in use exits non-zero with one line naming the problem."""
+    typo = directory / "typo"
+    typo.mkdir()
+    (typo / "config.toml").write_text('capcity = "1 GiB"\n')
+    message = one_line_error(freehold(typo, "node", "--listen", "127.0.0.1:0"))
+    assert "unknown setting 'capcity'" in message
+    message = one_line_error(freehold(directory / "flag", "node", "--capacity", "lots"))
+    assert "capacity" in message and "not a size" in message
+    taken = network.nodes[0].address
+    message = one_line_error(freehold(directory / "busy", "node", "--listen", taken))
+    assert "Address already in use" in message
+
+
+def test_stop_stops_the_node(directory: Path) -> None:
+    """`freehold stop` makes the node exit 0 and remove its socket; then nothing runs."""
+    with open_testnet(1, directory) as testnet:
+        node = testnet.nodes[0]
+        assert succeeds(node.data_dir, "stop") == b"stopping\n"
+        assert node.process.wait(timeout=START_TIMEOUT) == 0
+        assert not (node.data_dir / "control.sock").exists()
+        assert "no node is running" in one_line_error(freehold(node.data_dir, "status"))
+
+
+def test_commands_without_a_running_node_say_so(directory: Path) -> None:
+    """Every client command at a data dir with no node (or only a stale socket left by
+    a killed one) fails with one line saying no node is running."""
+    file = random_file(directory, 10, seed=9)
+    commands = [
+        ("status",),
+        ("peers",),
+        ("stop",),
+        ("put", str(file)),
+        ("get", unknown_capability(seed=10)),
+        ("check", unknown_capability(seed=11)),
+    ]
+    empty = directory / "empty"
+    stale = directory / "stale"
+    stale.mkdir()
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(stale / "control.sock"))
+    leftover.close()
+    for data_dir in (empty, stale):
+        for arguments in commands:
+            message = one_line_error(freehold(data_dir, *arguments))
+            assert "no node is running" in message, (arguments, message)
+
+
+# ---------------------------------------------- networks that lose, fill or restart
+
+
+def test_losing_nodes_degrades_then_breaks_a_file(directory: Path) -> None:
+    """After 3 of 10 nodes are killed a multi-segment file still comes back whole and
+    `check` exits 1; with 8 killed, `check` exits 2 and `get` fails with one line."""
+    with open_testnet(NODES, directory) as testnet:
+        wait_until_joined(testnet)
+        uploader, downloader = testnet.nodes[0], testnet.nodes[9]
+        original = random_file(directory, 9 * 1024 * 1024, seed=12)
+        capability = put(uploader.data_dir, original)
+        assert succeeds(downloader.data_dir, "check", capability).decode().splitlines() == [
+            f"manifest: {N} holder(s)",
+            *(f"segment {index}: {N}/{N} chunks live (need {K}) ok" for index in (0, 1, 2)),
+            "healthy",
+        ]
+
+        for index in (3, 5, 7):
+            testnet.nodes[index].stop(kill=True)
+        assert succeeds(downloader.data_dir, "get", capability) == original.read_bytes()
+        result = freehold(downloader.data_dir, "check", capability)
+        assert result.returncode == 1, result.stderr
+        assert result.stdout.decode().splitlines() == [
+            f"manifest: {N - 3} holder(s)",
+            *(
+                f"segment {index}: {N - 3}/{N} chunks live (need {K}) degraded"
+                for index in (0, 1, 2)
+            ),
+            "degraded but readable",
+        ]
+
+        for index in (1, 2, 4, 6, 8):
+            testnet.nodes[index].stop(kill=True)
+        result = freehold(downloader.data_dir, "check", capability)
+        assert result.returncode == 2, result.stderr
+        lines = result.stdout.decode().splitlines()
+        assert lines[1] == f"segment 0: 2/{N} chunks live (need {K}) UNREADABLE"
+        assert lines[-1] == "unreadable"
+        copy = directory / "copy.bin"
+        message = one_line_error(freehold(downloader.data_dir, "get", capability, "-o", str(copy)))
+        assert re.search(r"segment \d", message) and "chunks" in message
+        assert not copy.exists()
+        assert not list(directory.glob(".copy.bin*"))
+
+
+def test_restarted_nodes_keep_serving_their_chunks(directory: Path) -> None:
+    """A node stopped cleanly and one killed, each started again on its data dir, serve
+    the chunks they held: a get that needs exactly their chunks succeeds."""
+    with open_testnet(NODES, directory) as testnet:
+        wait_until_joined(testnet)
+        nodes = testnet.nodes
+        original = random_file(directory, 1024 * 1024, seed=13)
+        capability = put(nodes[0].data_dir, original)
+        stopped, killed, downloader = nodes[4], nodes[5], nodes[9]
+        held = {node.index: stored_chunks(node) for node in (stopped, killed)}
+        assert all(count >= 1 for count in held.values()), held
+
+        stopped.stop()
+        killed.stop(kill=True)
+        assert (killed.data_dir / "control.sock").exists()  # left behind by SIGKILL
+        restart(stopped, nodes[0].address)
+        restart(killed, nodes[0].address)
+        assert {node.index: stored_chunks(node) for node in (stopped, killed)} == held
+
+        # One segment, one chunk per node: with only these three left, each of the
+        # k = 3 chunks a get needs comes from a different one of them.
+        for node in nodes:
+            if node not in (stopped, killed, downloader):
+                node.stop(kill=True)
+        result = freehold(downloader.data_dir, "check", capability)
+        assert result.returncode == 1, result.stderr
+        assert f"segment 0: 3/{N} chunks live (need {K}) degraded" in result.stdout.decode()
+        assert succeeds(downloader.data_dir, "get", capability) == original.read_bytes()
+
+
+def test_put_on_a_network_it_cannot_reach_fails(directory: Path) -> None:
+    """A node whose bootstrap address does not answer is alone: `put` fails with one
+    line saying too few distinct nodes took shares."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead = "{}:{}".format(*probe.getsockname())
+    probe.close()  # nothing listens there now
+    with open_testnet(1, directory, extra=["--bootstrap", dead]) as testnet:
+        file = random_file(directory, 1, seed=14)
+        message = one_line_error(freehold(testnet.nodes[0].data_dir, "put", str(file)))
+        assert "distinct nodes" in message and f"{HAPPY} needed" in message
+
+
+def test_put_larger_than_the_free_capacity_fails(directory: Path) -> None:
+    """On ten nodes of 3 MiB each, a 4 MiB file fits but a 32 MiB one fails with one
+    line saying the nodes did not take its chunks because they are full."""
+    with open_testnet(NODES, directory, extra=["--capacity", "3MiB"]) as testnet:
+        wait_until_joined(testnet)
+        data_dir = testnet.nodes[0].data_dir
+        small = put(data_dir, random_file(directory, SEGMENT, seed=15))
+        assert succeeds(data_dir, "check", small).endswith(b"healthy\n")
+        big = random_file(directory, 32 * 1024 * 1024, seed=16)
+        message = one_line_error(freehold(data_dir, "put", str(big)))
+        assert "chunks were stored" in message and "full" in message
+        assert all(node.alive for node in testnet.nodes)
