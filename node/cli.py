@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 __all__ = ["main"]
 
 # Exit codes of `freehold check`.
-HEALTHY, DEGRADED, UNREADABLE = 0, 1, 2
+HEALTHY, DEGRADED, UNREADABLE, CHECK_FAILED = 0, 1, 2, 3
 PIECE = 1024 * 1024
 
 
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
 
     check = commands.add_parser(
-        "check", help="count live chunks (exit 0 healthy, 1 degraded, 2 unreadable)"
+        "check",
+        help="count live chunks (exit 0 healthy, 1 degraded, 2 unreadable, 3 check failed)",
     )
     check.add_argument("capability", help="a read or verify capability")
 
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node.errors import NodeError, single_error
     from protocol.errors import ProtocolError
 
+    # `check` gives 1 and 2 a meaning (degraded, unreadable): its own failures say 3.
+    failed = CHECK_FAILED if arguments.command == "check" else 1
     try:
         return _run(arguments)
     except Exception as exc:
@@ -84,11 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = single_error(exc, (NodeError, ProtocolError, OSError))
         if isinstance(error, NodeError | ProtocolError):
             print(f"freehold: {error}", file=sys.stderr)
-            return 1
+            return failed
         if isinstance(error, OSError):
             text = f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
             print(f"freehold: {text}", file=sys.stderr)
-            return 1
+            return failed
         raise
     except KeyboardInterrupt:
         print("freehold: interrupted", file=sys.stderr)

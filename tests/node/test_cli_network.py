@@ -348,8 +348,11 @@ def test_commands_without_a_running_node_say_so(directory: Path) -> None:
     leftover.close()
     for data_dir in (empty, stale):
         for arguments in commands:
-            message = one_line_error(freehold(data_dir, *arguments))
+            result = freehold(data_dir, *arguments)
+            message = one_line_error(result)
             assert "no node is running" in message, (arguments, message)
+            # check's 1 and 2 mean degraded and unreadable: its own failure is 3.
+            assert result.returncode == (3 if arguments[0] == "check" else 1)
 
 
 # ---------------------------------------------- networks that lose, fill or restart
