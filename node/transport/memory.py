@@ -1,21 +1,42 @@
 """An in-memory network for tests and simulations: seeded latency, loss and partitions.
 
 Every node gets a `MemoryLinkLayer` on one shared `MemoryNetwork`. Links carry whole
-frames through trio memory channels; nothing touches a socket, so thousands of nodes
-fit in one process and run under trio's MockClock.
+frames in memory (trio memory channels; a `_Pipe` on secure links); nothing touches a
+socket, so thousands of nodes fit in one process and run under trio's MockClock.
 
 The model, all of it reproducible from the seed:
 - latency: each unordered pair of hosts has a fixed one-way latency drawn uniformly in
   [min_latency, max_latency] from a hash of (seed, pair), so adding a node does not
   change the latency of the others. Frames on one link keep their order.
-- loss: each frame is dropped with probability `loss` (the network's seeded RNG).
+- loss: each frame on an established link is dropped with probability `loss` (the
+  network's seeded RNG). Handshake messages are never lost, as TCP resends them.
 - partitions: hosts in different groups cannot reach each other. Frames between them
   vanish and dials hang (the caller's handshake timeout ends them), as on a real
   network that has gone silent; `heal()` ends the partition.
 
-Authentication is by construction: the network knows which identity listens where,
-so the handshake costs one round trip of virtual time and no cryptography. Dialling an
-address whose node is not the expected one fails like the TCP handshake does.
+Two ways to authenticate, chosen per network (`MemoryNetwork(secure=...)`):
+- `secure=False` (the default, for tests): by construction. The network knows which
+  identity listens where, so the handshake costs one round trip of virtual time and no
+  cryptography. Dialling an address whose node is not the expected one fails like the
+  TCP handshake does.
+- `secure=True` (for simulations that must run the whole protocol stack): the channel
+  of node.transport.tcp. Both ends run the real `SecureHandshake` (Noise XX and the
+  identity payload, docs/PROTOCOL.md#secure-channel), one handshake message per
+  frame, each delivered with the pair's latency: the dialler is done after one round
+  trip (it sends message 3 and goes on), as without `secure`, and the listener after
+  one and a half. A wrong node fails the dial with WrongPeerIdentity as a misbehaved
+  LinkClosed, as tcp.py's does. Each frame then travels as Noise transport messages
+  of at most 65535 bytes (Noise rev 34 §3): one for most frames, several for a large
+  one, as tcp.py splits its records; frames here are whole messages, so no length
+  header is needed. A message that fails to decrypt closes the link as misbehaved. Loss and
+  partitions drop a frame before it is encrypted, and a sender waits for room in the
+  link before it encrypts, so a frame that never goes spends no nonce and the two ends
+  stay in step (Noise rev 34 §5.1). Noise keys come from each link layer's
+  `random_bytes` (pass a seeded one for byte-exact replays). The channel draws nothing
+  from the network's RNG, so one seed loses the same frames either way.
+
+`MemoryNetwork(intercept=...)` is a test hook: it sees and may replace every message
+as it leaves its sender (frames, or handshake messages and Noise records when secure).
 """
 
 from __future__ import annotations
@@ -23,8 +44,10 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
+import nacl.utils
 import trio
 
 from node.transport.config import TransportConfig
@@ -37,9 +60,12 @@ from node.transport.link import (
     NoRoom,
     PendingLink,
 )
-from protocol.identity import Identity, NodeId
+from protocol.errors import ProtocolError
+from protocol.handshake import SecureHandshake
+from protocol.identity import Identity, NodeId, RandomBytes
+from protocol.noise import DH_SIZE, MAX_PLAINTEXT_SIZE
 
-__all__ = ["MemoryLinkLayer", "MemoryNetwork"]
+__all__ = ["Intercept", "MemoryLinkLayer", "MemoryNetwork"]
 
 # Frames one direction of a link may hold before the sender waits.
 LINK_BUFFER_FRAMES = 256
@@ -47,6 +73,13 @@ LINK_BUFFER_FRAMES = 256
 ACCEPT_BACKLOG = 128
 
 _Frame = tuple[float, bytes]  # (virtual time at which it arrives, frame)
+# On a secure link: one Noise message (a handshake message, or a frame of at most
+# MAX_PLAINTEXT_SIZE bytes), or the list of them that a larger frame takes.
+_Records = bytes | list[bytes]
+_SecureFrame = tuple[float, _Records]
+
+# The test hook: intercept(source host, destination host, message) -> what arrives.
+Intercept = Callable[[str, str, bytes], bytes]
 
 
 class MemoryNetwork:
@@ -59,7 +92,11 @@ class MemoryNetwork:
         min_latency: float = 0.0,
         max_latency: float = 0.0,
         loss: float = 0.0,
+        secure: bool = False,
+        intercept: Intercept | None = None,
     ) -> None:
+        """`secure` runs the real secure channel on every link (see the module
+        docstring); `intercept` is the test hook that sees every message sent."""
         if not 0 <= min_latency <= max_latency or not math.isfinite(max_latency):
             raise ValueError("need 0 <= min_latency <= max_latency")
         if not 0.0 <= loss < 1.0:
@@ -68,15 +105,20 @@ class MemoryNetwork:
         self.min_latency = min_latency
         self.max_latency = max_latency
         self.loss = loss
+        self.secure = secure
+        self._intercept = intercept
         self._rng = random.Random(seed)
         self._listeners: dict[Address, MemoryListener] = {}
         self._groups: dict[str, int] | None = None
         self._ports: dict[str, int] = {}
         self.frames_dropped = 0
 
-    def link_layer(self, identity: Identity, host: str) -> MemoryLinkLayer:
-        """The link layer of the node with `identity`, reachable at host `host`."""
-        return MemoryLinkLayer(self, identity, host)
+    def link_layer(
+        self, identity: Identity, host: str, *, random_bytes: RandomBytes = nacl.utils.random
+    ) -> MemoryLinkLayer:
+        """The link layer of the node with `identity`, reachable at host `host`.
+        `random_bytes` draws its Noise keys on a secure network (unused otherwise)."""
+        return MemoryLinkLayer(self, identity, host, random_bytes=random_bytes)
 
     def latency(self, host_a: str, host_b: str) -> float:
         """The one-way latency between two hosts (fixed per pair for this seed)."""
@@ -165,6 +207,8 @@ class MemoryLink(Link):
         if self._network._lose_frame():
             await trio.lowlevel.checkpoint()
             return
+        if self._network._intercept is not None:
+            frame = self._network._intercept(self._local_host, self.remote_address[0], frame)
         arrival = max(trio.current_time() + self._latency, self._last_arrival)
         self._last_arrival = arrival
         cut_off_at = trio.current_time() + self._send_timeout
@@ -197,6 +241,235 @@ class MemoryLink(Link):
         await trio.lowlevel.checkpoint()
 
 
+class _Pipe:
+    """One direction of a secure link: the messages on their way or waiting to be read,
+    in sending order with their arrival times, and who waits on them.
+
+    Not a trio channel, for two reasons. A sender must know there is room before it
+    encrypts (a nonce spent on a frame that then waits, and is given up, would put the
+    two ends out of step), and a channel cannot say so without taking the frame. And a
+    reader waiting for a message is woken once, at its arrival: the sender sets the
+    deadline of the reader's wait, where a channel would wake it at sending time only
+    for it to sleep again until arrival. One reader per pipe (the link's read loop).
+    """
+
+    __slots__ = ("messages", "reader", "reader_gone", "room", "writer_gone")
+
+    def __init__(self) -> None:
+        self.messages: deque[_SecureFrame] = deque()
+        self.reader: trio.CancelScope | None = None  # the reader's wait for a message
+        self.reader_gone = False
+        self.writer_gone = False
+        self.room = trio.lowlevel.ParkingLot()  # senders waiting for room
+
+
+class SecureMemoryLink(Link):
+    """One end of an in-memory link that runs the Noise secure channel.
+
+    It carries the handshake messages first (`_send_handshake_message`,
+    `_receive_handshake_message`), then, once `_secure()` has given it the handshake's
+    transport state, frames encrypted as Noise transport messages.
+    """
+
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        local_host: str,
+        remote_address: Address,
+        sending: _Pipe,
+        receiving: _Pipe,
+        config: TransportConfig,
+    ) -> None:
+        # remote_node_id is set by _secure(): the handshake, not the network, says who.
+        self.remote_address = remote_address
+        self._network = network
+        self._local_host = local_host
+        self._remote_host = remote_address[0]
+        # Fixed per pair, so arrival times grow in sending order.
+        self._latency = network.latency(local_host, remote_address[0])
+        self._sending = sending
+        self._receiving = receiving
+        self._max_frame_size = config.max_frame_size
+        self._send_timeout = config.send_timeout
+        self._close_reason: str | None = None
+        self._misbehaved = False
+        self._encrypt: Callable[[bytes | memoryview], bytes] = _not_secured
+        self._decrypt: Callable[[bytes], bytes] = _not_secured
+
+    def _secure(self, handshake: SecureHandshake) -> None:
+        """Switch from handshake messages to transport messages (the handshake is done)."""
+        self.remote_node_id = handshake.remote_node_id
+        transport = handshake.transport()  # libsodium called directly (protocol.noise)
+        self._encrypt = transport.encrypt
+        self._decrypt = transport.decrypt
+
+    def _closed(self) -> LinkClosed:
+        return LinkClosed(
+            self._close_reason or "peer closed the connection", misbehaved=self._misbehaved
+        )
+
+    # -- the wire -----------------------------------------------------------------------
+
+    def _transmit(self, records: _Records) -> None:
+        """Hand one message to the network now; it arrives after the pair's latency."""
+        sending = self._sending
+        if self._close_reason is not None or sending.reader_gone:
+            raise self._closed()
+        intercept = self._network._intercept
+        if intercept is not None:
+            source, destination = self._local_host, self._remote_host
+            if isinstance(records, bytes):
+                records = intercept(source, destination, records)
+            else:
+                records = [intercept(source, destination, record) for record in records]
+        arrival = trio.current_time() + self._latency
+        messages = sending.messages
+        messages.append((arrival, records))
+        if sending.reader is not None and len(messages) == 1:
+            sending.reader.deadline = arrival  # the reader wakes when it arrives
+
+    async def _take(self) -> _Records:
+        """The next message in, at its arrival time."""
+        receiving = self._receiving
+        messages = receiving.messages
+        waited = False
+        while True:
+            if self._close_reason is not None:
+                raise self._closed()
+            if messages:
+                arrival = messages[0][0]
+                if arrival > trio.current_time():
+                    await trio.sleep_until(arrival)
+                elif not waited:
+                    await trio.lowlevel.checkpoint()
+                else:
+                    break
+            elif receiving.writer_gone:
+                raise self._closed()
+            else:
+                # Until the deadline the sender sets (the message's arrival), or until a
+                # close cancels the wait.
+                with trio.CancelScope() as waiting:
+                    receiving.reader = waiting
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        receiving.reader = None
+            waited = True
+        _, records = messages.popleft()
+        if receiving.room:
+            receiving.room.unpark()
+        return records
+
+    # -- the handshake ------------------------------------------------------------------
+
+    def _send_handshake_message(self, message: bytes) -> None:
+        # Never lost (TCP resends it); gone across a partition, where the dial then hangs.
+        if self._network.can_reach(self._local_host, self._remote_host):
+            self._transmit(message)
+
+    async def _receive_handshake_message(self) -> bytes:
+        message = await self._take()
+        assert isinstance(message, bytes)  # sent whole by _send_handshake_message
+        return message
+
+    # -- frames -------------------------------------------------------------------------
+
+    async def send_frame(self, frame: bytes, *, deadline: float = math.inf) -> None:
+        if self._close_reason is not None:
+            raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
+        if len(frame) > self._max_frame_size:
+            raise LinkClosed(f"frame of {len(frame)} bytes is over the limit")
+        network = self._network
+        if not network.can_reach(self._local_host, self._remote_host) or network._lose_frame():
+            # Dropped before it is encrypted: it spends no nonce.
+            await trio.lowlevel.checkpoint()
+            return
+        await trio.lowlevel.checkpoint()
+        if len(self._sending.messages) >= LINK_BUFFER_FRAMES:
+            await self._wait_for_room(deadline)
+        # No checkpoint from here to the pipe: the nonce goes with the frame.
+        if len(frame) <= MAX_PLAINTEXT_SIZE:
+            self._transmit(self._encrypt(frame))
+            return
+        encrypt = self._encrypt
+        with memoryview(frame) as view:
+            self._transmit(
+                [
+                    encrypt(view[start : start + MAX_PLAINTEXT_SIZE])
+                    for start in range(0, len(frame), MAX_PLAINTEXT_SIZE)
+                ]
+            )
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        """Wait until the link holds fewer than LINK_BUFFER_FRAMES messages, or is closed
+        (which the send then reports)."""
+        sending = self._sending
+        cut_off_at = trio.current_time() + self._send_timeout
+        with trio.move_on_at(min(deadline, cut_off_at)):
+            while (
+                len(sending.messages) >= LINK_BUFFER_FRAMES
+                and not sending.reader_gone
+                and self._close_reason is None
+            ):
+                await sending.room.park()
+            return
+        if deadline < cut_off_at:
+            raise NoRoom("the link stayed full")
+        # As over TCP: a peer that does not read for the send timeout is cut off.
+        reason = f"peer did not read for {self._send_timeout:g} s"
+        self._close(reason, misbehaved=True)
+        raise LinkClosed(reason, misbehaved=True)
+
+    async def receive_frame(self) -> bytes:
+        records = await self._take()
+        try:
+            if isinstance(records, bytes):
+                return self._decrypt(records)
+            return b"".join([self._decrypt(record) for record in records])
+        except ProtocolError as exc:
+            reason = f"bad transport message: {exc}"
+            self._close(reason, misbehaved=True)
+            raise LinkClosed(reason, misbehaved=True) from None
+
+    def _close(self, reason: str, *, misbehaved: bool = False) -> None:
+        if self._close_reason is None:
+            self._close_reason = reason
+            self._misbehaved = misbehaved
+        receiving, sending = self._receiving, self._sending
+        # What was on its way to us is dropped; the peer's sends fail from now on.
+        receiving.reader_gone = True
+        receiving.messages.clear()
+        receiving.room.unpark_all()
+        # What we sent still arrives; then the peer's reads end.
+        sending.writer_gone = True
+        sending.room.unpark_all()
+        for pipe in (receiving, sending):
+            if pipe.reader is not None:
+                pipe.reader.cancel()
+
+    async def aclose(self) -> None:
+        self._close("closed")
+        await trio.lowlevel.checkpoint()
+
+
+def _not_secured(message: bytes | memoryview) -> bytes:
+    raise AssertionError("a secure memory link carries frames only after its handshake")
+
+
+async def _run_handshake(link: SecureMemoryLink, handshake: SecureHandshake) -> None:
+    """Answer the peer's handshake messages until the handshake is complete (the
+    initiator has sent message 1 already), then secure the link."""
+    try:
+        while not handshake.is_complete:
+            reply = handshake.receive(await link._receive_handshake_message())
+            if reply is not None:
+                link._send_handshake_message(reply)
+    except ProtocolError as exc:
+        raise LinkClosed(f"handshake failed: {exc}", misbehaved=True) from None
+    link._secure(handshake)
+
+
 class MemoryPendingLink(PendingLink):
     """The listener's end before it accepts; the dialer waits for the verdict, as a TCP
     dialer waits for the handshake the listener may refuse."""
@@ -219,18 +492,39 @@ class MemoryPendingLink(PendingLink):
         await self._link.aclose()
 
 
+class SecureMemoryPendingLink(PendingLink):
+    """The listener's end of a secure link: its message 1 is on the way or there."""
+
+    def __init__(self, link: SecureMemoryLink, layer: MemoryLinkLayer) -> None:
+        self.remote_address = link.remote_address
+        self._link = link
+        self._layer = layer
+
+    async def handshake(self) -> Link:
+        handshake = self._layer._new_handshake(initiator=False, expected_node_id=None)
+        try:
+            await _run_handshake(self._link, handshake)
+        except BaseException:
+            self._link._close("handshake abandoned")
+            raise
+        return self._link
+
+    async def aclose(self) -> None:
+        await self._link.aclose()
+
+
 class MemoryListener(LinkListener):
     def __init__(self, layer: MemoryLinkLayer, address: Address, config: TransportConfig) -> None:
         self._layer = layer
         self.config = config
         self.address = layer.network._bind(address, self)
-        self._send, self._receive = trio.open_memory_channel[MemoryPendingLink](ACCEPT_BACKLOG)
+        self._send, self._receive = trio.open_memory_channel[PendingLink](ACCEPT_BACKLOG)
 
     @property
     def node_id(self) -> NodeId:
         return self._layer.identity.node_id
 
-    def _offer(self, pending: MemoryPendingLink) -> bool:
+    def _offer(self, pending: PendingLink) -> bool:
         try:
             self._send.send_nowait(pending)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -253,10 +547,30 @@ class MemoryListener(LinkListener):
 class MemoryLinkLayer(LinkLayer):
     """A node's attachment to a `MemoryNetwork`."""
 
-    def __init__(self, network: MemoryNetwork, identity: Identity, host: str) -> None:
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        identity: Identity,
+        host: str,
+        *,
+        random_bytes: RandomBytes = nacl.utils.random,
+    ) -> None:
         self.network = network
         self.identity = identity
         self.host = host
+        self._random_bytes = random_bytes
+
+    def _new_handshake(
+        self, *, initiator: bool, expected_node_id: NodeId | None
+    ) -> SecureHandshake:
+        # Fresh Noise keys per connection, as tcp.py draws them.
+        return SecureHandshake(
+            self.identity,
+            initiator=initiator,
+            noise_static_private=self._random_bytes(DH_SIZE),
+            ephemeral_private=self._random_bytes(DH_SIZE),
+            expected_node_id=expected_node_id,
+        )
 
     async def open_listener(self, address: Address, config: TransportConfig) -> LinkListener:
         host, port = address
@@ -271,6 +585,8 @@ class MemoryLinkLayer(LinkLayer):
         remote_host = address[0]
         if not network.can_reach(self.host, remote_host):
             await trio.sleep_forever()  # silence, like a partitioned real network
+        if network.secure:
+            return await self._connect_secure(address, expected_node_id, config)
         latency = network.latency(self.host, remote_host)
         await trio.sleep(latency)  # our first handshake message reaches the listener
         listener = network._listeners.get(address)
@@ -318,5 +634,31 @@ class MemoryLinkLayer(LinkLayer):
             with trio.CancelScope(shield=True):
                 await ours.aclose()
                 await theirs.aclose()
+            raise
+        return ours
+
+    async def _connect_secure(
+        self, address: Address, expected_node_id: NodeId | None, config: TransportConfig
+    ) -> Link:
+        network = self.network
+        handshake = self._new_handshake(initiator=True, expected_node_id=expected_node_id)
+        outbound, inbound = _Pipe(), _Pipe()
+        ours = SecureMemoryLink(network, self.host, address, outbound, inbound, config)
+        try:
+            ours._send_handshake_message(handshake.start())
+            await trio.sleep(ours._latency)  # message 1 reaches the listener
+            listener = network._listeners.get(address)
+            if listener is None:
+                raise LinkClosed(f"connection refused by {address[0]}:{address[1]}")
+            theirs = SecureMemoryLink(
+                network, address[0], (self.host, 0), inbound, outbound, listener.config
+            )
+            if not listener._offer(SecureMemoryPendingLink(theirs, listener._layer)):
+                raise LinkClosed(f"{address[0]}:{address[1]} refused the connection (backlog full)")
+            await _run_handshake(ours, handshake)
+        except BaseException:
+            # Given up, refused or failed: the listener sees the connection close, as
+            # over TCP (its handshake, if it runs one, ends on it).
+            ours._close("closed")
             raise
         return ours

@@ -1,6 +1,8 @@
-"""One fixture, two networks: every test here runs over TCP loopback and in memory.
+"""One fixture, three networks: every test here runs over TCP loopback, in memory, and in
+memory with the real secure channel (`MemoryNetwork(secure=True)`: Noise handshake and
+encrypted frames, as over TCP).
 
-Time is trio's MockClock in both. In memory the clock jumps as soon as every task is
+Time is trio's MockClock in all. In memory the clock jumps as soon as every task is
 blocked, so timeouts land on exact virtual times. Over TCP, tasks also block waiting
 for the kernel, so the clock only jumps once everything has been blocked for
 TCP_AUTOJUMP real seconds: loopback I/O finishes long before that, while a timeout
@@ -49,7 +51,8 @@ class Network:
         self.count += 1
         if self.memory is not None:
             host = f"node-{self.count}"
-            return self.memory.link_layer(identity, host), (host, 0)
+            layer = self.memory.link_layer(identity, host, random_bytes=self.rng.randbytes)
+            return layer, (host, 0)
         return TcpLinkLayer(identity, random_bytes=self.rng.randbytes), ("127.0.0.1", 0)
 
     def node(
@@ -66,19 +69,25 @@ class Network:
         )
 
 
-@pytest.fixture(params=["memory", "tcp"])
+MEMORY_KINDS = ("memory", "memory-secure")
+
+
+@pytest.fixture(params=[*MEMORY_KINDS, "tcp"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def clock(kind: str) -> MockClock:
-    return MockClock(autojump_threshold=0 if kind == "memory" else TCP_AUTOJUMP)
+    return MockClock(autojump_threshold=0 if kind in MEMORY_KINDS else TCP_AUTOJUMP)
 
 
 @pytest.fixture
 def network(kind: str, clock: MockClock) -> Network:
     rng = random.Random(20261127)
-    if kind == "memory":
-        return Network(kind, rng, MemoryNetwork(seed=1, min_latency=0.01, max_latency=0.05))
+    if kind in MEMORY_KINDS:
+        memory = MemoryNetwork(
+            seed=1, min_latency=0.01, max_latency=0.05, secure=kind == "memory-secure"
+        )
+        return Network(kind, rng, memory)
     return Network(kind, rng)

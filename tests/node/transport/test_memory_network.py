@@ -1,4 +1,5 @@
-"""The in-memory network's model: seeded per-pair latency, loss and partitions."""
+"""The in-memory network's model: seeded per-pair latency, loss and partitions, the same
+with and without the secure channel."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from protocol.messages import Ping, Pong
 from .conftest import seeded_identity
 
 PATIENT = TransportConfig(max_consecutive_timeouts=1000, request_timeout=5.0)
+BOTH_CHANNELS = pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
 
 
 @pytest.fixture
@@ -31,12 +33,15 @@ async def two_nodes(network: MemoryNetwork) -> AsyncIterator[tuple[Transport, Tr
     async with (
         open_transport(
             alice_id,
-            network.link_layer(alice_id, "alice"),
+            network.link_layer(alice_id, "alice", random_bytes=rng.randbytes),
             listen_address=("alice", 0),
             config=PATIENT,
         ) as alice,
         open_transport(
-            bob_id, network.link_layer(bob_id, "bob"), listen_address=("bob", 0), config=PATIENT
+            bob_id,
+            network.link_layer(bob_id, "bob", random_bytes=rng.randbytes),
+            listen_address=("bob", 0),
+            config=PATIENT,
         ) as bob,
     ):
         yield alice, bob
@@ -63,9 +68,10 @@ def test_bad_parameters_are_refused() -> None:
         MemoryNetwork(loss=1.0)
 
 
-async def test_round_trip_takes_twice_the_pair_latency(clock: MockClock) -> None:
+@BOTH_CHANNELS
+async def test_round_trip_takes_twice_the_pair_latency(clock: MockClock, secure: bool) -> None:
     """A ping's round trip is exactly two one-way latencies of virtual time."""
-    network = MemoryNetwork(seed=9, min_latency=0.01, max_latency=0.2)
+    network = MemoryNetwork(seed=9, min_latency=0.01, max_latency=0.2, secure=secure)
     async with two_nodes(network) as (alice, bob):
         assert bob.address is not None
         started = trio.current_time()
@@ -75,8 +81,8 @@ async def test_round_trip_takes_twice_the_pair_latency(clock: MockClock) -> None
         assert trio.current_time() - started == pytest.approx(4 * network.latency("alice", "bob"))
 
 
-async def loss_pattern(seed: int) -> list[bool]:
-    network = MemoryNetwork(seed=seed, min_latency=0.01, max_latency=0.01, loss=0.3)
+async def loss_pattern(seed: int, *, secure: bool) -> list[bool]:
+    network = MemoryNetwork(seed=seed, min_latency=0.01, max_latency=0.01, loss=0.3, secure=secure)
     outcomes = []
     async with two_nodes(network) as (alice, bob):
         assert bob.address is not None
@@ -92,19 +98,28 @@ async def loss_pattern(seed: int) -> list[bool]:
     return outcomes
 
 
-async def test_loss_drops_frames_reproducibly(clock: MockClock) -> None:
+@BOTH_CHANNELS
+async def test_loss_drops_frames_reproducibly(clock: MockClock, secure: bool) -> None:
     """With 30% frame loss about half the round trips fail, and the same seed loses the
-    same ones."""
-    first = await loss_pattern(11)
+    same ones; a lost frame leaves a secure link in step (the requests time out, the link
+    is not cut off)."""
+    first = await loss_pattern(11, secure=secure)
     assert 15 <= first.count(False) <= 40  # each round trip survives two draws: 0.7**2
-    assert await loss_pattern(11) == first
-    assert await loss_pattern(12) != first
+    assert await loss_pattern(11, secure=secure) == first
+    assert await loss_pattern(12, secure=secure) != first
 
 
-async def test_partition_silences_and_heal_restores(clock: MockClock) -> None:
+async def test_secure_channel_loses_the_same_frames(clock: MockClock) -> None:
+    """The secure channel draws nothing from the network's RNG: one seed loses the same
+    frames with and without it."""
+    assert await loss_pattern(11, secure=True) == await loss_pattern(11, secure=False)
+
+
+@BOTH_CHANNELS
+async def test_partition_silences_and_heal_restores(clock: MockClock, secure: bool) -> None:
     """Across a partition, dials hang until the handshake timeout and frames on open
     links vanish; after heal() both work again."""
-    network = MemoryNetwork(seed=2, min_latency=0.01, max_latency=0.05)
+    network = MemoryNetwork(seed=2, min_latency=0.01, max_latency=0.05, secure=secure)
     async with two_nodes(network) as (alice, bob):
         assert alice.address is not None and bob.address is not None
         await alice.ping(bob.address, node_id=bob.node_id)
@@ -114,7 +129,8 @@ async def test_partition_silences_and_heal_restores(clock: MockClock) -> None:
             await alice.request(bob.address, Ping(b"lost"), node_id=bob.node_id, timeout=2)
         # A fresh dial across the partition hangs until the handshake timeout.
         carol_id = seeded_identity(random.Random(8))
-        async with open_transport(carol_id, network.link_layer(carol_id, "carol")) as carol:
+        carol_layer = network.link_layer(carol_id, "carol", random_bytes=random.Random(9).randbytes)
+        async with open_transport(carol_id, carol_layer) as carol:
             network.partition(["alice"], ["bob", "carol"])
             started = trio.current_time()
             with pytest.raises(ConnectionFailed, match="no handshake"):
@@ -125,9 +141,10 @@ async def test_partition_silences_and_heal_restores(clock: MockClock) -> None:
         assert await alice.request(bob.address, Ping(b"back"), node_id=bob.node_id)
 
 
-async def test_dialling_nobody_is_refused(clock: MockClock) -> None:
+@BOTH_CHANNELS
+async def test_dialling_nobody_is_refused(clock: MockClock, secure: bool) -> None:
     """A dial to an address where nothing listens fails at once with a clear error."""
-    network = MemoryNetwork(seed=1, min_latency=0.01, max_latency=0.01)
+    network = MemoryNetwork(seed=1, min_latency=0.01, max_latency=0.01, secure=secure)
     async with two_nodes(network) as (alice, _):
         with pytest.raises(TransportError, match="refused"):
             await alice.request(("nobody", 1), Ping(b"?"))

@@ -47,7 +47,7 @@ from protocol.messages import (
 )
 from protocol.noise import TransportState
 
-from .conftest import Network, seeded_identity
+from .conftest import MEMORY_KINDS, Network, seeded_identity
 from .test_hostile_peers import (
     RECORD,
     authenticated_raw_connection,
@@ -57,7 +57,7 @@ from .test_hostile_peers import (
 )
 
 TCP_ONLY = pytest.mark.parametrize("kind", ["tcp"])
-MEMORY_ONLY = pytest.mark.parametrize("kind", ["memory"])
+MEMORY_ONLY = pytest.mark.parametrize("kind", MEMORY_KINDS)
 
 # The largest answer the protocol has: PROVIDERS with both lists full of the longest
 # host names. Its frame (with the 4-byte length) is what queued answers are counted in.
@@ -275,7 +275,7 @@ HOSTILE_HOSTS = {
 
 
 def hostile_host_cases() -> Iterator[Any]:
-    for kind in ("memory", "tcp"):
+    for kind in (*MEMORY_KINDS, "tcp"):
         for name, host in HOSTILE_HOSTS.items():
             yield pytest.param(kind, host, id=f"{kind}-{name}")
 
