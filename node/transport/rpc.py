@@ -276,13 +276,22 @@ class Connection:
         if self._consecutive_timeouts >= self.config.max_consecutive_timeouts:
             await self.close(f"{self._consecutive_timeouts} requests in a row unanswered")
 
-    async def _expire_requests(self) -> None:
-        """The timer task: fails each request whose deadline has passed."""
+    async def _run_timers(self) -> None:
+        """The connection's one timer task: fails each request whose deadline has
+        passed, and closes the connection once nothing was sent or received, and
+        nothing was in flight, for a whole idle period (so it closes between one and
+        two periods after its last use: counting frames is cheaper than reading the
+        clock per frame). One task rather than two: a node of a large network holds
+        thousands of connections, and each task costs memory."""
+        idle_timeout = self.config.idle_timeout
+        seen_activity = -1
+        idle_check = trio.current_time() + idle_timeout
         while True:
             with trio.CancelScope() as timer:
                 self._timer = timer
                 timer.deadline = min(
-                    (waiter.deadline for waiter in self._pending.values()), default=math.inf
+                    idle_check,
+                    min((waiter.deadline for waiter in self._pending.values()), default=math.inf),
                 )
                 await trio.sleep_forever()
             now = trio.current_time()
@@ -291,6 +300,16 @@ class Connection:
                     del self._pending[request_id]
                     waiter.timed_out = True
                     waiter.finish()
+            if now >= idle_check:
+                if (
+                    self._activity == seen_activity
+                    and not self._pending
+                    and not self._inbound_in_flight
+                ):
+                    await self.close("idle")
+                    return
+                seen_activity = self._activity
+                idle_check = now + idle_timeout
 
     def _allocate_request_id(self) -> int:
         while True:
@@ -334,8 +353,7 @@ class Connection:
                     async with trio.open_nursery() as nursery:
                         if type(self.link).run is not Link.run:  # only links with work
                             nursery.start_soon(self.link.run)
-                        nursery.start_soon(self._close_when_idle)
-                        nursery.start_soon(self._expire_requests)
+                        nursery.start_soon(self._run_timers)
                         try:
                             await self._read_loop(nursery)
                         except LinkClosed as exc:
@@ -365,6 +383,9 @@ class Connection:
         max_frame_size = self.config.max_frame_size
         statistics = self.transport._statistics
         while True:
+            # Nothing of the last frame stays referenced while waiting for the next: a
+            # node holds thousands of idle connections, each parked right here.
+            envelope = message = waiter = None
             frame = await self.link.receive_frame()
             self._activity += 1
             try:
@@ -463,19 +484,6 @@ class Connection:
             fallback = Error(ErrorCode.INTERNAL, "the answer could not be sent")
             with contextlib.suppress(ConnectionClosed):
                 await self._send(Envelope(Kind.RESPONSE, request_id, fallback))
-
-    async def _close_when_idle(self) -> None:
-        """Close the connection once nothing was sent or received, and nothing was in
-        flight, for a whole idle period (so it closes between one and two periods after
-        its last use: counting frames is cheaper than reading the clock per frame)."""
-        idle_timeout = self.config.idle_timeout
-        seen = -1
-        while True:
-            await trio.sleep(idle_timeout)
-            if self._activity == seen and not self._pending and not self._inbound_in_flight:
-                await self.close("idle")
-                return
-            seen = self._activity
 
     async def retire(self, grace: float) -> None:
         """Close this connection, which another to the same peer replaced, once nothing
