@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from benchmarks import BenchmarkError, BenchmarkOptions
 from benchmarks.dht import run_dht_benchmark
+from benchmarks.encoding import run_encoding_benchmark
 from benchmarks.network import run_network_benchmark
 from benchmarks.transport import run_transport_benchmark
 
@@ -22,6 +23,10 @@ BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
     "dht": (
         run_dht_benchmark,
         "N Freehold DHT nodes on TCP loopback vs bmuller/kademlia, healthy and 25% killed",
+    ),
+    "encoding": (
+        run_encoding_benchmark,
+        "encode and decode 256 MiB on 1 and 2 threads beside each stage alone, and pyeclib",
     ),
     "network": (
         run_network_benchmark,
