@@ -136,6 +136,7 @@ def _node(arguments: argparse.Namespace) -> int:
 
     import trio
 
+    from node.allocator import tune_allocator
     from node.config import load_config
     from node.node import Node
 
@@ -152,6 +153,8 @@ def _node(arguments: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+    tune_allocator()
 
     async def run() -> None:
         node = Node(config)

@@ -1,0 +1,47 @@
+"""glibc malloc tuning for the node's multi-MiB buffers.
+
+With glibc's default thresholds, every buffer of a few MiB (a segment, a chunk, an
+encrypted frame) is its own mmap, so each allocation page-faults its memory in again:
+`python -m benchmarks encoding` measured 551 page faults per segment and two-thread
+encoding at 1.55 x one thread, against 0 faults and 1.97 x with the thresholds below.
+Raising M_MMAP_THRESHOLD keeps such buffers on the heap, where freed memory is reused;
+M_TRIM_THRESHOLD must be set with it (setting one pins the other), and bounds how much
+free heap the process keeps rather than returning to the system.
+
+Elsewhere than glibc (musl, macOS) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from typing import Final
+
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_allocator"]
+
+logger = logging.getLogger(__name__)
+
+# malloc.h
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD: Final = 32 * 1024 * 1024
+TRIM_THRESHOLD: Final = 64 * 1024 * 1024
+
+
+def tune_allocator(
+    mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
+) -> bool:
+    """Set glibc's malloc thresholds for this process; whether it could."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    done: bool = (
+        mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+        and mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
+    )
+    if not done:
+        logger.info("mallopt refused the thresholds; keeping the C library's defaults")
+    return done
