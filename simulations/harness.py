@@ -1,0 +1,249 @@
+"""The simulation harness: many real `Node`s on one in-memory network, in virtual time.
+
+Each simulated node is the `node.node.Node` that `freehold node` runs (transport, DHT,
+chunk service, put and get), configured with `storage = "memory"` (no disk) and
+`workers = 0` (coding inline: worker threads would let trio's MockClock jump past
+timeouts and make runs unrepeatable). Only its link layer differs: a
+`MemoryLinkLayer` on one seeded `MemoryNetwork` (latency per pair of hosts, loss,
+partitions). Nothing in node/, dht/ or protocol/ knows it is simulated.
+
+Reproducibility. Every random choice (identities, latencies, loss, which node joins
+through which, the DHT's own choices, file keys) comes from the seed. What else could
+vary is trio's scheduler, which reverses each batch of runnable tasks at random:
+`seed_scheduler(seed)` seeds that generator (trio's `_r`, the one it registers with
+Hypothesis for the same purpose). Sets and dicts keyed by bytes iterate in an order
+that depends on PYTHONHASHSEED; `python -m simulations` re-runs itself with
+PYTHONHASHSEED=0 so that two runs of one seed print the same summary. Run
+`open_network` under `trio.testing.MockClock(autojump_threshold=0)`.
+
+Hosts are `10.<i // 256>.<i % 256>.1`: one /24 per node, so the DHT's per-prefix
+limits behave as on the Internet.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from dht.contact import Contact
+from dht.errors import DhtError
+from node.config import NodeConfig
+from node.node import Node
+from node.transport import MemoryNetwork
+from protocol.identity import Identity, NodeId
+
+__all__ = [
+    "PORT",
+    "SimNetwork",
+    "SimNode",
+    "memory_high_water_mib",
+    "open_network",
+    "seed_scheduler",
+]
+
+PORT: Final = 4410
+# Node settings of the simulations: the real defaults, minus the disk.
+# Nodes joining at once, as a share of those already in (open_network).
+JOIN_WAVE: Final = 0.1
+SIMULATED_NODE: Final = NodeConfig(
+    data_dir=Path("/nonexistent/simulated"),
+    listen=("0.0.0.0", PORT),
+    storage="memory",
+    workers=0,
+)
+
+
+def seed_scheduler(seed: int) -> None:
+    """Make trio's choice of task order (which batches it reverses) follow `seed`."""
+    from trio._core import _run
+
+    _run._r.seed(seed)
+
+
+def memory_high_water_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class SimNode:
+    index: int
+    host: str
+    identity: Identity
+    node: Node
+    scope: trio.CancelScope
+    started_at: float
+    alive: bool = True
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.identity.node_id
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, PORT)
+
+    @property
+    def contact(self) -> Contact:
+        return Contact(self.node_id, self.address)
+
+
+@dataclass
+class SimNetwork:
+    """The simulated nodes and the network they share."""
+
+    network: MemoryNetwork
+    rng: random.Random
+    nursery: trio.Nursery
+    node_config: NodeConfig
+    nodes: list[SimNode] = field(default_factory=list)
+    wall_started: float = field(default_factory=time.perf_counter)
+
+    def alive(self) -> list[SimNode]:
+        return [node for node in self.nodes if node.alive]
+
+    async def add_node(
+        self, *, join: bool = True, node_config: NodeConfig | None = None
+    ) -> SimNode:
+        """Start one more node; with `join`, it bootstraps through a random live node.
+        `node_config` replaces the network's for this node (an uploader with its own
+        k-of-n, say)."""
+        simulated = await self.start_node(node_config=node_config)
+        if join:
+            await self.join(simulated)
+        return simulated
+
+    async def start_node(self, *, node_config: NodeConfig | None = None) -> SimNode:
+        """Start one more node, not yet joined."""
+        index = len(self.nodes)
+        identity = Identity.generate(self.rng.randbytes)
+        host = f"10.{index // 256 % 256}.{index % 256}.1"
+        if index >= 65536:
+            host = f"11.{index // 65536}.{index // 256 % 256}.{index % 256}"
+        seed = self.rng.getrandbits(64)
+        node = Node(
+            replace(node_config or self.node_config, listen=(host, PORT)),
+            identity=identity,
+            link_layer=self.network.link_layer(
+                identity, host, random_bytes=random.Random(seed ^ 0xC0FFEE).randbytes
+            ),
+            control=False,
+            rng=random.Random(seed),
+            random_bytes=random.Random(seed ^ 0x5EED).randbytes,
+            wall_clock=trio.current_time,
+        )
+        scope = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await node.run(task_status=task_status)
+
+        await self.nursery.start(run)
+        simulated = SimNode(index, host, identity, node, scope, trio.current_time())
+        self.nodes.append(simulated)
+        return simulated
+
+    async def join(self, simulated: SimNode, introducers: Sequence[SimNode] | None = None) -> bool:
+        """Bootstrap `simulated` through a random one of `introducers` (default: the
+        other live nodes), trying up to two others if it does not answer (a lossy
+        network can lose all its answers). Whether it joined."""
+        pool = [
+            node
+            for node in (introducers if introducers is not None else self.alive())
+            if node is not simulated and node.alive
+        ]
+        dht = simulated.node.dht
+        assert dht is not None
+        for _ in range(3):
+            if not pool:
+                return False
+            introducer = pool[self.rng.randrange(len(pool))]
+            try:
+                await dht.bootstrap([introducer.address])
+            except DhtError:
+                continue
+            return True
+        return False
+
+    def kill(self, victims: Sequence[SimNode]) -> None:
+        """Make nodes vanish as crashed machines do: their tasks stop, and whatever is
+        sent to them is lost (no reset, no answer), for good."""
+        for simulated in victims:
+            simulated.alive = False
+            simulated.scope.cancel()
+        self.network.partition([node.host for node in self.nodes if not node.alive])
+
+    def true_closest(
+        self, target: NodeId, count: int, *, exclude: NodeId | None = None
+    ) -> list[NodeId]:
+        """The `count` live node ids closest to `target` (brute force)."""
+        ids = [node.node_id for node in self.alive() if node.node_id != exclude]
+        return sorted(ids, key=target.distance)[:count]
+
+    def live_contact_share(self) -> float:
+        """Of all contacts in live nodes' routing tables, the share that are alive."""
+        live = {node.node_id for node in self.alive()}
+        total = good = 0
+        for simulated in self.alive():
+            dht = simulated.node.dht
+            if dht is None:
+                continue
+            for contact in dht.routing.contacts():
+                total += 1
+                good += contact.node_id in live
+        return good / total if total else math.nan
+
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.wall_started
+
+
+@asynccontextmanager
+async def open_network(
+    count: int,
+    *,
+    seed: int,
+    min_latency: float = 0.010,
+    max_latency: float = 0.200,
+    loss: float = 0.0,
+    secure: bool = True,
+    node_config: NodeConfig = SIMULATED_NODE,
+    join_wave: float = JOIN_WAVE,
+) -> AsyncIterator[SimNetwork]:
+    """Start `count` nodes and join them, all stopped on exit.
+
+    Nodes join in waves, as they do on a network that is being announced: each wave
+    adds up to `join_wave` times the nodes already in (at least one), all joining at
+    once, each through a random node of the earlier waves. With `secure` (the default)
+    every connection runs the real Noise handshake and encrypts its frames."""
+    rng = random.Random(seed)
+    network = MemoryNetwork(
+        seed=seed, min_latency=min_latency, max_latency=max_latency, loss=loss, secure=secure
+    )
+    async with trio.open_nursery() as nursery:
+        simulation = SimNetwork(network, rng, nursery, node_config)
+        first = await simulation.start_node()
+        joined = [first]
+        while len(joined) < count:
+            wave = min(count - len(joined), max(1, int(len(joined) * join_wave)))
+            newcomers = [await simulation.start_node() for _ in range(wave)]
+            introducers = list(joined)
+            async with trio.open_nursery() as joining:
+                for newcomer in newcomers:
+                    joining.start_soon(simulation.join, newcomer, introducers)
+            joined += newcomers
+        yield simulation
+        nursery.cancel_scope.cancel()

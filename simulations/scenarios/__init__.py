@@ -1,0 +1,1 @@
+"""The scenarios of `python -m simulations NAME`, one module each."""
