@@ -37,9 +37,10 @@ from protocol.identity import (
     SIGNATURE_SIZE,
     Identity,
     NodeId,
+    RandomBytes,
     verify_signature,
 )
-from protocol.noise import BytesLike, HandshakeState, TransportState
+from protocol.noise import DH_SIZE, BytesLike, HandshakeState, TransportState
 
 __all__ = [
     "NOISE_PROTOCOL_NAME",
@@ -136,6 +137,26 @@ class SecureHandshake:
         self._messages_read = 0
         self._started = False
         self._failed = False
+
+    @classmethod
+    def fresh(
+        cls,
+        identity: Identity,
+        random_bytes: RandomBytes,
+        *,
+        initiator: bool,
+        expected_node_id: NodeId | None = None,
+    ) -> SecureHandshake:
+        """A handshake with a fresh Noise static key and ephemeral key from
+        `random_bytes`: the Ed25519 signature in the payload binds the static key to
+        our identity, so nothing long-lived is kept besides the identity."""
+        return cls(
+            identity,
+            initiator=initiator,
+            noise_static_private=random_bytes(DH_SIZE),
+            ephemeral_private=random_bytes(DH_SIZE),
+            expected_node_id=expected_node_id,
+        )
 
     # -- queries --
 

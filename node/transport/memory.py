@@ -63,7 +63,7 @@ from node.transport.link import (
 from protocol.errors import ProtocolError
 from protocol.handshake import SecureHandshake
 from protocol.identity import Identity, NodeId, RandomBytes
-from protocol.noise import DH_SIZE, MAX_PLAINTEXT_SIZE
+from protocol.noise import MAX_PLAINTEXT_SIZE
 
 __all__ = ["Intercept", "MemoryLinkLayer", "MemoryNetwork"]
 
@@ -563,12 +563,10 @@ class MemoryLinkLayer(LinkLayer):
     def _new_handshake(
         self, *, initiator: bool, expected_node_id: NodeId | None
     ) -> SecureHandshake:
-        # Fresh Noise keys per connection, as tcp.py draws them.
-        return SecureHandshake(
+        return SecureHandshake.fresh(
             self.identity,
+            self._random_bytes,
             initiator=initiator,
-            noise_static_private=self._random_bytes(DH_SIZE),
-            ephemeral_private=self._random_bytes(DH_SIZE),
             expected_node_id=expected_node_id,
         )
 

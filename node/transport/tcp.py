@@ -507,13 +507,10 @@ class TcpLinkLayer(LinkLayer):
     def _new_handshake(
         self, *, initiator: bool, expected_node_id: NodeId | None
     ) -> SecureHandshake:
-        # A fresh Noise static key per connection: the Ed25519 signature in the payload
-        # binds it to our identity, and nothing long-lived is kept besides that key.
-        return SecureHandshake(
+        return SecureHandshake.fresh(
             self.identity,
+            self._random_bytes,
             initiator=initiator,
-            noise_static_private=self._random_bytes(KEY_SIZE),
-            ephemeral_private=self._random_bytes(KEY_SIZE),
             expected_node_id=expected_node_id,
         )
 
