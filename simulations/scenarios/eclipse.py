@@ -39,6 +39,7 @@ from protocol.messages import (
     Nodes,
     ProviderAdded,
     Providers,
+    WireContact,
 )
 from simulations.harness import SimNetwork, SimNode, memory_high_water_mib, open_network
 from simulations.scenario import Plot, ScenarioOptions, ScenarioResult
@@ -71,7 +72,7 @@ class _Sybils:
         self.contacts: list[Contact] = []
         self.ids: set[NodeId] = set()
 
-    def closest(self, target: NodeId, *, exclude: set[NodeId]) -> tuple[Any, ...]:
+    def closest(self, target: NodeId, *, exclude: set[NodeId]) -> tuple[WireContact, ...]:
         """The k Sybils closest to `target`, as wire contacts."""
         ranked = sorted(
             (contact for contact in self.contacts if contact.node_id not in exclude),
