@@ -20,6 +20,9 @@ Next to that measurement, two references:
   segments of binomial tails.
 
 `readable_%` below `alive_%` means data that is there but was not found.
+`original_alive_%` is the share of the nodes there at the puts still alive: the one
+draw of node survival that every file of the run shares (the files' holders overlap),
+so `alive_%` can stray far from `expected_%` in one run.
 """
 
 from __future__ import annotations
@@ -229,12 +232,14 @@ async def _check(
     network: SimNetwork,
     sessions: Sessions,
     files: list[_File],
+    original: list[SimNode],
     rng: random.Random,
     *,
     day: float,
     median_days: float,
 ) -> list[dict[str, Any]]:
-    """One checkpoint: every file fetched, the census, the theory; a row per code."""
+    """One checkpoint: every file fetched, the census, the expectation; a row per code.
+    `original`: the nodes there at the puts."""
     census = [_placement(network, file) for file in files]
     for file, placement in zip(files, census, strict=True):
         if file.placement is None:
@@ -261,7 +266,7 @@ async def _check(
                 "readable_%": percent(readable, len(mine)),
                 "alive_%": percent(present, len(mine)),
                 "expected_%": 100 * mean(expected),
-                "live_nodes": len(network.alive()),
+                "original_alive_%": percent(sum(node.alive for node in original), len(original)),
                 "replaced": sessions.deaths,
                 "get_s": mean([results[position][2] for position in mine]),
                 "failures": failures,
@@ -293,7 +298,9 @@ async def run_files(options: ScenarioOptions) -> ScenarioResult:
         for node in network.alive():
             sessions.begin(node)
         started = trio.current_time()
-        check = partial(_check, network, sessions, files, rng, median_days=median_days)
+        check = partial(
+            _check, network, sessions, files, network.alive(), rng, median_days=median_days
+        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sessions.run, started + days[-1] * DAY)
             rows = await check(day=0.0)
