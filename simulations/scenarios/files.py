@@ -37,7 +37,7 @@ from typing import Any, Final
 import trio
 
 from dht.errors import DhtError
-from node.errors import NodeError
+from node.errors import NodeError, single_error
 from node.files import fetch_manifest
 from protocol.capability import ReadCapability
 from protocol.errors import ProtocolError
@@ -103,11 +103,6 @@ class _File:
     # Who held what at the first check: the nodes (by index) holding the manifest, and
     # each segment's chunks.
     placement: _Placement | None = None
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _parse_code(text: str) -> _Code:
@@ -209,14 +204,12 @@ async def _fetch_all(files: list[_File], getters: list[SimNode]) -> list[tuple[b
         with trio.move_on_after(GET_TIMEOUT):
             try:
                 await getter.node.get(file.capability, write)
-            except UNREADABLE as exc:
-                outcome = (False, type(exc).__name__)
-            except BaseExceptionGroup as group:
-                # get() lets the errors of its gathering tasks out in a group.
-                unreadable, rest = group.split(UNREADABLE)
-                if rest is not None or unreadable is None:
+            except Exception as exc:
+                # get() can raise its gathering tasks' errors in a group.
+                error = single_error(exc, UNREADABLE)
+                if not isinstance(error, UNREADABLE):
                     raise
-                outcome = (False, type(_first_leaf(unreadable)).__name__)
+                outcome = (False, type(error).__name__)
             else:
                 intact = hashlib.sha256(b"".join(pieces)).digest() == file.digest
                 outcome = (intact, "" if intact else "wrong bytes")
