@@ -283,7 +283,10 @@ class LocalProvisions:
         stale = [
             (last, key)
             for key, last in self._last_published.items()
-            if last is not None and now - last >= interval
+            # The same sum the service's timer waits for (last + interval): `now -
+            # last >= interval` can be false at that very deadline in floating point,
+            # and the republish loop then woke forever with nothing due.
+            if last is not None and last + interval <= now
         ]
         stale.sort()
         return never + [key for _, key in stale]

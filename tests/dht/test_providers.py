@@ -284,3 +284,15 @@ def test_provisions_restore_round_trip() -> None:
     assert copy.records() == [Provision(key(1), None), Provision(key(2), 7.0)]
     copy.restore([Provision(key(3), 1e9)], 10.0)
     assert Provision(key(3), 10.0) in copy.records()
+
+
+def test_a_provision_is_due_at_exactly_the_deadline_the_timer_waits_for() -> None:
+    """At now = last + interval (the republish timer's deadline) the key is due, even
+    where `now - last` rounds below the interval: else the republish loop spins."""
+    provisions = LocalProvisions()
+    key = NodeId(bytes(32))
+    last, interval = 86553.41358101067, 79200.0
+    assert (last + interval) - last < interval  # the floating-point case that hung
+    provisions.provide(key)
+    provisions.published(key, last)
+    assert provisions.due_for_republish(last + interval, interval) == [key]
