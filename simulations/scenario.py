@@ -128,14 +128,20 @@ def write_json(result: ScenarioResult, directory: Path) -> Path:
         "metrics": result.metrics,
         "plots": [asdict(plot) for plot in result.plots],
     }
-    path.write_text(json.dumps(document, indent=1, sort_keys=True, default=_jsonable) + "\n")
+    text = json.dumps(_without_nan(document), indent=1, sort_keys=True, allow_nan=False)
+    path.write_text(text + "\n")
     return path
 
 
-def _jsonable(value: Any) -> Any:
+def _without_nan(value: Any) -> Any:
+    """`value` with every NaN (a measurement with no samples) as None: JSON has no NaN."""
     if isinstance(value, float) and math.isnan(value):
         return None
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(item) for item in value]
+    return value
 
 
 def write_plots(result: ScenarioResult, directory: Path) -> list[Path]:
