@@ -29,7 +29,7 @@ from dht.service import DhtService
 from dht.storage import DhtStorage
 from node.chunks import ChunkService, in_thread, inline
 from node.config import NodeConfig
-from node.control import ControlChannel, ControlServer
+from node.control import ControlChannel, ControlServer, regular_file
 from node.dht_transport import DhtTransportAdapter
 from node.errors import NodeError
 from node.files import FileNetwork, check_file, get_file, put_file
@@ -50,8 +50,21 @@ logger = logging.getLogger(__name__)
 
 JOIN_RETRY_INITIAL: Final = 1.0
 JOIN_RETRY_MAX: Final = 60.0
-# Bytes of file data in one control frame to the CLI.
-STREAM_PIECE: Final = 1024 * 1024
+
+
+def _received_file(fd: int, mode: str) -> Any:
+    """The file object of a descriptor the CLI sent (unbuffered: the node's writes land
+    in the file as they are made); NodeError, closing it, unless it is a regular file."""
+    if not regular_file(fd):
+        os.close(fd)
+        raise NodeError("the node reads and writes only regular files by descriptor")
+    return open(fd, mode, buffering=0)
+
+
+def _write_all(file: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
 
 
 def is_loopback(host: str) -> bool:
@@ -288,20 +301,26 @@ class Node:
         if not isinstance(size, int) or size < 0 or not isinstance(name, str):
             raise NodeError("put needs a size (bytes) and a name")
         started = trio.current_time()
-        stream = channel.receive_stream()
-        token = trio.lowlevel.current_trio_token()
-
-        def blocks() -> Iterator[bytes]:
-            while True:
-                try:
-                    yield trio.from_thread.run(_next_or_none, stream, trio_token=token)
-                except _EndOfStream:
-                    return
 
         async def progress(done: int, total: int) -> None:
             await channel.progress(done, total)
 
-        capability = await self.put(blocks(), size=size, name=name, progress=progress)
+        if arguments.get("fd") is True:
+            with _received_file(await channel.receive_fd(), "rb") as source:
+                size = os.fstat(source.fileno()).st_size
+                capability = await self.put(source, size=size, name=name, progress=progress)
+        else:
+            stream = channel.receive_stream()
+            token = trio.lowlevel.current_trio_token()
+
+            def blocks() -> Iterator[bytes]:
+                while True:
+                    try:
+                        yield trio.from_thread.run(_next_or_none, stream, trio_token=token)
+                    except _EndOfStream:
+                        return
+
+            capability = await self.put(blocks(), size=size, name=name, progress=progress)
         return {
             "capability": str(capability),
             "size": size,
@@ -314,14 +333,18 @@ class Node:
         capability = _read_capability(arguments.get("capability"))
         started = trio.current_time()
 
-        async def write(data: bytes) -> None:
-            for offset in range(0, len(data), STREAM_PIECE):
-                await channel.send({"data": data[offset : offset + STREAM_PIECE]})
-
         async def progress(done: int, total: int) -> None:
             await channel.progress(done, total)
 
-        info = await self.get(capability, write, progress=progress)
+        if arguments.get("fd") is True:
+            with _received_file(await channel.receive_fd(), "wb") as output:
+
+                async def write_file(data: bytes) -> None:
+                    await trio.to_thread.run_sync(_write_all, output, data)
+
+                info = await self.get(capability, write_file, progress=progress)
+        else:
+            info = await self.get(capability, channel.send_data, progress=progress)
         return {"name": info.name, "size": info.size, "seconds": trio.current_time() - started}
 
     async def _control_check(

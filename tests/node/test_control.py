@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from node.control import (
+    DATA_PIECE,
     MAX_CONTROL_FRAME,
     CommandFailed,
     ControlChannel,
@@ -72,6 +73,25 @@ async def download(channel: ControlChannel, arguments: dict[str, Any]) -> Mappin
     return {"pieces": 2}
 
 
+async def download_raw(channel: ControlChannel, arguments: dict[str, Any]) -> Mapping[str, Any]:
+    """Like get: streams `size` bytes (a pattern) in raw data frames, then the result."""
+    size = arguments["size"]
+    await channel.send_data(bytes(index % 251 for index in range(size)))
+    return {"size": size}
+
+
+async def by_descriptor(channel: ControlChannel, arguments: dict[str, Any]) -> Mapping[str, Any]:
+    """Like put and get by descriptor: reads the file the CLI sent, then appends to it."""
+    fd = await channel.receive_fd()
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        content = os.read(fd, 1024)
+        os.write(fd, b"+node")
+    finally:
+        os.close(fd)
+    return {"read": content}
+
+
 async def report(channel: ControlChannel, arguments: dict[str, Any]) -> Mapping[str, Any]:
     """Sends progress from several tasks at once, as a parallel upload does."""
     async with trio.open_nursery() as nursery:
@@ -111,6 +131,8 @@ HANDLERS = {
     "echo": echo,
     "upload": upload,
     "download": download,
+    "download_raw": download_raw,
+    "by_descriptor": by_descriptor,
     "report": report,
     "refuse": refuse,
     "refuse_in_nursery": refuse_in_nursery,
@@ -226,8 +248,19 @@ async def test_unknown_command_gives_an_error_frame(directory: Path) -> None:
         struct.pack(">I", MAX_CONTROL_FRAME + 1),  # over the limit, before any body
         b"\x00\x00",  # half a header
         struct.pack(">I", 10) + b"\x81",  # a header promising more than is sent
+        struct.pack(">I", 0x8000_0000 | (MAX_CONTROL_FRAME + 1)),  # an oversized data frame
+        struct.pack(">I", 0x8000_0000 | 10) + b"abc",  # a data frame cut short
     ],
-    ids=["not-msgpack", "not-a-map", "int-key", "oversized", "half-header", "short-body"],
+    ids=[
+        "not-msgpack",
+        "not-a-map",
+        "int-key",
+        "oversized",
+        "half-header",
+        "short-body",
+        "oversized-data",
+        "short-data",
+    ],
 )
 async def test_malformed_frame_closes_only_that_connection(directory: Path, data: bytes) -> None:
     """A malformed or oversized frame closes its connection without an answer; the
@@ -326,6 +359,104 @@ async def test_streams_both_ways(directory: Path) -> None:
                 {"data": b"two"},
                 {"result": {"pieces": 2}},
             ]
+
+
+async def test_raw_data_frames_both_ways(directory: Path) -> None:
+    """send_data streams bytes (more than one frame's worth, and none) as raw data
+    frames, which the other side reads as {"data": ...} maps, in order and whole."""
+    path = directory / "control.sock"
+    size = 2 * DATA_PIECE + 12345
+    pattern = bytes(index % 251 for index in range(size))
+
+    def put() -> list[dict[str, Any]]:
+        with ControlClient(path, timeout=CLIENT_TIMEOUT) as client:
+            client.send({"command": "upload", "arguments": {"size": size}})
+            client.send_data(memoryview(pattern)[: DATA_PIECE + 1])
+            client.send_data(b"")
+            client.send_data(memoryview(pattern)[DATA_PIECE + 1 :])
+            client.send({"end": True})
+            return list(client.frames())
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving(path):
+            frames = await trio.to_thread.run_sync(put)
+            assert frames[-1] == {"result": {"received": pattern}}
+            # One progress frame per data frame: the first send_data made two.
+            assert [each["progress"] for each in frames[:-1]] == [
+                DATA_PIECE,
+                DATA_PIECE + 1,
+                2 * DATA_PIECE + 1,
+                size,
+            ]
+            frames = await command(path, "download_raw", size=size)
+            assert frames[-1] == {"result": {"size": size}}
+            assert [len(each["data"]) for each in frames[:-1]] == [
+                DATA_PIECE,
+                DATA_PIECE,
+                12345,
+            ]
+            assert b"".join(each["data"] for each in frames[:-1]) == pattern
+
+
+async def test_a_file_descriptor_reaches_the_handler(directory: Path, tmp_path: Path) -> None:
+    """An open file sent with send_fd is the node's to read and write; the client sees
+    what the node wrote through its own descriptor."""
+    path = directory / "control.sock"
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"from the CLI")
+
+    def run() -> list[dict[str, Any]]:
+        with open(target, "r+b") as file, ControlClient(path, timeout=CLIENT_TIMEOUT) as client:
+            client.send({"command": "by_descriptor", "arguments": {"fd": True}})
+            client.send_fd(file.fileno())
+            return list(client.frames())
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving(path):
+            frames = await trio.to_thread.run_sync(run)
+    assert frames == [{"result": {"read": b"from the CLI"}}]
+    assert target.read_bytes() == b"from the CLI+node"
+
+
+@pytest.mark.parametrize(
+    "after", [msgpack.packb({"end": True}), b"F", b""], ids=["a-frame", "no-descriptor", "eof"]
+)
+async def test_a_missing_descriptor_closes_only_that_connection(
+    directory: Path, after: bytes
+) -> None:
+    """A command that promises a descriptor and sends something else (or nothing) is
+    closed without an answer; the server goes on."""
+    path = directory / "control.sock"
+    request = frame(msgpack.packb({"command": "by_descriptor", "arguments": {"fd": True}}))
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving(path):
+            try:
+                answer = await trio.to_thread.run_sync(
+                    send_raw_and_read_until_closed, path, request + after
+                )
+            except ConnectionResetError:
+                # Closed with bytes of ours still unread: the kernel resets instead.
+                answer = b""
+            assert answer == b""
+            assert await command(path, "echo") == [{"result": {"echo": {}}}]
+
+
+def test_the_node_takes_only_regular_files_by_descriptor(tmp_path: Path) -> None:
+    """A pipe (or terminal, or socket) sent as a descriptor is refused with a clear
+    error and closed; a regular file is taken."""
+    from node.node import _received_file
+
+    reading, writing = os.pipe()
+    try:
+        with pytest.raises(NodeError, match="only regular files"):
+            _received_file(reading, "rb")
+        with pytest.raises(OSError):
+            os.fstat(reading)  # closed by the refusal
+    finally:
+        os.close(writing)
+    (tmp_path / "f").write_bytes(b"x")
+    with _received_file(os.open(tmp_path / "f", os.O_RDONLY), "rb") as file:
+        assert file.read() == b"x"
 
 
 async def test_frames_sent_from_several_tasks_arrive_whole(directory: Path) -> None:
