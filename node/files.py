@@ -196,14 +196,21 @@ async def _held(net: FileNetwork, contact: Contact, ids: Sequence[bytes]) -> lis
 async def _locate(
     net: FileNetwork, ids: Sequence[bytes], *, enough: int | None = None
 ) -> list[list[Contact]]:
-    """For each of `ids`, the live nodes that say they hold it: the nodes closest to
-    ids[0] are asked first; for ids none of them holds, the nodes named by provider
-    records are asked too (a record may outlive its holder, so only the answer counts),
-    unless `enough` ids already have a holder."""
+    """For each of `ids`, the live nodes that say they hold it. The nodes closest to
+    ids[0] in our own routing table are asked first (no lookup: in a network small
+    enough that we know everyone, that is all it takes); then, unless `enough` ids
+    already have a holder, those a lookup finds closest to ids[0]; then, for ids none
+    of them holds, the nodes named by provider records (a record may outlive its
+    holder, so only the answer counts). With `enough`, the asking stops as soon as that
+    many ids have a holder."""
     holders: list[list[Contact]] = [[] for _ in ids]
     asked: set[NodeId] = set()
 
-    async def ask(contact: Contact) -> None:
+    def satisfied() -> bool:
+        located = sum(1 for found in holders if found)
+        return located == len(ids) if enough is None else located >= enough
+
+    async def ask(contact: Contact, scope: trio.CancelScope) -> None:
         try:
             flags = await _held(net, contact, ids)
         except NodeError as exc:
@@ -212,17 +219,24 @@ async def _locate(
         for position, flag in enumerate(flags):
             if flag:
                 holders[position].append(contact)
+        if enough is not None and satisfied():
+            scope.cancel()  # the others' answers would not change what we fetch
 
     async def ask_all(contacts: Iterable[Contact]) -> None:
         async with trio.open_nursery() as nursery:
             for contact in contacts:
                 if contact.node_id not in asked:
                     asked.add(contact.node_id)
-                    nursery.start_soon(ask, contact)
+                    nursery.start_soon(ask, contact, nursery.cancel_scope)
 
-    await ask_all(await _candidates(net, ids[0]))
+    known = net.dht.routing.closest(NodeId(ids[0]), net.dht.config.k)
+    if net.own_contact is not None:
+        known.append(net.own_contact)
+    await ask_all(known)
+    if not satisfied():
+        await ask_all(await _candidates(net, ids[0]))
     missing = [position for position, found in enumerate(holders) if not found]
-    if missing and (enough is None or len(ids) - len(missing) < enough):
+    if missing and not satisfied():
         named: dict[NodeId, Contact] = {}
 
         async def providers_of(position: int) -> None:
@@ -525,29 +539,41 @@ async def get_file(
             await window.acquire()
             nursery.start_soon(gather, index)
 
+    async def decode_all(send: trio.MemorySendChannel[bytes]) -> None:
+        async with send:
+            for index in range(count):
+                # The event exists once either side asked for it: no busy wait, which
+                # under a mock clock would keep virtual time from ever moving.
+                await event(index).wait()
+                del ready[index]
+                candidates = gathered.pop(index)
+                window.release()
+                decoded = await net.offload(
+                    decode_segment, manifest, capability.file_key, index, candidates
+                )
+                del candidates
+                plaintext = decoded.plaintext
+                del decoded
+                keep = info.size - index * segment_size
+                if keep < len(plaintext):
+                    plaintext = plaintext[:keep]
+                await send.send(plaintext)
+                del plaintext
+
+    # A segment is decoded while the one before it is written: an unbuffered channel
+    # between them, so at most one plaintext waits.
+    send, receive = trio.open_memory_channel[bytes](0)
     done = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gather_all, nursery)
-        for index in range(count):
-            # The event exists once either side asked for it: no busy wait, which under
-            # a mock clock would keep virtual time from ever moving.
-            await event(index).wait()
-            del ready[index]
-            candidates = gathered.pop(index)
-            window.release()
-            decoded = await net.offload(
-                decode_segment, manifest, capability.file_key, index, candidates
-            )
-            del candidates
-            plaintext = decoded.plaintext
-            del decoded
-            keep = info.size - index * segment_size
-            if keep < len(plaintext):
-                plaintext = plaintext[:keep]
-            await write(plaintext)
-            done += len(plaintext)
-            if progress is not None:
-                await progress(done, info.size)
+        nursery.start_soon(decode_all, send)
+        async with receive:
+            async for plaintext in receive:
+                await write(plaintext)
+                done += len(plaintext)
+                del plaintext
+                if progress is not None:
+                    await progress(done, info.size)
     return info
 
 
