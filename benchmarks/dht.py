@@ -442,7 +442,7 @@ class _SilenceableLink(Link):
     async def send_frame(self, frame: bytes, *, deadline: float = math.inf) -> None:
         await self._inner.send_frame(frame, deadline=deadline)
 
-    async def receive_frame(self) -> bytes:
+    async def receive_frame(self) -> bytes | bytearray:
         return await self._inner.receive_frame()
 
     async def run(self) -> None:

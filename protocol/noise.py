@@ -105,7 +105,7 @@ class _DirectAead:
         except (ImportError, AttributeError):
             return None
 
-    def encrypt(self, plaintext: BytesLike, nonce: bytes, key: bytes) -> bytes:
+    def encrypt(self, plaintext: BytesLike, nonce: bytes, key: bytes) -> bytearray:
         out = bytearray(len(plaintext) + TAG_SIZE)
         from_buffer = self._ffi.from_buffer
         self._encrypt(
@@ -119,7 +119,30 @@ class _DirectAead:
             nonce,
             key,
         )
-        return bytes(out)
+        return out  # not bytes(out): that would copy every byte sent once more
+
+    def decrypt_into(self, ciphertext: BytesLike, nonce: bytes, key: bytes, out: bytearray) -> bool:
+        """Append the plaintext to `out`; False (and `out` as it was) if the message
+        fails authentication."""
+        start = len(out)
+        size = len(ciphertext) - TAG_SIZE
+        out.extend(bytes(size))
+        with memoryview(out) as view:
+            status = self._decrypt(
+                self._ffi.from_buffer(view[start:]),
+                self._null,
+                self._null,
+                self._ffi.from_buffer(ciphertext),
+                len(ciphertext),
+                self._null,
+                0,
+                nonce,
+                key,
+            )
+        if status != 0:
+            del out[start:]
+            return False
+        return True
 
     def decrypt(self, ciphertext: BytesLike, nonce: bytes, key: bytes) -> bytes | None:
         """The plaintext, or None if the message fails authentication."""
@@ -658,7 +681,7 @@ class TransportState:
         # `direct=False` forces PyNaCl's public wrappers (the tests compare the two).
         self._direct = _DIRECT_AEAD if direct else None
 
-    def encrypt(self, plaintext: BytesLike) -> bytes:
+    def encrypt(self, plaintext: BytesLike) -> bytes | bytearray:
         """One Noise transport message (at most 65535 bytes) carrying `plaintext`."""
         if self._dead:
             raise LocalProtocolError(_DEAD_TRANSPORT)
@@ -681,17 +704,7 @@ class TransportState:
         """The plaintext of the peer's next transport message. A message that is too
         long, too short or fails authentication raises RemoteProtocolError and kills
         this state."""
-        if self._dead:
-            raise LocalProtocolError(_DEAD_TRANSPORT)
-        counter = self._receive_nonce
-        if counter >= MAX_NONCE:
-            raise LocalProtocolError("receive nonce exhausted (2**64-1 is reserved); reconnect")
-        if not TAG_SIZE <= len(ciphertext) <= MAX_MESSAGE_SIZE:
-            self._dead = True
-            raise RemoteProtocolError(
-                f"transport message of {len(ciphertext)} bytes is not {TAG_SIZE}..65535"
-            )
-        nonce = (counter << 32).to_bytes(12, "little")
+        nonce = self._receive_nonce_for(ciphertext)
         plaintext: bytes | None
         if self._direct is not None:
             plaintext = self._direct.decrypt(ciphertext, nonce, self._receive_key)
@@ -703,5 +716,32 @@ class TransportState:
         if plaintext is None:
             self._dead = True
             raise RemoteProtocolError("transport message failed authentication; connection is dead")
-        self._receive_nonce = counter + 1
+        self._receive_nonce += 1
         return plaintext
+
+    def decrypt_into(self, ciphertext: BytesLike, out: bytearray) -> None:
+        """`decrypt`, appending the plaintext to `out` instead of returning it (no copy
+        of its own); on any error `out` is left as it was."""
+        if self._direct is None:
+            out += self.decrypt(ciphertext)
+            return
+        nonce = self._receive_nonce_for(ciphertext)
+        if not self._direct.decrypt_into(ciphertext, nonce, self._receive_key, out):
+            self._dead = True
+            raise RemoteProtocolError("transport message failed authentication; connection is dead")
+        self._receive_nonce += 1
+
+    def _receive_nonce_for(self, ciphertext: BytesLike) -> bytes:
+        """The nonce of the peer's next message, once the state and the message's size
+        are checked (a bad size kills the state)."""
+        if self._dead:
+            raise LocalProtocolError(_DEAD_TRANSPORT)
+        counter = self._receive_nonce
+        if counter >= MAX_NONCE:
+            raise LocalProtocolError("receive nonce exhausted (2**64-1 is reserved); reconnect")
+        if not TAG_SIZE <= len(ciphertext) <= MAX_MESSAGE_SIZE:
+            self._dead = True
+            raise RemoteProtocolError(
+                f"transport message of {len(ciphertext)} bytes is not {TAG_SIZE}..65535"
+            )
+        return (counter << 32).to_bytes(12, "little")

@@ -69,7 +69,7 @@ class Link(ABC):
         NoRoom if the link's queue stays full until `deadline` (the frame is not sent)."""
 
     @abstractmethod
-    async def receive_frame(self) -> bytes:
+    async def receive_frame(self) -> bytes | bytearray:
         """The next frame (raises LinkClosed at the end, or if the peer broke the rules)."""
 
     @abstractmethod

@@ -300,7 +300,12 @@ class SecureMemoryLink(Link):
         """Switch from handshake messages to transport messages (the handshake is done)."""
         self.remote_node_id = handshake.remote_node_id
         transport = handshake.transport()  # libsodium called directly (protocol.noise)
-        self._encrypt = transport.encrypt
+
+        def encrypt(plaintext: bytes | memoryview) -> bytes:
+            # Immutable on the (simulated) wire, which tells one record from a list.
+            return bytes(transport.encrypt(plaintext))
+
+        self._encrypt = encrypt
         self._decrypt = transport.decrypt
 
     def _closed(self) -> LinkClosed:

@@ -385,7 +385,7 @@ class Connection:
         while True:
             # Nothing of the last frame stays referenced while waiting for the next: a
             # node holds thousands of idle connections, each parked right here.
-            envelope = message = waiter = None
+            frame = envelope = message = waiter = None
             frame = await self.link.receive_frame()
             self._activity += 1
             try:

@@ -60,12 +60,16 @@ SEND_HIGH_WATER = 4 * 1024 * 1024
 SEND_BATCH = 512
 # Frames and records the reader takes back to back before it yields to other tasks.
 UNITS_PER_CHECKPOINT = 64
+# A received frame at least this big that fills the plaintext buffer exactly is handed
+# over as it is, not copied out of it.
+HAND_OVER_SIZE = 64 * 1024
 LISTEN_BACKLOG = 128
 # Pause after accept() fails for lack of descriptors or memory, and how often to say so.
 ACCEPT_BACKOFF = 0.1
 RESOURCE_WARNING_INTERVAL = 60.0
 KEY_SIZE = 32
 _LOST = (ConnectionError, OSError)
+Buffer = bytes | bytearray | memoryview
 
 
 class _RecordSocket:
@@ -163,7 +167,7 @@ class _RecordSocket:
 
     # -- sending ----------------------------------------------------------------------
 
-    def try_send(self, buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    def try_send(self, buffers: list[Buffer]) -> list[Buffer]:
         """Send what the kernel takes now; return what is left (no I/O wait)."""
         pending = list(buffers)
         while pending:
@@ -183,7 +187,7 @@ class _RecordSocket:
                     sent = 0
         return pending
 
-    async def send_all(self, buffers: list[bytes | memoryview]) -> None:
+    async def send_all(self, buffers: list[Buffer]) -> None:
         pending = self.try_send(buffers)
         while pending:
             await self._wait(trio.lowlevel.wait_writable)
@@ -234,7 +238,7 @@ class SecureLink(Link):
         self._plain_start = 0
         self._units_since_checkpoint = 0
         self._pending: list[bytes] = []  # plaintext frame headers and frames, in order
-        self._unsent: list[bytes | memoryview] = []  # encrypted, not yet on the wire
+        self._unsent: list[Buffer] = []  # encrypted, not yet on the wire
         self._queued_bytes = 0
         self._writer_busy = False
         self._writer_wakeup = trio.lowlevel.ParkingLot()
@@ -271,21 +275,43 @@ class SecureLink(Link):
         else:
             self._queued_bytes = 0
 
-    def _encrypt_pending(self) -> list[bytes | memoryview]:
+    def _encrypt_pending(self) -> list[Buffer]:
+        """The queued frames as Noise records (header, ciphertext, ...). Records are cut
+        from the frames' concatenation, but only a record that straddles two pieces is
+        joined: a chunk's bytes are encrypted from where they are, never copied first."""
         pending = self._pending
-        data = pending[0] + pending[1] if len(pending) == 2 else b"".join(pending)
-        pending.clear()
         encrypt = self._noise.encrypt
         pack = RECORD_HEADER.pack
-        if len(data) <= MAX_PLAINTEXT_SIZE:
-            ciphertext = encrypt(data)
+        if len(pending) == 2 and len(pending[0]) + len(pending[1]) <= MAX_PLAINTEXT_SIZE:
+            ciphertext = encrypt(pending[0] + pending[1])  # the common case: one small frame
+            pending.clear()
             return [pack(len(ciphertext)), ciphertext]
-        buffers: list[bytes | memoryview] = []
-        view = memoryview(data)
-        for start in range(0, len(data), MAX_PLAINTEXT_SIZE):
-            ciphertext = encrypt(view[start : start + MAX_PLAINTEXT_SIZE])
+        buffers: list[Buffer] = []
+        straddling: list[bytes | memoryview] = []  # pieces of the record being gathered
+        gathered = 0
+        for piece in pending:
+            view = memoryview(piece)
+            while view:
+                take = min(MAX_PLAINTEXT_SIZE - gathered, len(view))
+                if not straddling and take == MAX_PLAINTEXT_SIZE:
+                    record: bytes | memoryview = view[:take]
+                else:
+                    straddling.append(view[:take])
+                    gathered += take
+                    if gathered < MAX_PLAINTEXT_SIZE:
+                        break  # this piece is used up; the record goes on in the next
+                    record = b"".join(straddling)
+                    straddling.clear()
+                    gathered = 0
+                ciphertext = encrypt(record)
+                buffers.append(pack(len(ciphertext)))
+                buffers.append(ciphertext)
+                view = view[take:]
+        if straddling:
+            ciphertext = encrypt(b"".join(straddling))
             buffers.append(pack(len(ciphertext)))
             buffers.append(ciphertext)
+        pending.clear()
         return buffers
 
     async def run(self) -> None:
@@ -314,7 +340,7 @@ class SecureLink(Link):
 
     # -- receiving -------------------------------------------------------------------
 
-    def _take_frame(self) -> bytes | None:
+    def _take_frame(self) -> bytes | bytearray | None:
         plain = self._plain
         start = self._plain_start
         available = len(plain) - start
@@ -329,6 +355,13 @@ class SecureLink(Link):
         if available < FRAME_HEADER.size + length:
             return None
         start += FRAME_HEADER.size
+        if start + length == len(plain) and length >= HAND_OVER_SIZE:
+            # The frame is all that is buffered (a chunk, usually): hand the buffer over
+            # instead of copying it. Deleting a bytearray's head moves no bytes.
+            del plain[:start]
+            self._plain = bytearray()
+            self._plain_start = 0
+            return plain
         with memoryview(plain) as view:
             frame = bytes(view[start : start + length])
         start += length
@@ -338,7 +371,7 @@ class SecureLink(Link):
         self._plain_start = start
         return frame
 
-    async def receive_frame(self) -> bytes:
+    async def receive_frame(self) -> bytes | bytearray:
         try:
             while True:
                 frame = self._take_frame()
@@ -362,7 +395,7 @@ class SecureLink(Link):
                     self._plain_start = 0
                 for record in records:
                     try:
-                        self._plain += self._noise.decrypt(record)
+                        self._noise.decrypt_into(record, self._plain)
                     except ProtocolError as exc:
                         raise LinkClosed(f"bad transport message: {exc}", misbehaved=True) from None
         except LinkClosed as exc:

@@ -197,11 +197,11 @@ def _interop(ours: HandshakeState, theirs: NoiseConnection) -> None:
     transport = ours.split()
     for round_number in range(3):
         outbound = b"ours %d " % round_number + bytes(1000 * round_number)
-        assert theirs.decrypt(transport.encrypt(outbound)) == outbound
+        assert theirs.decrypt(bytes(transport.encrypt(outbound))) == outbound
         inbound = b"theirs %d" % round_number
         assert transport.decrypt(theirs.encrypt(inbound)) == inbound
     big = bytes(range(256)) * (MAX_PLAINTEXT_SIZE // 256)
-    assert theirs.decrypt(transport.encrypt(big)) == big
+    assert theirs.decrypt(bytes(transport.encrypt(big))) == big
 
 
 @pytest.mark.filterwarnings(FIXED_EPHEMERAL_WARNING)
@@ -337,6 +337,32 @@ def test_tampered_transport_message_kills_the_state() -> None:
         receiving.decrypt(genuine)
     with pytest.raises(LocalProtocolError, match="connection is dead"):
         receiving.encrypt(b"reply")
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["libsodium-direct", "pynacl"])
+def test_decrypt_into_appends_and_leaves_the_buffer_alone_on_failure(direct: bool) -> None:
+    """decrypt_into appends each plaintext to the buffer, as decrypt would return it; a
+    message that fails (tampered, or of a bad length) leaves the buffer as it was and
+    kills the state."""
+    keys = bytes(range(32)), bytes(range(32, 64))
+    sending = TransportState(*keys, direct=direct)
+    receiving = TransportState(*reversed(keys), direct=direct)
+    out = bytearray(b"kept")
+    for plaintext in (b"", b"one", bytes(MAX_MESSAGE_SIZE - 16)):
+        receiving.decrypt_into(memoryview(sending.encrypt(plaintext)), out)
+    assert out == b"kept" + b"one" + bytes(MAX_MESSAGE_SIZE - 16)
+    before = bytes(out)
+    tampered = bytearray(sending.encrypt(b"frame"))
+    tampered[-1] ^= 1
+    with pytest.raises(RemoteProtocolError):
+        receiving.decrypt_into(tampered, out)
+    assert out == before
+    with pytest.raises(LocalProtocolError, match="connection is dead"):
+        receiving.decrypt_into(sending.encrypt(b"late"), out)
+    short = TransportState(*reversed(keys), direct=direct)
+    with pytest.raises(RemoteProtocolError):
+        short.decrypt_into(bytes(15), out)
+    assert out == before
 
 
 @pytest.mark.parametrize("size", [0, 15, MAX_MESSAGE_SIZE + 1])

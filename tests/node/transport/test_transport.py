@@ -17,7 +17,16 @@ from node.errors import (
 )
 from node.transport import Peer, Transport, TransportConfig
 from protocol.identity import NodeId
-from protocol.messages import Error, ErrorCode, Message, Ping, Pong
+from protocol.messages import (
+    ChunkData,
+    ChunkGroup,
+    Error,
+    ErrorCode,
+    FetchChunk,
+    Message,
+    Ping,
+    Pong,
+)
 
 from .conftest import Network, seeded_identity
 
@@ -89,6 +98,43 @@ async def test_concurrent_requests_are_multiplexed(network: Network, clock: Mock
                 nursery.start_soon(ask, number)
         assert answers == {number: bytes([number]) * 4 for number in range(32)}
         assert client.statistics().connections_outbound == 1
+
+
+def pattern(size: int, seed: int) -> bytes:
+    return bytes((seed + index * 7) % 256 for index in range(size))
+
+
+async def test_big_and_small_frames_queued_together_arrive_whole(
+    network: Network, clock: MockClock
+) -> None:
+    """Answers of every size around the record boundary (65519 plaintext bytes) and far
+    past it, all in flight at once so that several wait in one send queue and records
+    straddle frames, each arrive byte for byte and matched to their request."""
+    sizes = [0, 1, 65_510, 65_514, 65_515, 65_519, 65_520, 131_038, 200_001, 1_500_000]
+
+    async def sized(peer: Peer, message: Message) -> Message:
+        assert isinstance(message, FetchChunk)
+        number = message.chunk_id[0]
+        group = ChunkGroup(1, 1, 0, (message.chunk_id,))
+        return ChunkData(group, pattern(sizes[number % len(sizes)], number))
+
+    async with network.node(handlers={FetchChunk: sized}) as server, network.node() as client:
+        assert server.address is not None
+        answers: dict[int, bytes] = {}
+
+        async def ask(number: int) -> None:
+            answer = await client.request(
+                server.address, FetchChunk(bytes([number]) * 32), node_id=server.node_id
+            )
+            assert isinstance(answer, ChunkData)
+            answers[number] = answer.data
+
+        async with trio.open_nursery() as nursery:
+            for number in range(3 * len(sizes)):
+                nursery.start_soon(ask, number)
+        assert answers == {
+            number: pattern(sizes[number % len(sizes)], number) for number in range(3 * len(sizes))
+        }
 
 
 async def test_unanswered_request_times_out_then_connection_closes(
