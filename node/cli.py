@@ -298,9 +298,7 @@ def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
-def _fetch_into(
-    data_dir: Path, capability: str, fd: int, write: Callable[[bytes], object]
-) -> None:
+def _fetch_into(data_dir: Path, capability: str, fd: int, write: Callable[[bytes], object]) -> None:
     """Have the node get the file into `fd`: by descriptor, so the node writes it
     itself, when it is a regular file; else streamed here and given to `write`."""
     from node.control import regular_file
