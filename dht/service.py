@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 MAX_EVICTION_PINGS = 8
 # How often the tables are saved while running (they are saved at shutdown too).
 PERSIST_INTERVAL = 5 * 60.0
+# How often per bucket_refresh_interval the buckets are checked for staleness.
+REFRESH_CHECKS_PER_INTERVAL = 10
 
 
 @dataclass(slots=True)
@@ -145,8 +147,8 @@ class DhtService:
 
     async def bootstrap(self, addresses: Iterable[Address]) -> int:
         """Join through the nodes at `addresses`: learn who they are, look ourselves up
-        (Kademlia §2.3), then refresh every bucket. Returns the number of contacts
-        known; raises DhtError if none of the addresses answered."""
+        (Kademlia §2.3), then, with `config.refresh_on_join`, refresh every bucket.
+        Returns the number of contacts known; raises DhtError if none answered."""
         answered = 0
 
         async def meet(address: Address) -> None:
@@ -168,7 +170,8 @@ class DhtService:
         if not answered:
             raise DhtError("no bootstrap node answered")
         await self.find_node(self.node_id)
-        await self._refresh_buckets(force=True)
+        if self.config.refresh_on_join:
+            await self._refresh_buckets(force=True)
         return len(self.routing)
 
     async def find_node(self, target: NodeId) -> list[Contact]:
@@ -389,8 +392,10 @@ class DhtService:
     # -- background jobs --------------------------------------------------------------
 
     async def _refresh_loop(self) -> None:
+        # Checked several times per interval: a bucket goes stale an interval after its
+        # last lookup, whenever that was, and is refreshed within a tenth of one after.
         while True:
-            await trio.sleep(self.config.bucket_refresh_interval)
+            await trio.sleep(self.config.bucket_refresh_interval / REFRESH_CHECKS_PER_INTERVAL)
             await self._refresh_buckets(force=False)
 
     async def _refresh_buckets(self, *, force: bool) -> None:

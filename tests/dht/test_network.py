@@ -3,6 +3,7 @@ virtual time: exact lookups, provider lookups, failures, liars, expiry and repub
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -22,7 +23,7 @@ from protocol.messages import (
     Providers,
     WireContact,
 )
-from simulations.swarm import Swarm, SwarmNode, open_swarm
+from simulations.swarm import SWARM_DHT_CONFIG, Swarm, SwarmNode, open_swarm
 
 HOUR = 3600.0
 
@@ -141,6 +142,25 @@ def refuse(node: SwarmNode) -> None:
         return Error(ErrorCode.REFUSED, "no")
 
     node.transport.add_handler(FindNode, error)
+
+
+@pytest.mark.parametrize("refresh_on_join", [False, True])
+async def test_joins_refresh_buckets_only_when_configured_and_stay_exact(
+    clock: MockClock, refresh_on_join: bool
+) -> None:
+    """A join is a self-lookup, plus a refresh of every bucket only with
+    refresh_on_join; either way lookups right after the joins are exact, and once
+    bucket_refresh_interval (and a tenth, between checks) has passed, every node
+    refreshes its idle buckets."""
+    config = dataclasses.replace(SWARM_DHT_CONFIG, refresh_on_join=refresh_on_join)
+    rng = random.Random(6)
+    async with open_swarm(60, seed=6, dht_config=config) as swarm:
+        refreshes = sum(node.dht.statistics().bucket_refreshes for node in swarm.nodes)
+        assert (refreshes > 0) == refresh_on_join
+        assert await exact_lookups(swarm, rng, 50) == 50
+        await trio.sleep(1.1 * config.bucket_refresh_interval + 60)
+        later = sum(node.dht.statistics().bucket_refreshes for node in swarm.nodes)
+        assert later >= refreshes + len(swarm.nodes)  # every node refreshed something
 
 
 async def test_liars_do_not_stop_lookups(clock: MockClock) -> None:
