@@ -18,7 +18,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from simulations.harness import memory_high_water_mib, seed_scheduler
+from simulations.harness import collecting_rarely, memory_high_water_mib, seed_scheduler
 from simulations.scenario import Scenario, ScenarioOptions, write_json, write_plots
 
 __all__ = ["SCENARIOS", "main", "run_scenario"]
@@ -47,7 +47,8 @@ def run_scenario(name: str, options: ScenarioOptions) -> Any:
     """Run scenario `name` in a fresh trio run under MockClock; its ScenarioResult."""
     scenario, _ = _scenarios()[name]
     seed_scheduler(options.seed)
-    result = trio.run(scenario, options, clock=trio.testing.MockClock(autojump_threshold=0))
+    with collecting_rarely():
+        result = trio.run(scenario, options, clock=trio.testing.MockClock(autojump_threshold=0))
     result.peak_memory_mib = max(result.peak_memory_mib, memory_high_water_mib())
     return result
 
