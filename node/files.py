@@ -509,7 +509,7 @@ async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Cand
 async def get_file(
     net: FileNetwork,
     capability: ReadCapability,
-    write: Callable[[bytes], Awaitable[None]],
+    write: Callable[[memoryview], Awaitable[None]],
     *,
     progress: Progress | None = None,
     on_info: Callable[[FileInfo], Awaitable[None]] | None = None,
@@ -539,7 +539,7 @@ async def get_file(
             await window.acquire()
             nursery.start_soon(gather, index)
 
-    async def decode_all(send: trio.MemorySendChannel[bytes]) -> None:
+    async def decode_all(send: trio.MemorySendChannel[memoryview]) -> None:
         async with send:
             for index in range(count):
                 # The event exists once either side asked for it: no busy wait, which
@@ -562,7 +562,7 @@ async def get_file(
 
     # A segment is decoded while the one before it is written: an unbuffered channel
     # between them, so at most one plaintext waits.
-    send, receive = trio.open_memory_channel[bytes](0)
+    send, receive = trio.open_memory_channel[memoryview](0)
     done = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gather_all, nursery)

@@ -61,7 +61,7 @@ def _received_file(fd: int, mode: str) -> Any:
     return open(fd, mode, buffering=0)
 
 
-def _write_all(file: Any, data: bytes) -> None:
+def _write_all(file: Any, data: memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[file.write(view) :]
@@ -339,7 +339,7 @@ class Node:
         if arguments.get("fd") is True:
             with _received_file(await channel.receive_fd(), "wb") as output:
 
-                async def write_file(data: bytes) -> None:
+                async def write_file(data: memoryview) -> None:
                     await trio.to_thread.run_sync(_write_all, output, data)
 
                 info = await self.get(capability, write_file, progress=progress)
