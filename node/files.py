@@ -122,6 +122,8 @@ class _Placement:
     holders: set[NodeId] = field(default_factory=set)
     chunks_stored: int = 0
     refusals: list[str] = field(default_factory=list)
+    # Every node that answered, once a lookup showed the network has fewer than k.
+    everyone: list[Contact] = field(default_factory=list)
 
 
 def _reasons(placement: _Placement) -> str:
@@ -136,15 +138,28 @@ def _reasons(placement: _Placement) -> str:
 # ------------------------------------------------------------------------- talking
 
 
-async def _candidates(net: FileNetwork, key: bytes) -> list[Contact]:
-    """The nodes closest to `key` that answered a lookup, us included, closest first."""
-    try:
-        found = await net.dht.find_node(NodeId(key))
-    except DhtError as exc:
-        raise PlacementFailed(f"looking up nodes failed: {exc}") from None
-    contacts = list(found)
-    if net.own_contact is not None:
-        contacts.append(net.own_contact)
+async def _candidates(
+    net: FileNetwork, key: bytes, everyone: list[Contact] | None = None
+) -> list[Contact]:
+    """The nodes closest to `key` that answered a lookup, us included, closest first.
+
+    With `everyone` (a list the caller keeps across calls), a lookup that found fewer
+    than k nodes, which means the network has no more that answer, is remembered in it,
+    and later calls sort it instead of looking up again: an upload to a small network
+    then makes one lookup, not one per segment."""
+    if everyone:
+        contacts = list(everyone)
+    else:
+        try:
+            found = await net.dht.find_node(NodeId(key))
+        except DhtError as exc:
+            raise PlacementFailed(f"looking up nodes failed: {exc}") from None
+        contacts = list(found)
+        if net.own_contact is not None:
+            contacts.append(net.own_contact)
+        # Two segments placed at once may both have looked up: keep one answer.
+        if everyone is not None and not everyone and len(found) < net.dht.config.k:
+            everyone.extend(contacts)
     target = int.from_bytes(key, "big")
     contacts.sort(key=lambda contact: int(contact.node_id) ^ target)
     return contacts
@@ -196,13 +211,15 @@ async def _held(net: FileNetwork, contact: Contact, ids: Sequence[bytes]) -> lis
 async def _locate(
     net: FileNetwork, ids: Sequence[bytes], *, enough: int | None = None
 ) -> list[list[Contact]]:
-    """For each of `ids`, the live nodes that say they hold it. The nodes closest to
-    ids[0] in our own routing table are asked first (no lookup: in a network small
-    enough that we know everyone, that is all it takes); then, unless `enough` ids
-    already have a holder, those a lookup finds closest to ids[0]; then, for ids none
-    of them holds, the nodes named by provider records (a record may outlive its
-    holder, so only the answer counts). With `enough`, the asking stops as soon as that
-    many ids have a holder."""
+    """For each of `ids`, the live nodes that say they hold it: those a lookup finds
+    closest to ids[0], then, for ids none of them holds, the nodes named by provider
+    records (a record may outlive its holder, so only the answer counts).
+
+    With `enough` (a reader's question: where are enough chunks?), the nodes closest to
+    ids[0] in our own routing table are asked first, with no lookup (in a network small
+    enough that we know everyone, that is all it takes), and the asking stops as soon
+    as `enough` ids have a holder. Without it (a check's question: who holds what?),
+    everyone the lookup finds is asked."""
     holders: list[list[Contact]] = [[] for _ in ids]
     asked: set[NodeId] = set()
 
@@ -229,10 +246,11 @@ async def _locate(
                     asked.add(contact.node_id)
                     nursery.start_soon(ask, contact, nursery.cancel_scope)
 
-    known = net.dht.routing.closest(NodeId(ids[0]), net.dht.config.k)
-    if net.own_contact is not None:
-        known.append(net.own_contact)
-    await ask_all(known)
+    if enough is not None:
+        known = net.dht.routing.closest(NodeId(ids[0]), net.dht.config.k)
+        if net.own_contact is not None:
+            known.append(net.own_contact)
+        await ask_all(known)
     if not satisfied():
         await ask_all(await _candidates(net, ids[0]))
     missing = [position for position, found in enumerate(holders) if not found]
@@ -353,7 +371,7 @@ async def _place_segment(
     """Place segment `index`'s chunks (`pending`, by block number); each entry is let
     go (set to None) once a node has it, not when the whole segment is done."""
     params = net.params
-    candidates = await _candidates(net, ids[0])
+    candidates = await _candidates(net, ids[0], placement.everyone)
     if not candidates:
         raise PlacementFailed("no node to store chunks on: is the node connected?")
     taken: set[NodeId] = set()  # nodes holding a chunk of this segment (or asked for one)
@@ -410,7 +428,7 @@ async def _place_manifest(
             "limit: use a larger segment size for a file this big"
         )
     group = GroupRecord(1, 1, 0, (manifest_id,))
-    candidates = (await _candidates(net, manifest_id))[: net.params.n]
+    candidates = (await _candidates(net, manifest_id, placement.everyone))[: net.params.n]
     stored = 0
 
     async def place(contact: Contact) -> None:
