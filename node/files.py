@@ -208,6 +208,21 @@ async def _held(net: FileNetwork, contact: Contact, ids: Sequence[bytes]) -> lis
     return list(answer.held)
 
 
+def _likely_holders(known: Sequence[Contact], ids: Sequence[bytes]) -> list[Contact]:
+    """`known` in the order placement would have used them for `ids`: each id's
+    closest node not yet chosen, id by id (the rest after)."""
+    left = list(known)
+    order: list[Contact] = []
+    for key in ids:
+        if not left:
+            break
+        target = int.from_bytes(key, "big")
+        best = min(left, key=lambda contact: int(contact.node_id) ^ target)
+        left.remove(best)
+        order.append(best)
+    return order + left
+
+
 async def _locate(
     net: FileNetwork, ids: Sequence[bytes], *, enough: int | None = None
 ) -> list[list[Contact]]:
@@ -217,8 +232,9 @@ async def _locate(
 
     With `enough` (a reader's question: where are enough chunks?), the nodes closest to
     ids[0] in our own routing table are asked first, with no lookup (in a network small
-    enough that we know everyone, that is all it takes), and the asking stops as soon
-    as `enough` ids have a holder. Without it (a check's question: who holds what?),
+    enough that we know everyone, that is all it takes): first the `enough` that
+    placement most likely chose for the first ids, then the others, and the asking
+    stops as soon as `enough` ids have a holder. Without it (a check's question: who holds what?),
     everyone the lookup finds is asked."""
     holders: list[list[Contact]] = [[] for _ in ids]
     asked: set[NodeId] = set()
@@ -250,7 +266,10 @@ async def _locate(
         known = net.dht.routing.closest(NodeId(ids[0]), net.dht.config.k)
         if net.own_contact is not None:
             known.append(net.own_contact)
-        await ask_all(known)
+        likely = _likely_holders(known, ids)
+        await ask_all(likely[:enough])  # most often enough on its own
+        if not satisfied():
+            await ask_all(likely[enough:])
     if not satisfied():
         await ask_all(await _candidates(net, ids[0]))
     missing = [position for position, found in enumerate(holders) if not found]
