@@ -191,7 +191,8 @@ async def _fetch(net: FileNetwork, contact: Contact, wanted: bytes) -> bytes:
     )
     if not isinstance(answer, ChunkData):
         raise TransportError(f"{contact.node_id.short()} answered {type(answer).__name__}")
-    if chunk_id(answer.data) != wanted:
+    # Hashed off the event loop (in a worker thread, where blake3 runs without the GIL).
+    if await net.offload(chunk_id, answer.data) != wanted:
         raise TransportError(f"{contact.node_id.short()} sent bytes that are not the chunk")
     return answer.data
 
