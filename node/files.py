@@ -41,7 +41,13 @@ from dht.contact import Contact
 from dht.errors import DhtError
 from dht.service import DhtService
 from node.chunks import ChunkService, Offload, in_thread
-from node.errors import NodeError, TransportError
+from node.errors import (
+    ConnectionClosed,
+    ConnectionFailed,
+    NodeError,
+    RequestTimeout,
+    TransportError,
+)
 from node.store import GroupRecord
 from node.transport import Transport
 from protocol.capability import ReadCapability, VerifyCapability
@@ -163,6 +169,10 @@ async def _candidates(
     target = int.from_bytes(key, "big")
     contacts.sort(key=lambda contact: int(contact.node_id) ^ target)
     return contacts
+
+
+def _forget(contacts: list[Contact], gone: Contact) -> None:
+    contacts[:] = [contact for contact in contacts if contact.node_id != gone.node_id]
 
 
 def _is_self(net: FileNetwork, contact: Contact) -> bool:
@@ -422,6 +432,8 @@ async def _place_segment(
             except NodeError as exc:
                 placement.refusals.append(str(exc))
                 logger.info("%s did not take a chunk: %s", contact.node_id.short(), exc)
+                if isinstance(exc, ConnectionFailed | ConnectionClosed | RequestTimeout):
+                    _forget(placement.everyone, contact)  # unreachable: not for later segments
                 continue
             pending[number] = None
             stored += 1
@@ -473,15 +485,21 @@ async def _place_manifest(
 
 async def fetch_manifest(net: FileNetwork, manifest_id: bytes) -> Manifest:
     """The manifest named `manifest_id`, from any node that holds it."""
-    holders = (await _locate(net, [manifest_id], enough=1))[0]
     problems: list[str] = []
-    for contact in holders:
-        try:
-            data = await _fetch(net, contact, manifest_id)
-        except NodeError as exc:
-            problems.append(str(exc))
-            continue
-        return Manifest.parse(data, manifest_id)
+    tried: set[NodeId] = set()
+    # The first holder found is usually enough; only if none of those found first gives
+    # it is everyone asked (a reader stops locating early: `_locate`'s `enough`).
+    for enough in (1, None):
+        for contact in (await _locate(net, [manifest_id], enough=enough))[0]:
+            if contact.node_id in tried:
+                continue
+            tried.add(contact.node_id)
+            try:
+                data = await _fetch(net, contact, manifest_id)
+            except NodeError as exc:
+                problems.append(str(exc))
+                continue
+            return Manifest.parse(data, manifest_id)
     detail = f" ({'; '.join(problems[:3])})" if problems else ""
     raise Unreadable(f"no reachable node holds the manifest {manifest_id.hex()[:16]}…{detail}")
 
@@ -495,14 +513,25 @@ async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Cand
     options = {number: list(found) for number, found in enumerate(holders) if found}
     got: dict[int, bytes] = {}
     active: set[int] = set()
+    tried: set[tuple[int, NodeId]] = set()
     problems: list[str] = []
     changed = trio.Event()
+    located_all = False
 
     def next_option() -> tuple[int, Contact] | None:
         for number in sorted(options):  # the data blocks, 0..k-1, come first
             if number not in got and number not in active and options[number]:
-                return number, options[number].pop(0)
+                contact = options[number].pop(0)
+                tried.add((number, contact.node_id))
+                return number, contact
         return None
+
+    async def locate_all() -> None:
+        # The first _locate stopped at k + 1 chunks with a holder; those failed, so ask
+        # everyone a lookup (and the provider records) name, for the untried holders.
+        for number, found in enumerate(await _locate(net, ids)):
+            fresh = [c for c in found if (number, c.node_id) not in tried]
+            options.setdefault(number, []).extend(fresh)
 
     async def fetch(number: int, contact: Contact) -> None:
         try:
@@ -527,7 +556,11 @@ async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Cand
                     break
                 start(nursery, option)
             if not active:
-                break  # nothing running and nothing left to try
+                if located_all:
+                    break  # nothing running and nothing left to try
+                located_all = True
+                await locate_all()
+                continue
             changed = trio.Event()
             with trio.move_on_after(HEDGE_AFTER) as hedge:
                 await changed.wait()

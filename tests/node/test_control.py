@@ -441,6 +441,37 @@ async def test_a_missing_descriptor_closes_only_that_connection(
             assert await command(path, "echo") == [{"result": {"echo": {}}}]
 
 
+async def test_a_cancelled_receive_fd_leaks_no_descriptor() -> None:
+    """Cancelled just as the descriptor arrives, receive_fd either returns it (the
+    caller's to close) or never took it: no descriptor is left open either way."""
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_descriptors()
+    for _ in range(50):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        reading, writing = os.pipe()
+        socket.send_fds(theirs, [b"F"], [reading])  # already waiting when we receive
+        os.close(reading)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        received: list[int] = []
+        with trio.CancelScope() as scope:
+
+            async def cancel() -> None:
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel)
+                received.append(await ControlChannel(stream).receive_fd())
+        for fd in received:
+            os.close(fd)
+        await stream.aclose()
+        theirs.close()
+        os.close(writing)
+    assert open_descriptors() == before
+
+
 def test_the_node_takes_only_regular_files_by_descriptor(tmp_path: Path) -> None:
     """A pipe (or terminal, or socket) sent as a descriptor is refused with a clear
     error and closed; a regular file is taken."""

@@ -1,0 +1,173 @@
+"""node/files, the reader's side: whom it asks first for a segment's chunks, and that
+stopping early never costs it a file that enough honest holders can still give."""
+
+from __future__ import annotations
+
+import errno
+import random
+import types
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from trio.testing import MockClock
+
+from dht.contact import Contact
+from node.chunks import inline
+from node.errors import NodeError
+from node.files import _gather, _likely_holders, _locate, fetch_manifest
+from node.node import _UserFile, _write_all
+from protocol.encoding import Encoder
+from protocol.identity import NodeId
+from protocol.manifest import EncodingParams, Manifest, chunk_id
+from protocol.messages import ChunkData, ChunkGroup, ChunksHeld, FetchChunk, HasChunks, Message
+
+
+def contacts(rng: random.Random, count: int) -> list[Contact]:
+    return [Contact(NodeId(rng.randbytes(32)), ("127.0.0.1", 1000 + i)) for i in range(count)]
+
+
+@given(seed=st.integers(0, 2**32), known=st.integers(0, 25), ids=st.integers(1, 12))
+def test_likely_holders_follow_placement(seed: int, known: int, ids: int) -> None:
+    """Every known node once; the j-th is the closest to id j among those not chosen
+    before it (placement's rule), and the rest follow."""
+    rng = random.Random(seed)
+    nodes = contacts(rng, known)
+    keys = [rng.randbytes(32) for _ in range(ids)]
+    order = _likely_holders(nodes, keys)
+    assert sorted(c.node_id.value for c in order) == sorted(c.node_id.value for c in nodes)
+    left = list(nodes)
+    for position, key in enumerate(keys[: len(nodes)]):
+        target = int.from_bytes(key, "big")
+        expected = min(left, key=lambda contact: int(contact.node_id) ^ target)
+        assert order[position] == expected
+        left.remove(expected)
+
+
+class Holders:
+    """Ten nodes each holding what `held` says (chunk id -> bytes), some of them rotten:
+    the transport and DHT a reader's FileNetwork needs, answering from memory."""
+
+    def __init__(self, rng: random.Random, held: list[dict[bytes, bytes]]) -> None:
+        self.nodes = contacts(rng, len(held))
+        self.held = {node.node_id: chunks for node, chunks in zip(self.nodes, held, strict=True)}
+        self.rotten: set[tuple[NodeId, bytes]] = set()
+        self.dht = types.SimpleNamespace(
+            routing=types.SimpleNamespace(closest=self.closest),
+            config=types.SimpleNamespace(k=20),
+            find_node=self.find_node,
+            find_providers=self.find_providers,
+        )
+
+    def closest(self, target: NodeId, count: int, exclude: Any = None) -> list[Contact]:
+        return sorted(self.nodes, key=lambda contact: int(contact.node_id) ^ int(target))[:count]
+
+    async def find_node(self, target: NodeId) -> list[Contact]:
+        await trio.sleep(0.05)
+        return self.closest(target, 20)
+
+    async def find_providers(self, target: NodeId) -> list[Contact]:
+        await trio.sleep(0.05)
+        return []
+
+    async def request(
+        self, address: Any, message: Message, *, node_id: NodeId, timeout: float
+    ) -> Message:
+        await trio.sleep(
+            0.01
+            + 0.001 * self.nodes.index(next(node for node in self.nodes if node.node_id == node_id))
+        )
+        chunks = self.held[node_id]
+        if isinstance(message, HasChunks):
+            return ChunksHeld(tuple(wanted in chunks for wanted in message.chunk_ids))
+        assert isinstance(message, FetchChunk)
+        data = chunks[message.chunk_id]
+        if (node_id, message.chunk_id) in self.rotten:
+            data = bytes([data[0] ^ 1]) + data[1:]
+        return ChunkData(ChunkGroup(1, 1, 0, (message.chunk_id,)), data)
+
+    def network(self) -> Any:
+        return types.SimpleNamespace(transport=self, dht=self.dht, own_contact=None, offload=inline)
+
+
+def encoded(rng: random.Random) -> tuple[Manifest, bytes, list[tuple[bytes, bytes]]]:
+    """A one-segment 3-of-10 file: its manifest, the manifest's bytes (whose hash is its
+    id), and its chunks."""
+    params = EncodingParams(k=3, n=10, segment_size=4096)
+    encoder = Encoder(rng.randbytes(3000), random_bytes=rng.randbytes, params=params)
+    chunks = [
+        (chunk.chunk_id, bytes(chunk.data))
+        for segment in encoder.segments()
+        for chunk in segment.chunks
+    ]
+    manifest = Manifest.parse(encoder.manifest_bytes, encoder.manifest_id)
+    return manifest, encoder.manifest_bytes, chunks
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    return MockClock(autojump_threshold=0)
+
+
+async def test_a_reader_looks_further_when_the_first_holders_it_found_lie(
+    clock: MockClock,
+) -> None:
+    """The reader stops locating at k + 1 chunks; when the holders of all but one of
+    those serve rotten bytes, it asks everyone and still gets k valid chunks."""
+    rng = random.Random(11)
+    manifest, _, chunks = encoded(rng)
+    holders = Holders(rng, [dict([chunk]) for chunk in chunks])
+    net = holders.network()
+    ids = [identifier for identifier, _ in chunks]
+    located = await _locate(net, ids, enough=4)
+    first = [ids[number] for number, found in enumerate(located) if found]
+    assert len(first) == 4  # stopped early
+    for node in holders.nodes:
+        for identifier in first[:3]:
+            holders.rotten.add((node.node_id, identifier))
+    got = await _gather(net, manifest, 0)
+    assert len(got) == 3
+    assert not {identifier for identifier, _ in got} & set(first[:3])
+    assert all(data == dict(chunks)[identifier] for identifier, data in got)
+
+
+async def test_a_reader_takes_the_manifest_from_another_holder_when_the_first_lies(
+    clock: MockClock,
+) -> None:
+    """Every node holds the manifest; the copy the reader finds first is rotten, so it
+    asks everyone and parses a good copy."""
+    rng = random.Random(12)
+    manifest, manifest_bytes, _ = encoded(rng)
+    manifest_id = chunk_id(manifest_bytes)
+    holders = Holders(rng, [{manifest_id: manifest_bytes} for _ in range(10)])
+    first = (await _locate(holders.network(), [manifest_id], enough=1))[0]
+    assert len(first) == 1
+    holders.rotten.add((first[0].node_id, manifest_id))
+    assert await fetch_manifest(holders.network(), manifest_id) == manifest
+
+
+class Refusing:
+    """A file whose every read and write fails as a full or broken disk does."""
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def readinto(self, buffer: Any) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def read(self, size: int = -1) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_errors_of_the_users_file_are_one_line_node_errors() -> None:
+    """A get whose output file is full, or a put whose file cannot be read, fails with
+    a NodeError that names the cause (the CLI's one line), not a bare OSError."""
+    with pytest.raises(NodeError, match="cannot write the output: No space left on device"):
+        _write_all(Refusing(), memoryview(b"data"))
+    user_file = _UserFile(Refusing())
+    with pytest.raises(NodeError, match="cannot read the file: Input/output error"):
+        user_file.readinto(bytearray(4))
+    with pytest.raises(NodeError, match="cannot read the file: Input/output error"):
+        user_file.read(4)
