@@ -170,11 +170,11 @@ class ControlChannel:
     async def receive_fd(self) -> int:
         """The file descriptor the CLI sends after a command that says {"fd": true};
         the caller owns (and closes) it. ControlError if none came."""
-        import trio
-
         try:
+            # Close-on-exec from the start; trio's recvmsg checkpoints before it receives,
+            # and nothing here may wait once a descriptor is in hand (a cancel would leak it).
             marker, ancillary, _, _ = await self._stream.socket.recvmsg(
-                1, socket.CMSG_SPACE(_FD.size)
+                1, socket.CMSG_SPACE(_FD.size), socket.MSG_CMSG_CLOEXEC
             )
         except OSError as exc:
             raise ControlError(f"the CLI went away: {exc}") from None
@@ -188,7 +188,6 @@ class ControlChannel:
             for extra in fds:
                 os.close(extra)
             raise ControlError("expected a file descriptor after the command")
-        await trio.lowlevel.checkpoint()
         received: int = fds[0]
         return received
 

@@ -62,9 +62,36 @@ def _received_file(fd: int, mode: str) -> Any:
 
 
 def _write_all(file: Any, data: memoryview) -> None:
+    """Write all of `data` to the CLI's output file; NodeError (the CLI's one line) if
+    the file refuses it: a full disk, a quota, a size limit."""
     view = memoryview(data)
-    while view:
-        view = view[file.write(view) :]
+    try:
+        while view:
+            view = view[file.write(view) :]
+    except OSError as exc:
+        raise NodeError(f"cannot write the output: {exc.strerror or exc}") from None
+
+
+class _UserFile:
+    """The file the CLI handed over for a put, read by the encoder: its read errors
+    become NodeError (the CLI's one line), not a node bug with a traceback."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def readinto(self, buffer: Any) -> int | None:
+        try:
+            got: int | None = self._file.readinto(buffer)
+        except OSError as exc:
+            raise NodeError(f"cannot read the file: {exc.strerror or exc}") from None
+        return got
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data: bytes = self._file.read(size)
+        except OSError as exc:
+            raise NodeError(f"cannot read the file: {exc.strerror or exc}") from None
+        return data
 
 
 def is_loopback(host: str) -> bool:
@@ -308,7 +335,9 @@ class Node:
         if arguments.get("fd") is True:
             with _received_file(await channel.receive_fd(), "rb") as source:
                 size = os.fstat(source.fileno()).st_size
-                capability = await self.put(source, size=size, name=name, progress=progress)
+                capability = await self.put(
+                    _UserFile(source), size=size, name=name, progress=progress
+                )
         else:
             stream = channel.receive_stream()
             token = trio.lowlevel.current_trio_token()
