@@ -13,6 +13,7 @@ client command starts in a few tens of milliseconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -230,7 +231,7 @@ def _put(arguments: argparse.Namespace, data_dir: Path) -> int:
         if regular_file(source.fileno()):
             # The node reads the file itself (node/control.py): no byte crosses the socket.
             client.send({"command": "put", "arguments": {"size": size, "name": name, "fd": True}})
-            client.send_fd(source.fileno())
+            _send_fd(client, source.fileno())
             result = _drain(client, bar)
             print(result["capability"])
             return 0
@@ -252,6 +253,15 @@ def _put(arguments: argparse.Namespace, data_dir: Path) -> int:
         result = _drain(client, bar)
     print(result["capability"])
     return 0
+
+
+def _send_fd(client: Any, fd: int) -> None:
+    """Hand `fd` to the node; if it already hung up (it refused the command), its
+    error frame, read next, says why better than "broken pipe" would."""
+    from node.control import ControlError
+
+    with contextlib.suppress(ControlError):
+        client.send_fd(fd)
 
 
 def _drain(client: Any, bar: Any, write: Callable[[bytes], object] | None = None) -> Any:
@@ -307,7 +317,7 @@ def _fetch_into(data_dir: Path, capability: str, fd: int, write: Callable[[bytes
         bar = _progress_bar(None, "get")
         if regular_file(fd):
             client.send({"command": "get", "arguments": {"capability": capability, "fd": True}})
-            client.send_fd(fd)
+            _send_fd(client, fd)
             _drain(client, bar)
         else:
             client.send({"command": "get", "arguments": {"capability": capability}})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import shutil
 import socket
 import stat
@@ -439,6 +440,34 @@ async def test_a_missing_descriptor_closes_only_that_connection(
                 answer = b""
             assert answer == b""
             assert await command(path, "echo") == [{"result": {"echo": {}}}]
+
+
+async def test_a_command_refused_before_its_descriptor_still_says_why(
+    directory: Path, tmp_path: Path
+) -> None:
+    """The node refuses a command before taking the descriptor it promised, and may
+    hang up before the CLI sends it: the CLI still reports the node's own message."""
+    from node.cli import _send_fd
+
+    path = directory / "control.sock"
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"x")
+
+    def run(wait_for_hang_up: bool) -> None:
+        with open(target, "rb") as file, ControlClient(path, timeout=CLIENT_TIMEOUT) as client:
+            client.send({"command": "refuse", "arguments": {"fd": True}})
+            if wait_for_hang_up:
+                poll = select.poll()
+                poll.register(client._sock, select.POLLRDHUP)
+                assert poll.poll(CLIENT_TIMEOUT * 1000)
+            _send_fd(client, file.fileno())
+            list(client.frames())
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving(path):
+            for wait_for_hang_up in (False, True):
+                with pytest.raises(CommandFailed, match="the network is full"):
+                    await trio.to_thread.run_sync(run, wait_for_hang_up)
 
 
 async def test_a_cancelled_receive_fd_leaks_no_descriptor() -> None:
