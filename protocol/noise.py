@@ -724,7 +724,12 @@ class TransportState:
         """`decrypt`, appending the plaintext to `out` instead of returning it (no copy
         of its own); on any error `out` is left as it was."""
         if self._direct is None:
-            out += self.decrypt(ciphertext)
+            plaintext = self.decrypt(ciphertext)
+            try:
+                out += plaintext
+            except BufferError:  # `out` is exported: the message was not taken after all
+                self._receive_nonce -= 1
+                raise
             return
         nonce = self._receive_nonce_for(ciphertext)
         if not self._direct.decrypt_into(ciphertext, nonce, self._receive_key, out):

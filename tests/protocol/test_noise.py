@@ -365,6 +365,23 @@ def test_decrypt_into_appends_and_leaves_the_buffer_alone_on_failure(direct: boo
     assert out == before
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["libsodium-direct", "pynacl"])
+def test_decrypt_into_an_exported_buffer_takes_nothing(direct: bool) -> None:
+    """A buffer that cannot grow (a view of it is held) raises BufferError and the
+    message is not taken: the same message decrypts once the view is released."""
+    keys = bytes(range(32)), bytes(range(32, 64))
+    sending = TransportState(*keys, direct=direct)
+    receiving = TransportState(*reversed(keys), direct=direct)
+    out = bytearray(b"kept")
+    message = sending.encrypt(b"frame")
+    view = memoryview(out)
+    with pytest.raises(BufferError):
+        receiving.decrypt_into(message, out)
+    view.release()
+    receiving.decrypt_into(message, out)
+    assert out == b"keptframe"
+
+
 @pytest.mark.parametrize("size", [0, 15, MAX_MESSAGE_SIZE + 1])
 def test_transport_message_of_bad_length_kills_the_state(size: int) -> None:
     """A transport message shorter than a tag or longer than 65535 bytes is the peer's
