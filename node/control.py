@@ -9,7 +9,7 @@ Wire format, both ways: frames of a 4-byte big-endian header and a body of at mo
 `MAX_CONTROL_FRAME` bytes. The header's top bit says what the body is: clear, a msgpack
 map of the header's length; set, a data frame, whose body is the next (header & 0x7fffffff)
 bytes of a file, raw (so that a file's bytes are never packed, unpacked or copied on
-the way: a get streams at several hundred MB/s). Readers see a data frame as the map
+the way). Readers see a data frame as the map
 {"data": bytes}. One command per connection:
 
     client -> node   {"command": NAME, "arguments": {...}}

@@ -219,16 +219,21 @@ async def _held(net: FileNetwork, contact: Contact, ids: Sequence[bytes]) -> lis
     return list(answer.held)
 
 
+def _closest(contacts: Iterable[Contact], key: bytes) -> Contact | None:
+    """Placement's rule for one chunk: the contact closest to its id (XOR metric)."""
+    target = int.from_bytes(key, "big")
+    return min(contacts, key=lambda contact: int(contact.node_id) ^ target, default=None)
+
+
 def _likely_holders(known: Sequence[Contact], ids: Sequence[bytes]) -> list[Contact]:
     """`known` in the order placement would have used them for `ids`: each id's
     closest node not yet chosen, id by id (the rest after)."""
     left = list(known)
     order: list[Contact] = []
     for key in ids:
-        if not left:
+        best = _closest(left, key)
+        if best is None:
             break
-        target = int.from_bytes(key, "big")
-        best = min(left, key=lambda contact: int(contact.node_id) ^ target)
         left.remove(best)
         order.append(best)
     return order + left
@@ -408,10 +413,8 @@ async def _place_segment(
     stored = 0
 
     def next_candidate(target: bytes, tried: set[NodeId]) -> Contact | None:
-        number = int.from_bytes(target, "big")
         fresh = [c for c in candidates if c.node_id not in taken and c.node_id not in tried]
-        pool = fresh or [c for c in candidates if c.node_id not in tried]
-        return min(pool, key=lambda c: int(c.node_id) ^ number, default=None)
+        return _closest(fresh or [c for c in candidates if c.node_id not in tried], target)
 
     async def place(number: int) -> None:
         nonlocal stored

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,36 +62,38 @@ def _received_file(fd: int, mode: str) -> Any:
     return open(fd, mode, buffering=0)
 
 
-def _write_all(file: Any, data: memoryview) -> None:
-    """Write all of `data` to the CLI's output file; NodeError (the CLI's one line) if
-    the file refuses it: a full disk, a quota, a size limit."""
-    view = memoryview(data)
+@contextmanager
+def _user_file_errors(doing: str) -> Iterator[None]:
+    """An OSError of the file the CLI handed over (a full disk, a quota, a bad sector)
+    becomes NodeError: the CLI's one line, not a node bug with a traceback."""
     try:
+        yield
+    except OSError as exc:
+        raise NodeError(f"cannot {doing}: {exc.strerror or exc}") from None
+
+
+def _write_all(file: Any, data: memoryview) -> None:
+    """Write all of `data` to the CLI's output file."""
+    view = data
+    with _user_file_errors("write the output"):
         while view:
             view = view[file.write(view) :]
-    except OSError as exc:
-        raise NodeError(f"cannot write the output: {exc.strerror or exc}") from None
 
 
 class _UserFile:
-    """The file the CLI handed over for a put, read by the encoder: its read errors
-    become NodeError (the CLI's one line), not a node bug with a traceback."""
+    """The file the CLI handed over for a put, as the encoder reads it."""
 
     def __init__(self, file: Any) -> None:
         self._file = file
 
     def readinto(self, buffer: Any) -> int | None:
-        try:
+        with _user_file_errors("read the file"):
             got: int | None = self._file.readinto(buffer)
-        except OSError as exc:
-            raise NodeError(f"cannot read the file: {exc.strerror or exc}") from None
         return got
 
     def read(self, size: int = -1) -> bytes:
-        try:
+        with _user_file_errors("read the file"):
             data: bytes = self._file.read(size)
-        except OSError as exc:
-            raise NodeError(f"cannot read the file: {exc.strerror or exc}") from None
         return data
 
 
