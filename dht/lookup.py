@@ -86,6 +86,7 @@ hop among the result contacts (the number of sequential round trips needed, minu
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -144,12 +145,16 @@ class LookupStatistics:
     """`now` of the report that finished the lookup; None if not finished by a report."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: list.remove finds the very entry
 class _Entry:
     contact: Contact
     distance: int
     hop: int
     state: ContactState
+
+
+def _distance(entry: _Entry) -> int:
+    return entry.distance
 
 
 @dataclass(slots=True)
@@ -181,6 +186,7 @@ class Lookup:
         "_finished",
         "_finished_at",
         "_in_flight",
+        "_order",
         "_own_id",
         "_provider_arrivals",
         "_providers",
@@ -190,6 +196,7 @@ class Lookup:
         "_rtt",
         "_slow_count",
         "_started_at",
+        "_target_number",
         "_want_providers",
         "target",
     )
@@ -205,17 +212,22 @@ class Lookup:
         rtt: RttEstimator | None = None,
     ) -> None:
         self.target = target
+        self._target_number = int(target)
         self._config = config
-        self._own_id = own_id
+        # Ids are kept as their bytes: hashing and comparing those is done in C, where a
+        # NodeId's take a Python call each, and a lookup makes thousands.
+        self._own_id = None if own_id is None else own_id.value
         self._want_providers = want_providers
         self._rtt = rtt
         self._candidate_limit = CANDIDATE_FACTOR * config.k
-        # Every contact not failed and not retired, by id.
-        self._entries: dict[NodeId, _Entry] = {}
-        self._failed_ids: set[NodeId] = set()
+        # Every contact not failed and not retired, by id, and the same entries closest
+        # to the target first (XOR distances to one target are all distinct).
+        self._entries: dict[bytes, _Entry] = {}
+        self._order: list[_Entry] = []
+        self._failed_ids: set[bytes] = set()
         # Answered contacts that fell behind k closer answered ones: never in the result
         # again (answers are final), so only their ids are kept, to not query them twice.
-        self._retired_ids: set[NodeId] = set()
+        self._retired_ids: set[bytes] = set()
         self._in_flight = 0
         self._slow_count = 0
         self._providers: dict[NodeId, _Provider] = {}
@@ -342,16 +354,17 @@ class Lookup:
 
     def contact(self, node_id: NodeId) -> Contact:
         """The contact this lookup knows by `node_id` (KeyError if none)."""
-        return self._entries[node_id].contact
+        return self._entries[node_id.value].contact
 
     def state(self, node_id: NodeId) -> ContactState | None:
         """Where `node_id` stands in this lookup; None if unknown (or forgotten)."""
-        entry = self._entries.get(node_id)
+        key = node_id.value
+        entry = self._entries.get(key)
         if entry is not None:
             return entry.state
-        if node_id in self._failed_ids:
+        if key in self._failed_ids:
             return ContactState.FAILED
-        if node_id in self._retired_ids:
+        if key in self._retired_ids:
             return ContactState.ANSWERED
         return None
 
@@ -379,21 +392,36 @@ class Lookup:
         """The k closest contacts neither failed nor slow, closest first. A slow contact
         steps out of the window, so that its slot goes to the next closest contact
         rather than waiting on it; if it answers before the lookup ends it is back."""
-        ordered = sorted(
-            (entry for entry in self._entries.values() if entry.state is not ContactState.SLOW),
-            key=lambda entry: entry.distance,
-        )
-        return ordered[: self._config.k]
+        window: list[_Entry] = []
+        k = self._config.k
+        for entry in self._order:
+            if entry.state is not ContactState.SLOW:
+                window.append(entry)
+                if len(window) == k:
+                    break
+        return window
 
     def _result_entries(self) -> list[_Entry]:
-        answered = [e for e in self._entries.values() if e.state is ContactState.ANSWERED]
-        answered.sort(key=lambda entry: entry.distance)
-        return answered[: self._config.k]
+        answered: list[_Entry] = []
+        k = self._config.k
+        for entry in self._order:
+            if entry.state is ContactState.ANSWERED:
+                answered.append(entry)
+                if len(answered) == k:
+                    break
+        return answered
+
+    def _remove(self, entries: Iterable[_Entry]) -> None:
+        gone = {id(entry) for entry in entries}
+        for entry in self._order:
+            if id(entry) in gone:
+                del self._entries[entry.contact.node_id.value]
+        self._order = [entry for entry in self._order if id(entry) not in gone]
 
     def _in_flight_entry(self, contact: Contact) -> _Entry | None:
         if self._finished:
             return None  # an abandoned query that raced its cancellation (rule 4)
-        entry = self._entries.get(contact.node_id)
+        entry = self._entries.get(contact.node_id.value)
         if entry is None or entry.state not in (ContactState.IN_FLIGHT, ContactState.SLOW):
             raise ValueError(f"{contact!r} has no query in flight in this lookup")
         return entry
@@ -405,47 +433,48 @@ class Lookup:
             self._in_flight -= 1
 
     def _fail(self, entry: _Entry) -> None:
-        node_id = entry.contact.node_id
+        key = entry.contact.node_id.value
         self._release(entry)
-        del self._entries[node_id]
-        self._failed_ids.add(node_id)
+        del self._entries[key]
+        self._order.remove(entry)
+        self._failed_ids.add(key)
         self._failed_count += 1
 
     def _learn(self, contacts: Iterable[Contact], *, hop: int, reporter: NodeId | None) -> None:
         """Rule 1: add new candidates, then forget the farthest beyond the cap."""
-        added = False
+        skip = (self._own_id, None if reporter is None else reporter.value)
+        entries, failed, retired = self._entries, self._failed_ids, self._retired_ids
+        target = self._target_number
+        added = 0
         for contact in contacts:
-            node_id = contact.node_id
+            key = contact.node_id.value
             if (
-                node_id == self._own_id
-                or node_id == reporter
-                or node_id in self._entries
-                or node_id in self._failed_ids
-                or node_id in self._retired_ids
+                key in skip
+                or key in entries
+                or key in failed
+                or key in retired
                 or not _is_dialable(contact)
             ):
                 continue
-            self._entries[node_id] = _Entry(
-                contact, self.target.distance(node_id), hop, ContactState.CANDIDATE
-            )
-            added = True
+            distance = int.from_bytes(key, "big") ^ target
+            entry = _Entry(contact, distance, hop, ContactState.CANDIDATE)
+            entries[key] = entry
+            bisect.insort(self._order, entry, key=_distance)
+            added += 1
         if added:
-            candidates = [e for e in self._entries.values() if e.state is ContactState.CANDIDATE]
+            candidates = [e for e in self._order if e.state is ContactState.CANDIDATE]
             if len(candidates) > self._candidate_limit:
-                candidates.sort(key=lambda entry: entry.distance)
-                for entry in candidates[self._candidate_limit :]:
-                    del self._entries[entry.contact.node_id]
+                self._remove(candidates[self._candidate_limit :])
 
     def _retire_answered(self) -> None:
         """Answered contacts behind k closer answered ones can never return to the
         result or the window; keep only their ids."""
-        answered = [e for e in self._entries.values() if e.state is ContactState.ANSWERED]
+        answered = [e for e in self._order if e.state is ContactState.ANSWERED]
         if len(answered) <= self._config.k:
             return
-        answered.sort(key=lambda entry: entry.distance)
-        for entry in answered[self._config.k :]:
-            del self._entries[entry.contact.node_id]
-            self._retired_ids.add(entry.contact.node_id)
+        behind = answered[self._config.k :]
+        self._remove(behind)
+        self._retired_ids.update(entry.contact.node_id.value for entry in behind)
 
     def _collect_providers(self, providers: Sequence[Contact], *, reporter_distance: int) -> None:
         """Rule 6: dedupe by id, keep the report of the closest reporter, bound the set."""
