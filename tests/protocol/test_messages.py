@@ -8,6 +8,7 @@ strategies are derived from the annotations, so new messages are covered automat
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import functools
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import protocol.messages as messages_module
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.messages import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -433,6 +435,154 @@ def test_bad_body_behind_good_header_is_malformed_with_request_id(
         assert (error.kind, error.request_id) == (kind, request_id)
     except RemoteProtocolError:
         pass  # broke a frame-wide msgpack limit before the header could be read
+
+
+# ------------------------------------------- generated fast paths against the checks
+
+
+def codec_of(cls: type) -> Any:
+    codec = messages_module._STRUCT_CODECS[cls]
+    assert codec.checked is not None  # every struct has a generated fast path
+    return codec
+
+
+def outcome(function: Any, value: Any) -> tuple[Any, ...]:
+    """What a codec function makes of `value`: the result (with its type), or the
+    error's path and reason."""
+    try:
+        result = function(value)
+    except messages_module._Invalid as error:
+        return ("invalid", error.path, error.reason)
+    return ("ok", type(result), result)
+
+
+def leaves(value: Any, path: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    """The paths of every element of a nested tuple, arrays included."""
+    found = [path]
+    if isinstance(value, tuple):
+        for index, item in enumerate(value):
+            found.extend(leaves(item, (*path, index)))
+    return found
+
+
+def replaced(value: Any, path: tuple[int, ...], new: Any) -> Any:
+    if not path:
+        return new
+    head, *rest = path
+    return (*value[:head], replaced(value[head], tuple(rest), new), *value[head + 1 :])
+
+
+# Fewer examples: each one makes and checks several variants.
+FAST_PATH_EXAMPLES = settings(DETERMINISTIC, max_examples=30)
+
+
+@pytest.mark.parametrize(("table", "cls"), EVERY_MESSAGE)
+@FAST_PATH_EXAMPLES
+@given(data=st.data())
+def test_fast_decoding_agrees_with_the_checks(
+    table: MessageTable, cls: type[Message], data: st.DataObject
+) -> None:
+    """The generated decoder gives what the checking decoder gives, value or error
+    (path and reason), for valid bodies and for bodies with any one part replaced."""
+    codec = codec_of(cls)
+    envelope = data.draw(envelopes(cls))
+    body = msgpack.unpackb(encode_envelope(envelope, table=table), use_list=False)[4]
+    assert outcome(codec.decode, body) == ("ok", cls, envelope.message)
+    for _ in range(3):
+        path = data.draw(st.sampled_from(leaves(body)))
+        changed = replaced(body, path, data.draw(replacements.map(as_wire)))
+        assert outcome(codec.decode, changed) == outcome(codec.checked[0], changed)
+
+
+def constraints_in(cls: type, seen: set[type]) -> list[Any]:
+    """Every constraint declared in `cls` and the structs it holds."""
+    found: list[Any] = []
+    if cls in seen:
+        return found
+    seen.add(cls)
+    for hint in typing.get_type_hints(cls, include_extras=True).values():
+        stack = [hint]
+        while stack:
+            hint = stack.pop()
+            if typing.get_origin(hint) is Annotated:
+                found.extend(item for item in hint.__metadata__ if isinstance(item, CONSTRAINTS))
+                stack.append(hint.__origin__)
+            elif typing.get_args(hint):
+                stack.extend(typing.get_args(hint))
+            elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+                found.extend(constraints_in(hint, seen))
+    return found
+
+
+def edge_values(constraint: Any) -> list[Any]:
+    """Values at and just beyond a constraint's bounds."""
+    if isinstance(constraint, Int):
+        edges = [constraint.min - 1, constraint.min, constraint.max, constraint.max + 1]
+        return [value for value in edges if -(2**63) <= value < 2**64]  # msgpack's range
+    if isinstance(constraint, Bytes | Text | Items):
+        low, high = (
+            constraint.bounds
+            if isinstance(constraint, Bytes)
+            else (constraint.min_len, constraint.max_len)
+            if isinstance(constraint, Text)
+            else (constraint.min_items, constraint.max_items)
+        )
+        lengths = [size for size in (low - 1, low, high, high + 1) if 0 <= size <= 300]
+        if isinstance(constraint, Bytes):
+            return [b"e" * size for size in lengths]
+        if isinstance(constraint, Text):
+            return ["e" * size for size in lengths] + ["é" * (size // 2) for size in lengths]
+        return [(b"e" * 32,) * size for size in lengths]
+    return []
+
+
+EDGE_VALUES = sorted(
+    {
+        (type(value).__name__, value)
+        for table in TABLES
+        for cls in registered(table)
+        for constraint in constraints_in(cls, set())
+        for value in edge_values(constraint)
+    },
+    key=repr,
+)
+replacements = msgpack_values | st.sampled_from([value for _, value in EDGE_VALUES])
+
+
+def as_wire(value: Any) -> Any:
+    """A value as msgpack decodes it here (arrays as tuples)."""
+    return msgpack.unpackb(msgpack.packb(value), use_list=False, strict_map_key=False)
+
+
+@pytest.mark.parametrize(("table", "cls"), EVERY_MESSAGE)
+@FAST_PATH_EXAMPLES
+@given(data=st.data())
+def test_fast_encoding_agrees_with_the_checks(
+    table: MessageTable, cls: type[Message], data: st.DataObject
+) -> None:
+    """The generated encoder gives what the checking encoder gives, for valid messages
+    and for messages with one field set to anything at all."""
+    codec = codec_of(cls)
+    value = data.draw(struct_strategy(cls))
+    assert outcome(codec.encode, value) == outcome(codec.checked[1], value)
+    field = data.draw(st.sampled_from(dataclasses.fields(cls)))
+    broken = copy.copy(value)
+    object.__setattr__(broken, field.name, data.draw(replacements))
+    assert outcome(codec.encode, broken) == outcome(codec.checked[1], broken)
+
+
+def test_fast_paths_take_non_ascii_text_through_the_checks() -> None:
+    """Text that is not ASCII fails the inline test (characters are not bytes) and is
+    measured in UTF-8 by the check: 16 two-byte characters fit Text(max_len=32)..."""
+    codec = codec_of(Everything)
+    body = tuple(as_wire(everything_body(name="é" * 8)))
+    assert codec.decode(body).name == "é" * 8
+    # ...and 9 of them are 18 bytes, over this field's 16.
+    assert outcome(codec.decode, tuple(as_wire(everything_body(name="é" * 9)))) == (
+        "invalid",
+        ".name",
+        "18 bytes of UTF-8, at most 16 allowed",
+    )
 
 
 # --------------------------------------------------------------- specific bad inputs
