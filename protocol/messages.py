@@ -480,27 +480,19 @@ def _items_codec(inner: _Codec, low: int, high: int) -> _Codec:
     if inner.test is not None:
         item = inner.test.format(v="item")
         # Valid leaves come out unchanged: the array is its own decoding.
-        fast_decode = _generated(
-            f"def fast(value):\n"
-            f"    if {sized}:\n"
-            f"        for item in value:\n"
-            f"            if not {item}:\n"
-            f"                break\n"
-            f"        else:\n"
-            f"            return value\n"
-            f"    return _slow(value)\n",
-            {**namespace, "_slow": decode},
-        )
-        fast_encode = _generated(
-            f"def fast(value):\n"
-            f"    if {sized}:\n"
-            f"        for item in value:\n"
-            f"            if not {item}:\n"
-            f"                break\n"
-            f"        else:\n"
-            f"            return list(value)\n"
-            f"    return _slow(value)\n",
-            {**namespace, "_slow": encode},
+        fast_decode, fast_encode = (
+            _generated(
+                f"def fast(value):\n"
+                f"    if {sized}:\n"
+                f"        for item in value:\n"
+                f"            if not {item}:\n"
+                f"                break\n"
+                f"        else:\n"
+                f"            return {result}\n"
+                f"    return _slow(value)\n",
+                {**namespace, "_slow": slow},
+            )
+            for result, slow in (("value", decode), ("list(value)", encode))
         )
     else:
         fast_decode, fast_encode = (
