@@ -178,7 +178,9 @@ class Lookup:
 
     __slots__ = (
         "_answered_count",
+        "_answered_kept",
         "_candidate_limit",
+        "_candidates",
         "_config",
         "_entries",
         "_failed_count",
@@ -228,6 +230,10 @@ class Lookup:
         # Answered contacts that fell behind k closer answered ones: never in the result
         # again (answers are final), so only their ids are kept, to not query them twice.
         self._retired_ids: set[bytes] = set()
+        # How many entries are CANDIDATE, and ANSWERED, so that the caps are only
+        # applied (a pass over the entries) when they are exceeded.
+        self._candidates = 0
+        self._answered_kept = 0
         self._in_flight = 0
         self._slow_count = 0
         self._providers: dict[NodeId, _Provider] = {}
@@ -265,6 +271,7 @@ class Lookup:
                 continue
             query = Query(entry.contact, sent_at=now, deadline=now + self._timeout_for(entry))
             entry.state = ContactState.IN_FLIGHT
+            self._candidates -= 1
             self._in_flight += 1
             self._queries_sent += 1
             queries.append(query)
@@ -298,6 +305,7 @@ class Lookup:
         self._release(entry)
         entry.state = ContactState.ANSWERED
         self._answered_count += 1
+        self._answered_kept += 1
         self._learn(contacts, hop=entry.hop + 1, reporter=entry.contact.node_id)
         if self._want_providers:
             self._collect_providers(providers, reporter_distance=entry.distance)
@@ -445,7 +453,6 @@ class Lookup:
         skip = (self._own_id, None if reporter is None else reporter.value)
         entries, failed, retired = self._entries, self._failed_ids, self._retired_ids
         target = self._target_number
-        added = 0
         for contact in contacts:
             key = contact.node_id.value
             if (
@@ -460,19 +467,20 @@ class Lookup:
             entry = _Entry(contact, distance, hop, ContactState.CANDIDATE)
             entries[key] = entry
             bisect.insort(self._order, entry, key=_distance)
-            added += 1
-        if added:
+            self._candidates += 1
+        if self._candidates > self._candidate_limit:
             candidates = [e for e in self._order if e.state is ContactState.CANDIDATE]
-            if len(candidates) > self._candidate_limit:
-                self._remove(candidates[self._candidate_limit :])
+            self._remove(candidates[self._candidate_limit :])
+            self._candidates = self._candidate_limit
 
     def _retire_answered(self) -> None:
         """Answered contacts behind k closer answered ones can never return to the
         result or the window; keep only their ids."""
-        answered = [e for e in self._order if e.state is ContactState.ANSWERED]
-        if len(answered) <= self._config.k:
+        if self._answered_kept <= self._config.k:
             return
+        answered = [e for e in self._order if e.state is ContactState.ANSWERED]
         behind = answered[self._config.k :]
+        self._answered_kept = self._config.k
         self._remove(behind)
         self._retired_ids.update(entry.contact.node_id.value for entry in behind)
 

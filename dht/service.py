@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import trio
 
 from dht.config import DhtConfig
-from dht.contact import Address, Contact
+from dht.contact import Address, Contact, ContactCache
 from dht.errors import DhtError, RpcFailed, StorageError
 from dht.lookup import Lookup
 from dht.providers import LocalProvisions, ProviderStore
@@ -109,6 +109,7 @@ class DhtService:
         self._wall_clock = wall_clock
         self.routing = RoutingTable(self.node_id, self.config)
         self.rtt = RttEstimator(self.config)
+        self._contacts = ContactCache()
         self.records = ProviderStore(self.config)
         self.provisions = LocalProvisions()
         self._statistics = DhtStatistics()
@@ -318,11 +319,11 @@ class DhtService:
     def _parse_answer(self, lookup: Lookup, answer: Message) -> tuple[list[Contact], list[Contact]]:
         if lookup.want_providers and isinstance(answer, Providers):
             return (
-                [Contact.from_wire(wire) for wire in answer.closer],
-                [Contact.from_wire(wire) for wire in answer.providers],
+                [self._contacts.from_wire(wire) for wire in answer.closer],
+                [self._contacts.from_wire(wire) for wire in answer.providers],
             )
         if not lookup.want_providers and isinstance(answer, Nodes):
-            return [Contact.from_wire(wire) for wire in answer.contacts], []
+            return [self._contacts.from_wire(wire) for wire in answer.contacts], []
         raise RpcFailed(f"answered {type(answer).__name__} to a lookup")
 
     # -- publishing -------------------------------------------------------------------

@@ -337,6 +337,20 @@ def drive(lookup: Lookup, respond: Respond, *, alpha: int, rng: random.Random) -
             lookup.answered(query.contact, contacts, now, providers=providers)
         stats = lookup.statistics()
         assert stats.answered + stats.failed + stats.in_flight == stats.queries_sent
+        check_bookkeeping(lookup)
+
+
+def check_bookkeeping(lookup: Lookup) -> None:
+    """The lookup's private indexes agree with its entries (white box: they exist only
+    to avoid passes over the entries, and a drift would silently change decisions)."""
+    entries = list(lookup._entries.values())
+    order = lookup._order
+    assert sorted(order, key=lambda entry: entry.distance) == order
+    assert {id(entry) for entry in order} == {id(entry) for entry in entries}
+    assert len(order) == len(entries)
+    states = [entry.state for entry in order]
+    assert lookup._candidates == states.count(ContactState.CANDIDATE) <= lookup._candidate_limit
+    assert lookup._answered_kept == states.count(ContactState.ANSWERED) <= lookup._config.k
 
 
 def network_responder(network: Network, target: NodeId, rng: random.Random) -> Respond:
