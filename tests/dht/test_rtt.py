@@ -12,7 +12,7 @@ from dht.config import DhtConfig
 from dht.rtt import FIRST_CONTACT_FACTOR, RttEstimate, RttEstimator
 from protocol.identity import NodeId
 
-CONFIG = DhtConfig()  # initial 2.0 s, clamped to [0.05, 5.0]
+CONFIG = DhtConfig()  # initial 2.0 s, clamped to [0.1, 5.0]
 PEER_A = NodeId.from_int(1)
 PEER_B = NodeId.from_int(2)
 PEER_C = NodeId.from_int(3)
@@ -54,9 +54,9 @@ def test_timeouts_are_clamped() -> None:
     estimator.observe(PEER_A, 0.001)
     estimator.observe(PEER_B, 10.0)
     estimator.observe(PEER_C, 0.0)
-    assert estimator.timeout_for(PEER_A) == CONFIG.min_query_timeout == 0.05
+    assert estimator.timeout_for(PEER_A) == CONFIG.min_query_timeout == 0.1
     assert estimator.timeout_for(PEER_B) == 5.0
-    assert estimator.timeout_for(PEER_C) == 0.05
+    assert estimator.timeout_for(PEER_C) == 0.1
 
 
 def test_unmeasured_peer_uses_the_global_estimate() -> None:
