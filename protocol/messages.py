@@ -586,6 +586,21 @@ def _compile_struct(cls: type, compiled: list[tuple[str, _Codec]]) -> _Codec:
     return _Codec(fast_decode, fast_encode, max_array, None, (decode, encode))
 
 
+def _generated_init_only(cls: type) -> bool:
+    """Whether building `cls` runs nothing but the __init__ that @dataclass wrote: no
+    __post_init__, no __new__ of its own, no __init__ written by hand (which @dataclass
+    keeps, and whose checks must run). @dataclass compiles its methods from source text,
+    so their code comes from "<string>"; a hand-written one comes from a file."""
+    init = cls.__dict__.get("__init__")
+    code = getattr(init, "__code__", None)
+    return (
+        code is not None
+        and code.co_filename == "<string>"
+        and all("__new__" not in vars(base) for base in cls.__mro__ if base is not object)
+        and not hasattr(cls, "__post_init__")
+    )
+
+
 def _fast_struct(
     cls: type, compiled: list[tuple[str, _Codec]], decode: _Check, encode: _Check
 ) -> tuple[_Check, _Check]:
@@ -613,7 +628,7 @@ def _fast_struct(
     arguments = ", ".join(names)
     build = f"return _cls({arguments})"
     slots = getattr(cls, "__slots__", ())
-    if not hasattr(cls, "__post_init__") and all(name in slots for name, _ in compiled):
+    if _generated_init_only(cls) and all(name in slots for name, _ in compiled):
         # A frozen dataclass's __init__ sets each field through object.__setattr__ (and
         # does nothing else without __post_init__); the slots' own setters do the same
         # at two thirds of the cost, which counts for the 20 contacts of an answer.

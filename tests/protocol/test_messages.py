@@ -558,7 +558,7 @@ def as_wire(value: Any) -> Any:
 @FAST_PATH_EXAMPLES
 @given(data=st.data())
 def test_fast_encoding_agrees_with_the_checks(
-    table: MessageTable, cls: type[Message], data: st.DataObject
+    table: MessageTable, cls: Any, data: st.DataObject
 ) -> None:
     """The generated encoder gives what the checking encoder gives, for valid messages
     and for messages with one field set to anything at all."""
@@ -1002,3 +1002,47 @@ def test_inconsistent_chunk_group_is_malformed(group: list[Any], reason: str) ->
     assert isinstance(error, MalformedMessage)
     assert error.request_id == 7
     assert reason in str(error)
+
+
+HAND_WRITTEN = MessageTable()
+
+
+@message(type_code=1, table=HAND_WRITTEN)
+@dataclass(frozen=True, slots=True)
+class CheckedInInit(Message):
+    start: Annotated[int, Int(min=0, max=10)]
+    end: Annotated[int, Int(min=0, max=10)]
+
+    def __init__(self, start: int, end: int) -> None:
+        if start > end:
+            raise ValueError("start is after end")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+
+
+@message(type_code=2, table=HAND_WRITTEN)
+@dataclass(frozen=True, slots=True)
+class CheckedInNew(Message):
+    start: Annotated[int, Int(min=0, max=10)]
+
+    def __new__(cls, *args: Any) -> CheckedInNew:
+        if args and args[0] == 7:
+            raise ValueError("seven is refused")
+        return super().__new__(cls)
+
+
+@pytest.mark.parametrize(
+    ("type_code", "body", "reason"),
+    [(1, [5, 1], "start is after end"), (2, [7], "seven is refused")],
+)
+def test_hand_written_constructors_run_on_decode(
+    type_code: int, body: list[Any], reason: str
+) -> None:
+    """A hand-written __init__ or __new__ checks peer input too: the fast path builds
+    through the constructor unless it is the one @dataclass generated."""
+    error = refused(frame(1, 0, 9, type_code, body), HAND_WRITTEN)
+    assert isinstance(error, MalformedMessage)
+    assert reason in str(error)
+    assert decode_envelope(frame(1, 0, 9, 1, [1, 5]), table=HAND_WRITTEN).message == (
+        CheckedInInit(1, 5)
+    )
