@@ -547,3 +547,44 @@ def test_last_slow_contact_ends_the_lookup_at_once() -> None:
     assert lookup.is_done
     assert lookup.statistics().finished_at == 1.0
     assert ids(lookup.result()) == [2]
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_bookkeeping_holds_through_slow_late_and_failed_reports(seed: int) -> None:
+    """Random interleavings of queries, answers, failures, slow reports and late answers
+    (before and after the end) keep the lookup's indexes true to its entries, and its
+    result the closest contacts that answered."""
+    network = build_network(2, 6)
+    lookup, target, _, rng = start_lookup(network, seed, alpha=3)
+    respond = network_responder(network, target, rng)
+    open_queries: dict[NodeId, Contact] = {}
+    slow: set[NodeId] = set()
+    answered: set[NodeId] = set()
+    now = 0.0
+    for _ in range(400):
+        now += 0.01
+        for query in lookup.next_queries(now):
+            open_queries[query.contact.node_id] = query.contact
+        if not open_queries:
+            break
+        node_id = rng.choice(sorted(open_queries))
+        event = rng.choice(["answer", "answer", "fail", "slow"])
+        if event == "slow" and node_id not in slow:
+            slow.add(node_id)
+            lookup.slow(open_queries[node_id], now)
+        elif event == "fail":
+            lookup.failed(open_queries.pop(node_id), now)
+        else:
+            peer = open_queries.pop(node_id)
+            outcome = respond(peer)
+            if outcome is None:
+                lookup.failed(peer, now)
+            else:
+                if not lookup.is_done:
+                    answered.add(node_id)
+                lookup.answered(peer, outcome[0], now, providers=outcome[1])
+        check_bookkeeping(lookup)
+    result = [contact.node_id for contact in lookup.result()]
+    assert set(result) <= answered
+    assert result == sorted(result, key=target.distance)
