@@ -504,6 +504,17 @@ class Lookup:
     def _check_finished(self, now: float | None) -> None:
         if self._finished:
             return
-        if all(entry.state is ContactState.ANSWERED for entry in self._window()):
-            self._finished = True
-            self._finished_at = now
+        # The window, walked in place: done unless one of its k entries has not answered.
+        seen = 0
+        k = self._config.k
+        for entry in self._order:
+            state = entry.state
+            if state is ContactState.SLOW:
+                continue
+            if state is not ContactState.ANSWERED:
+                return
+            seen += 1
+            if seen == k:
+                break
+        self._finished = True
+        self._finished_at = now

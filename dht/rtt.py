@@ -106,12 +106,17 @@ class RttEstimator:
         """Record one measured round trip (seconds) of a query that `node_id` answered."""
         if not (math.isfinite(rtt) and rtt >= 0):
             raise ValueError(f"a round-trip time must be finite and >= 0, not {rtt!r}")
-        known = self._peers.pop(node_id, None)
-        # Re-inserted at the end: the most recently updated. A sample ends any backoff.
-        estimate = RttEstimate.first(rtt) if known is None else known.estimate.updated(rtt)
-        self._peers[node_id] = _Peer(estimate)
-        while len(self._peers) > self._max_peers:
-            self._peers.popitem(last=False)
+        peers = self._peers
+        known = peers.get(node_id)
+        if known is None:
+            peers[node_id] = _Peer(RttEstimate.first(rtt))
+            while len(peers) > self._max_peers:
+                peers.popitem(last=False)
+        else:
+            # Moved to the end: the most recently updated. A sample ends any backoff.
+            peers.move_to_end(node_id)
+            known.estimate = known.estimate.updated(rtt)
+            known.backoff_doublings = 0
         self._global = RttEstimate.first(rtt) if self._global is None else self._global.updated(rtt)
 
     def observe_timeout(self, node_id: NodeId) -> None:
