@@ -196,6 +196,7 @@ class Connection:
         self._next_request_id = 0
         self._outbound_in_flight = 0
         self._timer: trio.CancelScope | None = None
+        self._idle_check = math.inf  # when the timer next looks at idleness
         self._outbound_waiting = trio.lowlevel.ParkingLot()
         self._inbound_in_flight = 0
         self._consecutive_timeouts = 0
@@ -249,6 +250,14 @@ class Connection:
         finally:
             self._outbound_in_flight -= 1
             self._pending.pop(request_id, None)
+            timer = self._timer
+            if timer is not None and timer.deadline == deadline:
+                # Answered in time: the timer need not wake for this deadline. Woken
+                # for nothing, it cost about as much as the request's cryptography.
+                timer.deadline = min(
+                    self._idle_check,
+                    min((other.deadline for other in self._pending.values()), default=math.inf),
+                )
             if sent and (waiter.timed_out or not waiter.done) and self._close_reason is None:
                 self._abandoned.add(request_id)
             elif self._outbound_waiting:
@@ -285,12 +294,12 @@ class Connection:
         thousands of connections, and each task costs memory."""
         idle_timeout = self.config.idle_timeout
         seen_activity = -1
-        idle_check = trio.current_time() + idle_timeout
+        self._idle_check = trio.current_time() + idle_timeout
         while True:
             with trio.CancelScope() as timer:
                 self._timer = timer
                 timer.deadline = min(
-                    idle_check,
+                    self._idle_check,
                     min((waiter.deadline for waiter in self._pending.values()), default=math.inf),
                 )
                 await trio.sleep_forever()
@@ -300,7 +309,7 @@ class Connection:
                     del self._pending[request_id]
                     waiter.timed_out = True
                     waiter.finish()
-            if now >= idle_check:
+            if now >= self._idle_check:
                 if (
                     self._activity == seen_activity
                     and not self._pending
@@ -309,7 +318,7 @@ class Connection:
                     await self.close("idle")
                     return
                 seen_activity = self._activity
-                idle_check = now + idle_timeout
+                self._idle_check = now + idle_timeout
 
     def _allocate_request_id(self) -> int:
         while True:

@@ -267,6 +267,23 @@ async def test_idle_connections_close_and_redial(network: Network, clock: MockCl
         assert client.statistics().connections_outbound == 2
 
 
+async def test_answered_request_does_not_leave_the_timer_armed(
+    network: Network, clock: MockClock
+) -> None:
+    """Once its request is answered, a connection's timer goes back to its idle check
+    rather than waking at that request's deadline for nothing (a wake-up per query
+    cost about what the query's cryptography did); timeouts still fire (the test
+    above)."""
+    config = TransportConfig(idle_timeout=30.0)
+    async with network.node(config=config) as server, network.node(config=config) as client:
+        assert server.address is not None
+        for _ in range(3):
+            await client.request(server.address, Ping(b"x"), node_id=server.node_id, timeout=1.0)
+        (connection,) = client._connections.values()
+        assert connection._timer is not None
+        assert connection._timer.deadline == connection._idle_check > trio.current_time() + 1
+
+
 async def test_connection_limit_refuses_newcomers(network: Network, clock: MockClock) -> None:
     """At max_connections a node refuses more (the dialler gets ConnectionFailed on both
     networks, and no outbound connection is counted), and serves the ones it has."""
