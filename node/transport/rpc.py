@@ -252,8 +252,8 @@ class Connection:
             self._pending.pop(request_id, None)
             timer = self._timer
             if timer is not None and timer.deadline == deadline:
-                # Answered in time: the timer need not wake for this deadline. Woken
-                # for nothing, it cost about as much as the request's cryptography.
+                # Over before its deadline: the timer need not wake for it (it did, for
+                # nothing, about once per query in a busy DHT node).
                 timer.deadline = min(
                     self._idle_check,
                     min((other.deadline for other in self._pending.values()), default=math.inf),

@@ -271,9 +271,8 @@ async def test_answered_request_does_not_leave_the_timer_armed(
     network: Network, clock: MockClock
 ) -> None:
     """Once its request is answered, a connection's timer goes back to its idle check
-    rather than waking at that request's deadline for nothing (a wake-up per query
-    cost about what the query's cryptography did); timeouts still fire (the test
-    above)."""
+    rather than waking at that request's deadline for nothing; timeouts still fire
+    (the test above)."""
     config = TransportConfig(idle_timeout=30.0)
     async with network.node(config=config) as server, network.node(config=config) as client:
         assert server.address is not None
