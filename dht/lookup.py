@@ -157,6 +157,11 @@ def _distance(entry: _Entry) -> int:
     return entry.distance
 
 
+# The states of the entries that make up the window: all but SLOW (failed and retired
+# entries are gone from the lookup's entries).
+_IN_WINDOW = (ContactState.CANDIDATE, ContactState.IN_FLIGHT, ContactState.ANSWERED)
+
+
 @dataclass(slots=True)
 class _Provider:
     contact: Contact
@@ -400,24 +405,21 @@ class Lookup:
         """The k closest contacts neither failed nor slow, closest first. A slow contact
         steps out of the window, so that its slot goes to the next closest contact
         rather than waiting on it; if it answers before the lookup ends it is back."""
-        window: list[_Entry] = []
-        k = self._config.k
-        for entry in self._order:
-            if entry.state is not ContactState.SLOW:
-                window.append(entry)
-                if len(window) == k:
-                    break
-        return window
+        return self._closest(_IN_WINDOW)
 
     def _result_entries(self) -> list[_Entry]:
-        answered: list[_Entry] = []
+        return self._closest((ContactState.ANSWERED,))
+
+    def _closest(self, states: tuple[ContactState, ...]) -> list[_Entry]:
+        """The k closest entries in one of `states`, closest first."""
+        found: list[_Entry] = []
         k = self._config.k
         for entry in self._order:
-            if entry.state is ContactState.ANSWERED:
-                answered.append(entry)
-                if len(answered) == k:
+            if entry.state in states:
+                found.append(entry)
+                if len(found) == k:
                     break
-        return answered
+        return found
 
     def _remove(self, entries: Iterable[_Entry]) -> None:
         gone = {id(entry) for entry in entries}
@@ -504,17 +506,6 @@ class Lookup:
     def _check_finished(self, now: float | None) -> None:
         if self._finished:
             return
-        # The window, walked in place: done unless one of its k entries has not answered.
-        seen = 0
-        k = self._config.k
-        for entry in self._order:
-            state = entry.state
-            if state is ContactState.SLOW:
-                continue
-            if state is not ContactState.ANSWERED:
-                return
-            seen += 1
-            if seen == k:
-                break
-        self._finished = True
-        self._finished_at = now
+        if all(entry.state is ContactState.ANSWERED for entry in self._window()):
+            self._finished = True
+            self._finished_at = now

@@ -310,12 +310,13 @@ def _leaf(make: Callable[[_Namer], _Check], test: str | None = None) -> _Codec:
 
 
 # Fast paths. The checking closures below find the first problem and name it, which
-# takes a call per field and a try block per level. A frame of 20 contacts made 140 of
-# those calls, about half of a DHT query's decoding. So structs and arrays also get a
-# function generated from their schema (`_generated`) that tests every leaf inline and
-# builds the value; on any doubt (a failed test, an exception) it hands the value to
-# the checking closure, which gives the same result or the precise error. The generated
-# code is made from the schema alone (field counts, bounds, indices), never from input.
+# takes a call per field and a try block per level: a NODES answer of 20 contacts took
+# 30 us to decode and 12 to encode (12 and 7 with the fast paths). So structs and
+# arrays also get a function generated from their schema (`_generated`) that tests
+# every leaf inline and builds the value; on any doubt (a failed test, an exception)
+# it hands the value to the checking closure, which gives the same result or the
+# precise error. The generated code is made from the schema alone (field counts,
+# bounds, indices), never from input.
 
 
 def _generated(source: str, namespace: dict[str, Any]) -> _Check:
