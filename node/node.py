@@ -37,6 +37,7 @@ from node.files import FileNetwork, check_file, get_file, put_file
 from node.keyfile import load_or_create_identity
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
 from node.transport import LinkLayer, TcpLinkLayer, Transport
+from node.writeback import StreamingWriter
 from protocol.capability import ReadCapability, VerifyCapability, parse_capability
 from protocol.identity import Identity, RandomBytes
 from protocol.manifest import EncodingParams, FileInfo
@@ -72,12 +73,10 @@ def _user_file_errors(doing: str) -> Iterator[None]:
         raise NodeError(f"cannot {doing}: {exc.strerror or exc}") from None
 
 
-def _write_all(file: Any, data: memoryview) -> None:
+def _write_all(writer: StreamingWriter, data: memoryview) -> None:
     """Write all of `data` to the CLI's output file."""
-    view = data
     with _user_file_errors("write the output"):
-        while view:
-            view = view[file.write(view) :]
+        writer.write(data)
 
 
 class _UserFile:
@@ -370,9 +369,10 @@ class Node:
 
         if arguments.get("fd") is True:
             with _received_file(await channel.receive_fd(), "wb") as output:
+                writer = StreamingWriter(output)
 
                 async def write_file(data: memoryview) -> None:
-                    await trio.to_thread.run_sync(_write_all, output, data)
+                    await trio.to_thread.run_sync(_write_all, writer, data)
 
                 info = await self.get(capability, write_file, progress=progress)
         else:

@@ -19,6 +19,7 @@ from node.chunks import inline
 from node.errors import NodeError
 from node.files import _gather, _likely_holders, _locate, fetch_manifest
 from node.node import _UserFile, _write_all
+from node.writeback import StreamingWriter
 from protocol.encoding import Encoder
 from protocol.identity import NodeId
 from protocol.manifest import EncodingParams, Manifest, chunk_id
@@ -164,8 +165,11 @@ class Refusing:
 def test_errors_of_the_users_file_are_one_line_node_errors() -> None:
     """A get whose output file is full, or a put whose file cannot be read, fails with
     a NodeError that names the cause (the CLI's one line), not a bare OSError."""
-    with pytest.raises(NodeError, match="cannot write the output: No space left on device"):
-        _write_all(Refusing(), memoryview(b"data"))
+    with (
+        open("/dev/full", "wb", buffering=0) as full,
+        pytest.raises(NodeError, match="cannot write the output: No space left on device"),
+    ):
+        _write_all(StreamingWriter(full), memoryview(b"data"))
     user_file = _UserFile(Refusing())
     with pytest.raises(NodeError, match="cannot read the file: Input/output error"):
         user_file.readinto(bytearray(4))
