@@ -11,7 +11,7 @@ end of the file it waits for that range to be on disk and drops it from the cach
 It also makes the get faster on the VM we measure on, where a page the kernel has
 not used before is expensive to touch: 100 MiB written to a new file in 4 MiB writes
 cost 0.28 s of system time, and 0.03 s when each write's pages were written back and
-dropped two writes later, so that the kernel reused them. A 100 MiB get through the
+dropped a few writes later, so that the kernel reused them. A 100 MiB get through the
 10-node testnet went from 166-179 MB/s to 183-198 MB/s.
 
 Where `sync_file_range` does not exist (not Linux) or the file system refuses it,
