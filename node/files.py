@@ -10,12 +10,15 @@ Each holder announces a provider record per chunk. An upload fails, saying why, 
 segment keeps fewer than k chunks, or when fewer than `happy` distinct nodes took
 shares.
 
-Retrieval. The nodes closest to a segment's group key are asked which of its chunks
-they hold (HAS_CHUNKS, one request each); chunks nobody near the key has are looked up
-by their provider records. Then k chunks are fetched in parallel, data blocks first (no
-erasure decoding needed), each from a holder that said it has it; a fetch that fails or
-is slower than `HEDGE_AFTER` starts another one for a chunk not yet asked for, and the
-first k valid chunks win. Every chunk's hash is checked before use (protocol/encoding).
+Retrieval. A segment's first chunks are fetched straight from the nodes that
+placement most likely chose, as far as our routing table tells, while such guesses
+prove right in this download. When they do not, or those nodes fail, the nodes closest
+to a segment's group key are asked which of its chunks they hold (HAS_CHUNKS, one
+request each), and then everyone a lookup finds and the provider records name. k
+chunks are fetched in parallel, data blocks first (no erasure decoding needed); a fetch
+that fails or is slower than `HEDGE_AFTER` starts another one for a chunk not yet asked
+for, and the first k valid chunks win. Every chunk's hash is checked before use
+(protocol/encoding).
 
 Pipelines. Encoding and decoding run in worker threads (they release the GIL): the
 encoder's thread reads the source and yields segments through a channel while the
@@ -225,6 +228,14 @@ def _closest(contacts: Iterable[Contact], key: bytes) -> Contact | None:
     return min(contacts, key=lambda contact: int(contact.node_id) ^ target, default=None)
 
 
+def _known_near(net: FileNetwork, key: bytes) -> list[Contact]:
+    """The nodes of our own routing table closest to `key`, and this node."""
+    known = net.dht.routing.closest(NodeId(key), net.dht.config.k)
+    if net.own_contact is not None:
+        known.append(net.own_contact)
+    return known
+
+
 def _likely_holders(known: Sequence[Contact], ids: Sequence[bytes]) -> list[Contact]:
     """`known` in the order placement would have used them for `ids`: each id's
     closest node not yet chosen, id by id (the rest after)."""
@@ -279,10 +290,7 @@ async def _locate(
                     nursery.start_soon(ask, contact, nursery.cancel_scope)
 
     if enough is not None:
-        known = net.dht.routing.closest(NodeId(ids[0]), net.dht.config.k)
-        if net.own_contact is not None:
-            known.append(net.own_contact)
-        likely = _likely_holders(known, ids)
+        likely = _likely_holders(_known_near(net, ids[0]), ids)
         await ask_all(likely[:enough])  # most often enough on its own
         if not satisfied():
             await ask_all(likely[enough:])
@@ -416,14 +424,15 @@ async def _place_segment(
         fresh = [c for c in candidates if c.node_id not in taken and c.node_id not in tried]
         return _closest(fresh or [c for c in candidates if c.node_id not in tried], target)
 
-    async def place(number: int) -> None:
+    async def place(number: int, contact: Contact | None) -> None:
         nonlocal stored
         data = pending[number]
         assert data is not None
         group = GroupRecord(params.k, params.n, number, ids)
         tried: set[NodeId] = set()
         while True:
-            contact = next_candidate(ids[number], tried)
+            if contact is None:
+                contact = next_candidate(ids[number], tried)
             if contact is None:
                 logger.warning("no node took chunk %d of segment %d", number, index)
                 return
@@ -437,6 +446,7 @@ async def _place_segment(
                 logger.info("%s did not take a chunk: %s", contact.node_id.short(), exc)
                 if isinstance(exc, ConnectionFailed | ConnectionClosed | RequestTimeout):
                     _forget(placement.everyone, contact)  # unreachable: not for later segments
+                contact = None
                 continue
             pending[number] = None
             stored += 1
@@ -444,9 +454,18 @@ async def _place_segment(
             placement.chunks_stored += 1
             return
 
+    # The first choices are made here, chunk by chunk in order, as the rule says and
+    # readers guess (_likely_holders): not in whatever order the scheduler starts the
+    # tasks, which trio varies on purpose.
+    first: list[Contact | None] = []
+    for number in range(params.n):
+        contact = next_candidate(ids[number], set())
+        if contact is not None:
+            taken.add(contact.node_id)
+        first.append(contact)
     async with trio.open_nursery() as nursery:
-        for number in range(params.n):
-            nursery.start_soon(place, number)
+        for number, contact in enumerate(first):
+            nursery.start_soon(place, number, contact)
     if stored < params.k:
         raise PlacementFailed(
             f"segment {index}: only {stored} of its {params.n} chunks were stored, "
@@ -507,19 +526,53 @@ async def fetch_manifest(net: FileNetwork, manifest_id: bytes) -> Manifest:
     raise Unreadable(f"no reachable node holds the manifest {manifest_id.hex()[:16]}…{detail}")
 
 
-async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Candidate]:
+@dataclass(slots=True)
+class _Guesses:
+    """How often a download found a chunk on the node placement most likely chose.
+
+    While these guesses are right at least as often as not, a segment's first chunks
+    are fetched from those nodes straight away, with no HAS_CHUNKS round first (in a
+    network small enough that we know everyone they are nearly always right). Once
+    they are mostly wrong (a large network, where our routing table holds few of the
+    nodes placement saw) the segments ask first."""
+
+    right: int = 0
+    wrong: int = 0
+
+    def worth_it(self) -> bool:
+        return self.right >= self.wrong
+
+
+async def _gather(
+    net: FileNetwork, manifest: Manifest, index: int, guesses: _Guesses | None = None
+) -> list[Candidate]:
     """k valid chunks of segment `index`: k fetches at a time, data blocks first, and one
-    more (hedging) whenever none finished for HEDGE_AFTER seconds."""
+    more (hedging) whenever none finished for HEDGE_AFTER seconds.
+
+    Where the chunks are is found in up to three steps, each taken only when the
+    holders found so far are used up: the nodes placement most likely chose (see
+    `_Guesses`); the nodes near the group key that say they hold chunks (`_locate`
+    stopping at k + 1); everyone a lookup and the provider records name."""
     k = manifest.params.k
     ids = manifest.segment_chunk_ids(index)
-    holders = await _locate(net, ids, enough=k + 1)
-    options = {number: list(found) for number, found in enumerate(holders) if found}
+    options: dict[int, list[Contact]] = {}
+    guessed: set[tuple[int, NodeId]] = set()
+    if guesses is not None and guesses.worth_it():
+        likely = _likely_holders(_known_near(net, ids[0]), ids)
+        for number, contact in enumerate(likely[: k + 1]):
+            options[number] = [contact]
+            guessed.add((number, contact.node_id))
+        steps = 0
+    else:
+        for number, found in enumerate(await _locate(net, ids, enough=k + 1)):
+            if found:
+                options[number] = list(found)
+        steps = 1
     got: dict[int, bytes] = {}
     active: set[int] = set()
     tried: set[tuple[int, NodeId]] = set()
     problems: list[str] = []
     changed = trio.Event()
-    located_all = False
 
     def next_option() -> tuple[int, Contact] | None:
         for number in sorted(options):  # the data blocks, 0..k-1, come first
@@ -529,11 +582,12 @@ async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Cand
                 return number, contact
         return None
 
-    async def locate_all() -> None:
-        # The first _locate stopped at k + 1 chunks with a holder; those failed, so ask
-        # everyone a lookup (and the provider records) name, for the untried holders.
-        for number, found in enumerate(await _locate(net, ids)):
-            fresh = [c for c in found if (number, c.node_id) not in tried]
+    async def locate_more() -> None:
+        # The holders found so far are used up: take the next step, keeping the
+        # holders it names that were not tried yet.
+        found = await (_locate(net, ids, enough=k + 1) if steps == 1 else _locate(net, ids))
+        for number, holders in enumerate(found):
+            fresh = [c for c in holders if (number, c.node_id) not in tried]
             options.setdefault(number, []).extend(fresh)
 
     async def fetch(number: int, contact: Contact) -> None:
@@ -541,8 +595,12 @@ async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Cand
             data = await _fetch(net, contact, ids[number])
         except NodeError as exc:
             problems.append(f"chunk {number} from {contact.node_id.short()}: {exc}")
+            if guesses is not None and (number, contact.node_id) in guessed:
+                guesses.wrong += 1
         else:
             got.setdefault(number, data)
+            if guesses is not None and (number, contact.node_id) in guessed:
+                guesses.right += 1
         finally:
             active.discard(number)
             changed.set()
@@ -559,10 +617,10 @@ async def _gather(net: FileNetwork, manifest: Manifest, index: int) -> list[Cand
                     break
                 start(nursery, option)
             if not active:
-                if located_all:
+                if steps == 2:
                     break  # nothing running and nothing left to try
-                located_all = True
-                await locate_all()
+                steps += 1
+                await locate_more()
                 continue
             changed = trio.Event()
             with trio.move_on_after(HEDGE_AFTER) as hedge:
@@ -604,8 +662,10 @@ async def get_file(
     def event(index: int) -> trio.Event:
         return ready.setdefault(index, trio.Event())
 
+    guesses = _Guesses()
+
     async def gather(index: int) -> None:
-        gathered[index] = await _gather(net, manifest, index)
+        gathered[index] = await _gather(net, manifest, index, guesses)
         event(index).set()
 
     async def gather_all(nursery: trio.Nursery) -> None:

@@ -16,14 +16,32 @@ from trio.testing import MockClock
 
 from dht.contact import Contact
 from node.chunks import inline
-from node.errors import NodeError
-from node.files import _gather, _likely_holders, _locate, fetch_manifest
+from node.errors import NodeError, RemoteError
+from node.files import (
+    _gather,
+    _Guesses,
+    _likely_holders,
+    _locate,
+    _place_segment,
+    _Placement,
+    fetch_manifest,
+)
 from node.node import _UserFile, _write_all
 from node.writeback import StreamingWriter
 from protocol.encoding import Encoder
 from protocol.identity import NodeId
 from protocol.manifest import EncodingParams, Manifest, chunk_id
-from protocol.messages import ChunkData, ChunkGroup, ChunksHeld, FetchChunk, HasChunks, Message
+from protocol.messages import (
+    ChunkData,
+    ChunkGroup,
+    ChunksHeld,
+    ChunkStored,
+    ErrorCode,
+    FetchChunk,
+    HasChunks,
+    Message,
+    StoreChunk,
+)
 
 
 def contacts(rng: random.Random, count: int) -> list[Contact]:
@@ -55,6 +73,7 @@ class Holders:
         self.nodes = contacts(rng, len(held))
         self.held = {node.node_id: chunks for node, chunks in zip(self.nodes, held, strict=True)}
         self.rotten: set[tuple[NodeId, bytes]] = set()
+        self.requests: list[tuple[str, NodeId]] = []
         self.dht = types.SimpleNamespace(
             routing=types.SimpleNamespace(closest=self.closest),
             config=types.SimpleNamespace(k=20),
@@ -80,17 +99,25 @@ class Holders:
             0.01
             + 0.001 * self.nodes.index(next(node for node in self.nodes if node.node_id == node_id))
         )
+        self.requests.append((type(message).__name__, node_id))
         chunks = self.held[node_id]
         if isinstance(message, HasChunks):
             return ChunksHeld(tuple(wanted in chunks for wanted in message.chunk_ids))
+        if isinstance(message, StoreChunk):
+            chunks[message.group.ids[message.group.index]] = message.data
+            return ChunkStored(2**30)
         assert isinstance(message, FetchChunk)
+        if message.chunk_id not in chunks:
+            raise RemoteError(ErrorCode.NOT_FOUND, "no such chunk here")
         data = chunks[message.chunk_id]
         if (node_id, message.chunk_id) in self.rotten:
             data = bytes([data[0] ^ 1]) + data[1:]
         return ChunkData(ChunkGroup(1, 1, 0, (message.chunk_id,)), data)
 
-    def network(self) -> Any:
-        return types.SimpleNamespace(transport=self, dht=self.dht, own_contact=None, offload=inline)
+    def network(self, params: EncodingParams | None = None) -> Any:
+        return types.SimpleNamespace(
+            transport=self, dht=self.dht, own_contact=None, offload=inline, params=params
+        )
 
 
 def encoded(rng: random.Random) -> tuple[Manifest, bytes, list[tuple[bytes, bytes]]]:
@@ -175,3 +202,93 @@ def test_errors_of_the_users_file_are_one_line_node_errors() -> None:
         user_file.readinto(bytearray(4))
     with pytest.raises(NodeError, match="cannot read the file: Input/output error"):
         user_file.read(4)
+
+
+def placed(rng: random.Random, chunks: list[tuple[bytes, bytes]], holders: Holders) -> None:
+    """Chunks laid out as placement lays them: chunk j on the node closest to its id
+    among those without one (the group key's closest nodes are all ten)."""
+    order = _likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
+    for node, chunk in zip(order, chunks, strict=True):
+        holders.held[node.node_id] = dict([chunk])
+
+
+async def test_a_reader_fetches_from_the_nodes_placement_chose_without_asking(
+    clock: MockClock,
+) -> None:
+    """Chunks where placement put them: k fetches, no HAS_CHUNKS, and the guesses
+    counted right."""
+    rng = random.Random(13)
+    manifest, _, chunks = encoded(rng)
+    holders = Holders(rng, [{} for _ in chunks])
+    placed(rng, chunks, holders)
+    guesses = _Guesses()
+    got = await _gather(holders.network(), manifest, 0, guesses)
+    assert got == chunks[:3]
+    assert [kind for kind, _ in holders.requests] == ["FetchChunk"] * 3
+    assert (guesses.right, guesses.wrong) == (3, 0)
+
+
+async def test_wrong_guesses_fall_back_to_asking_and_then_stop(clock: MockClock) -> None:
+    """Chunks where placement would not have put them: each guess fails, the reader
+    asks who holds what and gets k valid chunks anyway; with guesses now mostly wrong,
+    the next segment asks first and fetches only from holders."""
+    rng = random.Random(14)
+    manifest, _, chunks = encoded(rng)
+    holders = Holders(rng, [{} for _ in chunks])
+    placed(rng, chunks, holders)
+    shifted = list(holders.held.values())
+    for node, held in zip(holders.nodes, shifted[3:] + shifted[:3], strict=True):
+        holders.held[node.node_id] = held  # every node holds another node's chunk
+    guesses = _Guesses()
+    got = await _gather(holders.network(), manifest, 0, guesses)
+    assert holders.requests[0][0] == "FetchChunk"  # it guessed
+    assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
+    assert guesses.right == 0 and guesses.wrong >= 3
+    assert not guesses.worth_it()
+    holders.requests.clear()
+    got = await _gather(holders.network(), manifest, 0, guesses)
+    assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
+    kinds = [kind for kind, _ in holders.requests]
+    assert kinds[0] == "HasChunks" and kinds.count("FetchChunk") == 3
+    fetched_from = [node for kind, node in holders.requests if kind == "FetchChunk"]
+    assert all(len(holders.held[node]) == 1 for node in fetched_from)
+
+
+async def test_guessed_holders_that_lie_are_replaced(clock: MockClock) -> None:
+    """The nodes placement chose serve rotten bytes for the data blocks: the reader
+    still ends with k valid chunks, from the other holders."""
+    rng = random.Random(15)
+    manifest, _, chunks = encoded(rng)
+    holders = Holders(rng, [{} for _ in chunks])
+    placed(rng, chunks, holders)
+    for node_id, held in holders.held.items():
+        for identifier, _ in chunks[:3]:
+            if identifier in held:
+                holders.rotten.add((node_id, identifier))
+    guesses = _Guesses()
+    got = await _gather(holders.network(), manifest, 0, guesses)
+    assert len(got) == 3
+    assert not {identifier for identifier, _ in got} & {identifier for identifier, _ in chunks[:3]}
+    assert all(data == dict(chunks)[identifier] for identifier, data in got)
+    assert guesses.wrong == 3
+
+
+async def test_placement_puts_each_chunk_where_readers_guess(clock: MockClock) -> None:
+    """Chunk j of every segment goes to the node closest to its id among those without
+    a chunk of the segment, in block order, as `_likely_holders` guesses; not in the
+    order the scheduler happens to run the placing tasks (trio varies it on purpose,
+    and 20 segments were enough to see it)."""
+    rng = random.Random(16)
+    params = EncodingParams(k=3, n=10, segment_size=4096)
+    holders = Holders(rng, [{} for _ in range(12)])
+    net = holders.network(params)
+    for index in range(20):
+        ids = tuple(rng.randbytes(32) for _ in range(params.n))
+        pending: list[bytes | None] = [bytes([index, number]) for number in range(params.n)]
+        await _place_segment(net, index, ids, pending, _Placement(), trio.Semaphore(4))
+        assert pending == [None] * params.n
+        where = {key: node for node, held in holders.held.items() for key in held}
+        expected = _likely_holders(holders.closest(NodeId(ids[0]), 20), list(ids))
+        assert [where[key] for key in ids] == [c.node_id for c in expected[: params.n]]
+        for held in holders.held.values():
+            held.clear()
