@@ -27,7 +27,6 @@ the writer just writes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -39,6 +38,12 @@ logger = logging.getLogger(__name__)
 
 # How much of the end of the file stays cached: four 4 MiB segments.
 DEFAULT_KEEP: Final = 16 * 1024 * 1024
+
+# Dropped ranges end on a multiple of this: POSIX_FADV_DONTNEED drops only the page
+# cache folios wholly inside its range, and a folio can be as large as 2 MiB (a huge
+# page), so a range ending mid-folio would leave that folio, and the next range,
+# starting mid-folio too, would skip it again.
+_DROP_ALIGNMENT: Final = 2 * 1024 * 1024
 
 # <linux/fs.h>
 _WAIT_BEFORE: Final = 1
@@ -55,13 +60,10 @@ class SyncFileRange(Protocol):
 
 def libc_sync_file_range() -> SyncFileRange | None:
     """The C library's sync_file_range(2), raising OSError on failure; None where the
-    C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    C library has none. (The process's own symbols: `ctypes.util.find_library` would
+    run ldconfig at import, 20 ms.)"""
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        function = libc.sync_file_range
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -134,6 +136,7 @@ class StreamingWriter:
         assert self._sync is not None and self._dropped is not None
         self._sync(self._fd, start, end - start, _WRITE)
         behind = end - self._keep
+        behind -= behind % _DROP_ALIGNMENT
         if behind > self._dropped:
             count = behind - self._dropped
             self._sync(self._fd, self._dropped, count, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)

@@ -17,6 +17,8 @@ from node.writeback import StreamingWriter, libc_sync_file_range
 
 WAIT_BEFORE, WRITE, WAIT_AFTER = 1, 2, 4
 PAGE = mmap.PAGESIZE
+MiB = 1024 * 1024
+ALIGNMENT = 2 * MiB
 
 
 class Recorder:
@@ -39,8 +41,9 @@ class Recorder:
 
 def test_every_byte_is_written_and_only_what_lies_behind_keep_is_dropped(tmp_path: Path) -> None:
     rng = random.Random(5)
-    pieces = [rng.randbytes(rng.choice([0, 1, 7, 4096, 10_000, 65_536])) for _ in range(60)]
-    keep = 50_000
+    sizes = [0, 1, 7, 4096, 10_000, 65_536, 1_000_000, 4 * MiB + 100]
+    pieces = [rng.randbytes(rng.choice(sizes)) for _ in range(40)]
+    keep = MiB
     recorder = Recorder()
     with open(tmp_path / "out", "wb", buffering=0) as file:
         writer = StreamingWriter(file, keep=keep, sync_file_range=recorder)
@@ -60,34 +63,40 @@ def test_every_byte_is_written_and_only_what_lies_behind_keep_is_dropped(tmp_pat
     assert started == [
         (sum(map(len, pieces[:i])), len(piece)) for i, piece in enumerate(pieces) if piece
     ]
-    # What was waited for (and dropped) is contiguous from 0, and never reaches into
-    # the last `keep` bytes written at that moment.
+    # What was waited for (and dropped) is contiguous from 0, each range ending on a
+    # 2 MiB boundary (whole folios), never reaching into the last `keep` bytes.
     position = 0
     for offset, count in waited:
         assert offset == position and count > 0
         position += count
-    assert position == len(data) - keep
+        assert position % ALIGNMENT == 0
+    assert position == (len(data) - keep) // ALIGNMENT * ALIGNMENT
+    assert len(waited) >= 3  # several drops, one of two boundaries at once
 
 
-def test_the_pages_behind_keep_leave_the_page_cache(tmp_path: Path) -> None:
+@pytest.mark.parametrize("piece", [65_536, 1_000_000])
+def test_the_pages_behind_keep_leave_the_page_cache(tmp_path: Path, piece: int) -> None:
     """With the real system call: the start of a long file is no longer cached after
-    it is written, and its end still is."""
+    it is written, and its end still is; writes that do not end on page boundaries
+    (any segment size but the default) included."""
     real = libc_sync_file_range()
     if real is None:
         pytest.skip("this C library has no sync_file_range")
     if not _can_drop_pages(tmp_path / "control"):
         pytest.skip("this file system keeps its pages whatever (tmpfs)")
-    size, keep = 8 * 1024 * 1024, 1024 * 1024
+    keep = MiB
     path = tmp_path / "out"
     with open(path, "wb", buffering=0) as file:
         writer = StreamingWriter(file, keep=keep, sync_file_range=real)
-        for _ in range(size // 65_536):
-            writer.write(os.urandom(65_536))
+        for _ in range(16 * MiB // piece):
+            writer.write(os.urandom(piece))
         assert writer.dropping
+    size = path.stat().st_size
     resident = _resident_pages(path)
-    dropped = (size - keep) // PAGE
-    assert not any(resident[: dropped - 1])
-    assert all(resident[dropped + 1 :])
+    dropped = (size - keep) // ALIGNMENT * ALIGNMENT // PAGE
+    assert dropped > len(resident) // 2
+    assert not any(resident[:dropped])
+    assert all(resident[(size - keep) // PAGE + 1 :])
 
 
 def _can_drop_pages(path: Path) -> bool:
@@ -121,13 +130,12 @@ def test_an_appended_file_keeps_what_was_there(tmp_path: Path) -> None:
     with open(path, "ab", buffering=0) as file:
         writer = StreamingWriter(file, keep=10, sync_file_range=recorder)
         writer.write(b"a" * 1000)
-        writer.write(b"b" * 1000)
-    assert path.read_bytes() == b"x" * 100_000 + b"a" * 1000 + b"b" * 1000
+        writer.write(b"b" * 3 * MiB)
+    assert path.read_bytes() == b"x" * 100_000 + b"a" * 1000 + b"b" * 3 * MiB
     assert recorder.calls == [
         (100_000, 1000, WRITE),
-        (100_000, 990, WAIT_BEFORE | WRITE | WAIT_AFTER),
-        (101_000, 1000, WRITE),
-        (100_990, 1000, WAIT_BEFORE | WRITE | WAIT_AFTER),
+        (101_000, 3 * MiB, WRITE),
+        (100_000, ALIGNMENT - 100_000, WAIT_BEFORE | WRITE | WAIT_AFTER),
     ]
 
 
