@@ -251,7 +251,11 @@ def _likely_holders(known: Sequence[Contact], ids: Sequence[bytes]) -> list[Cont
 
 
 async def _locate(
-    net: FileNetwork, ids: Sequence[bytes], *, enough: int | None = None
+    net: FileNetwork,
+    ids: Sequence[bytes],
+    *,
+    enough: int | None = None,
+    skip: Iterable[NodeId] = (),
 ) -> list[list[Contact]]:
     """For each of `ids`, the live nodes that say they hold it: those a lookup finds
     closest to ids[0], then, for ids none of them holds, the nodes named by provider
@@ -262,9 +266,9 @@ async def _locate(
     enough that we know everyone, that is all it takes): first the `enough` that
     placement most likely chose for the first ids, then the others, and the asking
     stops as soon as `enough` ids have a holder. Without it (a check's question: who holds what?),
-    everyone the lookup finds is asked."""
+    everyone the lookup finds is asked. Nodes in `skip` (found unreachable) are not."""
     holders: list[list[Contact]] = [[] for _ in ids]
-    asked: set[NodeId] = set()
+    asked: set[NodeId] = set(skip)
 
     def satisfied() -> bool:
         located = sum(1 for found in holders if found)
@@ -569,32 +573,54 @@ async def _gather(
                 options[number] = list(found)
         steps = 1
     got: dict[int, bytes] = {}
-    active: set[int] = set()
+    active: dict[int, NodeId] = {}  # chunk number -> node fetching it now
     tried: set[tuple[int, NodeId]] = set()
+    unreachable: set[NodeId] = set()  # no answer at all: not asked again
     problems: list[str] = []
     changed = trio.Event()
+    locating = False
 
     def next_option() -> tuple[int, Contact] | None:
         for number in sorted(options):  # the data blocks, 0..k-1, come first
-            if number not in got and number not in active and options[number]:
-                contact = options[number].pop(0)
-                tried.add((number, contact.node_id))
-                return number, contact
+            if number in got or number in active:
+                continue
+            left = options[number]
+            while left:
+                contact = left.pop(0)
+                if contact.node_id not in unreachable:
+                    tried.add((number, contact.node_id))
+                    return number, contact
         return None
 
-    async def locate_more() -> None:
-        # The holders found so far are used up: take the next step, keeping the
-        # holders it names that were not tried yet.
-        found = await (_locate(net, ids, enough=k + 1) if steps == 1 else _locate(net, ids))
-        for number, holders in enumerate(found):
-            fresh = [c for c in holders if (number, c.node_id) not in tried]
-            options.setdefault(number, []).extend(fresh)
+    async def locate_more(skip: set[NodeId]) -> None:
+        # Take the next step, keeping the holders it names that were not tried yet.
+        nonlocal locating
+        try:
+            if steps == 1:
+                found = await _locate(net, ids, enough=k + 1, skip=skip)
+            else:
+                found = await _locate(net, ids, skip=skip)
+            for number, holders in enumerate(found):
+                fresh = [c for c in holders if (number, c.node_id) not in tried]
+                options.setdefault(number, []).extend(fresh)
+        finally:
+            locating = False
+            changed.set()
+
+    def start_locating(nursery: trio.Nursery) -> None:
+        nonlocal steps, locating
+        steps += 1
+        locating = True
+        # Nodes that did not answer, or are slow to answer a fetch now, are not asked.
+        nursery.start_soon(locate_more, unreachable | set(active.values()))
 
     async def fetch(number: int, contact: Contact) -> None:
         try:
             data = await _fetch(net, contact, ids[number])
         except NodeError as exc:
             problems.append(f"chunk {number} from {contact.node_id.short()}: {exc}")
+            if isinstance(exc, ConnectionFailed | ConnectionClosed | RequestTimeout):
+                unreachable.add(contact.node_id)
             if guesses is not None and (number, contact.node_id) in guessed:
                 guesses.wrong += 1
         else:
@@ -602,12 +628,13 @@ async def _gather(
             if guesses is not None and (number, contact.node_id) in guessed:
                 guesses.right += 1
         finally:
-            active.discard(number)
+            del active[number]
             changed.set()
 
     def start(nursery: trio.Nursery, option: tuple[int, Contact]) -> None:
-        active.add(option[0])
-        nursery.start_soon(fetch, *option)
+        number, contact = option
+        active[number] = contact.node_id
+        nursery.start_soon(fetch, number, contact)
 
     async with trio.open_nursery() as nursery:
         while len(got) < k:
@@ -616,19 +643,21 @@ async def _gather(
                 if option is None:
                     break
                 start(nursery, option)
-            if not active:
+            if not active and not locating:
                 if steps == 2:
                     break  # nothing running and nothing left to try
-                steps += 1
-                await locate_more()
-                continue
+                start_locating(nursery)
             changed = trio.Event()
             with trio.move_on_after(HEDGE_AFTER) as hedge:
                 await changed.wait()
             if hedge.cancelled_caught:
+                # Slow: one more fetch, or, with no holder left to try, the next step
+                # at once rather than when the slow fetches give up.
                 option = next_option()
                 if option is not None:
                     start(nursery, option)
+                elif not locating and steps < 2:
+                    start_locating(nursery)
         nursery.cancel_scope.cancel()
     if len(got) < k:
         detail = f" ({'; '.join(problems[:3])})" if problems else ""

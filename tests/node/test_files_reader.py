@@ -16,8 +16,9 @@ from trio.testing import MockClock
 
 from dht.contact import Contact
 from node.chunks import inline
-from node.errors import NodeError, RemoteError
+from node.errors import NodeError, RemoteError, RequestTimeout
 from node.files import (
+    HEDGE_AFTER,
     _gather,
     _Guesses,
     _likely_holders,
@@ -292,3 +293,70 @@ async def test_placement_puts_each_chunk_where_readers_guess(clock: MockClock) -
         assert [where[key] for key in ids] == [c.node_id for c in expected[: params.n]]
         for held in holders.held.values():
             held.clear()
+
+
+class Silent(Holders):
+    """Holders of which some never answer: each request to them times out."""
+
+    def __init__(self, rng: random.Random, held: list[dict[bytes, bytes]]) -> None:
+        super().__init__(rng, held)
+        self.silent: set[NodeId] = set()
+
+    async def request(
+        self, address: Any, message: Message, *, node_id: NodeId, timeout: float
+    ) -> Message:
+        if node_id in self.silent:
+            self.requests.append((type(message).__name__, node_id))
+            await trio.sleep(timeout)
+            raise RequestTimeout(f"no answer in {timeout} s")
+        return await super().request(address, message, node_id=node_id, timeout=timeout)
+
+
+@pytest.mark.parametrize("guessing", [False, True])
+async def test_silent_guessed_holders_cost_a_hedge_not_their_timeouts(
+    clock: MockClock, guessing: bool
+) -> None:
+    """The nodes placement chose for chunks 0 and 1 hang. Whether the reader guessed
+    or asked first, it has its k chunks within a few hedges (HEDGE_AFTER), not after
+    the hung fetches give up (CHUNK_TIMEOUT), and asks a hung node nothing more once
+    its first request is pending."""
+    rng = random.Random(21)
+    manifest, _, chunks = encoded(rng)
+    holders = Silent(rng, [{} for _ in chunks])
+    placed(rng, chunks, holders)
+    order = _likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
+    holders.silent = {order[0].node_id, order[1].node_id}
+    started = trio.current_time()
+    got = await _gather(holders.network(), manifest, 0, _Guesses() if guessing else None)
+    assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
+    assert trio.current_time() - started < 3 * HEDGE_AFTER + 1
+    asked_silent = [kind for kind, node in holders.requests if node in holders.silent]
+    assert len(asked_silent) == 2
+
+
+async def test_placement_with_fewer_nodes_than_chunks_survives_a_refusal(
+    clock: MockClock,
+) -> None:
+    """Four nodes for ten chunks, and the first choice for chunk 0 refuses: every chunk
+    is still stored (nodes take several), and the refusing node none."""
+    rng = random.Random(24)
+    params = EncodingParams(k=3, n=10, segment_size=4096)
+
+    class Refusing(Holders):
+        async def request(
+            self, address: Any, message: Message, *, node_id: NodeId, timeout: float
+        ) -> Message:
+            if isinstance(message, StoreChunk) and node_id == refusing:
+                raise RemoteError(ErrorCode.REFUSED, "full")
+            return await super().request(address, message, node_id=node_id, timeout=timeout)
+
+    holders = Refusing(rng, [{} for _ in range(4)])
+    ids = tuple(rng.randbytes(32) for _ in range(params.n))
+    refusing = _likely_holders(holders.nodes, list(ids))[0].node_id
+    pending: list[bytes | None] = [bytes([number]) for number in range(params.n)]
+    placement = _Placement()
+    await _place_segment(holders.network(params), 0, ids, pending, placement, trio.Semaphore(4))
+    assert pending == [None] * params.n
+    assert placement.chunks_stored == params.n
+    assert not holders.held[refusing]
+    assert sum(map(len, holders.held.values())) == params.n
