@@ -50,6 +50,7 @@ from node.store import (
 )
 from node.store.base import format_size
 from node.store.disk import WriteFunction
+from tests.node.pages import can_drop_pages, resident_pages
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 WRITER = Path(__file__).resolve().parent / "store_writer.py"
@@ -872,3 +873,16 @@ def test_store_errors_are_node_errors() -> None:
         assert issubclass(error, StoreError)
     assert issubclass(StoreError, NodeError)
     assert issubclass(CorruptChunk, ChunkNotFound)
+
+
+def test_a_stored_chunk_leaves_the_page_cache(tmp_path: Path, rng: random.Random) -> None:
+    """Once on disk, a chunk's pages go back to the kernel (the volunteer donated disk,
+    not memory), and it still reads back whole and verified."""
+    if not can_drop_pages(tmp_path / "control"):
+        pytest.skip("this file system keeps its pages whatever (tmpfs)")
+    with DiskChunkStore.open(tmp_path / "store", StoreConfig(capacity=64 * MiB)) as store:
+        chunk = make_chunk(rng, 4 * MiB)
+        put(store, chunk)
+        path = store.root / chunk.chunk_id.hex()[:2] / chunk.chunk_id.hex()
+        assert not any(resident_pages(path))
+        assert store.get(chunk.chunk_id) == chunk.data

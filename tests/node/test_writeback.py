@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
@@ -14,6 +13,7 @@ import pytest
 from node.errors import NodeError
 from node.node import _write_all
 from node.writeback import StreamingWriter, libc_sync_file_range
+from tests.node.pages import can_drop_pages, resident_pages
 
 WAIT_BEFORE, WRITE, WAIT_AFTER = 1, 2, 4
 PAGE = mmap.PAGESIZE
@@ -82,7 +82,7 @@ def test_the_pages_behind_keep_leave_the_page_cache(tmp_path: Path, piece: int) 
     real = libc_sync_file_range()
     if real is None:
         pytest.skip("this C library has no sync_file_range")
-    if not _can_drop_pages(tmp_path / "control"):
+    if not can_drop_pages(tmp_path / "control"):
         pytest.skip("this file system keeps its pages whatever (tmpfs)")
     keep = MiB
     path = tmp_path / "out"
@@ -92,35 +92,11 @@ def test_the_pages_behind_keep_leave_the_page_cache(tmp_path: Path, piece: int) 
             writer.write(os.urandom(piece))
         assert writer.dropping
     size = path.stat().st_size
-    resident = _resident_pages(path)
+    resident = resident_pages(path)
     dropped = (size - keep) // ALIGNMENT * ALIGNMENT // PAGE
     assert dropped > len(resident) // 2
     assert not any(resident[:dropped])
     assert all(resident[(size - keep) // PAGE + 1 :])
-
-
-def _can_drop_pages(path: Path) -> bool:
-    """Whether this file system lets a written, synced file leave the page cache."""
-    with open(path, "wb", buffering=0) as file:
-        file.write(os.urandom(16 * PAGE))
-        os.fsync(file.fileno())
-        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    return not any(_resident_pages(path))
-
-
-def _resident_pages(path: Path) -> list[bool]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open(path, "r+b") as file, mmap.mmap(file.fileno(), 0) as mapped:
-        pages = (len(mapped) + PAGE - 1) // PAGE
-        vector = (ctypes.c_ubyte * pages)()
-        anchor = ctypes.c_char.from_buffer(mapped)
-        try:
-            address = ctypes.addressof(anchor)
-            if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(len(mapped)), vector):
-                raise OSError(ctypes.get_errno(), "mincore")
-        finally:
-            del anchor
-        return [bool(byte & 1) for byte in vector]
 
 
 def test_an_appended_file_keeps_what_was_there(tmp_path: Path) -> None:
