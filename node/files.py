@@ -538,7 +538,7 @@ class _Guesses:
     are fetched from those nodes straight away, with no HAS_CHUNKS round first (in a
     network small enough that we know everyone they are nearly always right). Once
     they are mostly wrong (a large network, where our routing table holds few of the
-    nodes placement saw) the segments ask first."""
+    nodes placement saw) the segments ask first, for the rest of the download."""
 
     right: int = 0
     wrong: int = 0
@@ -553,10 +553,11 @@ async def _gather(
     """k valid chunks of segment `index`: k fetches at a time, data blocks first, and one
     more (hedging) whenever none finished for HEDGE_AFTER seconds.
 
-    Where the chunks are is found in up to three steps, each taken only when the
-    holders found so far are used up: the nodes placement most likely chose (see
-    `_Guesses`); the nodes near the group key that say they hold chunks (`_locate`
-    stopping at k + 1); everyone a lookup and the provider records name."""
+    Where the chunks are is found in up to three steps: the nodes placement most
+    likely chose (see `_Guesses`); the nodes near the group key that say they hold
+    chunks (`_locate` stopping at k + 1); everyone a lookup and the provider records
+    name. The next step is taken when the holders found so far are used up, or when
+    the hedge fires with none left to try; it skips nodes that did not answer."""
     k = manifest.params.k
     ids = manifest.segment_chunk_ids(index)
     options: dict[int, list[Contact]] = {}
