@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 # Eviction pings running at once; more PingOldest decisions wait for the next contact.
 MAX_EVICTION_PINGS = 8
+# A lookup starts from this many times k contacts of our own table (see _lookup).
+SEEDS_PER_K = 2
 # How often the tables are saved while running (they are saved at shutdown too).
 PERSIST_INTERVAL = 5 * 60.0
 # How often per bucket_refresh_interval the buckets are checked for staleness.
@@ -242,7 +244,12 @@ class DhtService:
         self.routing.touch_bucket(target, now)
         lookup = Lookup(
             target,
-            self.routing.closest(target, self.config.k),
+            # 2k seeds, not k: the lookup queries the k closest first either way, and
+            # the next ones are there when some of those fail. After a mass failure
+            # every answer still names the dead (no one has evicted them yet), so in
+            # a network we know whole the live nodes just beyond the first k would
+            # be named by no one: 5 of 30 lookups were exact after 25% died at N = 50.
+            self.routing.closest(target, SEEDS_PER_K * self.config.k),
             config=self.config,
             own_id=self.node_id,
             want_providers=want_providers,
