@@ -602,8 +602,15 @@ async def _gather(
             else:
                 found = await _locate(net, ids, skip=skip)
             for number, holders in enumerate(found):
-                fresh = [c for c in holders if (number, c.node_id) not in tried]
-                options.setdefault(number, []).extend(fresh)
+                known = options.setdefault(number, [])
+                queued = {contact.node_id for contact in known}
+                known.extend(
+                    contact
+                    for contact in holders
+                    if (number, contact.node_id) not in tried and contact.node_id not in queued
+                )
+        except NodeError as exc:  # no lookup possible: no more holders, say why
+            problems.append(f"finding more holders: {exc}")
         finally:
             locating = False
             changed.set()
@@ -612,8 +619,12 @@ async def _gather(
         nonlocal steps, locating
         steps += 1
         locating = True
-        # Nodes that did not answer, or are slow to answer a fetch now, are not asked.
-        nursery.start_soon(locate_more, unreachable | set(active.values()))
+        # Nodes that did not answer are not asked again. Nodes slow to answer a fetch
+        # now are not asked in the middle step either (a hung one would hold it up for
+        # QUERY_TIMEOUT), but the last step asks them: slow is not gone, and a node may
+        # hold other chunks of the segment than the one it is sending.
+        skip = set(unreachable) if steps == 2 else unreachable | set(active.values())
+        nursery.start_soon(locate_more, skip)
 
     async def fetch(number: int, contact: Contact) -> None:
         try:

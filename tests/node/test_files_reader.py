@@ -360,3 +360,31 @@ async def test_placement_with_fewer_nodes_than_chunks_survives_a_refusal(
     assert placement.chunks_stored == params.n
     assert not holders.held[refusing]
     assert sum(map(len, holders.held.values())) == params.n
+
+
+@pytest.mark.parametrize("guessing", [False, True])
+async def test_a_slow_holder_of_most_chunks_is_asked_in_the_end(
+    clock: MockClock, guessing: bool
+) -> None:
+    """Two nodes: one holds chunk 1, the other the other nine and answers everything
+    only after 2.5 hedges. While it is sending chunk 0 the hedges fire and the reader
+    looks further without it; the last step must still ask it, or the segment has 2
+    chunks of 3 and fails (as it did, found in review)."""
+    rng = random.Random(5)
+    manifest, _, chunks = encoded(rng)
+
+    class Slow(Holders):
+        async def request(
+            self, address: Any, message: Message, *, node_id: NodeId, timeout: float
+        ) -> Message:
+            if node_id == slow:
+                await trio.sleep(min(timeout, 2.5 * HEDGE_AFTER))
+            return await super().request(address, message, node_id=node_id, timeout=timeout)
+
+    holders = Slow(rng, [{}, {}])
+    order = _likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
+    slow, other = order[0].node_id, order[1].node_id
+    for number, (identifier, data) in enumerate(chunks):
+        holders.held[other if number == 1 else slow][identifier] = data
+    got = await _gather(holders.network(), manifest, 0, _Guesses() if guessing else None)
+    assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
