@@ -37,7 +37,7 @@ import trio
 from dht.config import DhtConfig
 from dht.contact import Address, Contact, ContactCache
 from dht.errors import DhtError, RpcFailed, StorageError
-from dht.lookup import Lookup
+from dht.lookup import CANDIDATE_FACTOR, Lookup
 from dht.providers import LocalProvisions, ProviderStore
 from dht.routing import Evicted, PingOldest, RoutingTable
 from dht.rtt import RttEstimator
@@ -60,8 +60,10 @@ logger = logging.getLogger(__name__)
 
 # Eviction pings running at once; more PingOldest decisions wait for the next contact.
 MAX_EVICTION_PINGS = 8
-# A lookup starts from this many times k contacts of our own table (see _lookup).
+# A lookup starts from this many times k contacts of our own table (see _lookup); a
+# lookup keeps at most CANDIDATE_FACTOR * k candidates, so more would be cut.
 SEEDS_PER_K = 2
+assert SEEDS_PER_K <= CANDIDATE_FACTOR
 # How often the tables are saved while running (they are saved at shutdown too).
 PERSIST_INTERVAL = 5 * 60.0
 # How often per bucket_refresh_interval the buckets are checked for staleness.

@@ -96,16 +96,16 @@ async def test_200_nodes_exact_lookups_providers_and_a_quarter_failing(
             assert not found & dead
 
 
-@pytest.mark.parametrize("count", [50, 200])
-async def test_lookups_find_the_live_nodes_beyond_the_dead(clock: MockClock, count: int) -> None:
+async def test_lookups_find_the_live_nodes_beyond_the_dead(clock: MockClock) -> None:
     """Right after a quarter of the nodes vanish, every table and every answer still
     names them, so the live nodes just beyond the first k closest are named by no one.
     A lookup starts from 2k contacts of its own table, and, with the dead ones failing,
-    finds those: 29 and 27 of 30 lookups here return the true k closest live nodes,
-    against 24 and 23 with k seeds (and 5 of 30 in the benchmark's 50-node swarm)."""
-    rng = random.Random(count)
-    async with open_swarm(count, seed=count) as swarm:
-        swarm.silence(rng.sample(swarm.nodes, count // 4))
+    finds those: 29 of 30 lookups here return the true k closest live nodes, against
+    24 with k seeds (5 of 30 in the benchmark's 50-node swarm). A small network, where
+    tables hold nearly everyone: at 200 nodes the gain was within what seeds vary."""
+    rng = random.Random(50)
+    async with open_swarm(50, seed=50) as swarm:
+        swarm.silence(rng.sample(swarm.nodes, 50 // 4))
         assert await exact_lookups(swarm, rng, 30) >= 27
 
 

@@ -12,6 +12,8 @@ PAGE = mmap.PAGESIZE
 
 def can_drop_pages(path: Path) -> bool:
     """Whether this file system lets a written, synced file leave the page cache."""
+    if not hasattr(os, "posix_fadvise"):
+        return False  # not this platform's call (macOS)
     with open(path, "wb", buffering=0) as file:
         file.write(os.urandom(16 * PAGE))
         os.fsync(file.fileno())
