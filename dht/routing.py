@@ -430,11 +430,19 @@ class RoutingTable:
     # -- queries -------------------------------------------------------------------------
 
     def closest(
-        self, target: NodeId, count: int, *, exclude: Iterable[NodeId] | None = None
+        self,
+        target: NodeId,
+        count: int,
+        *,
+        exclude: Iterable[NodeId] | None = None,
+        answering: bool = False,
     ) -> list[Contact]:
         """The `count` contacts closest to `target` by XOR distance, closest first,
-        leaving out the ids in `exclude`. Exact: buckets are visited in increasing,
-        disjoint bands of distance (see `_buckets_by_distance`), each one sorted."""
+        leaving out the ids in `exclude` and, when `answering` another node, the
+        contacts whose last RPC failed (they stay in the table until evicted, but
+        naming them would only cost the asker a timeout). Exact: buckets are visited in
+        increasing, disjoint bands of distance (see `_buckets_by_distance`), each one
+        sorted."""
         found: list[Contact] = []
         if count <= 0:
             return found
@@ -446,7 +454,11 @@ class RoutingTable:
             return entry.number ^ target_number
 
         for bucket in self._buckets_by_distance(target_number):
-            candidates = [entry for entry in bucket.entries if entry.number not in excluded]
+            candidates = [
+                entry
+                for entry in bucket.entries
+                if entry.number not in excluded and not (answering and entry.failures)
+            ]
             wanted = count - len(found)
             if len(candidates) > wanted:
                 candidates = heapq.nsmallest(wanted, candidates, key=distance)

@@ -211,7 +211,7 @@ class DhtService:
         self._statistics.requests_served += 1
         self._learn(caller, message.sender_port)
         closest = self.routing.closest(
-            NodeId(message.target), self.config.k, exclude={caller.node_id}
+            NodeId(message.target), self.config.k, exclude={caller.node_id}, answering=True
         )
         return Nodes(tuple(contact.to_wire() for contact in closest))
 
@@ -221,7 +221,7 @@ class DhtService:
         self._learn(caller, message.sender_port)
         key = NodeId(message.key)
         providers = self._local_providers(key)
-        closer = self.routing.closest(key, self.config.k, exclude={caller.node_id})
+        closer = self.routing.closest(key, self.config.k, exclude={caller.node_id}, answering=True)
         return Providers(
             tuple(contact.to_wire() for contact in providers),
             tuple(contact.to_wire() for contact in closer),

@@ -154,6 +154,31 @@ def test_closest_on_a_deep_table() -> None:
         assert table.closest(target, count, exclude=excluded) == kept[:count]
 
 
+def test_answers_leave_out_contacts_whose_last_rpc_failed() -> None:
+    """closest(answering=True) is the brute-force sort of the contacts without a failure
+    counted; one seen() again (an answer, a request) is named again. Our own lookups
+    (answering=False) still see every contact."""
+    rng = random.Random(8)
+    own = NodeId(rng.randbytes(32))
+    table = RoutingTable(own, NO_LIMITS)
+    for now in range(2000):
+        shift = rng.randrange(NODE_ID_BITS)
+        table.seen(node(int(own) ^ (rng.getrandbits(NODE_ID_BITS) >> shift)), float(now))
+    contacts = table.contacts()
+    failing = {contact.node_id for contact in contacts[::4]}
+    for node_id in failing:
+        assert isinstance(table.failed(node_id), FailureCounted)  # no replacements here
+    for _ in range(100):
+        target = NodeId(rng.randbytes(32))
+        ranked = sorted(contacts, key=lambda contact: contact.node_id.distance(target))
+        healthy = [contact for contact in ranked if contact.node_id not in failing]
+        assert table.closest(target, 20, answering=True) == healthy[:20]
+        assert table.closest(target, 20) == ranked[:20]
+    back = contacts[0]
+    table.seen(back, 3000.0)
+    assert back in table.closest(back.node_id, 1, answering=True)
+
+
 def test_seen_keeps_least_recently_seen_order() -> None:
     """seen() appends new contacts and moves a known one to the tail (most recent)."""
     table = RoutingTable(OWN, NO_LIMITS)
