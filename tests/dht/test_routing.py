@@ -133,15 +133,22 @@ def test_splitting_keeps_buckets_consistent() -> None:
         assert own not in bucket.range
 
 
-def test_closest_on_a_deep_table() -> None:
-    """On a deep table with full buckets closest() matches a brute-force sort, with and
-    without exclusions, for targets far from and near our own id."""
-    rng = random.Random(5)
+def deep_table(rng: random.Random) -> RoutingTable:
+    """A table deep in splits, its buckets full: 2000 contacts at every distance."""
     own = NodeId(rng.randbytes(32))
     table = RoutingTable(own, NO_LIMITS)
     for now in range(2000):
         shift = rng.randrange(NODE_ID_BITS)
         table.seen(node(int(own) ^ (rng.getrandbits(NODE_ID_BITS) >> shift)), float(now))
+    return table
+
+
+def test_closest_on_a_deep_table() -> None:
+    """On a deep table with full buckets closest() matches a brute-force sort, with and
+    without exclusions, for targets far from and near our own id."""
+    rng = random.Random(5)
+    table = deep_table(rng)
+    own = table.own_id
     contacts = table.contacts()
     excluded = {contact.node_id for contact in contacts[::3]}
     for _ in range(100):
@@ -159,11 +166,7 @@ def test_answers_leave_out_contacts_whose_last_rpc_failed() -> None:
     counted; one seen() again (an answer, a request) is named again. Our own lookups
     (answering=False) still see every contact."""
     rng = random.Random(8)
-    own = NodeId(rng.randbytes(32))
-    table = RoutingTable(own, NO_LIMITS)
-    for now in range(2000):
-        shift = rng.randrange(NODE_ID_BITS)
-        table.seen(node(int(own) ^ (rng.getrandbits(NODE_ID_BITS) >> shift)), float(now))
+    table = deep_table(rng)
     contacts = table.contacts()
     failing = {contact.node_id for contact in contacts[::4]}
     for node_id in failing:
