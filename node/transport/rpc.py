@@ -254,10 +254,7 @@ class Connection:
             if timer is not None and timer.deadline == deadline:
                 # Over before its deadline: the timer need not wake for it (it did, for
                 # nothing, about once per query in a busy DHT node).
-                timer.deadline = min(
-                    self._idle_check,
-                    min((other.deadline for other in self._pending.values()), default=math.inf),
-                )
+                timer.deadline = self._next_wakeup()
             if sent and (waiter.timed_out or not waiter.done) and self._close_reason is None:
                 self._abandoned.add(request_id)
             elif self._outbound_waiting:
@@ -298,10 +295,7 @@ class Connection:
         while True:
             with trio.CancelScope() as timer:
                 self._timer = timer
-                timer.deadline = min(
-                    self._idle_check,
-                    min((waiter.deadline for waiter in self._pending.values()), default=math.inf),
-                )
+                timer.deadline = self._next_wakeup()
                 await trio.sleep_forever()
             now = trio.current_time()
             for request_id, waiter in list(self._pending.items()):
@@ -319,6 +313,14 @@ class Connection:
                     return
                 seen_activity = self._activity
                 self._idle_check = now + idle_timeout
+
+    def _next_wakeup(self) -> float:
+        """When the timer must next look: the idle check or the earliest deadline of a
+        request in flight."""
+        return min(
+            self._idle_check,
+            min((waiter.deadline for waiter in self._pending.values()), default=math.inf),
+        )
 
     def _allocate_request_id(self) -> int:
         while True:
