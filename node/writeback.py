@@ -61,7 +61,7 @@ class SyncFileRange(Protocol):
 def libc_sync_file_range() -> SyncFileRange | None:
     """The C library's sync_file_range(2), raising OSError on failure; None where the
     C library has none. (The process's own symbols: `ctypes.util.find_library` would
-    run ldconfig at import, 20 ms.)"""
+    run ldconfig at import: 1.4 ms here.)"""
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
