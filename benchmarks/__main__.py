@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "name",
         choices=sorted(BENCHMARKS),
-        help="; ".join(f"{name}: {text}" for name, (_, text) in sorted(BENCHMARKS.items())),
+        # argparse %-formats help strings, and the descriptions say "25% killed".
+        help="; ".join(
+            f"{name}: {text}".replace("%", "%%") for name, (_, text) in sorted(BENCHMARKS.items())
+        ),
     )
     parser.add_argument(
         "--quick", action="store_true", help="short measurements for a smoke run (rough figures)"
