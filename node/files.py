@@ -54,7 +54,14 @@ from node.errors import (
 from node.store import GroupRecord
 from node.transport import Transport
 from protocol.capability import ReadCapability, VerifyCapability
-from protocol.encoding import Candidate, EncodedSegment, Encoder, decode_segment
+from protocol.encoding import (
+    Candidate,
+    EncodedSegment,
+    Encoder,
+    Parity,
+    decode_segment,
+    zfec_parity,
+)
 from protocol.identity import NodeId, RandomBytes
 from protocol.manifest import EncodingParams, FileInfo, Manifest, chunk_id
 from protocol.messages import (
@@ -122,6 +129,7 @@ class FileNetwork:
     happy: int
     offload: Offload = in_thread
     random_bytes: RandomBytes = nacl.utils.random
+    parity: Parity = zfec_parity  # node/isal.py's best_parity() in a node
 
 
 @dataclass(slots=True)
@@ -340,6 +348,7 @@ async def put_file(
         params=net.params,
         executor=net.executor,
         window=ENCODING_WINDOW,
+        parity=net.parity,
     )
     placement = _Placement()
     send, receive = trio.open_memory_channel[EncodedSegment](SEGMENTS_QUEUED)

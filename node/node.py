@@ -34,6 +34,7 @@ from node.control import ControlChannel, ControlServer, regular_file
 from node.dht_transport import DhtTransportAdapter
 from node.errors import NodeError
 from node.files import FileNetwork, check_file, get_file, put_file
+from node.isal import best_parity
 from node.keyfile import load_or_create_identity
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
 from node.transport import LinkLayer, TcpLinkLayer, Transport
@@ -221,6 +222,7 @@ class Node:
                 config.happy,
                 offload,
                 self._random_bytes,
+                best_parity(),
             )
             if config.bootstrap:
                 nursery.start_soon(self._join)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
@@ -172,6 +172,29 @@ def _zfec_decoder(k: int, n: int) -> Any:
     return zfec.Decoder(k, n)
 
 
+Parity = Callable[[Sequence[bytes], int, int], Sequence[bytes]]
+"""`parity(blocks, k, n)`: the n - k parity blocks (block numbers k..n-1) of zfec's code
+for the k data `blocks`, all of one length. Whatever computes them must give zfec's bytes
+(docs/PROTOCOL.md#chunks): chunk ids are their hashes. Called from worker threads."""
+
+
+def zfec_parity(blocks: Sequence[bytes], k: int, n: int) -> list[bytes]:
+    """The parity blocks, by zfec itself: the reference `Parity`."""
+    return list(_zfec_encoder(k, n).encode(list(blocks), list(range(k, n))))
+
+
+@functools.cache
+def parity_matrix(k: int, n: int) -> bytes:
+    """The parity rows of zfec's encoding matrix E (docs/PROTOCOL.md#chunks), row-major:
+    byte `i * k + j` is E[k + i][j], the weight of data block j in parity block k + i.
+
+    Read off zfec itself, by encoding one-byte blocks that are 1 in block j and 0
+    elsewhere, so another GF(2^8) coder given this matrix computes zfec's code.
+    """
+    columns = [zfec_parity([bytes([row == j]) for row in range(k)], k, n) for j in range(k)]
+    return bytes(columns[j][i][0] for i in range(n - k) for j in range(k))
+
+
 # ------------------------------------------------------------------- one segment
 
 
@@ -183,11 +206,13 @@ def encode_segment(
     key: bytes,
     nonce_prefix: bytes,
     params: EncodingParams,
+    parity: Parity = zfec_parity,
 ) -> EncodedSegment:
     """Encrypt and erasure-code segment `index` of `segment_count`; pure, thread-safe.
 
     `plaintext` is the segment's bytes, Padme zeros included: `params.segment_size`
-    bytes, fewer (at least 1) only for the last segment. It is not kept.
+    bytes, fewer (at least 1) only for the last segment. It is not kept. `parity`
+    computes the parity blocks (zfec by default).
     """
     size = _nbytes(plaintext)
     if type(index) is not int or not 0 <= index < segment_count:
@@ -215,7 +240,12 @@ def encode_segment(
     view.release()
     del buffer
     if n > k:
-        blocks += _zfec_encoder(k, n).encode(list(blocks), list(range(k, n)))
+        extra = parity(blocks, k, n)
+        if len(extra) != n - k or any(len(block) != block_size for block in extra):
+            raise LocalProtocolError(
+                f"the parity function gave {len(extra)} blocks, not {n - k} of {block_size} bytes"
+            )
+        blocks += extra
     return EncodedSegment(index, tuple(Chunk(blake3.blake3(b).digest(), b) for b in blocks))
 
 
@@ -536,6 +566,8 @@ class Encoder:
 
     With an `executor`, up to `window` segments are encoded at once in its workers; the
     source is still read, and segments still yielded, in order on the caller's thread.
+    `parity` computes the parity blocks: zfec by default, or anything that gives zfec's
+    bytes faster (node/isal.py).
     """
 
     def __init__(
@@ -548,6 +580,7 @@ class Encoder:
         params: EncodingParams | None = None,
         executor: Executor | None = None,
         window: int = DEFAULT_WINDOW,
+        parity: Parity = zfec_parity,
     ) -> None:
         params = EncodingParams() if params is None else params
         if type(params) is not EncodingParams:
@@ -566,6 +599,7 @@ class Encoder:
         self._source = source
         self._executor = executor
         self._window = window
+        self._parity = parity
         self._key = _draw(random_bytes, KEY_SIZE, "file key")
         self._nonce_prefix = _draw(random_bytes, NONCE_PREFIX_SIZE, "nonce prefix")
         self._started = False
@@ -587,6 +621,7 @@ class Encoder:
             key=self._key,
             nonce_prefix=self._nonce_prefix,
             params=params,
+            parity=self._parity,
         )
         plaintexts = _Plaintexts(
             self._source, self.info.size, self.padded_size, params.segment_size

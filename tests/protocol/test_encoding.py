@@ -27,6 +27,7 @@ from protocol.encoding import (
     Encoder,
     decode_segment,
     encode_segment,
+    parity_matrix,
     rebuild_chunks,
 )
 from protocol.errors import (
@@ -481,6 +482,69 @@ def test_identical_chunks_of_a_one_of_n_segment() -> None:
 
 
 # ------------------------------------------------------------------------- repair
+
+
+def _gf_multiply(a: int, b: int) -> int:
+    """GF(2^8) with x^8 + x^4 + x^3 + x^2 + 1, as docs/PROTOCOL.md#chunks says."""
+    product = 0
+    while b:
+        if b & 1:
+            product ^= a
+        a <<= 1
+        if a & 0x100:
+            a ^= 0x11D
+        b >>= 1
+    return product
+
+
+def _gf_inverse(a: int) -> int:
+    return next(b for b in range(1, 256) if _gf_multiply(a, b) == 1)
+
+
+def _documented_matrix(k: int, n: int) -> list[list[int]]:
+    """E = V x T^-1 exactly as docs/PROTOCOL.md#chunks writes it, by Gauss-Jordan."""
+    points = [0] + [1] * (n - 1)
+    for r in range(2, n):
+        points[r] = _gf_multiply(points[r - 1], 2)
+    vandermonde = []
+    for p in points:
+        row, power = [], 1
+        for _ in range(k):
+            row.append(power)
+            power = _gf_multiply(power, p)
+        vandermonde.append(row)
+    # Invert T (the first k rows) by row reduction of [T | I].
+    work = [vandermonde[r][:] + [int(r == c) for c in range(k)] for r in range(k)]
+    for col in range(k):
+        pivot = next(r for r in range(col, k) if work[r][col])
+        work[col], work[pivot] = work[pivot], work[col]
+        scale = _gf_inverse(work[col][col])
+        work[col] = [_gf_multiply(x, scale) for x in work[col]]
+        for r in range(k):
+            if r != col and work[r][col]:
+                f = work[r][col]
+                work[r] = [x ^ _gf_multiply(f, y) for x, y in zip(work[r], work[col], strict=True)]
+    inverse = [row[k:] for row in work]
+    encoding = []
+    for row in vandermonde:
+        out = []
+        for c in range(k):
+            total = 0
+            for t in range(k):
+                total ^= _gf_multiply(row[t], inverse[t][c])
+            out.append(total)
+        encoding.append(out)
+    return encoding
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 3), (2, 4), (3, 10), (5, 9), (7, 20), (16, 40)])
+def test_parity_matrix_is_the_documented_one(k: int, n: int) -> None:
+    """The matrix read off zfec is E of the spec (whose first k rows are the identity),
+    so another GF(2^8) coder given it computes the specified chunks."""
+    documented = _documented_matrix(k, n)
+    assert documented[:k] == [[int(r == c) for c in range(k)] for r in range(k)]
+    expected = bytes(documented[k + i][j] for i in range(n - k) for j in range(k))
+    assert parity_matrix(k, n) == expected
 
 
 def test_rebuild_lost_chunks_without_the_key() -> None:
