@@ -23,6 +23,8 @@ same buffers just before the row (for 0.15 s, cycling over the first 4 segments)
 |                    | blocks; BLAKE3 of its n chunks                                  |
 | decode, data       | BLAKE3 of k chunks; XChaCha20-Poly1305 decrypt                  |
 | decode, parity     | BLAKE3 of k chunks; zfec decode of k parity blocks; decrypt     |
+| encode, ISA-L      | as encode, with ISA-L computing zfec's parity (node/isal.py,    |
+|                    | what a node uses on Linux); left out where ISA-L does not load  |
 
 On two threads each stage is measured running on two threads at once (not assumed to
 double). The stages and their row are measured three times in turn (once with --quick)
@@ -95,9 +97,17 @@ import blake3
 import zfec
 
 from benchmarks import BenchmarkError, BenchmarkOptions
+from node.isal import load_isal
 from protocol.aead import TAG_SIZE, decrypt_into, encrypt_into
 from protocol.capability import ReadCapability
-from protocol.encoding import DEFAULT_WINDOW, Decoder, EncodedSegment, Encoder
+from protocol.encoding import (
+    DEFAULT_WINDOW,
+    Decoder,
+    EncodedSegment,
+    Encoder,
+    Parity,
+    zfec_parity,
+)
 from protocol.manifest import EncodingParams, Manifest, segment_associated_data, segment_nonce
 
 __all__ = [
@@ -375,6 +385,9 @@ class _StageInputs:
         self.outputs = [bytearray(self.block_size * k) for _ in range(self.count)]
         self.zfec_encoder = zfec.Encoder(k, n)
         self.zfec_decoder = zfec.Decoder(k, n)
+        self.isal = load_isal()
+        if self.isal is not None and not self.isal.agrees(k, n):
+            self.isal = None
 
     def _input(self, call: int) -> int:
         return call % self.count
@@ -404,6 +417,11 @@ class _StageInputs:
         k, n = PARAMS.k, PARAMS.n
         self.zfec_encoder.encode(list(self.chunks[self._input(call)][:k]), list(range(k, n)))
 
+    def isal_encode(self, call: int) -> None:
+        k, n = PARAMS.k, PARAMS.n
+        assert self.isal is not None
+        self.isal(self.chunks[self._input(call)][:k], k, n)
+
     def zfec_decode(self, call: int) -> None:
         k, n = PARAMS.k, PARAMS.n
         # zfec reorders the lists it is given: fresh ones each time.
@@ -419,8 +437,24 @@ class _StageInputs:
         for data in self.chunks[self._input(call)][: PARAMS.k]:
             blake3.blake3(data).digest()
 
-    def encode_stages(self) -> tuple[_Stage, ...]:
+    def encode_stages(self, isal: bool = False) -> tuple[_Stage, ...]:
+        """Encoding's stages, with zfec's parity or (`isal`) ISA-L's."""
         k, n = PARAMS.k, PARAMS.n
+        parity = (
+            _Stage(
+                "isal_encode",
+                f"ISA-L encode, {k} -> {n - k} parity",
+                self.isal_encode,
+                k * self.block_size,
+            )
+            if isal
+            else _Stage(
+                "zfec_encode",
+                f"zfec encode, {k} -> {n - k} parity",
+                self.zfec_encode,
+                k * self.block_size,
+            )
+        )
         return (
             _Stage(
                 "xchacha20poly1305_encrypt",
@@ -428,12 +462,7 @@ class _StageInputs:
                 self.encrypt,
                 PARAMS.segment_size,
             ),
-            _Stage(
-                "zfec_encode",
-                f"zfec encode, {k} -> {n - k} parity",
-                self.zfec_encode,
-                k * self.block_size,
-            ),
+            parity,
             _Stage("blake3_n_chunks", f"BLAKE3 of {n} chunks", self.hash_all, n * self.block_size),
         )
 
@@ -457,7 +486,9 @@ class _StageInputs:
 # ----------------------------------------------------------------- pipeline rows
 
 
-def _time_encode(blocks: Sequence[bytes], shape: RunShape, threads: int) -> _Timing:
+def _time_encode(
+    blocks: Sequence[bytes], shape: RunShape, threads: int, parity: Parity = zfec_parity
+) -> _Timing:
     """Encode the whole file through `Encoder`, dropping each segment as it comes."""
     with ThreadPoolExecutor(threads) as executor:
         faults = _minor_faults()
@@ -469,6 +500,7 @@ def _time_encode(blocks: Sequence[bytes], shape: RunShape, threads: int) -> _Tim
             params=PARAMS,
             executor=executor,
             window=WINDOW,
+            parity=parity,
         )
         deque(encoder.segments(), maxlen=0)
         encoder.manifest_bytes  # noqa: B018 (the manifest is part of encoding)
@@ -504,18 +536,27 @@ def _time_decode(
 
 
 def _measure_encode(
-    blocks: Sequence[bytes], inputs: _StageInputs, shape: RunShape, threads: int
+    blocks: Sequence[bytes],
+    inputs: _StageInputs,
+    shape: RunShape,
+    threads: int,
+    isal: bool = False,
 ) -> PipelineFigure:
-    """The encode row: its stages alone, then the encoder, `shape.trials` times."""
+    """The encode row (with ISA-L's parity: `isal`): its stages alone, then the encoder,
+    `shape.trials` times."""
+    parity: Parity = zfec_parity
+    if isal:
+        assert inputs.isal is not None
+        parity = inputs.isal
     stage_trials = []
     timings = []
     for _ in range(shape.trials):
-        stage_trials.append(_measure_stages(inputs.encode_stages(), threads, shape))
-        timings.append(_time_encode(blocks, shape, threads))
+        stage_trials.append(_measure_stages(inputs.encode_stages(isal), threads, shape))
+        timings.append(_time_encode(blocks, shape, threads, parity))
     best = _best(timings)
     return PipelineFigure(
-        "encode",
-        "encode",
+        "encode_isal" if isal else "encode",
+        "encode, ISA-L" if isal else "encode",
         threads,
         best.rate,
         best.faults_per_segment,
@@ -740,6 +781,11 @@ def _measure(malloc: MallocSetting, shape: RunShape, profile: bool) -> Measureme
         encode = _measure_encode(blocks, inputs, shape, threads)
         stages += encode.stages
         pipelines.append(encode)
+    if inputs.isal is not None:
+        for threads in THREAD_COUNTS:
+            encode = _measure_encode(blocks, inputs, shape, threads, isal=True)
+            stages += [stage for stage in encode.stages if stage.key == "isal_encode"]
+            pipelines.append(encode)
     for threads in THREAD_COUNTS:
         from_data, from_parity = _measure_decode(encoded, inputs, shape, threads)
         stages += from_parity.stages

@@ -15,7 +15,7 @@ from .runner import json_lines, run_benchmark
 THREADS = (1, 2)
 PIPELINES = {
     (metric, threads)
-    for metric in ("encode", "decode_data", "decode_parity")
+    for metric in ("encode", "decode_data", "decode_parity", "encode_isal")
     for threads in THREADS
 }
 TARGETED = {("encode", 1), ("encode", 2), ("decode_data", 1)}
@@ -28,6 +28,7 @@ STAGES = {
         "blake3_k_chunks",
         "zfec_decode",
         "xchacha20poly1305_decrypt",
+        "isal_encode",
     )
     for threads in THREADS
 }
