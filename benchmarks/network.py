@@ -17,9 +17,10 @@ would run it):
    quick run), as a percentage of one core.
 
 Baseline in the same run: the encoding pipeline alone (protocol/encoding.Encoder with
-the same 2 worker threads, in this process, no network) on the same bytes, and the
-decoding alone; the network figures are printed beside them as a ratio. The issue's
-targets (Tahoe-LAFS measured on this machine) are printed with each figure.
+2 worker threads and the nodes' parity function, node/isal.best_parity, in this
+process, no network) on the same bytes, and the decoding alone; the network figures
+are printed beside them as a ratio. The issue's targets (Tahoe-LAFS measured on this
+machine) are printed with each figure.
 
 Every node, socket and file stays on this machine, under a temporary directory
 removed at the end.
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks import BenchmarkError, BenchmarkOptions
+from node.isal import best_parity
 from node.testnet import open_testnet, wait_until_joined
 from protocol.capability import ReadCapability
 from protocol.encoding import Decoder, Encoder
@@ -133,7 +135,9 @@ def _encode_alone(path: Path, size: int) -> tuple[float, float]:
     """Seconds to encode, then to decode (from the data chunks), with no network."""
     with ThreadPoolExecutor(2) as executor, open(path, "rb") as source:
         started = time.perf_counter()
-        encoder = Encoder(source, random_bytes=os.urandom, executor=executor, window=2)
+        encoder = Encoder(
+            source, random_bytes=os.urandom, executor=executor, window=2, parity=best_parity()
+        )
         chunks: dict[int, list[tuple[bytes, bytes]]] = {}
         k = encoder.params.k
         for segment in encoder.segments():
