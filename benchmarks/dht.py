@@ -19,7 +19,15 @@ process's one trio loop on the real clock. Then:
    made for the operation: every DHT request (query, ADD_PROVIDER, ping) sent by a
    task working for it. A context variable carries the operation's counter into the
    tasks its lookup starts (trio and asyncio both copy the context into new tasks),
-   so the count stays exact with many operations in flight on one node.
+   so the count stays exact with many operations in flight on one node. New
+   connections (Freehold only) are counted the same way, when the dialler's Noise
+   handshake completes. The "p50 floor (handshakes)" rows multiply each operation's
+   new connections by the CPU of one handshake's public-key operations at both ends
+   (6 X25519, 4 base-point, 2 Ed25519 signatures and 2 verifications: about 400 us,
+   timed in the same run) and take the p50: every node runs on this process's one
+   thread, so no operation here can be faster than its floor, whatever the code
+   around the cryptography costs. It shows how much of a target the handshakes alone
+   use up where the random askers reach nodes they never spoke to.
 3. Kill: a random quarter of the nodes is killed at once (below), then the same
    operations run among the live nodes, `operations_after_kill` find_nodes and as
    many provide + find_providers pairs, all in flight at once: a query to a dead node
@@ -98,6 +106,8 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, Final, Protocol, TypeVar
 
+import nacl.bindings
+import nacl.signing
 import trio
 
 from benchmarks import BenchmarkError, BenchmarkOptions
@@ -145,6 +155,17 @@ DESCRIPTOR_RESERVE: Final = 500
 BASELINE_TIMEOUT: Final = 900.0
 FREEHOLD_ID_SIZE: Final = 32
 KADEMLIA_ID_SIZE: Final = 20  # SHA-1 ids
+# The public-key operations of one Freehold handshake, both ends (docs/PROTOCOL.md,
+# "Handshake"): Noise XX's ee, es and se on each side (6 X25519), an ephemeral and a
+# fresh static key pair made on each side (4 base-point multiplications), and each
+# side's identity payload signed (2 Ed25519 signatures) and checked (2 verifications).
+# Only the responder's se and its check of the dialler's payload (1 X25519, 1 verify)
+# come after the dialler's connect returns, before it can read the first request.
+HANDSHAKE_X25519: Final = 6
+HANDSHAKE_X25519_BASE: Final = 4
+HANDSHAKE_SIGNATURES: Final = 2
+HANDSHAKE_VERIFICATIONS: Final = 2
+CRYPTO_ROUNDS: Final = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +200,18 @@ class PhaseFigures:
     bootstrap_seconds: float | None = None
     find_node_seconds: list[float] = field(default_factory=list)
     find_node_rpcs: list[int] = field(default_factory=list)
+    find_node_dials: list[int] = field(default_factory=list)
     find_node_exact: list[bool] = field(default_factory=list)
     provide_seconds: list[float] = field(default_factory=list)
     provide_rpcs: list[int] = field(default_factory=list)
+    provide_dials: list[int] = field(default_factory=list)
     provide_accepted: list[bool] = field(default_factory=list)
     find_providers_seconds: list[float] = field(default_factory=list)
     find_providers_rpcs: list[int] = field(default_factory=list)
+    find_providers_dials: list[int] = field(default_factory=list)
+    # CPU seconds of the cryptography of one Freehold handshake, both ends (measured in
+    # this run: `_handshake_crypto_seconds`); None for kademlia, which has none.
+    handshake_crypto_seconds: float | None = None
     find_providers_found: list[bool] = field(default_factory=list)
 
 
@@ -282,12 +309,13 @@ async def _bootstrap(swarm: _Swarm, size: int, rng: random.Random) -> float:
 
 
 class _RpcCounter:
-    """The RPCs one operation sent."""
+    """The RPCs one operation sent, and the connections it opened (Freehold only)."""
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "dials")
 
     def __init__(self) -> None:
         self.count = 0
+        self.dials = 0
 
 
 # The counter of the operation that the current task works for. Both trio and asyncio
@@ -304,8 +332,16 @@ def _count_rpc() -> None:
         counter.count += 1
 
 
-async def _timed(operation: Awaitable[Result]) -> tuple[Result, float, int]:
-    """The operation's result, its wall time in seconds and the RPCs it sent."""
+def _count_dial() -> None:
+    """Count one connection opened (handshake done) for the operation in this task."""
+    counter = _operation_rpcs.get()
+    if counter is not None:
+        counter.dials += 1
+
+
+async def _timed(operation: Awaitable[Result]) -> tuple[Result, float, int, int]:
+    """The operation's result, its wall time in seconds, the RPCs it sent and the
+    connections it opened."""
     counter = _RpcCounter()
     token = _operation_rpcs.set(counter)
     try:
@@ -314,15 +350,16 @@ async def _timed(operation: Awaitable[Result]) -> tuple[Result, float, int]:
         elapsed = time.perf_counter() - started
     finally:
         _operation_rpcs.reset(token)
-    return result, elapsed, counter.count
+    return result, elapsed, counter.count, counter.dials
 
 
 async def _find_node(
     swarm: _Swarm, figures: PhaseFigures, asker: int, target: bytes, live_ids: Sequence[bytes]
 ) -> None:
-    found, seconds, rpcs = await _timed(swarm.find_node(asker, target))
+    found, seconds, rpcs, dials = await _timed(swarm.find_node(asker, target))
     figures.find_node_seconds.append(seconds)
     figures.find_node_rpcs.append(rpcs)
+    figures.find_node_dials.append(dials)
     own_id = swarm.node_id(asker)
     truth = _true_closest(target, [node_id for node_id in live_ids if node_id != own_id], K)
     figures.find_node_exact.append(len(found) == len(truth) and set(found) == truth)
@@ -331,13 +368,15 @@ async def _find_node(
 async def _provide_then_find(
     swarm: _Swarm, figures: PhaseFigures, provider: int, asker: int, key: bytes
 ) -> None:
-    accepted, seconds, rpcs = await _timed(swarm.provide(provider, key))
+    accepted, seconds, rpcs, dials = await _timed(swarm.provide(provider, key))
     figures.provide_seconds.append(seconds)
     figures.provide_rpcs.append(rpcs)
+    figures.provide_dials.append(dials)
     figures.provide_accepted.append(accepted)
-    found, seconds, rpcs = await _timed(swarm.find_providers(asker, key, provider))
+    found, seconds, rpcs, dials = await _timed(swarm.find_providers(asker, key, provider))
     figures.find_providers_seconds.append(seconds)
     figures.find_providers_rpcs.append(rpcs)
+    figures.find_providers_dials.append(dials)
     figures.find_providers_found.append(found)
 
 
@@ -429,7 +468,9 @@ class _SilenceableLinkLayer(LinkLayer):
     async def connect(
         self, address: tuple[str, int], expected_node_id: NodeId | None, config: TransportConfig
     ) -> Link:
-        return _SilenceableLink(self, await self.inner.connect(address, expected_node_id, config))
+        link = await self.inner.connect(address, expected_node_id, config)
+        _count_dial()  # in the task of the operation that needed the connection
+        return _SilenceableLink(self, link)
 
 
 class _SilenceableLink(Link):
@@ -670,6 +711,33 @@ class _DescriptorShortage(logging.Filter):
         return True
 
 
+def _handshake_crypto_seconds() -> float:
+    """CPU seconds of one handshake's public-key operations, both ends: each operation
+    timed on its own (best of 5 runs of CRYPTO_ROUNDS, as timeit does), then summed."""
+    secret = bytes(range(32))
+    public = nacl.bindings.crypto_scalarmult_base(bytes(range(1, 33)))
+    signer = nacl.signing.SigningKey(bytes(range(2, 34)))
+    message = b"freehold-noise-static-key:" + public
+    signed = signer.sign(message)
+    verifier = signer.verify_key
+
+    def best(operation: Callable[[], object]) -> float:
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(CRYPTO_ROUNDS):
+                operation()
+            runs.append((time.perf_counter() - started) / CRYPTO_ROUNDS)
+        return min(runs)
+
+    return (
+        HANDSHAKE_X25519 * best(lambda: nacl.bindings.crypto_scalarmult(secret, public))
+        + HANDSHAKE_X25519_BASE * best(lambda: nacl.bindings.crypto_scalarmult_base(secret))
+        + HANDSHAKE_SIGNATURES * best(lambda: signer.sign(message))
+        + HANDSHAKE_VERIFICATIONS * best(lambda: verifier.verify(signed))
+    )
+
+
 def _raise_descriptor_limit() -> int:
     """Raise this process's soft limit on open descriptors to its hard limit; return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -696,6 +764,7 @@ def _open_descriptors() -> int | None:
 async def _measure_freehold(plan: Plan, seed: int) -> list[FreeholdSize]:
     descriptor_limit = _raise_descriptor_limit()
     tcp_logger = logging.getLogger(TcpLinkLayer.__module__)
+    crypto = _handshake_crypto_seconds()
     results = []
     for size in plan.sizes:
         config = _transport_config(size, descriptor_limit)
@@ -706,6 +775,9 @@ async def _measure_freehold(plan: Plan, seed: int) -> list[FreeholdSize]:
                 figures = await _measure_size(swarm, size, plan, seed, _run_all_trio)
         finally:
             tcp_logger.removeFilter(shortage)
+        for phase in (figures.healthy, figures.killed):
+            if phase is not None:
+                phase.handshake_crypto_seconds = crypto
         results.append(
             FreeholdSize(
                 figures,
@@ -930,6 +1002,21 @@ class Metric:
     killed_target: Target | None = None
 
 
+def _dials(figures: PhaseFigures, dials: Sequence[int]) -> float | None:
+    """Connections opened per operation (mean); Freehold only (kademlia has none)."""
+    return None if figures.handshake_crypto_seconds is None else _mean(dials)
+
+
+def _crypto_floor(figures: PhaseFigures, dials: Sequence[int]) -> float | None:
+    """p50 over the operations of (connections it opened x one handshake's public-key
+    CPU), in ms. All nodes share this process's one thread, so an operation cannot take
+    less; its p50 cannot be below this p50 (each latency is at least its own floor)."""
+    crypto = figures.handshake_crypto_seconds
+    if crypto is None or not dials:
+        return None
+    return _percentile([count * crypto * 1000 for count in dials], 50)
+
+
 EXACT: Final = Target("at_least", 100.0, "100 %")
 METRICS: Final = (
     Metric("bootstrap_s", "bootstrap, all joins one by one", "s", lambda f: f.bootstrap_seconds),
@@ -948,6 +1035,12 @@ METRICS: Final = (
         lambda f: _percentile(_in_ms(f.find_node_seconds), 50),
     ),
     Metric("find_node_rpcs", "find_node RPCs (mean)", "rpc", lambda f: _mean(f.find_node_rpcs)),
+    Metric(
+        "find_node_new_connections",
+        "find_node new connections",
+        "conn",
+        lambda f: _dials(f, f.find_node_dials),
+    ),
     Metric("provide_mean_ms", "provide mean", "ms", lambda f: _mean(_in_ms(f.provide_seconds))),
     Metric(
         "provide_p50_ms",
@@ -964,6 +1057,18 @@ METRICS: Final = (
         killed_target=Target("ratio_at_most", 0.1, "<= kademlia/10"),
     ),
     Metric("provide_rpcs", "provide RPCs (mean)", "rpc", lambda f: _mean(f.provide_rpcs)),
+    Metric(
+        "provide_new_connections",
+        "provide new connections",
+        "conn",
+        lambda f: _dials(f, f.provide_dials),
+    ),
+    Metric(
+        "provide_crypto_floor_p50_ms",
+        "provide p50 floor (handshakes)",
+        "ms",
+        lambda f: _crypto_floor(f, f.provide_dials),
+    ),
     Metric(
         "provide_accepted_pct",
         "provide taken by >= 1 node",
@@ -995,6 +1100,18 @@ METRICS: Final = (
         "find_providers RPCs (mean)",
         "rpc",
         lambda f: _mean(f.find_providers_rpcs),
+    ),
+    Metric(
+        "find_providers_new_connections",
+        "find_providers new connections",
+        "conn",
+        lambda f: _dials(f, f.find_providers_dials),
+    ),
+    Metric(
+        "find_providers_crypto_floor_p50_ms",
+        "find_providers p50 floor (hs)",
+        "ms",
+        lambda f: _crypto_floor(f, f.find_providers_dials),
     ),
     Metric(
         "find_providers_found_pct",
@@ -1081,6 +1198,22 @@ def _report(
         "exact: the result is the 20 live nodes closest to the target; RPCs: requests made "
         "for the operation; ratio: freehold / kademlia"
     )
+    crypto = next(
+        (
+            phase.handshake_crypto_seconds
+            for ours in freehold
+            for phase in (ours.figures.healthy, ours.figures.killed)
+            if phase is not None and phase.handshake_crypto_seconds is not None
+        ),
+        None,
+    )
+    if crypto is not None:
+        print(
+            "new connections: Noise handshakes the operation waited for; floor (handshakes): "
+            "p50 of new connections x one handshake's public-key CPU, both ends "
+            f"({crypto * 1e6:.0f} us, measured in this run), which every node shares on "
+            "this one thread: no latency here can be lower"
+        )
     if options.profile:
         print("(--profile is not supported by this benchmark; ignored)")
     records: list[dict[str, Any]] = []
