@@ -1134,6 +1134,8 @@ def _report(
                 "baseline": ", ".join(sorted(baseline_names)) or None,
                 "baseline_missing": missing,
                 "pyeclib_wins_on_two_threads": verdicts or None,
+                # Whether the "encode, ISA-L" rows are there (node/isal.py loaded).
+                "isal": any(figure.key == "encode_isal" for m in results for figure in m.pipelines),
                 "cpus": os.cpu_count(),
                 "load_average_start": round(load[0], 2),
                 "load_average_end": round(load[1], 2),

@@ -11,9 +11,10 @@ prints both).
 Where it comes from: a system `libisal.so.2` if the dynamic loader finds one, else the
 copy that pyeclib's Linux wheels bundle (a dependency on Linux x86-64 and aarch64 for
 this reason). Without either, or with `FREEHOLD_PARITY=zfec` in the environment, nodes
-use zfec. Before ISA-L computes any (k, n) it is checked against zfec on a test block
-for that (k, n), and zfec is used for it if they differ: a wrong library can cost
-speed, never a wrong chunk.
+use zfec. Before ISA-L computes any (k, n) it is checked against zfec for that (k, n)
+on test blocks of several lengths (the short ones take ISA-L's scalar path), and zfec
+is used for it if they differ or the library fails: a library that is wrong on a test
+length costs speed, not a wrong chunk.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_LIBRARY: Final = "libisal.so.2"
 ENVIRONMENT: Final = "FREEHOLD_PARITY"  # "zfec": never use ISA-L
-# The self-check block: long enough to cover ISA-L's vector loop and its tail.
-CHECK_SIZE: Final = 1000
+# Block lengths of the self-check: ISA-L has a scalar path for short blocks and vector
+# loops with tails for long ones; each must give zfec's bytes.
+CHECK_SIZES: Final = (1, 15, 31, 63, 64, 65, 1000, 4099)
+# ec_encode_data takes the length as a C int.
+MAX_BLOCK_SIZE: Final = 2**31 - 1
 
 # Bytes objects are made by the C API's constructor with no contents and filled before
 # anything else sees them, as C extensions do: no zero-filling, no copy.
@@ -92,16 +96,22 @@ class IsalParity:
             if (k, n) in self._tables:
                 return self._tables[(k, n)]
             tables = ctypes.create_string_buffer(32 * k * (n - k))
-            self._init_tables(k, n - k, parity_matrix(k, n), tables)
-            # Every byte value in every data block, at a different offset in each.
-            sample = bytes(range(256)) * (CHECK_SIZE // 256 + 2)
-            blocks = [sample[3 * j : 3 * j + CHECK_SIZE] for j in range(k)]
-            if self._run(tables, blocks, k, n) != zfec_parity(blocks, k, n):
+            try:
+                self._init_tables(k, n - k, parity_matrix(k, n), tables)
+                agrees = all(self._agrees(tables, k, n, size) for size in CHECK_SIZES)
+            except Exception:  # any failure of the library only means: use zfec
+                logger.exception("%s failed its check for %d-of-%d: using zfec", self.name, k, n)
+                agrees = False
+            if not agrees:
                 logger.warning("%s disagrees with zfec for %d-of-%d: using zfec", self.name, k, n)
-                self._tables[(k, n)] = None
-                return None
-            self._tables[(k, n)] = tables
-            return tables
+            self._tables[(k, n)] = tables if agrees else None
+            return self._tables[(k, n)]
+
+    def _agrees(self, tables: ctypes.Array[ctypes.c_char], k: int, n: int, size: int) -> bool:
+        # Every byte value in every data block, each block starting at another one.
+        sample = bytes(range(256)) * ((size + k) // 256 + 2)
+        blocks = [sample[j % 256 : j % 256 + size] for j in range(k)]
+        return self._run(tables, blocks, k, n) == zfec_parity(blocks, k, n)
 
     def _run(
         self, tables: ctypes.Array[ctypes.c_char], blocks: Sequence[bytes], k: int, n: int
@@ -109,6 +119,8 @@ class IsalParity:
         if len(blocks) != k:
             raise ValueError(f"{len(blocks)} data blocks given for {k}-of-{n}")
         size = len(blocks[0])
+        if size > MAX_BLOCK_SIZE:
+            raise ValueError(f"blocks of {size} bytes are over ISA-L's {MAX_BLOCK_SIZE}")
         for block in blocks:
             # c_char_p points into a bytes object's own buffer; anything else would be
             # copied, or not be the length checked here.
@@ -134,13 +146,16 @@ def find_isal() -> list[str]:
 
 
 def load_isal() -> IsalParity | None:
-    """ISA-L from the first place in `find_isal()` that loads, or None."""
+    """ISA-L from the first place in `find_isal()` that loads and gives zfec's bytes for
+    the default 3-of-10, or None."""
     for place in find_isal():
         try:
-            library = ctypes.CDLL(place)
-            return IsalParity(library, place)
+            parity = IsalParity(ctypes.CDLL(place), place)
         except (OSError, AttributeError) as exc:  # not there, or not ISA-L
             logger.debug("no ISA-L at %s: %s", place, exc)
+            continue
+        if parity.agrees(3, 10):
+            return parity
     return None
 
 

@@ -98,6 +98,20 @@ def test_published_vectors_with_isal(parity: IsalParity, vector: dict[str, Any])
     assert encoder.manifest_id.hex() == vector["manifest_id"]
 
 
+@pytest.mark.parametrize(("k", "n"), [(95, 120), (100, 120), (200, 256), (255, 256)])
+def test_wide_codes_with_many_data_blocks(parity: IsalParity, k: int, n: int) -> None:
+    """k up to 255 (the self-check once built its test blocks too short past k = 94, and
+    every upload with such a k failed)."""
+    params = EncodingParams(k, n, 64 * 1024)
+    data = bytes(range(256)) * 700
+    with_isal = Encoder(
+        data, random_bytes=fixed_random(bytes(32), bytes(16)), params=params, parity=parity
+    )
+    with_zfec = Encoder(data, random_bytes=fixed_random(bytes(32), bytes(16)), params=params)
+    assert parity.agrees(k, n)
+    assert list(with_isal.segments()) == list(with_zfec.segments())
+
+
 def test_bad_blocks_are_refused(parity: IsalParity) -> None:
     with pytest.raises(ValueError, match="one length"):
         parity([b"abc", b"ab", b"abc"], 3, 5)
@@ -143,6 +157,66 @@ def test_a_library_that_disagrees_with_zfec_is_not_used(
     assert not parity.agrees(3, 10)
     parity(blocks, 3, 10)
     assert lying.encodes == 1  # not tried again
+
+
+def test_a_library_wrong_only_on_short_blocks_is_not_used(parity: IsalParity) -> None:
+    """The self-check tries several lengths, so a library right on long blocks but wrong
+    on short ones (another code path in ISA-L) is caught too."""
+    real = ctypes.CDLL(parity.name)
+    IsalParity(real)  # gives the real functions their argument types
+
+    class ShortWrong:
+        ec_init_tables = real.ec_init_tables
+
+        def __init__(self) -> None:
+            def ec_encode_data(
+                size: int, k: int, rows: int, tables: Any, data: Any, coding: Any
+            ) -> None:
+                real.ec_encode_data(size, k, rows, tables, data, coding)
+                if size < 64:
+                    ctypes.memset(coding[0], 0, 1)
+
+            self.ec_encode_data = ec_encode_data
+
+    suspect = IsalParity(ShortWrong(), "short-wrong.so")  # type: ignore[arg-type]
+    assert not suspect.agrees(3, 10)
+    blocks = [bytes([1, 2, 3]), bytes([4, 5, 6]), bytes([7, 8, 9])]
+    assert suspect(blocks, 3, 10) == zfec_parity(blocks, 3, 10)
+
+
+def test_a_library_that_raises_means_zfec(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def __init__(self) -> None:
+            def fail(*arguments: Any) -> None:
+                raise OSError("no such luck")
+
+            self.ec_init_tables = fail
+            self.ec_encode_data = fail
+
+    broken = IsalParity(Broken(), "broken.so")  # type: ignore[arg-type]
+    blocks = [b"ab", b"cd"]
+    with caplog.at_level(logging.WARNING, logger="node.isal"):
+        assert broken(blocks, 2, 4) == zfec_parity(blocks, 2, 4)
+    assert "broken.so failed its check for 2-of-4" in caplog.text
+
+
+def test_blocks_over_a_c_int_are_refused(
+    parity: IsalParity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ec_encode_data's length is a C int: longer blocks would wrap around."""
+    monkeypatch.setattr(isal, "MAX_BLOCK_SIZE", 10)
+    with pytest.raises(ValueError, match="over ISA-L's 10"):
+        parity([bytes(11)] * 3, 3, 10)
+
+
+def test_the_next_library_is_tried_when_one_fails_its_check(
+    parity: IsalParity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter([False, True])
+    monkeypatch.setattr(isal, "find_isal", lambda: [parity.name, parity.name])
+    monkeypatch.setattr(IsalParity, "agrees", lambda self, k, n: next(answers))
+    assert load_isal() is not None
+    assert next(answers, "used up") == "used up"
 
 
 def test_nothing_to_load_means_no_isal(monkeypatch: pytest.MonkeyPatch) -> None:
