@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 __all__ = ["main"]
 
@@ -27,8 +27,15 @@ HEALTHY, DEGRADED, UNREADABLE, CHECK_FAILED = 0, 1, 2, 3
 PIECE = 1024 * 1024
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (argparse prints its usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="freehold",
         description="Freehold: peer-to-peer storage that nobody can read, seize or switch off.",
     )
@@ -65,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="what the node holds and whom it knows")
     commands.add_parser("peers", help="the nodes in the node's routing table")
     commands.add_parser("stop", help="stop the node")
+    # `freehold put --data-dir DIR FILE` works as well as `freehold --data-dir DIR put`.
+    for name in ("put", "get", "check", "status", "peers", "stop"):
+        commands.choices[name].add_argument(
+            "--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
 
     testnet = commands.add_parser("testnet", help="run N nodes on loopback until Ctrl-C")
     testnet.add_argument("--nodes", type=int, default=10)
@@ -281,12 +293,11 @@ def _drain(client: Any, bar: Any, write: Callable[[bytes], object] | None = None
 
 
 def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
+    from node.errors import NodeError
     from protocol.capability import VerifyCapability, parse_capability
 
     capability = parse_capability(arguments.capability)  # fail early, before any dial
     if isinstance(capability, VerifyCapability):
-        from node.errors import NodeError
-
         raise NodeError(
             "this is a verify capability: it can check and repair the file but not read "
             "it; get needs the read capability (with the #key part)"
@@ -298,11 +309,27 @@ def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
         out.flush()
         return 0
     output: Path = arguments.output
-    temporary = output.with_name(f".{output.name}.freehold-partial")
-    try:
-        with open(temporary, "wb") as file:
+    # Through a symlink to the file it names, as cp does; the link stays.
+    target = Path(os.path.realpath(output)) if output.is_symlink() else output
+    if target.is_dir():
+        raise NodeError(f"cannot write to {output}: it is a directory")
+    if target.exists() and not target.is_file():
+        # A FIFO, a terminal or a device: written as it comes, as to stdout.
+        with open(target, "wb") as file:
             _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
-        os.replace(temporary, output)
+        return 0
+    if not target.parent.is_dir():
+        raise NodeError(f"cannot write to {output}: there is no directory {target.parent}")
+    # A regular file appears whole or not at all: written beside it, then renamed.
+    temporary = target.with_name(f".{target.name}.freehold-partial")
+    try:
+        try:
+            file = open(temporary, "wb")  # noqa: SIM115 (closed below, before the rename)
+        except OSError as exc:
+            raise NodeError(f"cannot write to {output}: {exc.strerror or exc}") from None
+        with file:
+            _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
+        os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
     return 0
@@ -375,6 +402,7 @@ def _stop(arguments: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _testnet(arguments: argparse.Namespace) -> int:
+    import signal
     import tempfile
     import time
 
@@ -383,6 +411,11 @@ def _testnet(arguments: argparse.Namespace) -> int:
 
     if arguments.nodes < 1:
         raise NodeError("--nodes must be at least 1")
+
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the nodes too, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
     directory = arguments.dir or Path(tempfile.mkdtemp(prefix="freehold-testnet-"))
     with open_testnet(arguments.nodes, directory) as testnet:
         wait_until_joined(testnet)
@@ -393,14 +426,24 @@ def _testnet(arguments: argparse.Namespace) -> int:
             f"`freehold --data-dir {testnet.nodes[0].data_dir} put FILE`. Ctrl-C stops them."
         )
         sys.stdout.flush()
+        # A node that stops (`freehold stop`, a crash, a kill) is reported; the others
+        # run on until Ctrl-C, so losing nodes can be tried, as the demo does.
+        reported: set[int] = set()
         try:
-            while all(node.alive for node in testnet.nodes):
-                time.sleep(0.5)
+            while len(reported) < len(testnet.nodes):
+                for node in testnet.nodes:
+                    if node.index not in reported and not node.alive:
+                        reported.add(node.index)
+                        left = len(testnet.nodes) - len(reported)
+                        print(
+                            f"node {node.index} stopped (exit code {node.process.returncode}); "
+                            f"{left} still running",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                time.sleep(0.2)
         except KeyboardInterrupt:
             pass
-        dead = [node.index for node in testnet.nodes if not node.alive]
-        if dead:
-            print(f"node(s) {dead} stopped; stopping the testnet", file=sys.stderr)
     return 0
 
 

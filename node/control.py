@@ -39,6 +39,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -281,6 +282,7 @@ class ControlServer:
             if _is_answering(self.path):
                 raise NodeError(f"another node is already running on {self.path}")
             self.path.unlink()  # left behind by a node that was killed
+        check_socket_path(self.path)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # The umask makes the socket 0600 from the instant it exists (no chmod race).
         old_mask = os.umask(0o177)
@@ -359,6 +361,18 @@ def _is_answering(path: Path) -> bool:
     return True
 
 
+def check_socket_path(path: Path) -> None:
+    """Refuse, with a clear error, a path longer than a Unix socket address can hold
+    (`sun_path`: 108 bytes on Linux, 104 on macOS and the BSDs, the NUL included)."""
+    limit = 107 if sys.platform.startswith("linux") else 103
+    size = len(os.fsencode(path))
+    if size > limit:
+        raise NodeError(
+            f"the control socket path {path} is {size} bytes, over the {limit} a Unix "
+            "socket allows: use a shorter --data-dir"
+        )
+
+
 # ----------------------------------------------------------------------- CLI side
 
 
@@ -367,6 +381,7 @@ class ControlClient:
 
     def __init__(self, path: Path, *, timeout: float | None = None) -> None:
         self.path = path
+        check_socket_path(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:

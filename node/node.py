@@ -30,7 +30,7 @@ from dht.service import DhtService
 from dht.storage import DhtStorage
 from node.chunks import ChunkService, in_thread, inline
 from node.config import NodeConfig
-from node.control import ControlChannel, ControlServer, regular_file
+from node.control import ControlChannel, ControlServer, check_socket_path, regular_file
 from node.dht_transport import DhtTransportAdapter
 from node.errors import NodeError
 from node.files import FileNetwork, check_file, get_file, put_file
@@ -143,6 +143,8 @@ class Node:
         """Run until cancelled or stopped; started() once listening and serving."""
         config = self.config
         in_memory = config.storage == "memory"
+        if self._control and config.storage == "disk":
+            check_socket_path(config.control_path)  # before anything is made or logged
         identity = self._identity
         if identity is None:
             if in_memory:
@@ -188,7 +190,14 @@ class Node:
         link_layer = self._link_layer or TcpLinkLayer(identity)
         transport = Transport(identity, link_layer, listen_address=config.listen)
         async with trio.open_nursery() as nursery:
-            await nursery.start(transport.run)
+            try:
+                await nursery.start(transport.run)
+            except* OSError as group:  # an unknown host, an address in use or not ours
+                host, port = config.listen
+                reason = "; ".join(
+                    str(getattr(exc, "strerror", None) or exc) for exc in group.exceptions
+                )
+                raise NodeError(f"cannot listen on {host}:{port}: {reason}") from None
             address = transport.address
             assert address is not None
             dht_config = DhtConfig()

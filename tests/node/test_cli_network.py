@@ -9,12 +9,18 @@ testnet of its own, so no test depends on another or on their order.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import random
 import re
+import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -455,3 +461,261 @@ def test_put_larger_than_the_free_capacity_fails(directory: Path) -> None:
         message = one_line_error(freehold(data_dir, "put", str(big)))
         assert "chunks were stored" in message and "full" in message
         assert all(node.alive for node in testnet.nodes)
+
+
+# ----------------------------------------------- what the audit of issue 5 found
+
+
+def test_usage_errors_are_one_line(directory: Path) -> None:
+    """A missing argument or an unknown command is one line (argparse would print its
+    usage first) pointing at --help, and exit code 2."""
+    for arguments in (("get",), ("bogus",), ("put",)):
+        result = freehold(directory, *arguments)
+        stderr = result.stderr.decode()
+        assert result.returncode == 2, stderr
+        assert len(stderr.splitlines()) == 1, stderr
+        assert stderr.startswith("freehold") and "--help)" in stderr
+        assert "usage:" not in stderr
+
+
+def test_data_dir_and_its_environment_variable(network: Testnet) -> None:
+    """`--data-dir` also works after the command, and $FREEHOLD_DATA_DIR stands in for
+    it; with neither, the platform's data dir is used."""
+    data_dir = str(network.nodes[0].data_dir)
+    command = [sys.executable, "-m", "node.cli"]
+    after = subprocess.run(
+        [*command, "status", "--data-dir", data_dir],
+        capture_output=True,
+        timeout=CLI_TIMEOUT,
+        cwd=REPO,
+        env=environment(),
+        check=False,
+    )
+    assert after.returncode == 0 and b"node id" in after.stdout, after.stderr
+    variables = environment() | {"FREEHOLD_DATA_DIR": data_dir}
+    from_environment = subprocess.run(
+        [*command, "status"],
+        capture_output=True,
+        timeout=CLI_TIMEOUT,
+        cwd=REPO,
+        env=variables,
+        check=False,
+    )
+    assert from_environment.returncode == 0, from_environment.stderr
+
+    def node_id(output: bytes) -> list[bytes]:
+        return [line for line in output.splitlines() if line.startswith(b"node id")]
+
+    assert node_id(from_environment.stdout) == node_id(after.stdout) != []
+    code = (
+        "import os, platformdirs; from node.config import default_data_dir; "
+        "os.environ.pop('FREEHOLD_DATA_DIR', None); "
+        "assert default_data_dir() == __import__('pathlib').Path("
+        "platformdirs.user_data_dir('freehold', appauthor=False)); print('ok')"
+    )
+    default = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, cwd=REPO, env=environment(), check=False
+    )
+    assert default.stdout == b"ok\n", default.stderr
+
+
+def test_get_writes_through_links_into_fifos_and_refuses_directories(
+    network: Testnet, directory: Path
+) -> None:
+    """`get -o`: a symlink stays and its target gets the file; a FIFO is written as it
+    comes (not replaced); a directory or a missing parent is one line naming the path,
+    before anything is fetched, and leaves nothing behind."""
+    data_dir = network.nodes[0].data_dir
+    original = random_file(directory, 100_000, seed=21)
+    capability = put(data_dir, original)
+    target = directory / "target.bin"
+    target.write_bytes(b"old")
+    link = directory / "link.bin"
+    link.symlink_to(target)
+    succeeds(data_dir, "get", capability, "-o", str(link))
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_bytes() == original.read_bytes()
+
+    fifo = directory / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+
+    def read_fifo() -> None:
+        with open(fifo, "rb") as reader:
+            received.append(reader.read())
+
+    reader = threading.Thread(target=read_fifo)
+    reader.start()
+    succeeds(data_dir, "get", capability, "-o", str(fifo))
+    reader.join(CLI_TIMEOUT)
+    assert received == [original.read_bytes()]
+    assert fifo.is_fifo()
+
+    folder = directory / "folder"
+    folder.mkdir()
+    message = one_line_error(freehold(data_dir, "get", capability, "-o", str(folder)))
+    assert f"cannot write to {folder}: it is a directory" in message
+    assert list(folder.iterdir()) == []
+    missing = directory / "nowhere" / "file.bin"
+    message = one_line_error(freehold(data_dir, "get", capability, "-o", str(missing)))
+    assert f"cannot write to {missing}" in message and "no directory" in message
+    assert not any(path.name.endswith(".freehold-partial") for path in directory.iterdir())
+
+
+def test_node_listen_and_socket_path_errors_name_the_problem(directory: Path) -> None:
+    """An address that is not this machine's, and a data dir too long for a Unix socket
+    path, each fail `freehold node` with one line that says which."""
+    # 192.0.2.1 (TEST-NET-1) is nobody's: bind fails at once, and nothing is sent.
+    message = one_line_error(freehold(directory / "a", "node", "--listen", "192.0.2.1:0"))
+    assert "cannot listen on 192.0.2.1:0" in message
+    deep = directory / ("d" * 120)
+    message = one_line_error(freehold(deep, "node", "--listen", "127.0.0.1:0"))
+    assert "control socket path" in message and "shorter --data-dir" in message
+    assert not deep.exists()  # refused before anything was made
+    message = one_line_error(freehold(deep, "status"))
+    assert "shorter --data-dir" in message
+
+
+def test_signals_stop_a_node_cleanly(directory: Path) -> None:
+    """SIGINT and SIGTERM each make `freehold node` exit 0 and remove its socket."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        with open_testnet(1, directory / number.name) as testnet:
+            node = testnet.nodes[0]
+            node.process.send_signal(number)
+            assert node.process.wait(timeout=START_TIMEOUT) == 0
+            assert not (node.data_dir / "control.sock").exists()
+
+
+def test_get_on_a_network_it_cannot_reach_fails(directory: Path) -> None:
+    """A node alone (its bootstrap does not answer) cannot find a file: one line."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead = "{}:{}".format(*probe.getsockname())
+    probe.close()
+    with open_testnet(1, directory, extra=["--bootstrap", dead]) as testnet:
+        result = freehold(testnet.nodes[0].data_dir, "get", unknown_capability(seed=22))
+        assert "not found" in one_line_error(result) or result.returncode == 1
+
+
+def test_client_commands_do_not_import_trio(directory: Path) -> None:
+    """The CLI starts fast because a client command imports neither trio nor the node."""
+    code = (
+        "import sys; from node.cli import main; "
+        f"main(['--data-dir', {str(directory)!r}, 'status']); "
+        "print(sorted(m for m in ('trio', 'node.node', 'nacl') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, cwd=REPO, env=environment(), check=False
+    )
+    assert result.stdout == b"[]\n", (result.stdout, result.stderr)
+
+
+def on_a_terminal(*command: str) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """Run `command` with stderr on a 24 x 80 pseudo-terminal: its result (stdout
+    captured) and what it drew on the terminal."""
+    controller, terminal = pty.openpty()
+    # A fresh pty has no size, and tqdm draws nothing in 0 columns.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    drawn = bytearray()
+
+    def drain() -> None:  # read as it is drawn: a pty holds only so much
+        while True:
+            try:
+                piece = os.read(controller, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not piece:
+                return
+            drawn.extend(piece)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            cwd=REPO,
+            env=environment(),
+        )
+        os.close(terminal)  # the child holds the only other end now
+        output, _ = child.communicate(timeout=CLI_TIMEOUT)
+        reader.join(CLI_TIMEOUT)
+    finally:
+        os.close(controller)
+    return subprocess.CompletedProcess(child.args, child.returncode, output), bytes(drawn)
+
+
+def test_progress_bars_on_a_terminal_only(network: Testnet, directory: Path) -> None:
+    """put and get draw a progress bar on stderr when it is a terminal, and print nothing
+    there otherwise (the other tests' `succeeds` checks that stderr stays empty)."""
+    data_dir = str(network.nodes[0].data_dir)
+    original = random_file(directory, 9 * 1024 * 1024, seed=23)
+    result, drawn = on_a_terminal("--data-dir", data_dir, "put", str(original))
+    assert result.returncode == 0
+    capability = result.stdout.decode().strip()
+    assert CAPABILITY.match(capability)
+    assert b"put" in drawn and b"B/s" in drawn, drawn[-300:]
+    copy = directory / "copy.bin"
+    result, drawn = on_a_terminal("--data-dir", data_dir, "get", capability, "-o", str(copy))
+    assert result.returncode == 0
+    assert b"get" in drawn and b"B/s" in drawn, drawn[-300:]
+    assert copy.read_bytes() == original.read_bytes()
+
+
+def test_testnet_command_runs_until_interrupted(directory: Path) -> None:
+    """`freehold testnet`: prints each node; a node stopped on its own is reported and
+    the others run on; SIGTERM (as Ctrl-C) stops them all and exits 0."""
+    out, err = directory / "out.txt", directory / "err.txt"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        testnet = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "testnet", "--nodes", "3", "--dir", str(directory)],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=REPO,
+            env=environment(),
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"nodes running" not in out.read_bytes():
+            assert testnet.poll() is None, err.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        lines = out.read_text().splitlines()
+        assert [line.split()[:2] for line in lines[:3]] == [
+            ["node", "0"],
+            ["node", "1"],
+            ["node", "2"],
+        ]
+        succeeds(directory / "node-01", "stop")
+        while b"node 1 stopped (exit code 0); 2 still running" not in err.read_bytes():
+            assert testnet.poll() is None, err.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert b"node id" in succeeds(directory / "node-00", "status")
+        testnet.send_signal(signal.SIGTERM)
+        assert testnet.wait(timeout=START_TIMEOUT) == 0
+        for name in ("node-00", "node-01", "node-02"):
+            assert not (directory / name / "control.sock").exists()
+    finally:
+        if testnet.poll() is None:
+            testnet.kill()
+            testnet.wait()
+        for name in ("node-00", "node-01", "node-02"):  # nothing outlives a failed test
+            if (directory / name / "control.sock").exists():
+                freehold(directory / name, "stop")
+
+
+def test_demo_succeeds() -> None:
+    """`freehold demo` (what `make run` runs) puts, loses 3 nodes, gets, exits 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "node.cli", "demo"],
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+        env=environment(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"the copy is byte-identical to the original" in result.stdout
+    assert b"stopped nodes" in result.stdout
