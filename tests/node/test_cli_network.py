@@ -9,6 +9,7 @@ testnet of its own, so no test depends on another or on their order.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -16,6 +17,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -23,12 +25,14 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from node.node import ADDRESS_FILE
+from node.store import StoreConfig, open_chunk_store
 from node.testnet import open_testnet, read_address, wait_until_joined
 from protocol.capability import ReadCapability
 
@@ -719,3 +723,85 @@ def test_demo_succeeds() -> None:
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert b"the copy is byte-identical to the original" in result.stdout
     assert b"stopped nodes" in result.stdout
+
+
+def vm_hwm_mib(node: TestnetNode) -> float:
+    """The node's peak resident memory so far (VmHWM), in MiB."""
+    status = Path(f"/proc/{node.process.pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    assert match is not None
+    return int(match.group(1)) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_memory_stays_flat_through_a_big_put_and_get(directory: Path) -> None:
+    """After a 16 MiB put and get, a 128 MiB put and get raise neither the uploading nor
+    the downloading node's peak RSS by more than 24 MiB: memory does not grow with the
+    file (it would by over 100 MiB if a node held the file or its chunks)."""
+    with open_testnet(NODES, directory / "net") as testnet:
+        wait_until_joined(testnet)
+        uploader, downloader = testnet.nodes[0], testnet.nodes[5]
+        for size, seed in ((16 * 1024 * 1024, 24), (128 * 1024 * 1024, 25)):
+            original = random_file(directory, size, seed)
+            capability = put(uploader.data_dir, original)
+            copy = directory / "copy.bin"
+            succeeds(downloader.data_dir, "get", capability, "-o", str(copy))
+            assert copy.read_bytes() == original.read_bytes()
+            copy.unlink()
+            original.unlink()
+            if size == 16 * 1024 * 1024:
+                warm = (vm_hwm_mib(uploader), vm_hwm_mib(downloader))
+        grown = (vm_hwm_mib(uploader) - warm[0], vm_hwm_mib(downloader) - warm[1])
+        assert grown[0] < 24 and grown[1] < 24, (warm, grown)
+
+
+def test_a_node_killed_mid_upload_keeps_every_chunk_it_acknowledged(directory: Path) -> None:
+    """SIGKILL a storage node while a put sends it chunks: its store reopens with no
+    temp file left and every indexed chunk intact, and once it is back the file is
+    healthy, so every chunk it had acknowledged (and the uploader did not place again)
+    survived the kill."""
+    with open_testnet(NODES, directory / "net") as testnet:
+        wait_until_joined(testnet)
+        victim = testnet.nodes[3]
+        original = random_file(directory, 128 * 1024 * 1024, seed=26)
+        uploader = str(testnet.nodes[0].data_dir)
+        uploading = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "--data-dir", uploader, "put", str(original)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env=environment(),
+        )
+        chunks = victim.data_dir / "chunks"
+        index = f"file:{chunks / 'index.sqlite'}?mode=ro"
+        deadline = time.monotonic() + CLI_TIMEOUT
+        committed: set[bytes] = set()
+        while len(committed) < 3:  # read beside the node (WAL), as it commits them
+            assert uploading.poll() is None, "the put ended before the victim had 3 chunks"
+            assert time.monotonic() < deadline
+            with (
+                contextlib.suppress(sqlite3.Error),
+                closing(sqlite3.connect(index, uri=True)) as reader,
+            ):
+                committed = {row[0] for row in reader.execute("SELECT chunk_id FROM chunks")}
+            time.sleep(0.01)
+        victim.stop(kill=True)
+        still_uploading = uploading.poll() is None
+        output, errors = uploading.communicate(timeout=CLI_TIMEOUT)
+        assert uploading.returncode == 0, errors.decode(errors="replace")
+        assert still_uploading, "the kill came after the put: make the file bigger"
+        capability = output.decode().strip()
+
+        store = open_chunk_store(victim.data_dir, StoreConfig())
+        try:
+            held = list(store.chunk_ids())
+            for chunk_id in held:
+                store.get(chunk_id)  # raises CorruptChunk if a file is torn or missing
+        finally:
+            store.close()
+        assert committed <= set(held)
+        assert [path for path in (chunks / "tmp").iterdir()] == []
+
+        restart(victim, testnet.nodes[0].address)
+        result = freehold(testnet.nodes[0].data_dir, "check", capability)
+        assert result.returncode == 0, result.stdout.decode()  # healthy: n live per segment
