@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -168,6 +169,7 @@ def _node(arguments: argparse.Namespace) -> int:
     )
 
     tune_allocator()
+    _exit_with_parent()
 
     async def run() -> None:
         node = Node(config)
@@ -179,6 +181,27 @@ def _node(arguments: argparse.Namespace) -> int:
 
     trio.run(run)
     return 0
+
+
+# Set by node.testnet for its nodes: the pid of the testnet process.
+EXIT_WITH_PARENT = "FREEHOLD_EXIT_WITH_PARENT"
+
+
+def _exit_with_parent() -> None:
+    """A testnet's node gets SIGTERM (a clean stop) when the testnet process ends,
+    however it ends: killed, or interrupted while it was starting nodes (Linux only)."""
+    parent = os.environ.get(EXIT_WITH_PARENT)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    from node.errors import NodeError
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if str(os.getppid()) != parent:  # it went before the line above took effect
+        raise NodeError("the testnet that started this node has already stopped")
 
 
 async def _stop_on_signal(signals: Any, scope: Any) -> None:
@@ -309,30 +332,54 @@ def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
         out.flush()
         return 0
     output: Path = arguments.output
-    # Through a symlink to the file it names, as cp does; the link stays.
-    target = Path(os.path.realpath(output)) if output.is_symlink() else output
-    if target.is_dir():
+    try:
+        existing: os.stat_result | None = os.stat(output)  # through every link
+    except FileNotFoundError:
+        existing = None  # a new file (or a link to one still to be made)
+    except OSError as exc:  # a loop of links, a directory we may not search, ...
+        raise NodeError(f"cannot write to {output}: {exc.strerror or exc}") from None
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise NodeError(f"cannot write to {output}: it is a directory")
-    if target.exists() and not target.is_file():
-        # A FIFO, a terminal or a device: written as it comes, as to stdout.
-        with open(target, "wb") as file:
+    if (existing is not None and not stat.S_ISREG(existing.st_mode)) or str(output).startswith(
+        ("/dev/", "/proc/")
+    ):
+        # A FIFO, a terminal, a device, or a descriptor named as /dev/stdout, /dev/fd/N or
+        # /proc/self/fd/N: written as the bytes come, as to stdout, never replaced.
+        with open(output, "wb") as file:
             _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
         return 0
+    # A regular file appears whole or not at all: written beside it, then renamed; through
+    # a symlink, the file it names is replaced (as cp writes through one) and the link
+    # stays. An existing file keeps its permissions.
+    target = Path(os.path.realpath(output))
     if not target.parent.is_dir():
         raise NodeError(f"cannot write to {output}: there is no directory {target.parent}")
-    # A regular file appears whole or not at all: written beside it, then renamed.
     temporary = target.with_name(f".{target.name}.freehold-partial")
+    stop_on_sigterm()  # so that the partial file, plaintext, is removed below
     try:
         try:
             file = open(temporary, "wb")  # noqa: SIM115 (closed below, before the rename)
+            if existing is not None:
+                os.fchmod(file.fileno(), stat.S_IMODE(existing.st_mode))
         except OSError as exc:
             raise NodeError(f"cannot write to {output}: {exc.strerror or exc}") from None
         with file:
             _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
         os.replace(temporary, target)
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never hides the error that got us here
+            temporary.unlink(missing_ok=True)
     return 0
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end the command as Ctrl-C does, with its clean-up (finally blocks)."""
+    import signal
+
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _fetch_into(data_dir: Path, capability: str, fd: int, write: Callable[[bytes], object]) -> None:
@@ -402,7 +449,6 @@ def _stop(arguments: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _testnet(arguments: argparse.Namespace) -> int:
-    import signal
     import tempfile
     import time
 
@@ -412,10 +458,7 @@ def _testnet(arguments: argparse.Namespace) -> int:
     if arguments.nodes < 1:
         raise NodeError("--nodes must be at least 1")
 
-    def interrupt(number: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops the nodes too, as Ctrl-C does
-
-    signal.signal(signal.SIGTERM, interrupt)
+    stop_on_sigterm()  # SIGTERM stops the nodes too, as Ctrl-C does
     directory = arguments.dir or Path(tempfile.mkdtemp(prefix="freehold-testnet-"))
     with open_testnet(arguments.nodes, directory) as testnet:
         wait_until_joined(testnet)

@@ -122,6 +122,9 @@ def _child_environment() -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     path = environment.get("PYTHONPATH")
     environment["PYTHONPATH"] = root if not path else f"{root}{os.pathsep}{path}"
+    # The nodes stop when this process ends, however it ends (node.cli, Linux only):
+    # no node outlives a testnet that was killed or interrupted while starting them.
+    environment["FREEHOLD_EXIT_WITH_PARENT"] = str(os.getpid())
     return environment
 
 

@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import sqlite3
+import stat
 import struct
 import subprocess
 import sys
@@ -526,19 +527,24 @@ def test_data_dir_and_its_environment_variable(network: Testnet) -> None:
 def test_get_writes_through_links_into_fifos_and_refuses_directories(
     network: Testnet, directory: Path
 ) -> None:
-    """`get -o`: a symlink stays and its target gets the file; a FIFO is written as it
-    comes (not replaced); a directory or a missing parent is one line naming the path,
-    before anything is fetched, and leaves nothing behind."""
+    """`get -o`: a symlink stays and its target gets the file (keeping its mode); a FIFO
+    and /dev/stdout are written as the bytes come (not replaced); a directory, a missing
+    parent or a loop of links is one line naming the path, before anything is fetched,
+    and leaves nothing behind."""
     data_dir = network.nodes[0].data_dir
     original = random_file(directory, 100_000, seed=21)
     capability = put(data_dir, original)
     target = directory / "target.bin"
     target.write_bytes(b"old")
+    target.chmod(0o600)
     link = directory / "link.bin"
-    link.symlink_to(target)
+    link.symlink_to(target.name)  # relative, as `ln -s` makes them
     succeeds(data_dir, "get", capability, "-o", str(link))
     assert link.is_symlink() and link.resolve() == target
     assert target.read_bytes() == original.read_bytes()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # plaintext stays private
+
+    assert succeeds(data_dir, "get", capability, "-o", "/dev/stdout") == original.read_bytes()
 
     fifo = directory / "pipe"
     os.mkfifo(fifo)
@@ -548,10 +554,14 @@ def test_get_writes_through_links_into_fifos_and_refuses_directories(
         with open(fifo, "rb") as reader:
             received.append(reader.read())
 
-    reader = threading.Thread(target=read_fifo)
+    reader = threading.Thread(target=read_fifo, daemon=True)  # never holds up pytest
     reader.start()
-    succeeds(data_dir, "get", capability, "-o", str(fifo))
+    result = freehold(data_dir, "get", capability, "-o", str(fifo))
+    if reader.is_alive():  # the get never opened the FIFO: let the reader go, then fail
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     reader.join(CLI_TIMEOUT)
+    assert result.returncode == 0, result.stderr
     assert received == [original.read_bytes()]
     assert fifo.is_fifo()
 
@@ -563,15 +573,54 @@ def test_get_writes_through_links_into_fifos_and_refuses_directories(
     missing = directory / "nowhere" / "file.bin"
     message = one_line_error(freehold(data_dir, "get", capability, "-o", str(missing)))
     assert f"cannot write to {missing}" in message and "no directory" in message
+    loop = directory / "loop1"
+    loop.symlink_to("loop2")
+    (directory / "loop2").symlink_to("loop1")
+    message = one_line_error(freehold(data_dir, "get", capability, "-o", str(loop)))
+    assert f"cannot write to {loop}: Too many levels of symbolic links" in message
+    assert loop.is_symlink()
     assert not any(path.name.endswith(".freehold-partial") for path in directory.iterdir())
+
+
+def test_sigterm_during_a_get_removes_the_partial_file(network: Testnet, directory: Path) -> None:
+    """The file being written is plaintext: SIGTERM, like Ctrl-C, removes it."""
+    data_dir = network.nodes[0].data_dir
+    capability = put(data_dir, random_file(directory, 128 * 1024 * 1024, seed=27))
+    output = directory / "copy.bin"
+    partial = directory / ".copy.bin.freehold-partial"
+    command = ["get", capability, "-o", str(output)]
+    getting = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "--data-dir", str(data_dir), *command],
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=environment(),
+    )
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while not partial.exists() or partial.stat().st_size == 0:
+            assert getting.poll() is None, "the get ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        getting.send_signal(signal.SIGTERM)
+        _, errors = getting.communicate(timeout=CLI_TIMEOUT)
+    finally:
+        if getting.poll() is None:
+            getting.kill()
+            getting.wait()
+    assert getting.returncode == 130, errors
+    assert errors.decode().strip() == "freehold: interrupted"
+    assert not partial.exists() and not output.exists()
 
 
 def test_node_listen_and_socket_path_errors_name_the_problem(directory: Path) -> None:
     """An address that is not this machine's, and a data dir too long for a Unix socket
     path, each fail `freehold node` with one line that says which."""
-    # 192.0.2.1 (TEST-NET-1) is nobody's: bind fails at once, and nothing is sent.
-    message = one_line_error(freehold(directory / "a", "node", "--listen", "192.0.2.1:0"))
-    assert "cannot listen on 192.0.2.1:0" in message
+    # 192.0.2.1 (TEST-NET-1) is nobody's: bind fails at once, and nothing is sent
+    # (unless the kernel lets anyone bind any address).
+    nonlocal_bind = Path("/proc/sys/net/ipv4/ip_nonlocal_bind")
+    if not (nonlocal_bind.exists() and nonlocal_bind.read_text().strip() == "1"):
+        message = one_line_error(freehold(directory / "a", "node", "--listen", "192.0.2.1:0"))
+        assert "cannot listen on 192.0.2.1:0" in message
     deep = directory / ("d" * 120)
     message = one_line_error(freehold(deep, "node", "--listen", "127.0.0.1:0"))
     assert "control socket path" in message and "shorter --data-dir" in message
@@ -704,11 +753,47 @@ def test_testnet_command_runs_until_interrupted(directory: Path) -> None:
             assert not (directory / name / "control.sock").exists()
     finally:
         if testnet.poll() is None:
-            testnet.kill()
-            testnet.wait()
+            testnet.terminate()
+            try:
+                testnet.wait(timeout=START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                testnet.kill()
+                testnet.wait()
         for name in ("node-00", "node-01", "node-02"):  # nothing outlives a failed test
             if (directory / name / "control.sock").exists():
                 freehold(directory / name, "stop")
+
+
+def test_a_killed_testnet_takes_its_nodes_with_it(directory: Path) -> None:
+    """SIGKILL to `freehold testnet` (no chance to clean up) still stops every node: each
+    asked the kernel for SIGTERM when its parent goes."""
+    testnet = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "testnet", "--nodes", "2", "--dir", str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=environment(),
+    )
+    sockets = [directory / name / "control.sock" for name in ("node-00", "node-01")]
+    try:
+        assert testnet.stdout is not None
+        for line in testnet.stdout:  # the last line it prints once all are up
+            if b"nodes running" in line:
+                break
+        assert all(path.exists() for path in sockets)
+        testnet.kill()
+        testnet.wait()
+        deadline = time.monotonic() + START_TIMEOUT
+        while any(path.exists() for path in sockets):  # a node removes it as it stops
+            assert time.monotonic() < deadline, "a node outlived its testnet"
+            time.sleep(0.05)
+    finally:
+        if testnet.poll() is None:
+            testnet.kill()
+            testnet.wait()
+        for path in sockets:
+            if path.exists():
+                freehold(path.parent, "stop")
 
 
 def test_demo_succeeds() -> None:
@@ -773,36 +858,49 @@ def test_a_node_killed_mid_upload_keeps_every_chunk_it_acknowledged(directory: P
             cwd=REPO,
             env=environment(),
         )
-        chunks = victim.data_dir / "chunks"
-        index = f"file:{chunks / 'index.sqlite'}?mode=ro"
-        deadline = time.monotonic() + CLI_TIMEOUT
-        committed: set[bytes] = set()
-        while len(committed) < 3:  # read beside the node (WAL), as it commits them
-            assert uploading.poll() is None, "the put ended before the victim had 3 chunks"
-            assert time.monotonic() < deadline
-            with (
-                contextlib.suppress(sqlite3.Error),
-                closing(sqlite3.connect(index, uri=True)) as reader,
-            ):
-                committed = {row[0] for row in reader.execute("SELECT chunk_id FROM chunks")}
-            time.sleep(0.01)
-        victim.stop(kill=True)
-        still_uploading = uploading.poll() is None
-        output, errors = uploading.communicate(timeout=CLI_TIMEOUT)
-        assert uploading.returncode == 0, errors.decode(errors="replace")
-        assert still_uploading, "the kill came after the put: make the file bigger"
-        capability = output.decode().strip()
-
-        store = open_chunk_store(victim.data_dir, StoreConfig())
         try:
-            held = list(store.chunk_ids())
-            for chunk_id in held:
-                store.get(chunk_id)  # raises CorruptChunk if a file is torn or missing
+            _kill_mid_upload_and_check(testnet, victim, uploading)
         finally:
-            store.close()
-        assert committed <= set(held)
-        assert [path for path in (chunks / "tmp").iterdir()] == []
+            if uploading.poll() is None:
+                uploading.kill()
+                uploading.wait()
 
-        restart(victim, testnet.nodes[0].address)
-        result = freehold(testnet.nodes[0].data_dir, "check", capability)
-        assert result.returncode == 0, result.stdout.decode()  # healthy: n live per segment
+
+def _kill_mid_upload_and_check(
+    testnet: Testnet, victim: TestnetNode, uploading: subprocess.Popen[bytes]
+) -> None:
+    """SIGKILL `victim` once 3 chunks of the running upload are committed in its index;
+    then check what it kept (see the test above)."""
+    chunks = victim.data_dir / "chunks"
+    index = f"file:{chunks / 'index.sqlite'}?mode=ro"
+    deadline = time.monotonic() + CLI_TIMEOUT
+    committed: set[bytes] = set()
+    while len(committed) < 3:  # read beside the node (WAL), as it commits them
+        assert uploading.poll() is None, "the put ended before the victim had 3 chunks"
+        assert time.monotonic() < deadline
+        with (
+            contextlib.suppress(sqlite3.Error),
+            closing(sqlite3.connect(index, uri=True)) as reader,
+        ):
+            committed = {row[0] for row in reader.execute("SELECT chunk_id FROM chunks")}
+        time.sleep(0.01)
+    victim.stop(kill=True)
+    still_uploading = uploading.poll() is None
+    output, errors = uploading.communicate(timeout=CLI_TIMEOUT)
+    assert uploading.returncode == 0, errors.decode(errors="replace")
+    assert still_uploading, "the kill came after the put: make the file bigger"
+    capability = output.decode().strip()
+
+    store = open_chunk_store(victim.data_dir, StoreConfig())
+    try:
+        held = list(store.chunk_ids())
+        for chunk_id in held:
+            store.get(chunk_id)  # raises CorruptChunk if a file is torn or missing
+    finally:
+        store.close()
+    assert committed <= set(held)
+    assert [path for path in (chunks / "tmp").iterdir()] == []
+
+    restart(victim, testnet.nodes[0].address)
+    result = freehold(testnet.nodes[0].data_dir, "check", capability)
+    assert result.returncode == 0, result.stdout.decode()  # healthy: n live per segment
