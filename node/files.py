@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import nacl.utils
@@ -734,8 +735,14 @@ async def get_file(
                 del ready[index]
                 candidates = gathered.pop(index)
                 window.release()
+                # Each chunk was checked against its id as it came (_fetch, or the
+                # store's own check for ours): not hashed a second time.
                 decoded = await net.offload(
-                    decode_segment, manifest, capability.file_key, index, candidates
+                    partial(decode_segment, verified=True),
+                    manifest,
+                    capability.file_key,
+                    index,
+                    candidates,
                 )
                 del candidates
                 plaintext = decoded.plaintext

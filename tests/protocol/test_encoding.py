@@ -308,6 +308,49 @@ def test_a_re_hashed_flipped_manifest_never_gives_wrong_output(bit: int) -> None
     assert output == TAMPER.data
 
 
+def test_verified_candidates_are_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_segment(verified=True) takes the caller's word that each chunk matches its
+    id (a node checks each as it arrives): same plaintext, no second hash; ids that are
+    not the segment's are still refused."""
+    manifest = Manifest.parse(TAMPER.manifest, TAMPER.capability.manifest_id)
+    key = TAMPER.capability.file_key
+    expected = [decode_segment(manifest, key, i, TAMPER.chunks(i)).plaintext for i in range(3)]
+
+    def no_hashing(*arguments: object) -> None:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr("protocol.manifest._check_chunk", no_hashing)
+    for index in range(3):
+        got = decode_segment(manifest, key, index, TAMPER.chunks(index), verified=True)
+        assert got.plaintext == expected[index]
+        # From parity chunks only (zfec rebuilds the data blocks), too.
+        parity = TAMPER.chunks(index)[2:]
+        assert (
+            decode_segment(manifest, key, index, parity, verified=True).plaintext
+            == (expected[index])
+        )
+    with pytest.raises(AssertionError, match="hashed again"):
+        decode_segment(manifest, key, 0, TAMPER.chunks(0))  # unverified: hashed
+    foreign = TAMPER.chunks(1)[0]
+    with pytest.raises(NotEnoughChunks) as error:
+        decode_segment(manifest, key, 0, [foreign, *TAMPER.chunks(0)[:2]], verified=True)
+    assert [type(r) for r in error.value.rejected] == [ForeignChunk]
+
+
+@pytest.mark.parametrize("number", [0, 1, 4])
+def test_a_false_verified_claim_never_gives_wrong_output(number: int) -> None:
+    """A chunk wrongly claimed verified (flipped bits under its right id) is caught when
+    the segment is authenticated: CorruptSegment, never wrong bytes."""
+    manifest = Manifest.parse(TAMPER.manifest, TAMPER.capability.manifest_id)
+    chunks = TAMPER.chunks(0)
+    bad = Chunk(chunks[number].chunk_id, flip(chunks[number].data, 100))
+    offered = [chunk if i != number else bad for i, chunk in enumerate(chunks)]
+    if number == 4:  # a parity chunk: offer it among the first k so that it is used
+        offered = [offered[0], offered[1], bad]
+    with pytest.raises(CorruptSegment):
+        decode_segment(manifest, TAMPER.capability.file_key, 0, offered, verified=True)
+
+
 def test_wrong_key_is_reported_before_any_fetch() -> None:
     """A read capability with another key raises WrongKey when the decoder is made."""
     capability = ReadCapability(TAMPER.capability.manifest_id, bytes(32))
