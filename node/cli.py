@@ -183,14 +183,12 @@ def _node(arguments: argparse.Namespace) -> int:
     return 0
 
 
-# Set by node.testnet for its nodes: the pid of the testnet process.
-EXIT_WITH_PARENT = "FREEHOLD_EXIT_WITH_PARENT"
-
-
 def _exit_with_parent() -> None:
     """A testnet's node gets SIGTERM (a clean stop) when the testnet process ends,
     however it ends: killed, or interrupted while it was starting nodes (Linux only)."""
-    parent = os.environ.get(EXIT_WITH_PARENT)
+    from node.config import EXIT_WITH_PARENT_ENVIRONMENT
+
+    parent = os.environ.get(EXIT_WITH_PARENT_ENVIRONMENT)
     if not parent or not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -355,7 +353,7 @@ def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
     if not target.parent.is_dir():
         raise NodeError(f"cannot write to {output}: there is no directory {target.parent}")
     temporary = target.with_name(f".{target.name}.freehold-partial")
-    stop_on_sigterm()  # so that the partial file, plaintext, is removed below
+    _stop_on_sigterm()  # so that the partial file, plaintext, is removed below
     try:
         try:
             file = open(temporary, "wb")  # noqa: SIM115 (closed below, before the rename)
@@ -372,7 +370,7 @@ def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
-def stop_on_sigterm() -> None:
+def _stop_on_sigterm() -> None:
     """Make SIGTERM end the command as Ctrl-C does, with its clean-up (finally blocks)."""
     import signal
 
@@ -458,7 +456,7 @@ def _testnet(arguments: argparse.Namespace) -> int:
     if arguments.nodes < 1:
         raise NodeError("--nodes must be at least 1")
 
-    stop_on_sigterm()  # SIGTERM stops the nodes too, as Ctrl-C does
+    _stop_on_sigterm()  # SIGTERM stops the nodes too, as Ctrl-C does
     directory = arguments.dir or Path(tempfile.mkdtemp(prefix="freehold-testnet-"))
     with open_testnet(arguments.nodes, directory) as testnet:
         wait_until_joined(testnet)

@@ -29,6 +29,7 @@ __all__ = [
     "CONFIG_FILE_NAME",
     "DATA_DIR_ENVIRONMENT",
     "DEFAULT_PORT",
+    "EXIT_WITH_PARENT_ENVIRONMENT",
     "ConfigError",
     "NodeConfig",
     "default_data_dir",
@@ -40,6 +41,8 @@ __all__ = [
 
 CONFIG_FILE_NAME: Final = "config.toml"
 DATA_DIR_ENVIRONMENT: Final = "FREEHOLD_DATA_DIR"
+# Set by node.testnet for its nodes: the testnet's pid; each stops when it goes.
+EXIT_WITH_PARENT_ENVIRONMENT: Final = "FREEHOLD_EXIT_WITH_PARENT"
 DEFAULT_PORT: Final = 4410
 DEFAULT_CAPACITY: Final = 10 * 1024**3
 

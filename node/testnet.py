@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
+from node.config import EXIT_WITH_PARENT_ENVIRONMENT
 from node.errors import NodeError
 from node.node import ADDRESS_FILE
 
@@ -124,7 +125,7 @@ def _child_environment() -> dict[str, str]:
     environment["PYTHONPATH"] = root if not path else f"{root}{os.pathsep}{path}"
     # The nodes stop when this process ends, however it ends (node.cli, Linux only):
     # no node outlives a testnet that was killed or interrupted while starting them.
-    environment["FREEHOLD_EXIT_WITH_PARENT"] = str(os.getpid())
+    environment[EXIT_WITH_PARENT_ENVIRONMENT] = str(os.getpid())
     return environment
 
 
