@@ -99,11 +99,13 @@ class IsalParity:
             try:
                 self._init_tables(k, n - k, parity_matrix(k, n), tables)
                 agrees = all(self._agrees(tables, k, n, size) for size in CHECK_SIZES)
+                if not agrees:
+                    logger.warning(
+                        "%s disagrees with zfec for %d-of-%d: using zfec", self.name, k, n
+                    )
             except Exception:  # any failure of the library only means: use zfec
                 logger.exception("%s failed its check for %d-of-%d: using zfec", self.name, k, n)
                 agrees = False
-            if not agrees:
-                logger.warning("%s disagrees with zfec for %d-of-%d: using zfec", self.name, k, n)
             self._tables[(k, n)] = tables if agrees else None
             return self._tables[(k, n)]
 
