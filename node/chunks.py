@@ -29,17 +29,16 @@ from node.errors import (
     ChunkMismatch,
     ChunkNotFound,
     ChunkTooLarge,
-    InvalidGroupRecord,
     RequestRejected,
     StoreError,
     StoreFull,
 )
-from node.store import ChunkStore, GroupRecord
+from node.store import ChunkStore
 from node.transport import Peer, Transport
+from protocol.chunk import GroupRecord
 from protocol.identity import NodeId
 from protocol.messages import (
     ChunkData,
-    ChunkGroup,
     ChunksHeld,
     ChunkStored,
     ErrorCode,
@@ -54,8 +53,6 @@ __all__ = [
     "MAX_CHUNK_JOBS_PER_PEER",
     "ChunkService",
     "Offload",
-    "group_message",
-    "group_record",
     "in_thread",
     "inline",
 ]
@@ -89,16 +86,6 @@ async def inline(function: Callable[..., Any], *arguments: Any) -> Any:
     past every timeout, and threads would make runs unrepeatable."""
     await trio.lowlevel.checkpoint()
     return function(*arguments)
-
-
-def group_record(group: ChunkGroup) -> GroupRecord:
-    """The store's form of a group record from the wire's."""
-    return GroupRecord(group.k, group.n, group.index, tuple(group.ids))
-
-
-def group_message(group: GroupRecord) -> ChunkGroup:
-    """The wire's form of a group record from the store's."""
-    return ChunkGroup(group.k, group.n, group.index, tuple(group.chunk_ids))
 
 
 class ChunkService:
@@ -172,7 +159,7 @@ class ChunkService:
         assert isinstance(message, StoreChunk)
         async with self._job(peer):
             try:
-                group = group_record(message.group)
+                group = message.group
                 await self._offload(self.store.put, group.chunk_id, message.data, group)
             except StoreFull as exc:
                 self.refused += 1
@@ -180,7 +167,7 @@ class ChunkService:
             except ChunkTooLarge as exc:
                 self.refused += 1
                 raise RequestRejected(ErrorCode.TOO_LARGE, str(exc)) from None
-            except (ChunkMismatch, InvalidGroupRecord) as exc:
+            except ChunkMismatch as exc:
                 self.refused += 1
                 raise RequestRejected(ErrorCode.BAD_REQUEST, str(exc)) from None
             except StoreError as exc:
@@ -197,13 +184,13 @@ class ChunkService:
             try:
                 data = await self._offload(self.store.get, message.chunk_id)
                 group = await self._offload(self.store.group, message.chunk_id)
-            except ChunkNotFound:  # CorruptChunk included: it is gone now
+            except ChunkNotFound:  # ChunkDamaged included: it is gone now
                 raise RequestRejected(ErrorCode.NOT_FOUND, "no such chunk here") from None
             except StoreError as exc:
                 logger.error("reading a chunk failed: %s", exc)
                 raise RequestRejected(ErrorCode.INTERNAL, "the store failed") from None
         self.served += 1
-        return ChunkData(group_message(group), data)
+        return ChunkData(group, data)
 
     async def handle_has_chunks(self, peer: Peer, message: Message) -> Message:
         assert isinstance(message, HasChunks)

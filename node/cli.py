@@ -256,8 +256,8 @@ def _put(arguments: argparse.Namespace, data_dir: Path) -> int:
         source = open(path, "rb")  # noqa: SIM115 - closed below
         size = os.fstat(source.fileno()).st_size
         name = arguments.name if arguments.name is not None else os.path.basename(path)
-    from node.control import ControlError, regular_file
-    from node.errors import NodeError
+    from node.control import regular_file
+    from node.errors import ControlError, NodeError
 
     with source, _client(data_dir, timeout=None) as client:
         bar = _progress_bar(size, "put")
@@ -291,7 +291,7 @@ def _put(arguments: argparse.Namespace, data_dir: Path) -> int:
 def _send_fd(client: Any, fd: int) -> None:
     """Hand `fd` to the node; if it already hung up (it refused the command), its
     error frame, read next, says why better than "broken pipe" would."""
-    from node.control import ControlError
+    from node.errors import ControlError
 
     with contextlib.suppress(ControlError):
         client.send_fd(fd)

@@ -23,14 +23,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
-from node.errors import NodeError
+from node.errors import ConfigError
 
 __all__ = [
     "CONFIG_FILE_NAME",
     "DATA_DIR_ENVIRONMENT",
     "DEFAULT_PORT",
     "EXIT_WITH_PARENT_ENVIRONMENT",
-    "ConfigError",
     "NodeConfig",
     "default_data_dir",
     "format_size",
@@ -63,10 +62,6 @@ _UNITS: Final = {
     "tib": 1024**4,
 }
 _SIZE_PATTERN: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-class ConfigError(NodeError):
-    """A flag or a config file value is malformed or out of range."""
 
 
 Address = tuple[str, int]

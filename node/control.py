@@ -46,17 +46,14 @@ from typing import Any, Final
 
 import msgpack
 
-from node.errors import NodeError, single_error
+from node.errors import CommandFailed, ControlError, NodeError, NodeNotRunning, single_error
 
 __all__ = [
     "DATA_PIECE",
     "MAX_CONTROL_FRAME",
-    "CommandFailed",
     "ControlChannel",
     "ControlClient",
-    "ControlError",
     "ControlServer",
-    "NodeNotRunning",
     "regular_file",
 ]
 
@@ -73,18 +70,6 @@ _FD_MARKER: Final = b"F"
 _FD: Final = struct.Struct("i")
 # SO_PEERCRED's struct ucred: pid, uid, gid.
 _UCRED: Final = struct.Struct("3i")
-
-
-class ControlError(NodeError):
-    """The control connection broke or carried something malformed."""
-
-
-class NodeNotRunning(ControlError):
-    """No node answers on the control socket."""
-
-
-class CommandFailed(NodeError):
-    """The node ran the command and it failed; the message is the node's one line."""
 
 
 def _pack(frame: Mapping[str, Any]) -> bytes:

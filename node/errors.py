@@ -14,22 +14,27 @@ if TYPE_CHECKING:  # imported for its name only: the CLI loads this module and m
     from protocol.messages import ErrorCode
 
 __all__ = [
+    "ChunkDamaged",
     "ChunkMismatch",
     "ChunkNotFound",
     "ChunkTooLarge",
+    "CommandFailed",
+    "ConfigError",
     "ConnectionClosed",
     "ConnectionFailed",
-    "CorruptChunk",
-    "InvalidGroupRecord",
+    "ControlError",
     "KeyFileError",
     "MessageTooLarge",
     "NodeError",
+    "NodeNotRunning",
+    "PlacementFailed",
     "RemoteError",
     "RequestRejected",
     "RequestTimeout",
     "StoreError",
     "StoreFull",
     "TransportError",
+    "Unreadable",
     "single_error",
 ]
 
@@ -40,6 +45,39 @@ class NodeError(Exception):
 
 class KeyFileError(NodeError):
     """The node's key file is missing, malformed or readable by others."""
+
+
+class ConfigError(NodeError):
+    """A flag or a config file value is malformed or out of range."""
+
+
+# -- the owner's commands and the control socket (node/control.py) ----------------------
+
+
+class ControlError(NodeError):
+    """The control connection broke or carried something malformed."""
+
+
+class NodeNotRunning(ControlError):
+    """No node answers on the control socket."""
+
+
+class CommandFailed(NodeError):
+    """The node ran the command and it failed; the message is the node's one line."""
+
+
+# -- files on the network (node/files/) -----------------------------------------------
+
+
+class PlacementFailed(NodeError):
+    """The network did not take enough of an upload's chunks."""
+
+
+class Unreadable(NodeError):
+    """A file cannot be read back: its manifest or some segment lacks k chunks."""
+
+
+# -- talking to peers (node/transport/) -------------------------------------------------
 
 
 class TransportError(NodeError):
@@ -100,15 +138,11 @@ class ChunkMismatch(StoreError):
     """A chunk's bytes do not hash to the id they were offered under."""
 
 
-class InvalidGroupRecord(StoreError):
-    """A group record (k, n, index, sibling ids) is malformed or is not this chunk's."""
-
-
 class ChunkNotFound(StoreError):
     """The store does not hold this chunk."""
 
 
-class CorruptChunk(ChunkNotFound):
+class ChunkDamaged(ChunkNotFound):
     """The store held this chunk, but its file was damaged or gone; the chunk has been
     dropped, so it is now not found (hence the subclass)."""
 

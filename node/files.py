@@ -49,12 +49,14 @@ from node.errors import (
     ConnectionClosed,
     ConnectionFailed,
     NodeError,
+    PlacementFailed,
     RequestTimeout,
     TransportError,
+    Unreadable,
 )
-from node.store import GroupRecord
 from node.transport import Transport
 from protocol.capability import ReadCapability, VerifyCapability
+from protocol.chunk import MAX_CHUNK_SIZE, GroupRecord, chunk_id
 from protocol.encoding import (
     Candidate,
     EncodedSegment,
@@ -64,11 +66,9 @@ from protocol.encoding import (
     zfec_parity,
 )
 from protocol.identity import NodeId, RandomBytes
-from protocol.manifest import EncodingParams, FileInfo, Manifest, chunk_id
+from protocol.manifest import EncodingParams, FileInfo, Manifest
 from protocol.messages import (
-    MAX_CHUNK_SIZE,
     ChunkData,
-    ChunkGroup,
     ChunksHeld,
     ChunkStored,
     FetchChunk,
@@ -79,8 +79,6 @@ from protocol.messages import (
 __all__ = [
     "FileNetwork",
     "FileReport",
-    "PlacementFailed",
-    "Unreadable",
     "check_file",
     "get_file",
     "put_file",
@@ -109,14 +107,6 @@ ENCODING_WINDOW: Final = 1
 SEGMENTS_FETCHING: Final = 3
 
 Progress = Callable[[int, int], Awaitable[None]]
-
-
-class PlacementFailed(NodeError):
-    """The network did not take enough of an upload's chunks."""
-
-
-class Unreadable(NodeError):
-    """A file cannot be read back: its manifest or some segment lacks k chunks."""
 
 
 @dataclass(slots=True)
@@ -198,7 +188,7 @@ async def _store(net: FileNetwork, contact: Contact, data: bytes, group: GroupRe
     if _is_self(net, contact):
         await net.chunks.store_local(data, group)
         return
-    message = StoreChunk(ChunkGroup(group.k, group.n, group.index, tuple(group.chunk_ids)), data)
+    message = StoreChunk(group, data)
     answer = await net.transport.request(
         contact.address, message, node_id=contact.node_id, timeout=CHUNK_TIMEOUT
     )
@@ -497,7 +487,7 @@ async def _place_manifest(
             f"the manifest has {len(data)} bytes, over the {MAX_CHUNK_SIZE}-byte chunk "
             "limit: use a larger segment size for a file this big"
         )
-    group = GroupRecord(1, 1, 0, (manifest_id,))
+    group = GroupRecord.single(manifest_id)
     candidates = (await _candidates(net, manifest_id, placement.everyone))[: net.params.n]
     stored = 0
 

@@ -169,7 +169,8 @@ def open_testnet(
 
 def wait_until_joined(testnet: Testnet, timeout: float = START_TIMEOUT) -> None:
     """Wait until every live node knows every other live one (its routing table)."""
-    from node.control import ControlClient, ControlError
+    from node.control import ControlClient
+    from node.errors import ControlError
 
     deadline = time.monotonic() + timeout
     live = [node for node in testnet.nodes if node.alive]

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-import blake3
 import zfec
 
 from protocol.aead import KEY_SIZE, TAG_SIZE, BytesLike, decrypt_into, encrypt_into
 from protocol.capability import ReadCapability
+from protocol.chunk import chunk_id
 from protocol.errors import (
     ChunkRejected,
     CorruptChunk,
@@ -58,7 +58,6 @@ from protocol.manifest import (
     EncodingParams,
     FileInfo,
     Manifest,
-    manifest_id,
     padme,
     segment_associated_data,
     segment_nonce,
@@ -246,7 +245,7 @@ def encode_segment(
                 f"the parity function gave {len(extra)} blocks, not {n - k} of {block_size} bytes"
             )
         blocks += extra
-    return EncodedSegment(index, tuple(Chunk(blake3.blake3(b).digest(), b) for b in blocks))
+    return EncodedSegment(index, tuple(Chunk(chunk_id(b), b) for b in blocks))
 
 
 def _collect(
@@ -364,7 +363,7 @@ def rebuild_chunks(
     chunks = []
     for number, block in zip(wanted, blocks, strict=True):
         data = bytes(block)
-        identifier = blake3.blake3(data).digest()
+        identifier = chunk_id(data)
         if identifier != ids[number]:
             raise CorruptSegment(
                 f"rebuilt block {number} does not hash to its id: the file was encoded "
@@ -685,7 +684,7 @@ class Encoder:
     def manifest_id(self) -> bytes:
         """BLAKE3-256 of `manifest_bytes`."""
         self._finished()
-        return manifest_id(self._manifest_bytes)
+        return chunk_id(self._manifest_bytes)
 
     @property
     def read_capability(self) -> ReadCapability:

@@ -21,6 +21,15 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol (malformed, forged or out of order)."""
 
 
+# --- Chunks (docs/PROTOCOL.md#chunks) ----------------------------------------------------
+
+
+class InvalidGroupRecord(RemoteProtocolError, ValueError):
+    """A group record (k, n, index, the n chunk ids) breaks a rule, or is not the record
+    of the chunk it came with. A `ValueError` too, so that the message codec reports it
+    as a malformed body (BAD_REQUEST), as it does any struct's broken invariant."""
+
+
 # --- Files (docs/PROTOCOL.md#files) ------------------------------------------------------
 
 

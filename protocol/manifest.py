@@ -31,10 +31,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import blake3
 import msgpack
 
 from protocol.aead import KEY_SIZE, TAG_SIZE, BytesLike, decrypt_into, encrypt_into
+from protocol.chunk import CHUNK_ID_SIZE, MAX_SHARES, chunk_id
 from protocol.errors import (
     CorruptChunk,
     ForeignChunk,
@@ -44,7 +44,6 @@ from protocol.errors import (
 )
 
 __all__ = [
-    "CHUNK_ID_SIZE",
     "DEFAULT_K",
     "DEFAULT_N",
     "DEFAULT_SEGMENT_SIZE",
@@ -54,15 +53,12 @@ __all__ = [
     "MAX_MANIFEST_SIZE",
     "MAX_NAME_SIZE",
     "MAX_SEGMENT_SIZE",
-    "MAX_SHARES",
     "MIN_SEGMENT_SIZE",
     "NONCE_PREFIX_SIZE",
     "SEALED_INFO_SIZE",
     "EncodingParams",
     "FileInfo",
     "Manifest",
-    "chunk_id",
-    "manifest_id",
     "padme",
     "sealed_info_nonce",
     "segment_associated_data",
@@ -72,11 +68,8 @@ __all__ = [
 FORMAT_VERSION: Final = 1
 """The first element of every manifest; a manifest with any other is refused."""
 
-CHUNK_ID_SIZE: Final = 32
-"""A chunk id is BLAKE3-256 of the chunk's bytes."""
-
-MANIFEST_ID_SIZE: Final = 32
-"""A manifest id is BLAKE3-256 of the manifest's bytes."""
+MANIFEST_ID_SIZE: Final = CHUNK_ID_SIZE
+"""A manifest is stored as a chunk of its own, so its id is its chunk id."""
 
 NONCE_PREFIX_SIZE: Final = 16
 """Random bytes per file; with a domain byte and a 7-byte index they make a nonce."""
@@ -86,9 +79,6 @@ MAX_SEGMENT_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_SEGMENT_SIZE: Final = 4 * 1024 * 1024
 DEFAULT_K: Final = 3
 DEFAULT_N: Final = 10
-MAX_SHARES: Final = 256
-"""zfec's limit on n: blocks are numbered by one byte."""
-
 MAX_NAME_SIZE: Final = 255
 """Longest file name, in bytes of UTF-8 (NAME_MAX on common file systems)."""
 
@@ -171,16 +161,6 @@ class EncodingParams:
         """An upper bound on the manifest's size for a file of `padded_size`."""
         ids = self.segment_count(padded_size) * self.n * CHUNK_ID_SIZE
         return ids + SEALED_INFO_SIZE + NONCE_PREFIX_SIZE + 64
-
-
-def chunk_id(data: BytesLike) -> bytes:
-    """A chunk's id: BLAKE3-256 of its bytes."""
-    return blake3.blake3(data).digest()
-
-
-def manifest_id(data: BytesLike) -> bytes:
-    """A manifest's id: BLAKE3-256 of its bytes."""
-    return blake3.blake3(data).digest()
 
 
 # ------------------------------------------------------------- nonces, associated data
@@ -435,7 +415,7 @@ class Manifest:
         size = data.nbytes if type(data) is memoryview else len(data)
         if size > MAX_MANIFEST_SIZE:
             raise TamperedManifest(f"manifest of {size} bytes, at most {MAX_MANIFEST_SIZE}")
-        if manifest_id(data) != expected_id:
+        if chunk_id(data) != expected_id:
             raise TamperedManifest("manifest bytes do not hash to the manifest id")
         try:
             return _decode(data, size)

@@ -49,14 +49,14 @@ from typing import Annotated, Any, Final, TypeVar
 
 import msgpack
 
+from protocol.chunk import MAX_CHUNK_SIZE, MAX_SHARES, ChunkId, GroupRecord
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.schema import CONSTRAINTS, Bytes, Constraint, EnumValue, Int, Items, Text
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "MAX_CHUNKS_PER_QUERY",
-    "MAX_CHUNK_SIZE",
     "MAX_CONTACTS",
-    "MAX_GROUP_SIZE",
     "MAX_PROVIDERS",
     "MAX_REQUEST_ID",
     "MAX_TYPE_CODE",
@@ -65,7 +65,6 @@ __all__ = [
     "AddProvider",
     "Bytes",
     "ChunkData",
-    "ChunkGroup",
     "ChunkStored",
     "ChunksHeld",
     "EnumValue",
@@ -111,10 +110,6 @@ the largest a chunk can be with the default segment size) plus 64 KiB for the en
 and the other fields of the message that carries it."""
 
 _MAX_UINT32: Final = 2**32 - 1
-# msgpack can carry integers in [-2**63, 2**64 - 1] and lengths up to 2**32 - 1.
-_MSGPACK_MIN_INT: Final = -(2**63)
-_MSGPACK_MAX_INT: Final = 2**64 - 1
-_MSGPACK_MAX_LEN: Final = 2**32 - 1
 _ENVELOPE_LENGTH: Final = 5
 # msgpack allocates an array or map for its declared length before reading a single
 # element, so their limit is what stops a small frame of nested "2**32 elements" headers
@@ -166,97 +161,6 @@ class _Invalid(Exception):
     def within(self, segment: str) -> _Invalid:
         self.path = segment + self.path
         return self
-
-
-# ---------------------------------------------------------------------- constraints
-
-
-def _check_bounds(owner: str, low: int, high: int, ceiling: int) -> None:
-    if type(low) is not int or type(high) is not int:
-        raise LocalProtocolError(f"{owner}: bounds must be ints")
-    if not 0 <= low <= high <= ceiling:
-        raise LocalProtocolError(f"{owner}: need 0 <= {low} <= {high} <= {ceiling}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Bytes:
-    """A `bytes` field (msgpack bin): give `max_len` (with an optional `min_len`) or
-    `exact_len`."""
-
-    max_len: int | None = None
-    min_len: int = 0
-    exact_len: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.exact_len is not None:
-            if self.max_len is not None or self.min_len != 0:
-                raise LocalProtocolError("Bytes: exact_len excludes min_len and max_len")
-            _check_bounds("Bytes", self.exact_len, self.exact_len, _MSGPACK_MAX_LEN)
-        elif self.max_len is None:
-            raise LocalProtocolError("Bytes: give max_len or exact_len")
-        else:
-            _check_bounds("Bytes", self.min_len, self.max_len, _MSGPACK_MAX_LEN)
-
-    @property
-    def bounds(self) -> tuple[int, int]:
-        """The allowed length as (least, most)."""
-        if self.exact_len is not None:
-            return self.exact_len, self.exact_len
-        assert self.max_len is not None
-        return self.min_len, self.max_len
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Text:
-    """A `str` field (msgpack str); the lengths count bytes of its UTF-8 encoding."""
-
-    max_len: int
-    min_len: int = 0
-
-    def __post_init__(self) -> None:
-        _check_bounds("Text", self.min_len, self.max_len, _MSGPACK_MAX_LEN)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Int:
-    """An `int` field, `min <= value <= max` (both required, within msgpack's range)."""
-
-    min: int
-    max: int
-
-    def __post_init__(self) -> None:
-        if type(self.min) is not int or type(self.max) is not int:
-            raise LocalProtocolError("Int: min and max must be ints")
-        if not _MSGPACK_MIN_INT <= self.min <= self.max <= _MSGPACK_MAX_INT:
-            raise LocalProtocolError(
-                f"Int: need {_MSGPACK_MIN_INT} <= {self.min} <= {self.max} <= {_MSGPACK_MAX_INT}"
-            )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Items:
-    """A `tuple[X, ...]` field (msgpack array) of `min_items..max_items` elements."""
-
-    max_items: int
-    min_items: int = 0
-
-    def __post_init__(self) -> None:
-        _check_bounds("Items", self.min_items, self.max_items, _MSGPACK_MAX_LEN)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EnumValue:
-    """An `IntEnum` field that decodes values it does not know to `fallback`.
-
-    A bare `IntEnum` field refuses unknown values. Use this where newer peers may send
-    new values that older ones should still accept, as with `ErrorCode`.
-    """
-
-    fallback: enum.IntEnum
-
-
-_CONSTRAINTS: Final = (Bytes, Text, Int, Items, EnumValue)
-_Constraint = Bytes | Text | Int | Items | EnumValue
 
 
 # ---------------------------------------------------------------- compiled schemas
@@ -673,11 +577,11 @@ def _fast_struct(
     return fast_decode, fast_encode
 
 
-def _constraint_of(hint: Any, where: str) -> tuple[Any, _Constraint | None]:
+def _constraint_of(hint: Any, where: str) -> tuple[Any, Constraint | None]:
     """Split `Annotated[base, constraint]` into its base type and our one constraint."""
     if typing.get_origin(hint) is not Annotated:
         return hint, None
-    ours = [item for item in hint.__metadata__ if isinstance(item, _CONSTRAINTS)]
+    ours = [item for item in hint.__metadata__ if isinstance(item, CONSTRAINTS)]
     if len(ours) > 1:
         raise LocalProtocolError(f"{where}: more than one constraint")
     return hint.__origin__, (ours[0] if ours else None)
@@ -959,44 +863,11 @@ class Providers(Message):
 
 
 # ------------------------------------------------------------------------- chunks
-# docs/PROTOCOL.md#chunk-messages. A chunk is one erasure-coded block of a file's
-# ciphertext, named by the BLAKE3-256 hash of its bytes; holders keep it with its group
-# record so that they can watch and repair the group without any key.
+# docs/PROTOCOL.md#chunk-messages. What a chunk is, its id, its group record and their
+# limits are protocol/chunk.py's; these are the requests that move chunks.
 
-MAX_CHUNK_SIZE: Final = 4 * 1024 * 1024 + 16 * 1024
-"""Largest chunk on the wire: a 4 MiB segment with k = 1, its tag and zfec padding."""
-
-MAX_GROUP_SIZE: Final = 256
-"""zfec's limit on n, and so on the chunks of one group."""
-
-MAX_CHUNKS_PER_QUERY: Final = 256
-"""Most chunk ids in one HAS_CHUNKS."""
-
-ChunkId = Annotated[bytes, Bytes(exact_len=32)]
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkGroup:
-    """The group record of a chunk: any k of the n chunks `ids` rebuild the segment,
-    and the chunk it travels with is `ids[index]`."""
-
-    k: Annotated[int, Int(min=1, max=MAX_GROUP_SIZE)]
-    n: Annotated[int, Int(min=1, max=MAX_GROUP_SIZE)]
-    index: Annotated[int, Int(min=0, max=MAX_GROUP_SIZE - 1)]
-    ids: Annotated[tuple[ChunkId, ...], Items(min_items=1, max_items=MAX_GROUP_SIZE)]
-
-    def __post_init__(self) -> None:
-        if not self.k <= self.n:
-            raise ValueError(f"k = {self.k} is above n = {self.n}")
-        if not self.index < self.n:
-            raise ValueError(f"index {self.index} is not below n = {self.n}")
-        if len(self.ids) != self.n:
-            raise ValueError(f"{len(self.ids)} chunk ids for n = {self.n}")
-
-    @property
-    def chunk_id(self) -> bytes:
-        """The id of the chunk this record travels with."""
-        return self.ids[self.index]
+MAX_CHUNKS_PER_QUERY: Final = MAX_SHARES
+"""Most chunk ids in one HAS_CHUNKS: one group's worth."""
 
 
 @message(type_code=20)
@@ -1005,7 +876,7 @@ class StoreChunk(Message):
     """Keep this chunk. The receiver checks that `data` hashes to `group.chunk_id`, then
     answers CHUNK_STORED once it is on disk, or ERROR (REFUSED when full)."""
 
-    group: ChunkGroup
+    group: GroupRecord
     data: Annotated[bytes, Bytes(max_len=MAX_CHUNK_SIZE)]
 
 
@@ -1022,7 +893,7 @@ class ChunkStored(Message):
 class FetchChunk(Message):
     """Send me chunk `chunk_id`. Answered by CHUNK, or ERROR NOT_FOUND."""
 
-    chunk_id: Annotated[bytes, Bytes(exact_len=32)]
+    chunk_id: ChunkId
 
 
 @message(type_code=23)
@@ -1031,7 +902,7 @@ class ChunkData(Message):
     """Answer to FETCH_CHUNK: the chunk and its group record. The asker checks the
     hash; a holder that sends wrong bytes is treated as not holding it."""
 
-    group: ChunkGroup
+    group: GroupRecord
     data: Annotated[bytes, Bytes(max_len=MAX_CHUNK_SIZE)]
 
 

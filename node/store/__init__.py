@@ -11,24 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.store.base import ChunkInfo, ChunkStore, StoreStatistics, chunk_id_of
+from node.store.base import ChunkInfo, ChunkStore, StoreStatistics
 from node.store.config import StoreConfig
 from node.store.disk import DiskChunkStore, RecoveryReport
-from node.store.group import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
 from node.store.memory import MemoryChunkStore
 
 __all__ = [
-    "CHUNK_ID_SIZE",
-    "MAX_SHARES",
     "ChunkInfo",
     "ChunkStore",
     "DiskChunkStore",
-    "GroupRecord",
     "MemoryChunkStore",
     "RecoveryReport",
     "StoreConfig",
     "StoreStatistics",
-    "chunk_id_of",
     "open_chunk_store",
 ]
 

@@ -6,7 +6,7 @@ The contract, for both backends (`DiskChunkStore`, `MemoryChunkStore`):
 - A chunk id is the BLAKE3-256 hash of the chunk's bytes, exactly (32 bytes). `put`
   refuses bytes that do not hash to their id (`ChunkMismatch`), chunks over the size
   limit (`ChunkTooLarge`), a group record that is not this chunk's
-  (`InvalidGroupRecord`) and a chunk that would take the store over its capacity
+  (`ChunkMismatch`) and a chunk that would take the store over its capacity
   (`StoreFull`). A refused put changes nothing: bad input never reaches the store.
 - When `put` returns, the chunk is acknowledged: it is held, with its group record and
   the time it was stored, until `delete`.
@@ -18,7 +18,7 @@ The contract, for both backends (`DiskChunkStore`, `MemoryChunkStore`):
   trying to redirect our repairs; the first record, the one the chunk was placed with,
   is the one to trust. The chunk itself is held either way, so the put succeeds.
 - `get` returns the bytes only if they still hash to the id; a damaged chunk raises
-  `CorruptChunk` (a `ChunkNotFound`) and is dropped, so the node stops offering it.
+  `ChunkDamaged` (a `ChunkNotFound`) and is dropped, so the node stops offering it.
 - Every error is a `StoreError`; nothing else escapes, whatever ids, bytes and records
   a peer sends.
 - A store is safe to call from several threads at once: the node calls it through
@@ -33,18 +33,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-import blake3
-
-from node.errors import ChunkMismatch, ChunkTooLarge, InvalidGroupRecord, StoreFull
+from node.errors import ChunkMismatch, ChunkTooLarge, StoreFull
 from node.store.config import StoreConfig
-from node.store.group import CHUNK_ID_SIZE, GroupRecord
+from protocol import chunk
+from protocol.chunk import CHUNK_ID_SIZE, GroupRecord
 
 __all__ = [
     "ChunkInfo",
     "ChunkStore",
     "StoreStatistics",
     "check_chunk",
-    "chunk_id_of",
     "describe_chunk_id",
     "format_size",
     "refuse_if_full",
@@ -52,11 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("node.store")
-
-
-def chunk_id_of(data: bytes) -> bytes:
-    """The id of a chunk: the BLAKE3-256 hash of its bytes."""
-    return blake3.blake3(data).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +143,9 @@ def check_chunk(chunk_id: bytes, data: bytes, group: GroupRecord, config: StoreC
         size = len(chunk_id) if isinstance(chunk_id, bytes) else type(chunk_id).__name__
         raise ChunkMismatch(f"a chunk id is {CHUNK_ID_SIZE} bytes (BLAKE3-256), not {size}")
     if not isinstance(group, GroupRecord):
-        raise InvalidGroupRecord(f"expected a GroupRecord, not {type(group).__name__}")
+        raise ChunkMismatch(f"expected a GroupRecord, not {type(group).__name__}")
     if group.chunk_id != chunk_id:
-        raise InvalidGroupRecord(
+        raise ChunkMismatch(
             f"the group record has chunk {group.chunk_id.hex()} at index {group.index}, "
             f"not chunk {chunk_id.hex()}"
         )
@@ -161,7 +154,7 @@ def check_chunk(chunk_id: bytes, data: bytes, group: GroupRecord, config: StoreC
             f"chunk {chunk_id.hex()} is {format_size(len(data))}; this store takes chunks "
             f"of at most {format_size(config.max_chunk_size)}"
         )
-    actual = chunk_id_of(data)
+    actual = chunk.chunk_id(data)
     if actual != chunk_id:
         raise ChunkMismatch(f"the bytes offered as chunk {chunk_id.hex()} hash to {actual.hex()}")
 

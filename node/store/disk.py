@@ -64,19 +64,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from node.errors import ChunkNotFound, CorruptChunk, InvalidGroupRecord, StoreError, StoreFull
+from node.errors import ChunkDamaged, ChunkNotFound, StoreError, StoreFull
 from node.store.base import (
     ChunkInfo,
     StoreStatistics,
     check_chunk,
-    chunk_id_of,
     describe_chunk_id,
     format_size,
     refuse_if_full,
     warn_if_other_group,
 )
 from node.store.config import StoreConfig
-from node.store.group import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
+from protocol import chunk
+from protocol.chunk import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
+from protocol.errors import InvalidGroupRecord
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "DiskChunkStore", "RecoveryReport", "WriteFunction"]
 
@@ -300,7 +301,7 @@ class DiskChunkStore:
                 self._guard.notify_all()
 
     def get(self, chunk_id: bytes) -> bytes:
-        """The chunk's bytes, verified against its id; `CorruptChunk` (and the chunk is
+        """The chunk's bytes, verified against its id; `ChunkDamaged` (and the chunk is
         dropped) if its file is damaged or gone."""
         with self._guard:
             size = self._size(chunk_id)
@@ -311,7 +312,7 @@ class DiskChunkStore:
                 descriptor = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 self._drop(chunk_id, size, "its file is missing")
-                raise CorruptChunk(
+                raise ChunkDamaged(
                     f"chunk {chunk_id.hex()} was lost: its file {path} is missing; "
                     "it has been dropped from the index"
                 ) from None
@@ -325,13 +326,13 @@ class DiskChunkStore:
                 raise StoreError(f"cannot read chunk file {path}: {exc}") from exc
             if len(data) != size:
                 problem = f"its file holds {len(data)} bytes, not {size}"
-            elif (actual := chunk_id_of(data)) != chunk_id:
+            elif (actual := chunk.chunk_id(data)) != chunk_id:
                 problem = f"its bytes hash to {actual.hex()}"
             else:
                 return data
             with self._guard:
                 self._drop_if_same_file(chunk_id, opened, problem)
-            raise CorruptChunk(
+            raise ChunkDamaged(
                 f"chunk {chunk_id.hex()} was corrupt on disk ({problem}); "
                 "it has been deleted and will not be offered again"
             )

@@ -23,7 +23,7 @@ from node.store.base import (
     warn_if_other_group,
 )
 from node.store.config import StoreConfig
-from node.store.group import GroupRecord
+from protocol.chunk import GroupRecord
 
 __all__ = ["MemoryChunkStore"]
 

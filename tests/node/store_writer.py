@@ -23,7 +23,9 @@ import signal
 import sys
 import time
 
-from node.store import DiskChunkStore, GroupRecord, StoreConfig, chunk_id_of
+from node.store import DiskChunkStore, StoreConfig
+from protocol.chunk import GroupRecord
+from protocol.chunk import chunk_id as chunk_id_of
 
 # Group records as the default encoding makes them: 3-of-10.
 K = 3

@@ -15,12 +15,13 @@ import trio
 
 from node.chunks import MAX_CHUNK_JOBS_PER_PEER, ChunkService
 from node.errors import RemoteError
-from node.store import MemoryChunkStore, StoreConfig, chunk_id_of
+from node.store import MemoryChunkStore, StoreConfig
 from node.transport import MemoryNetwork, TcpLinkLayer, Transport, open_transport
+from protocol.chunk import GroupRecord
+from protocol.chunk import chunk_id as chunk_id_of
 from protocol.identity import Identity, NodeId
 from protocol.messages import (
     ChunkData,
-    ChunkGroup,
     ChunksHeld,
     ChunkStored,
     ErrorCode,
@@ -99,11 +100,11 @@ async def open_holder(network: Network, store: MemoryChunkStore) -> AsyncIterato
         nursery.cancel_scope.cancel()
 
 
-def make_chunk(rng: random.Random, size: int) -> tuple[bytes, ChunkGroup]:
+def make_chunk(rng: random.Random, size: int) -> tuple[bytes, GroupRecord]:
     """A chunk of `size` random bytes, as chunk 1 of a 2-of-3 group."""
     data = rng.randbytes(size)
     ids = (rng.randbytes(32), chunk_id_of(data), rng.randbytes(32))
-    return data, ChunkGroup(2, 3, 1, ids)
+    return data, GroupRecord(2, 3, 1, ids)
 
 
 async def refused(holder: Holder, client: Transport, message: Message) -> RemoteError:

@@ -895,7 +895,7 @@ def _kill_mid_upload_and_check(
     try:
         held = list(store.chunk_ids())
         for chunk_id in held:
-            store.get(chunk_id)  # raises CorruptChunk if a file is torn or missing
+            store.get(chunk_id)  # raises ChunkDamaged if a file is torn or missing
     finally:
         store.close()
     assert committed <= set(held)

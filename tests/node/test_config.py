@@ -8,12 +8,12 @@ import pytest
 
 from node.config import (
     DEFAULT_PORT,
-    ConfigError,
     NodeConfig,
     load_config,
     parse_address,
     parse_size,
 )
+from node.errors import ConfigError
 
 MiB = 1024**2
 GiB = 1024**3

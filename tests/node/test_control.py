@@ -24,14 +24,11 @@ import trio
 from node.control import (
     DATA_PIECE,
     MAX_CONTROL_FRAME,
-    CommandFailed,
     ControlChannel,
     ControlClient,
-    ControlError,
     ControlServer,
-    NodeNotRunning,
 )
-from node.errors import NodeError
+from node.errors import CommandFailed, ControlError, NodeError, NodeNotRunning
 from protocol.errors import MalformedCapability
 
 # Every test ends well within this; a hang fails instead of stalling CI.

@@ -29,12 +29,12 @@ from node.files import (
 )
 from node.node import _UserFile, _write_all
 from node.writeback import StreamingWriter
+from protocol.chunk import GroupRecord, chunk_id
 from protocol.encoding import Encoder
 from protocol.identity import NodeId
-from protocol.manifest import EncodingParams, Manifest, chunk_id
+from protocol.manifest import EncodingParams, Manifest
 from protocol.messages import (
     ChunkData,
-    ChunkGroup,
     ChunksHeld,
     ChunkStored,
     ErrorCode,
@@ -105,7 +105,7 @@ class Holders:
         if isinstance(message, HasChunks):
             return ChunksHeld(tuple(wanted in chunks for wanted in message.chunk_ids))
         if isinstance(message, StoreChunk):
-            chunks[message.group.ids[message.group.index]] = message.data
+            chunks[message.group.chunk_id] = message.data
             return ChunkStored(2**30)
         assert isinstance(message, FetchChunk)
         if message.chunk_id not in chunks:
@@ -113,7 +113,7 @@ class Holders:
         data = chunks[message.chunk_id]
         if (node_id, message.chunk_id) in self.rotten:
             data = bytes([data[0] ^ 1]) + data[1:]
-        return ChunkData(ChunkGroup(1, 1, 0, (message.chunk_id,)), data)
+        return ChunkData(GroupRecord(1, 1, 0, (message.chunk_id,)), data)
 
     def network(self, params: EncodingParams | None = None) -> Any:
         return types.SimpleNamespace(

@@ -20,36 +20,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings
 
 import node.store.disk
 from node.errors import (
+    ChunkDamaged,
     ChunkMismatch,
     ChunkNotFound,
     ChunkTooLarge,
-    CorruptChunk,
-    InvalidGroupRecord,
     NodeError,
     StoreError,
     StoreFull,
 )
 from node.store import (
-    MAX_SHARES,
     ChunkStore,
     DiskChunkStore,
-    GroupRecord,
     MemoryChunkStore,
     RecoveryReport,
     StoreConfig,
-    chunk_id_of,
     open_chunk_store,
 )
 from node.store.base import format_size
 from node.store.disk import WriteFunction
+from protocol.chunk import GroupRecord
+from protocol.chunk import chunk_id as chunk_id_of
 from tests.node.pages import can_drop_pages, resident_pages
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -240,7 +236,7 @@ def test_bytes_that_do_not_match_the_id_are_refused(store: ChunkStore, rng: rand
 def test_group_record_of_another_chunk_is_refused(store: ChunkStore, rng: random.Random) -> None:
     """A group record that does not name this chunk at its index stores nothing."""
     chunk, other = make_chunk(rng), make_chunk(rng)
-    with pytest.raises(InvalidGroupRecord, match="not chunk"):
+    with pytest.raises(ChunkMismatch, match="not chunk"):
         store.put(chunk.chunk_id, chunk.data, other.group)
     assert not store.has(chunk.chunk_id)
 
@@ -434,7 +430,7 @@ def test_restart_keeps_chunks_and_records(tmp_path: Path, rng: random.Random) ->
 def test_damaged_file_is_reported_and_dropped(
     disk_store: DiskChunkStore, rng: random.Random, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """get() of a chunk whose file was altered or removed raises CorruptChunk, and the
+    """get() of a chunk whose file was altered or removed raises ChunkDamaged, and the
     chunk leaves the index and the disk, so it is no longer offered."""
     chunk, other = make_chunk(rng), make_chunk(rng)
     put(disk_store, chunk)
@@ -450,7 +446,7 @@ def test_damaged_file_is_reported_and_dropped(
         path.write_bytes(data + b"\0")
     else:
         path.unlink()
-    with caplog.at_level(logging.WARNING), pytest.raises(CorruptChunk, match=chunk.chunk_id.hex()):
+    with caplog.at_level(logging.WARNING), pytest.raises(ChunkDamaged, match=chunk.chunk_id.hex()):
         disk_store.get(chunk.chunk_id)
     assert chunk.chunk_id.hex() in caplog.text
     assert not disk_store.has(chunk.chunk_id)
@@ -754,97 +750,6 @@ def test_sigkill_in_each_phase_of_put_is_recovered(tmp_path: Path, phase: str) -
     assert len(files_under(root)) == 5
 
 
-# ---------------------------------------------------------------------- group records
-
-
-def test_group_record_names_its_chunk() -> None:
-    """chunk_id is the id at the record's index, and to_wire is plain msgpack data."""
-    ids = tuple(bytes([number]) * 32 for number in range(4))
-    record = GroupRecord(2, 4, 1, ids)
-    assert record.chunk_id == ids[1]
-    assert record.to_wire() == [2, 4, 1, list(ids)]
-    assert GroupRecord.from_wire(msgpack.unpackb(msgpack.packb(record.to_wire()))) == record
-
-
-ID = bytes(32)
-
-
-@pytest.mark.parametrize(
-    ("fields", "problem"),
-    [
-        ((0, 1, 0, (ID,)), "k = 0"),
-        ((2, 1, 0, (ID,)), "k = 2"),
-        ((1, 0, 0, ()), "n = 0"),
-        ((1, MAX_SHARES + 1, 0, (ID,) * (MAX_SHARES + 1)), "n = 257"),
-        ((1, 2, 2, (ID, ID)), "index = 2"),
-        ((1, 2, -1, (ID, ID)), "index = -1"),
-        ((1, 2, 0, (ID,)), "1 chunk ids for n = 2"),
-        ((1, 1, 0, (ID[:31],)), "must be 32 bytes, not 31"),
-        ((1, 1, 0, ("a" * 32,)), "must be 32 bytes, not str"),
-        ((1, 1, 0, [ID]), "must be a tuple"),
-        ((True, 1, 0, (ID,)), "k must be an integer"),
-        ((1, 1.0, 0, (ID,)), "n must be an integer"),
-    ],
-)
-def test_invalid_group_records_are_refused(fields: tuple[Any, ...], problem: str) -> None:
-    """Each broken rule of a group record raises InvalidGroupRecord naming the problem."""
-    with pytest.raises(InvalidGroupRecord, match=problem):
-        GroupRecord(*fields)
-
-
-@st.composite
-def group_records(draw: st.DrawFn) -> GroupRecord:
-    n = draw(st.integers(min_value=1, max_value=MAX_SHARES))
-    ids = draw(st.lists(st.binary(min_size=32, max_size=32), min_size=n, max_size=n))
-    return GroupRecord(
-        draw(st.integers(min_value=1, max_value=n)),
-        n,
-        draw(st.integers(min_value=0, max_value=n - 1)),
-        tuple(ids),
-    )
-
-
-@DETERMINISTIC
-@given(record=group_records())
-def test_group_record_wire_round_trip(record: GroupRecord) -> None:
-    """to_wire, msgpack and from_wire give back the same record."""
-    assert GroupRecord.from_wire(msgpack.unpackb(msgpack.packb(record.to_wire()))) == record
-
-
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-3, max_value=300)
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats()
-    | st.binary(max_size=40)
-    | st.binary(min_size=32, max_size=32)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=3), children)
-    ),
-    max_leaves=20,
-)
-near_records = st.tuples(
-    st.integers(min_value=-1, max_value=258),
-    st.integers(min_value=-1, max_value=258),
-    st.integers(min_value=-1, max_value=258),
-    st.lists(st.binary(min_size=30, max_size=33), max_size=8),
-).map(list)
-
-
-@DETERMINISTIC
-@given(value=msgpack_values | near_records)
-def test_group_record_from_garbage_raises_only_its_error(value: Any) -> None:
-    """Any msgpack value gives a valid record or InvalidGroupRecord, nothing else."""
-    try:
-        record = GroupRecord.from_wire(msgpack.unpackb(msgpack.packb(value)))
-    except InvalidGroupRecord as error:
-        assert str(error).startswith("invalid group record")
-    else:
-        assert GroupRecord.from_wire(record.to_wire()) == record
-
-
 # ---------------------------------------------------------------------- configuration
 
 
@@ -869,10 +774,10 @@ def test_sizes_read_well(size: int, text: str) -> None:
 
 def test_store_errors_are_node_errors() -> None:
     """Every store error is a NodeError, which the CLI turns into one line."""
-    for error in (StoreFull, ChunkTooLarge, ChunkMismatch, ChunkNotFound, CorruptChunk):
+    for error in (StoreFull, ChunkTooLarge, ChunkMismatch, ChunkNotFound, ChunkDamaged):
         assert issubclass(error, StoreError)
     assert issubclass(StoreError, NodeError)
-    assert issubclass(CorruptChunk, ChunkNotFound)
+    assert issubclass(ChunkDamaged, ChunkNotFound)
 
 
 def test_a_stored_chunk_leaves_the_page_cache(tmp_path: Path, rng: random.Random) -> None:

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.capability import ReadCapability
+from protocol.chunk import chunk_id as manifest_id
 from protocol.encoding import (
     Candidate,
     Chunk,
@@ -47,7 +48,6 @@ from protocol.manifest import (
     EncodingParams,
     FileInfo,
     Manifest,
-    manifest_id,
     padme,
     sealed_info_nonce,
     segment_associated_data,

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.aead import TAG_SIZE, decrypt_into, encrypt_into
+from protocol.chunk import chunk_id as manifest_id
 from protocol.errors import (
     CorruptChunk,
     ForeignChunk,
@@ -30,7 +31,6 @@ from protocol.manifest import (
     EncodingParams,
     FileInfo,
     Manifest,
-    manifest_id,
     padme,
     sealed_info_nonce,
     segment_associated_data,

@@ -25,15 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol.messages as messages_module
+from protocol.chunk import MAX_SHARES, GroupRecord
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.messages import (
     DEFAULT_MAX_FRAME_SIZE,
-    MAX_GROUP_SIZE,
     MAX_REQUEST_ID,
     MESSAGES,
     PROTOCOL_VERSION,
     Bytes,
-    ChunkGroup,
     EnumValue,
     Envelope,
     Error,
@@ -181,7 +180,7 @@ def strategy_for(hint: Any) -> st.SearchStrategy[Any]:
         return st.lists(element, min_size=constraint.min_items, max_size=constraint.max_items).map(
             tuple
         )
-    if hint is ChunkGroup:
+    if hint is GroupRecord:
         # Its invariants (len(ids) == n, index < n, k <= n) are too narrow for the
         # generic strategy's filter: draw n first.
         return chunk_groups()
@@ -191,12 +190,12 @@ def strategy_for(hint: Any) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def chunk_groups(draw: st.DrawFn) -> ChunkGroup:
-    n = draw(st.integers(min_value=1, max_value=MAX_GROUP_SIZE))
+def chunk_groups(draw: st.DrawFn) -> GroupRecord:
+    n = draw(st.integers(min_value=1, max_value=MAX_SHARES))
     k = draw(st.integers(min_value=1, max_value=n))
     index = draw(st.integers(min_value=0, max_value=n - 1))
     ids = draw(st.lists(st.binary(min_size=32, max_size=32), min_size=n, max_size=n))
-    return ChunkGroup(k, n, index, tuple(ids))
+    return GroupRecord(k, n, index, tuple(ids))
 
 
 def build_or_none(cls: type, args: tuple[Any, ...]) -> Any:
@@ -987,8 +986,8 @@ def test_bytes_may_allow_several_mebibytes() -> None:
 @pytest.mark.parametrize(
     ("group", "reason"),
     [
-        ([3, 2, 0, [b"\x01" * 32] * 2], "k = 3 is above n = 2"),
-        ([1, 2, 2, [b"\x01" * 32] * 2], "index 2 is not below n = 2"),
+        ([3, 2, 0, [b"\x01" * 32] * 2], "k = 3 is outside 1..n (n = 2)"),
+        ([1, 2, 2, [b"\x01" * 32] * 2], "index = 2 is outside 0..n-1 (n = 2)"),
         ([1, 3, 0, [b"\x01" * 32] * 2], "2 chunk ids for n = 3"),
         ([1, 1, 0, [b"\x01" * 31]], "31 bytes"),
     ],

@@ -16,10 +16,10 @@ from node.errors import (
     TransportError,
 )
 from node.transport import Peer, Transport, TransportConfig
+from protocol.chunk import GroupRecord
 from protocol.identity import NodeId
 from protocol.messages import (
     ChunkData,
-    ChunkGroup,
     Error,
     ErrorCode,
     FetchChunk,
@@ -115,7 +115,7 @@ async def test_big_and_small_frames_queued_together_arrive_whole(
     async def sized(peer: Peer, message: Message) -> Message:
         assert isinstance(message, FetchChunk)
         number = message.chunk_id[0]
-        group = ChunkGroup(1, 1, 0, (message.chunk_id,))
+        group = GroupRecord(1, 1, 0, (message.chunk_id,))
         return ChunkData(group, pattern(sizes[number % len(sizes)], number))
 
     async with network.node(handlers={FetchChunk: sized}) as server, network.node() as client:
