@@ -101,14 +101,12 @@ from node.isal import load_isal
 from protocol.aead import TAG_SIZE, decrypt_into, encrypt_into
 from protocol.capability import ReadCapability
 from protocol.encoding import (
-    DEFAULT_WINDOW,
-    Decoder,
     EncodedSegment,
-    Encoder,
     Parity,
     zfec_parity,
 )
 from protocol.manifest import EncodingParams, Manifest, segment_associated_data, segment_nonce
+from protocol.stream import DEFAULT_WINDOW, Decoder, Encoder
 
 __all__ = [
     "FULL_RUN",

@@ -43,7 +43,7 @@ from benchmarks import BenchmarkError, BenchmarkOptions
 from node.isal import best_parity
 from node.testnet import open_testnet, wait_until_joined
 from protocol.capability import ReadCapability
-from protocol.encoding import Decoder, Encoder
+from protocol.stream import Decoder, Encoder
 
 __all__ = ["run_network_benchmark"]
 

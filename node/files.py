@@ -60,7 +60,6 @@ from protocol.chunk import MAX_CHUNK_SIZE, GroupRecord, chunk_id
 from protocol.encoding import (
     Candidate,
     EncodedSegment,
-    Encoder,
     Parity,
     decode_segment,
     zfec_parity,
@@ -75,6 +74,7 @@ from protocol.messages import (
     HasChunks,
     StoreChunk,
 )
+from protocol.stream import Encoder
 
 __all__ = [
     "FileNetwork",

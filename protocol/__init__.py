@@ -1,10 +1,10 @@
 """Freehold protocol.
 
 The file format's public names are re-exported here (docs/PROTOCOL.md#files): the
-streaming `Encoder` and `Decoder`, the per-segment functions they run, manifests and
-capabilities, and the errors they raise. They load on first use (PEP 562), so that a
-program that needs only `protocol.errors` (the CLI) does not pay for the codecs.
-"""
+push-style `FileEncoder` and `FileDecoder`, the pull-style `Encoder` and `Decoder` built
+on them, the per-segment functions they run, chunks and their group records, manifests
+and capabilities, and the errors they raise. They load on first use (PEP 562), so that a
+program that needs only `protocol.errors` (the CLI) does not pay for the codecs."""
 
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ __all__ = [
     "Encoder",
     "EncodingParams",
     "Executor",
+    "FileDecoder",
+    "FileEncoder",
     "FileInfo",
     "ForeignChunk",
+    "GroupRecord",
+    "InvalidGroupRecord",
     "LocalProtocolError",
     "MalformedCapability",
     "Manifest",
@@ -50,11 +54,15 @@ _MODULES = {
     "CorruptChunk": "protocol.errors",
     "CorruptSegment": "protocol.errors",
     "DecodedSegment": "protocol.encoding",
-    "Decoder": "protocol.encoding",
+    "Decoder": "protocol.stream",
     "EncodedSegment": "protocol.encoding",
-    "Encoder": "protocol.encoding",
+    "Encoder": "protocol.stream",
     "EncodingParams": "protocol.manifest",
-    "Executor": "protocol.encoding",
+    "Executor": "protocol.stream",
+    "FileDecoder": "protocol.stream",
+    "FileEncoder": "protocol.stream",
+    "GroupRecord": "protocol.chunk",
+    "InvalidGroupRecord": "protocol.errors",
     "FileInfo": "protocol.manifest",
     "ForeignChunk": "protocol.errors",
     "LocalProtocolError": "protocol.errors",

@@ -30,7 +30,6 @@ from node.files import (
 from node.node import _UserFile, _write_all
 from node.writeback import StreamingWriter
 from protocol.chunk import GroupRecord, chunk_id
-from protocol.encoding import Encoder
 from protocol.identity import NodeId
 from protocol.manifest import EncodingParams, Manifest
 from protocol.messages import (
@@ -43,6 +42,7 @@ from protocol.messages import (
     Message,
     StoreChunk,
 )
+from protocol.stream import Encoder
 
 
 def contacts(rng: random.Random, count: int) -> list[Contact]:

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from node import isal
 from node.isal import IsalParity, best_parity, load_isal
-from protocol.encoding import Encoder, encode_segment, zfec_parity
+from protocol.encoding import encode_segment, zfec_parity
 from protocol.errors import LocalProtocolError
 from protocol.manifest import EncodingParams
+from protocol.stream import Encoder
 from tests.protocol.make_encoding_vectors import fixed_random
 
 VECTORS_PATH = Path(__file__).parent.parent / "vectors" / "encoding-vectors.json"

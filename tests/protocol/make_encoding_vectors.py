@@ -19,7 +19,6 @@ from typing import Any
 
 import blake3
 
-from protocol.encoding import Encoder
 from protocol.manifest import (
     EncodingParams,
     padme,
@@ -27,6 +26,7 @@ from protocol.manifest import (
     segment_associated_data,
     segment_nonce,
 )
+from protocol.stream import Encoder
 
 VECTORS_PATH = Path(__file__).resolve().parent.parent / "vectors" / "encoding-vectors.json"
 SEGMENT_SIZE = 4096

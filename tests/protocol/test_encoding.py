@@ -23,9 +23,7 @@ from protocol.chunk import chunk_id as manifest_id
 from protocol.encoding import (
     Candidate,
     Chunk,
-    Decoder,
     EncodedSegment,
-    Encoder,
     decode_segment,
     encode_segment,
     parity_matrix,
@@ -53,6 +51,7 @@ from protocol.manifest import (
     segment_associated_data,
     segment_nonce,
 )
+from protocol.stream import Decoder, Encoder
 from tests.protocol.make_encoding_vectors import fixed_random
 
 DETERMINISTIC = settings(
