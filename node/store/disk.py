@@ -8,6 +8,8 @@ The store owns <data-dir>/chunks/ and everything in it:
     chunks/ab/abcd...      a chunk, named by the 64 hex digits of its id, in the
                            directory of its first two (256 directories of fan-out)
 
+node.store.files holds these names and the low-level calls on the files.
+
 What it promises, on top of the `ChunkStore` contract (node.store.base):
 
 - Acknowledged means durable. `put` writes the bytes to a temp file, fsyncs it, renames
@@ -48,7 +50,6 @@ the capacity; a put of an id whose put is in flight waits for that one to finish
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
@@ -76,6 +77,19 @@ from node.store.base import (
     warn_if_other_group,
 )
 from node.store.config import StoreConfig
+from node.store.files import (
+    CHUNKS_DIRECTORY,
+    INDEX_NAME,
+    LOCK_NAME,
+    TEMP_DIRECTORY,
+    TEMP_SUFFIX,
+    chunk_id_from_name,
+    chunk_path,
+    drop_cached,
+    fsync_directory,
+    read_at_most,
+    remove_quietly,
+)
 from node.store.group import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "DiskChunkStore", "RecoveryReport", "WriteFunction"]
@@ -84,12 +98,6 @@ logger = logging.getLogger(__name__)
 
 WriteFunction = Callable[[int, memoryview], int]
 """Writes some of the bytes to a file descriptor and says how many: `os.write`."""
-
-CHUNKS_DIRECTORY: Final = "chunks"
-INDEX_NAME: Final = "index.sqlite"
-LOCK_NAME: Final = "lock"
-TEMP_DIRECTORY: Final = "tmp"
-TEMP_SUFFIX: Final = ".tmp"
 
 APPLICATION_ID: Final = 0x46484353
 """`PRAGMA application_id` of a Freehold chunk index: "FHCS" in ASCII."""
@@ -104,8 +112,6 @@ BUSY_TIMEOUT: Final = 1.0
 ID_PAGE_SIZE: Final = 1024
 # The errors that mean "no room": a full file system, or the user's quota used up.
 _NO_SPACE: Final = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
-
-_HEX_DIGITS: Final = frozenset("0123456789abcdef")
 
 # The CHECK constraints repeat GroupRecord's rules, so no row the code would refuse can
 # be written, whatever the bug.
@@ -196,7 +202,7 @@ class DiskChunkStore:
         try:
             if not root.is_dir():
                 root.mkdir(mode=0o700, parents=True)
-                _fsync_directory(root.parent)  # the store's first chunk must not vanish
+                fsync_directory(root.parent)  # the store's first chunk must not vanish
             lock_descriptor = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open the chunk store at {root}: {exc}") from exc
@@ -291,7 +297,7 @@ class DiskChunkStore:
                     acknowledged = True
             finally:
                 if not acknowledged:
-                    _remove_quietly(path)
+                    remove_quietly(path)
         finally:
             with self._guard:
                 if not acknowledged:
@@ -320,7 +326,7 @@ class DiskChunkStore:
         try:
             try:
                 opened = os.fstat(descriptor)
-                data = _read_at_most(descriptor, size + 1)
+                data = read_at_most(descriptor, size + 1)
             except OSError as exc:
                 raise StoreError(f"cannot read chunk file {path}: {exc}") from exc
             if len(data) != size:
@@ -365,7 +371,7 @@ class DiskChunkStore:
                 connection.execute("DELETE FROM chunks WHERE chunk_id = ?", (chunk_id,))
             self._used -= size
             self._chunks -= 1
-            _remove_quietly(self._path(chunk_id))
+            remove_quietly(self._path(chunk_id))
 
     def chunk_ids(self) -> Iterator[bytes]:
         """The ids held, in increasing order, read a page at a time. Chunks put or
@@ -400,8 +406,7 @@ class DiskChunkStore:
     # ------------------------------------------------------------------ files
 
     def _path(self, chunk_id: bytes) -> Path:
-        name = chunk_id.hex()
-        return self._root / name[:2] / name
+        return chunk_path(self._root, chunk_id)
 
     def _write_file(self, chunk_id: bytes, data: bytes) -> Path:
         """Write the chunk's file durably (temp, fsync, rename, fsync the directory) and
@@ -421,17 +426,17 @@ class DiskChunkStore:
                         raise OSError(errno.EIO, "the write made no progress")
                     remaining = remaining[written:]
                 os.fsync(descriptor)
-                _drop_cached(descriptor)
+                drop_cached(descriptor)
             finally:
                 os.close(descriptor)
             os.rename(temp, path)
             renamed = True
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         except BaseException as exc:
             if renamed:
-                _remove_quietly(path)
+                remove_quietly(path)
             elif temp is not None:
-                _remove_quietly(Path(temp))
+                remove_quietly(Path(temp))
             if isinstance(exc, OSError):
                 raise self._write_error(exc, chunk_id, len(data)) from exc
             raise
@@ -454,7 +459,7 @@ class DiskChunkStore:
         self._used -= size
         self._chunks -= 1
         self._corrupt_dropped += 1
-        _remove_quietly(self._path(chunk_id))
+        remove_quietly(self._path(chunk_id))
 
     def _drop_if_same_file(self, chunk_id: bytes, opened: os.stat_result, problem: str) -> None:
         """`_drop`, unless the chunk went (or was put anew) while we read it."""
@@ -493,7 +498,7 @@ class DiskChunkStore:
                 unacknowledged += removed
                 damaged.extend(bad_rows)
             if created:
-                _fsync_directory(self._root)
+                fsync_directory(self._root)
         except OSError as exc:
             raise StoreError(f"cannot recover the chunk store at {self._root}: {exc}") from exc
         if damaged:
@@ -508,7 +513,7 @@ class DiskChunkStore:
                 self._root,
                 problem,
             )
-            _remove_quietly(self._path(chunk_id))
+            remove_quietly(self._path(chunk_id))
         ((count, used),) = self._query(
             "counting chunks", "SELECT count(*), coalesce(sum(size), 0) FROM chunks", ()
         )
@@ -549,7 +554,7 @@ class DiskChunkStore:
         removed = 0
         with os.scandir(directory) as entries:
             for entry in entries:
-                chunk_id = _chunk_id_from_name(entry.name, directory.name)
+                chunk_id = chunk_id_from_name(entry.name, directory.name)
                 if chunk_id is None or not entry.is_file(follow_symlinks=False):
                     logger.warning("leaving %s alone: not a chunk file", entry.path)
                     continue
@@ -709,59 +714,6 @@ def _open_index(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
-
-
-def _read_at_most(descriptor: int, limit: int) -> bytes:
-    """Up to `limit` bytes from the file, fewer only at its end."""
-    parts: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        part = os.read(descriptor, remaining)
-        if not part:
-            break
-        parts.append(part)
-        remaining -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _drop_cached(descriptor: int) -> None:
-    """Hand a chunk's pages, on disk now, back to the kernel. A node's chunks are read
-    rarely, by other nodes: kept cached they would only push out the pages of the
-    volunteer's own programs, who donated disk, not memory. It also keeps long uploads
-    fast where fresh pages are dear (this VM): pages dropped are soon reused. A 1 GiB
-    put through the 10-node testnet went from 64-65 to 87-89 MB/s, with the stores'
-    system time no longer growing with every upload; gets, which now read chunks
-    from disk, measured the same (191-277 MB/s either way, two runs each)."""
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):  # advice only
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _remove_quietly(path: Path) -> None:
-    """Remove a file that must not stay; if that fails, `open` removes it next time."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        logger.warning("cannot remove %s (%s); it goes at the next start", path, exc)
-
-
-def _chunk_id_from_name(name: str, directory: str) -> bytes | None:
-    """The id a chunk file's name spells, or None if the name is not one we write."""
-    if len(name) != 2 * CHUNK_ID_SIZE or not name.startswith(directory):
-        return None
-    if not set(name) <= _HEX_DIGITS:
-        return None
-    return bytes.fromhex(name)
 
 
 def _stored_id(value: object) -> bytes:
