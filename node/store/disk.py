@@ -8,14 +8,16 @@ The store owns <data-dir>/chunks/ and everything in it:
     chunks/ab/abcd...      a chunk, named by the 64 hex digits of its id, in the
                            directory of its first two (256 directories of fan-out)
 
-node.store.files holds these names and the low-level calls on the files.
+node.store.files holds these names and the low-level calls on the files;
+node.store.index holds the SQLite index, its schema and every query.
 
 What it promises, on top of the `ChunkStore` contract (node.store.base):
 
 - Acknowledged means durable. `put` writes the bytes to a temp file, fsyncs it, renames
   it into place and fsyncs the directory, and only then inserts the index row and
-  commits it with `synchronous = FULL`. When `put` returns, the chunk survives a kill
-  of the process at any instant and, as far as the disk honours fsync, a power cut.
+  commits it with `synchronous = FULL` (node.store.index says why). When `put` returns,
+  the chunk survives a kill of the process at any instant and, as far as the disk
+  honours fsync, a power cut.
 - A put that fails, for any reason (capacity, a full disk or quota, an I/O error, a bad
   chunk), leaves no file behind and the index as it was.
 - A crash leaves at worst temp files and chunk files without an index row (written but
@@ -25,11 +27,6 @@ What it promises, on top of the `ChunkStore` contract (node.store.base):
   but reads none: rehashing them all would read the whole store back at disk speed
   (over half an hour per terabyte even from an SSD) before the node could start.
   Damage is found when a chunk is read.
-
-Why `synchronous = FULL` and not WAL's usual NORMAL. NORMAL loses a committed
-transaction on a power cut (never on a process kill); here the chunk's file is already
-durable, so a lost row would make recovery take an acknowledged chunk for an orphan and
-delete it. FULL costs one more fsync (of the WAL) per put.
 
 An index row without its file, or with a file of the wrong size, cannot come from a
 crash: the file is durable before its row exists, and `delete` removes the row before
@@ -54,18 +51,16 @@ import errno
 import fcntl
 import logging
 import os
-import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from node.errors import ChunkNotFound, CorruptChunk, InvalidGroupRecord, StoreError, StoreFull
+from node.errors import ChunkNotFound, CorruptChunk, StoreError, StoreFull
 from node.store.base import (
     ChunkInfo,
     StoreStatistics,
@@ -79,7 +74,6 @@ from node.store.base import (
 from node.store.config import StoreConfig
 from node.store.files import (
     CHUNKS_DIRECTORY,
-    INDEX_NAME,
     LOCK_NAME,
     TEMP_DIRECTORY,
     TEMP_SUFFIX,
@@ -90,53 +84,21 @@ from node.store.files import (
     read_at_most,
     remove_quietly,
 )
-from node.store.group import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
+from node.store.group import GroupRecord
+from node.store.index import ChunkIndex
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "DiskChunkStore", "RecoveryReport", "WriteFunction"]
+__all__ = ["DiskChunkStore", "RecoveryReport", "WriteFunction"]
 
 logger = logging.getLogger(__name__)
 
 WriteFunction = Callable[[int, memoryview], int]
 """Writes some of the bytes to a file descriptor and says how many: `os.write`."""
 
-APPLICATION_ID: Final = 0x46484353
-"""`PRAGMA application_id` of a Freehold chunk index: "FHCS" in ASCII."""
-
-SCHEMA_VERSION: Final = 1
-"""`PRAGMA user_version` of the schema below. A change of schema increments it."""
-
-# How long an index write waits for another connection's lock before failing.
-BUSY_TIMEOUT: Final = 1.0
 # Ids read per query by `chunk_ids()`, so that iterating a big store holds neither the
 # lock nor every id at once.
 ID_PAGE_SIZE: Final = 1024
 # The errors that mean "no room": a full file system, or the user's quota used up.
 _NO_SPACE: Final = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
-
-# The CHECK constraints repeat GroupRecord's rules, so no row the code would refuse can
-# be written, whatever the bug.
-_SCHEMA: Final = f"""
-    CREATE TABLE IF NOT EXISTS chunks (
-        chunk_id BLOB PRIMARY KEY NOT NULL,
-        size INTEGER NOT NULL,
-        k INTEGER NOT NULL,
-        n INTEGER NOT NULL,
-        share_index INTEGER NOT NULL,
-        -- The n ids of the group, {CHUNK_ID_SIZE} bytes each, in share order.
-        sibling_ids BLOB NOT NULL,
-        -- UNIX seconds.
-        stored_at REAL NOT NULL,
-        CHECK (typeof(chunk_id) = 'blob' AND length(chunk_id) = {CHUNK_ID_SIZE}),
-        CHECK (typeof(size) = 'integer' AND size >= 0),
-        CHECK (typeof(n) = 'integer' AND n BETWEEN 1 AND {MAX_SHARES}),
-        CHECK (typeof(k) = 'integer' AND k BETWEEN 1 AND n),
-        CHECK (typeof(share_index) = 'integer' AND share_index BETWEEN 0 AND n - 1),
-        CHECK (typeof(sibling_ids) = 'blob' AND length(sibling_ids) = {CHUNK_ID_SIZE} * n
-               AND substr(sibling_ids, {CHUNK_ID_SIZE} * share_index + 1, {CHUNK_ID_SIZE})
-                   = chunk_id),
-        CHECK (typeof(stored_at) = 'real')
-    ) WITHOUT ROWID
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +120,7 @@ class DiskChunkStore:
         self,
         root: Path,
         config: StoreConfig,
-        connection: sqlite3.Connection,
+        index: ChunkIndex,
         lock_descriptor: int,
         *,
         write: WriteFunction,
@@ -168,11 +130,11 @@ class DiskChunkStore:
         self._root = root
         self._temp_directory = root / TEMP_DIRECTORY
         self._config = config
-        self._connection: sqlite3.Connection | None = connection
+        self._index: ChunkIndex | None = index
         self._lock_descriptor = lock_descriptor
         self._write = write
         self._clock = clock
-        # Guards everything below, and the connection.
+        # Guards everything below, and the index.
         self._guard = threading.Condition()
         self._used = 0
         self._chunks = 0
@@ -216,11 +178,11 @@ class DiskChunkStore:
                 ) from None
             except OSError as exc:
                 raise StoreError(f"cannot lock the chunk store at {root}: {exc}") from exc
-            connection = _open_index(root / INDEX_NAME)
+            index = ChunkIndex.open(root)
         except BaseException:
             os.close(lock_descriptor)
             raise
-        store = cls(root, config, connection, lock_descriptor, write=write, clock=clock)
+        store = cls(root, config, index, lock_descriptor, write=write, clock=clock)
         try:
             store._recover()
         except BaseException:
@@ -231,14 +193,12 @@ class DiskChunkStore:
     def close(self) -> None:
         """Close the index and release the store. Closing twice is harmless."""
         with self._guard:
-            connection, self._connection = self._connection, None
-            if connection is None:
+            index, self._index = self._index, None
+            if index is None:
                 return
             self._guard.notify_all()  # puts waiting on an id in flight see the store closed
             try:
-                connection.close()
-            except sqlite3.Error as exc:
-                raise StoreError(f"closing the chunk index in {self._root}: {exc}") from exc
+                index.close()
             finally:
                 os.close(self._lock_descriptor)  # releases the flock
 
@@ -290,7 +250,7 @@ class DiskChunkStore:
             path = self._write_file(chunk_id, data)
             try:
                 with self._guard:
-                    self._insert(chunk_id, size, group)
+                    self._opened_index().insert(chunk_id, size, group, self._clock())
                     self._used += size
                     self._chunks += 1
                     self._reserved -= size
@@ -367,8 +327,7 @@ class DiskChunkStore:
             size = self._size(chunk_id)
             # The row goes first: a crash in between leaves a file without a row, which
             # `open` removes, never a row without its file.
-            with self._transaction(f"deleting chunk {chunk_id.hex()}") as connection:
-                connection.execute("DELETE FROM chunks WHERE chunk_id = ?", (chunk_id,))
+            self._opened_index().delete([chunk_id], f"deleting chunk {chunk_id.hex()}")
             self._used -= size
             self._chunks -= 1
             remove_quietly(self._path(chunk_id))
@@ -379,21 +338,16 @@ class DiskChunkStore:
         after = b""  # sorts before every id
         while True:
             with self._guard:
-                rows = self._query(
-                    "listing chunks",
-                    "SELECT chunk_id FROM chunks WHERE chunk_id > ? ORDER BY chunk_id LIMIT ?",
-                    (after, ID_PAGE_SIZE),
-                )
-            for (chunk_id,) in rows:
-                yield _stored_id(chunk_id)
-            if len(rows) < ID_PAGE_SIZE:
+                page = self._opened_index().ids_after(after, ID_PAGE_SIZE)
+            yield from page
+            if len(page) < ID_PAGE_SIZE:
                 return
-            after = _stored_id(rows[-1][0])
+            after = page[-1]
 
     def statistics(self) -> StoreStatistics:
         """Chunks and bytes held, the capacity and what it still allows."""
         with self._guard:
-            self._open_connection()
+            self._opened_index()
             capacity = self._config.capacity
             return StoreStatistics(
                 chunks=self._chunks,
@@ -454,8 +408,7 @@ class DiskChunkStore:
     def _drop(self, chunk_id: bytes, size: int, problem: str) -> None:
         """Forget a chunk found damaged: its row, its file, its bytes in the counters."""
         logger.warning("dropping chunk %s from %s: %s", chunk_id.hex(), self._root, problem)
-        with self._transaction(f"dropping corrupt chunk {chunk_id.hex()}") as connection:
-            connection.execute("DELETE FROM chunks WHERE chunk_id = ?", (chunk_id,))
+        self._opened_index().delete([chunk_id], f"dropping corrupt chunk {chunk_id.hex()}")
         self._used -= size
         self._chunks -= 1
         self._corrupt_dropped += 1
@@ -463,7 +416,7 @@ class DiskChunkStore:
 
     def _drop_if_same_file(self, chunk_id: bytes, opened: os.stat_result, problem: str) -> None:
         """`_drop`, unless the chunk went (or was put anew) while we read it."""
-        if self._connection is None:
+        if self._index is None:
             return
         row = self._row(chunk_id)
         if row is None:
@@ -502,10 +455,7 @@ class DiskChunkStore:
         except OSError as exc:
             raise StoreError(f"cannot recover the chunk store at {self._root}: {exc}") from exc
         if damaged:
-            with self._transaction("dropping damaged rows") as connection:
-                connection.executemany(
-                    "DELETE FROM chunks WHERE chunk_id = ?", [(key,) for key, _ in damaged]
-                )
+            self._opened_index().delete([key for key, _ in damaged], "dropping damaged rows")
         for chunk_id, problem in damaged:
             logger.warning(
                 "chunk %s in %s was lost (%s); dropped from the index",
@@ -514,11 +464,7 @@ class DiskChunkStore:
                 problem,
             )
             remove_quietly(self._path(chunk_id))
-        ((count, used),) = self._query(
-            "counting chunks", "SELECT count(*), coalesce(sum(size), 0) FROM chunks", ()
-        )
-        assert isinstance(count, int) and isinstance(used, int)
-        self._chunks, self._used = count, used
+        self._chunks, self._used = self._opened_index().totals()
         self.recovery = RecoveryReport(temp_files_removed, unacknowledged, len(damaged))
         if temp_files_removed or unacknowledged:
             logger.info(
@@ -542,14 +488,7 @@ class DiskChunkStore:
     def _reconcile(self, prefix: int, directory: Path) -> tuple[int, list[tuple[bytes, str]]]:
         """Compare one fan-out directory with its index rows. Deletes files without a
         row; returns how many, and the rows whose file is missing or of the wrong size."""
-        low = bytes([prefix]) + bytes(CHUNK_ID_SIZE - 1)
-        high = bytes([prefix]) + b"\xff" * (CHUNK_ID_SIZE - 1)
-        rows = self._query(
-            "reading the index",
-            "SELECT chunk_id, size FROM chunks WHERE chunk_id BETWEEN ? AND ?",
-            (low, high),
-        )
-        sizes = {_stored_id(chunk_id): size for chunk_id, size in rows}
+        sizes = self._opened_index().sizes_under_prefix(prefix)
         damaged: list[tuple[bytes, str]] = []
         removed = 0
         with os.scandir(directory) as entries:
@@ -571,98 +510,14 @@ class DiskChunkStore:
 
     # ------------------------------------------------------------------ the index
 
-    def _open_connection(self) -> sqlite3.Connection:
-        if self._connection is None:
+    def _opened_index(self) -> ChunkIndex:
+        if self._index is None:
             raise StoreError(f"the chunk store at {self._root} is closed")
-        return self._connection
-
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            message = f"{doing} in the chunk index in {self._root}: {exc}"
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise StoreFull(f"{message}; free some disk space") from exc
-            raise StoreError(message) from exc
-
-    @contextmanager
-    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        connection = self._open_connection()
-        with self._errors(doing):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            try:
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-
-    def _query(
-        self, doing: str, sql: str, parameters: tuple[object, ...]
-    ) -> list[tuple[object, ...]]:
-        connection = self._open_connection()
-        with self._errors(doing):
-            rows: list[tuple[object, ...]] = connection.execute(sql, parameters).fetchall()
-        return rows
-
-    def _insert(self, chunk_id: bytes, size: int, group: GroupRecord) -> None:
-        with self._transaction(f"indexing chunk {chunk_id.hex()}") as connection:
-            connection.execute(
-                "INSERT INTO chunks (chunk_id, size, k, n, share_index, sibling_ids, stored_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    chunk_id,
-                    size,
-                    group.k,
-                    group.n,
-                    group.index,
-                    b"".join(group.chunk_ids),
-                    float(self._clock()),
-                ),
-            )
+        return self._index
 
     def _row(self, chunk_id: bytes) -> ChunkInfo | None:
         """The chunk's row, or None. Call with the lock held."""
-        if not isinstance(chunk_id, bytes) or len(chunk_id) != CHUNK_ID_SIZE:
-            self._open_connection()
-            return None
-        rows = self._query(
-            "reading the index",
-            "SELECT size, k, n, share_index, sibling_ids, stored_at FROM chunks WHERE chunk_id = ?",
-            (chunk_id,),
-        )
-        if not rows:
-            return None
-        size, k, n, index, siblings, stored_at = rows[0]
-        # The CHECK constraints keep bad rows out of a file we wrote; a row that still
-        # does not make a record (a file edited by hand) is damage, reported as such.
-        if not (
-            isinstance(size, int)
-            and isinstance(k, int)
-            and isinstance(n, int)
-            and isinstance(index, int)
-            and isinstance(siblings, bytes)
-            and isinstance(stored_at, float)
-        ):
-            raise StoreError(f"damaged index row for chunk {chunk_id.hex()} in {self._root}")
-        ids = tuple(
-            siblings[start : start + CHUNK_ID_SIZE]
-            for start in range(0, len(siblings), CHUNK_ID_SIZE)
-        )
-        try:
-            group = GroupRecord(k, n, index, ids)
-        except InvalidGroupRecord as exc:
-            raise StoreError(
-                f"damaged index row for chunk {chunk_id.hex()} in {self._root}: {exc}"
-            ) from exc
-        return ChunkInfo(chunk_id, size, group, stored_at)
+        return self._opened_index().row(chunk_id)
 
     def _size(self, chunk_id: bytes) -> int:
         """The held chunk's size; `ChunkNotFound` if it is not held. Lock held."""
@@ -670,53 +525,3 @@ class DiskChunkStore:
         if row is None:
             raise ChunkNotFound(f"chunk {describe_chunk_id(chunk_id)} is not in this store")
         return row.size
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _open_index(path: Path) -> sqlite3.Connection:
-    """Open the index, check that it is ours (or new), set WAL, create the schema."""
-    try:
-        connection = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the chunk index {path}: {exc}") from exc
-    try:
-        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        fresh = application_id == 0 and version == 0
-        if fresh:
-            (objects,) = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if objects:
-                raise StoreError(f"{path} is an SQLite database of another application")
-        elif application_id != APPLICATION_ID:
-            raise StoreError(f"{path} is not a Freehold chunk index")
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"chunk index {path} has schema version {version}; "
-                f"this Freehold reads version {SCHEMA_VERSION}"
-            )
-        # Set only once the file is known to be ours: WAL is a persistent property.
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")  # see the module docstring
-        if fresh:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute(_SCHEMA)
-            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-    except sqlite3.Error as exc:
-        connection.close()
-        raise StoreError(f"{path} is not a usable chunk index: {exc}") from exc
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-def _stored_id(value: object) -> bytes:
-    if isinstance(value, bytes) and len(value) == CHUNK_ID_SIZE:
-        return value
-    raise StoreError("damaged chunk id in the chunk index")
