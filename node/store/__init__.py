@@ -13,9 +13,10 @@ from pathlib import Path
 
 from node.store.base import ChunkInfo, ChunkStore, StoreStatistics, chunk_id_of
 from node.store.config import StoreConfig
-from node.store.disk import DiskChunkStore, RecoveryReport
+from node.store.disk import DiskChunkStore
 from node.store.group import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
 from node.store.memory import MemoryChunkStore
+from node.store.recovery import RecoveryReport
 
 __all__ = [
     "CHUNK_ID_SIZE",

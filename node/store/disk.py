@@ -9,7 +9,8 @@ The store owns <data-dir>/chunks/ and everything in it:
                            directory of its first two (256 directories of fan-out)
 
 node.store.files holds these names and the low-level calls on the files;
-node.store.index holds the SQLite index, its schema and every query.
+node.store.index holds the SQLite index, its schema and every query;
+node.store.recovery is what `open` does after a crash, and why a row can lose its file.
 
 What it promises, on top of the `ChunkStore` contract (node.store.base):
 
@@ -27,13 +28,6 @@ What it promises, on top of the `ChunkStore` contract (node.store.base):
   but reads none: rehashing them all would read the whole store back at disk speed
   (over half an hour per terabyte even from an SSD) before the node could start.
   Damage is found when a chunk is read.
-
-An index row without its file, or with a file of the wrong size, cannot come from a
-crash: the file is durable before its row exists, and `delete` removes the row before
-the file. It means something outside the store: a file deleted or truncated by hand, a
-damaged file system, a disk that acknowledged an fsync it did not do, a restore from an
-inconsistent backup. `open` drops such rows with a warning, and the chunk is lost to
-this node; the network repairs its group (DESIGN.md#durability-without-an-owner).
 
 A corrupt chunk is deleted, not quarantined: its bytes are worth nothing (any k of its
 siblings rebuild it) and a quarantine directory would need a size limit of its own. The
@@ -55,7 +49,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -77,7 +70,6 @@ from node.store.files import (
     LOCK_NAME,
     TEMP_DIRECTORY,
     TEMP_SUFFIX,
-    chunk_id_from_name,
     chunk_path,
     drop_cached,
     fsync_directory,
@@ -86,8 +78,9 @@ from node.store.files import (
 )
 from node.store.group import GroupRecord
 from node.store.index import ChunkIndex
+from node.store.recovery import RecoveryReport, recover
 
-__all__ = ["DiskChunkStore", "RecoveryReport", "WriteFunction"]
+__all__ = ["DiskChunkStore", "WriteFunction"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,17 +92,6 @@ WriteFunction = Callable[[int, memoryview], int]
 ID_PAGE_SIZE: Final = 1024
 # The errors that mean "no room": a full file system, or the user's quota used up.
 _NO_SPACE: Final = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryReport:
-    """What `open` cleaned up: leftovers of a crash, and damage found in the index."""
-
-    temp_files_removed: int = 0
-    # Chunk files without an index row: written, never acknowledged.
-    unacknowledged_removed: int = 0
-    # Index rows dropped because their file was missing or of the wrong size.
-    damaged_rows_dropped: int = 0
 
 
 class DiskChunkStore:
@@ -435,78 +417,11 @@ class DiskChunkStore:
     # ------------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
-        """Remove a crash's leftovers and make the index and the files agree."""
-        try:
-            self._temp_directory.mkdir(mode=0o700, exist_ok=True)
-            temp_files_removed = self._remove_temp_files()
-            created = False
-            unacknowledged = 0
-            damaged: list[tuple[bytes, str]] = []
-            for prefix in range(256):
-                directory = self._root / f"{prefix:02x}"
-                if not directory.is_dir():
-                    directory.mkdir(mode=0o700)
-                    created = True
-                removed, bad_rows = self._reconcile(prefix, directory)
-                unacknowledged += removed
-                damaged.extend(bad_rows)
-            if created:
-                fsync_directory(self._root)
-        except OSError as exc:
-            raise StoreError(f"cannot recover the chunk store at {self._root}: {exc}") from exc
-        if damaged:
-            self._opened_index().delete([key for key, _ in damaged], "dropping damaged rows")
-        for chunk_id, problem in damaged:
-            logger.warning(
-                "chunk %s in %s was lost (%s); dropped from the index",
-                chunk_id.hex(),
-                self._root,
-                problem,
-            )
-            remove_quietly(self._path(chunk_id))
-        self._chunks, self._used = self._opened_index().totals()
-        self.recovery = RecoveryReport(temp_files_removed, unacknowledged, len(damaged))
-        if temp_files_removed or unacknowledged:
-            logger.info(
-                "chunk store %s: removed %d temp files and %d unacknowledged chunk files",
-                self._root,
-                temp_files_removed,
-                unacknowledged,
-            )
-
-    def _remove_temp_files(self) -> int:
-        removed = 0
-        with os.scandir(self._temp_directory) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-                    removed += 1
-                else:
-                    logger.warning("leaving %s alone: not a temp file of ours", entry.path)
-        return removed
-
-    def _reconcile(self, prefix: int, directory: Path) -> tuple[int, list[tuple[bytes, str]]]:
-        """Compare one fan-out directory with its index rows. Deletes files without a
-        row; returns how many, and the rows whose file is missing or of the wrong size."""
-        sizes = self._opened_index().sizes_under_prefix(prefix)
-        damaged: list[tuple[bytes, str]] = []
-        removed = 0
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                chunk_id = chunk_id_from_name(entry.name, directory.name)
-                if chunk_id is None or not entry.is_file(follow_symlinks=False):
-                    logger.warning("leaving %s alone: not a chunk file", entry.path)
-                    continue
-                if chunk_id not in sizes:
-                    os.unlink(entry.path)  # written but never acknowledged
-                    removed += 1
-                    continue
-                size = sizes.pop(chunk_id)
-                actual = entry.stat(follow_symlinks=False).st_size
-                if actual != size:
-                    damaged.append((chunk_id, f"its file holds {actual} bytes, not {size}"))
-        damaged.extend((chunk_id, "its file is missing") for chunk_id in sizes)
-        return removed, damaged
+        """Recover from a crash (node.store.recovery), then count what is held."""
+        index = self._opened_index()
+        recovery = recover(self._root, index)
+        self._chunks, self._used = index.totals()
+        self.recovery = recovery
 
     # ------------------------------------------------------------------ the index
 
