@@ -13,8 +13,9 @@ from pathlib import Path
 
 from node.store.base import ChunkInfo, ChunkStore, StoreStatistics
 from node.store.config import StoreConfig
-from node.store.disk import DiskChunkStore, RecoveryReport
+from node.store.disk import DiskChunkStore
 from node.store.memory import MemoryChunkStore
+from node.store.recovery import RecoveryReport
 
 __all__ = [
     "ChunkInfo",

@@ -8,12 +8,17 @@ The store owns <data-dir>/chunks/ and everything in it:
     chunks/ab/abcd...      a chunk, named by the 64 hex digits of its id, in the
                            directory of its first two (256 directories of fan-out)
 
+node.store.files holds these names and the low-level calls on the files;
+node.store.index holds the SQLite index, its schema and every query;
+node.store.recovery is what `open` does after a crash, and why a row can lose its file.
+
 What it promises, on top of the `ChunkStore` contract (node.store.base):
 
 - Acknowledged means durable. `put` writes the bytes to a temp file, fsyncs it, renames
   it into place and fsyncs the directory, and only then inserts the index row and
-  commits it with `synchronous = FULL`. When `put` returns, the chunk survives a kill
-  of the process at any instant and, as far as the disk honours fsync, a power cut.
+  commits it with `synchronous = FULL` (node.store.index says why). When `put` returns,
+  the chunk survives a kill of the process at any instant and, as far as the disk
+  honours fsync, a power cut.
 - A put that fails, for any reason (capacity, a full disk or quota, an I/O error, a bad
   chunk), leaves no file behind and the index as it was.
 - A crash leaves at worst temp files and chunk files without an index row (written but
@@ -23,18 +28,6 @@ What it promises, on top of the `ChunkStore` contract (node.store.base):
   but reads none: rehashing them all would read the whole store back at disk speed
   (over half an hour per terabyte even from an SSD) before the node could start.
   Damage is found when a chunk is read.
-
-Why `synchronous = FULL` and not WAL's usual NORMAL. NORMAL loses a committed
-transaction on a power cut (never on a process kill); here the chunk's file is already
-durable, so a lost row would make recovery take an acknowledged chunk for an orphan and
-delete it. FULL costs one more fsync (of the WAL) per put.
-
-An index row without its file, or with a file of the wrong size, cannot come from a
-crash: the file is durable before its row exists, and `delete` removes the row before
-the file. It means something outside the store: a file deleted or truncated by hand, a
-damaged file system, a disk that acknowledged an fsync it did not do, a restore from an
-inconsistent backup. `open` drops such rows with a warning, and the chunk is lost to
-this node; the network repairs its group (DESIGN.md#durability-without-an-owner).
 
 A corrupt chunk is deleted, not quarantined: its bytes are worth nothing (any k of its
 siblings rebuild it) and a quarantine directory would need a size limit of its own. The
@@ -48,18 +41,14 @@ the capacity; a put of an id whose put is in flight waits for that one to finish
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
 import os
-import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -75,74 +64,34 @@ from node.store.base import (
     warn_if_other_group,
 )
 from node.store.config import StoreConfig
+from node.store.files import (
+    CHUNKS_DIRECTORY,
+    LOCK_NAME,
+    TEMP_DIRECTORY,
+    TEMP_SUFFIX,
+    chunk_path,
+    drop_cached,
+    fsync_directory,
+    read_at_most,
+    remove_quietly,
+)
+from node.store.index import ChunkIndex
+from node.store.recovery import RecoveryReport, recover
 from protocol import chunk
-from protocol.chunk import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
-from protocol.errors import InvalidGroupRecord
+from protocol.chunk import GroupRecord
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "DiskChunkStore", "RecoveryReport", "WriteFunction"]
+__all__ = ["DiskChunkStore", "WriteFunction"]
 
 logger = logging.getLogger(__name__)
 
 WriteFunction = Callable[[int, memoryview], int]
 """Writes some of the bytes to a file descriptor and says how many: `os.write`."""
 
-CHUNKS_DIRECTORY: Final = "chunks"
-INDEX_NAME: Final = "index.sqlite"
-LOCK_NAME: Final = "lock"
-TEMP_DIRECTORY: Final = "tmp"
-TEMP_SUFFIX: Final = ".tmp"
-
-APPLICATION_ID: Final = 0x46484353
-"""`PRAGMA application_id` of a Freehold chunk index: "FHCS" in ASCII."""
-
-SCHEMA_VERSION: Final = 1
-"""`PRAGMA user_version` of the schema below. A change of schema increments it."""
-
-# How long an index write waits for another connection's lock before failing.
-BUSY_TIMEOUT: Final = 1.0
 # Ids read per query by `chunk_ids()`, so that iterating a big store holds neither the
 # lock nor every id at once.
 ID_PAGE_SIZE: Final = 1024
 # The errors that mean "no room": a full file system, or the user's quota used up.
 _NO_SPACE: Final = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
-
-_HEX_DIGITS: Final = frozenset("0123456789abcdef")
-
-# The CHECK constraints repeat GroupRecord's rules, so no row the code would refuse can
-# be written, whatever the bug.
-_SCHEMA: Final = f"""
-    CREATE TABLE IF NOT EXISTS chunks (
-        chunk_id BLOB PRIMARY KEY NOT NULL,
-        size INTEGER NOT NULL,
-        k INTEGER NOT NULL,
-        n INTEGER NOT NULL,
-        share_index INTEGER NOT NULL,
-        -- The n ids of the group, {CHUNK_ID_SIZE} bytes each, in share order.
-        sibling_ids BLOB NOT NULL,
-        -- UNIX seconds.
-        stored_at REAL NOT NULL,
-        CHECK (typeof(chunk_id) = 'blob' AND length(chunk_id) = {CHUNK_ID_SIZE}),
-        CHECK (typeof(size) = 'integer' AND size >= 0),
-        CHECK (typeof(n) = 'integer' AND n BETWEEN 1 AND {MAX_SHARES}),
-        CHECK (typeof(k) = 'integer' AND k BETWEEN 1 AND n),
-        CHECK (typeof(share_index) = 'integer' AND share_index BETWEEN 0 AND n - 1),
-        CHECK (typeof(sibling_ids) = 'blob' AND length(sibling_ids) = {CHUNK_ID_SIZE} * n
-               AND substr(sibling_ids, {CHUNK_ID_SIZE} * share_index + 1, {CHUNK_ID_SIZE})
-                   = chunk_id),
-        CHECK (typeof(stored_at) = 'real')
-    ) WITHOUT ROWID
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryReport:
-    """What `open` cleaned up: leftovers of a crash, and damage found in the index."""
-
-    temp_files_removed: int = 0
-    # Chunk files without an index row: written, never acknowledged.
-    unacknowledged_removed: int = 0
-    # Index rows dropped because their file was missing or of the wrong size.
-    damaged_rows_dropped: int = 0
 
 
 class DiskChunkStore:
@@ -153,7 +102,7 @@ class DiskChunkStore:
         self,
         root: Path,
         config: StoreConfig,
-        connection: sqlite3.Connection,
+        index: ChunkIndex,
         lock_descriptor: int,
         *,
         write: WriteFunction,
@@ -163,11 +112,11 @@ class DiskChunkStore:
         self._root = root
         self._temp_directory = root / TEMP_DIRECTORY
         self._config = config
-        self._connection: sqlite3.Connection | None = connection
+        self._index: ChunkIndex | None = index
         self._lock_descriptor = lock_descriptor
         self._write = write
         self._clock = clock
-        # Guards everything below, and the connection.
+        # Guards everything below, and the index.
         self._guard = threading.Condition()
         self._used = 0
         self._chunks = 0
@@ -197,7 +146,7 @@ class DiskChunkStore:
         try:
             if not root.is_dir():
                 root.mkdir(mode=0o700, parents=True)
-                _fsync_directory(root.parent)  # the store's first chunk must not vanish
+                fsync_directory(root.parent)  # the store's first chunk must not vanish
             lock_descriptor = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open the chunk store at {root}: {exc}") from exc
@@ -211,11 +160,11 @@ class DiskChunkStore:
                 ) from None
             except OSError as exc:
                 raise StoreError(f"cannot lock the chunk store at {root}: {exc}") from exc
-            connection = _open_index(root / INDEX_NAME)
+            index = ChunkIndex.open(root)
         except BaseException:
             os.close(lock_descriptor)
             raise
-        store = cls(root, config, connection, lock_descriptor, write=write, clock=clock)
+        store = cls(root, config, index, lock_descriptor, write=write, clock=clock)
         try:
             store._recover()
         except BaseException:
@@ -226,14 +175,12 @@ class DiskChunkStore:
     def close(self) -> None:
         """Close the index and release the store. Closing twice is harmless."""
         with self._guard:
-            connection, self._connection = self._connection, None
-            if connection is None:
+            index, self._index = self._index, None
+            if index is None:
                 return
             self._guard.notify_all()  # puts waiting on an id in flight see the store closed
             try:
-                connection.close()
-            except sqlite3.Error as exc:
-                raise StoreError(f"closing the chunk index in {self._root}: {exc}") from exc
+                index.close()
             finally:
                 os.close(self._lock_descriptor)  # releases the flock
 
@@ -285,14 +232,14 @@ class DiskChunkStore:
             path = self._write_file(chunk_id, data)
             try:
                 with self._guard:
-                    self._insert(chunk_id, size, group)
+                    self._opened_index().insert(chunk_id, size, group, self._clock())
                     self._used += size
                     self._chunks += 1
                     self._reserved -= size
                     acknowledged = True
             finally:
                 if not acknowledged:
-                    _remove_quietly(path)
+                    remove_quietly(path)
         finally:
             with self._guard:
                 if not acknowledged:
@@ -321,7 +268,7 @@ class DiskChunkStore:
         try:
             try:
                 opened = os.fstat(descriptor)
-                data = _read_at_most(descriptor, size + 1)
+                data = read_at_most(descriptor, size + 1)
             except OSError as exc:
                 raise StoreError(f"cannot read chunk file {path}: {exc}") from exc
             if len(data) != size:
@@ -362,11 +309,10 @@ class DiskChunkStore:
             size = self._size(chunk_id)
             # The row goes first: a crash in between leaves a file without a row, which
             # `open` removes, never a row without its file.
-            with self._transaction(f"deleting chunk {chunk_id.hex()}") as connection:
-                connection.execute("DELETE FROM chunks WHERE chunk_id = ?", (chunk_id,))
+            self._opened_index().delete([chunk_id], f"deleting chunk {chunk_id.hex()}")
             self._used -= size
             self._chunks -= 1
-            _remove_quietly(self._path(chunk_id))
+            remove_quietly(self._path(chunk_id))
 
     def chunk_ids(self) -> Iterator[bytes]:
         """The ids held, in increasing order, read a page at a time. Chunks put or
@@ -374,21 +320,16 @@ class DiskChunkStore:
         after = b""  # sorts before every id
         while True:
             with self._guard:
-                rows = self._query(
-                    "listing chunks",
-                    "SELECT chunk_id FROM chunks WHERE chunk_id > ? ORDER BY chunk_id LIMIT ?",
-                    (after, ID_PAGE_SIZE),
-                )
-            for (chunk_id,) in rows:
-                yield _stored_id(chunk_id)
-            if len(rows) < ID_PAGE_SIZE:
+                page = self._opened_index().ids_after(after, ID_PAGE_SIZE)
+            yield from page
+            if len(page) < ID_PAGE_SIZE:
                 return
-            after = _stored_id(rows[-1][0])
+            after = page[-1]
 
     def statistics(self) -> StoreStatistics:
         """Chunks and bytes held, the capacity and what it still allows."""
         with self._guard:
-            self._open_connection()
+            self._opened_index()
             capacity = self._config.capacity
             return StoreStatistics(
                 chunks=self._chunks,
@@ -401,8 +342,7 @@ class DiskChunkStore:
     # ------------------------------------------------------------------ files
 
     def _path(self, chunk_id: bytes) -> Path:
-        name = chunk_id.hex()
-        return self._root / name[:2] / name
+        return chunk_path(self._root, chunk_id)
 
     def _write_file(self, chunk_id: bytes, data: bytes) -> Path:
         """Write the chunk's file durably (temp, fsync, rename, fsync the directory) and
@@ -422,17 +362,17 @@ class DiskChunkStore:
                         raise OSError(errno.EIO, "the write made no progress")
                     remaining = remaining[written:]
                 os.fsync(descriptor)
-                _drop_cached(descriptor)
+                drop_cached(descriptor)
             finally:
                 os.close(descriptor)
             os.rename(temp, path)
             renamed = True
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         except BaseException as exc:
             if renamed:
-                _remove_quietly(path)
+                remove_quietly(path)
             elif temp is not None:
-                _remove_quietly(Path(temp))
+                remove_quietly(Path(temp))
             if isinstance(exc, OSError):
                 raise self._write_error(exc, chunk_id, len(data)) from exc
             raise
@@ -450,16 +390,15 @@ class DiskChunkStore:
     def _drop(self, chunk_id: bytes, size: int, problem: str) -> None:
         """Forget a chunk found damaged: its row, its file, its bytes in the counters."""
         logger.warning("dropping chunk %s from %s: %s", chunk_id.hex(), self._root, problem)
-        with self._transaction(f"dropping corrupt chunk {chunk_id.hex()}") as connection:
-            connection.execute("DELETE FROM chunks WHERE chunk_id = ?", (chunk_id,))
+        self._opened_index().delete([chunk_id], f"dropping corrupt chunk {chunk_id.hex()}")
         self._used -= size
         self._chunks -= 1
         self._corrupt_dropped += 1
-        _remove_quietly(self._path(chunk_id))
+        remove_quietly(self._path(chunk_id))
 
     def _drop_if_same_file(self, chunk_id: bytes, opened: os.stat_result, problem: str) -> None:
         """`_drop`, unless the chunk went (or was put anew) while we read it."""
-        if self._connection is None:
+        if self._index is None:
             return
         row = self._row(chunk_id)
         if row is None:
@@ -478,187 +417,22 @@ class DiskChunkStore:
     # ------------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
-        """Remove a crash's leftovers and make the index and the files agree."""
-        try:
-            self._temp_directory.mkdir(mode=0o700, exist_ok=True)
-            temp_files_removed = self._remove_temp_files()
-            created = False
-            unacknowledged = 0
-            damaged: list[tuple[bytes, str]] = []
-            for prefix in range(256):
-                directory = self._root / f"{prefix:02x}"
-                if not directory.is_dir():
-                    directory.mkdir(mode=0o700)
-                    created = True
-                removed, bad_rows = self._reconcile(prefix, directory)
-                unacknowledged += removed
-                damaged.extend(bad_rows)
-            if created:
-                _fsync_directory(self._root)
-        except OSError as exc:
-            raise StoreError(f"cannot recover the chunk store at {self._root}: {exc}") from exc
-        if damaged:
-            with self._transaction("dropping damaged rows") as connection:
-                connection.executemany(
-                    "DELETE FROM chunks WHERE chunk_id = ?", [(key,) for key, _ in damaged]
-                )
-        for chunk_id, problem in damaged:
-            logger.warning(
-                "chunk %s in %s was lost (%s); dropped from the index",
-                chunk_id.hex(),
-                self._root,
-                problem,
-            )
-            _remove_quietly(self._path(chunk_id))
-        ((count, used),) = self._query(
-            "counting chunks", "SELECT count(*), coalesce(sum(size), 0) FROM chunks", ()
-        )
-        assert isinstance(count, int) and isinstance(used, int)
-        self._chunks, self._used = count, used
-        self.recovery = RecoveryReport(temp_files_removed, unacknowledged, len(damaged))
-        if temp_files_removed or unacknowledged:
-            logger.info(
-                "chunk store %s: removed %d temp files and %d unacknowledged chunk files",
-                self._root,
-                temp_files_removed,
-                unacknowledged,
-            )
-
-    def _remove_temp_files(self) -> int:
-        removed = 0
-        with os.scandir(self._temp_directory) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-                    removed += 1
-                else:
-                    logger.warning("leaving %s alone: not a temp file of ours", entry.path)
-        return removed
-
-    def _reconcile(self, prefix: int, directory: Path) -> tuple[int, list[tuple[bytes, str]]]:
-        """Compare one fan-out directory with its index rows. Deletes files without a
-        row; returns how many, and the rows whose file is missing or of the wrong size."""
-        low = bytes([prefix]) + bytes(CHUNK_ID_SIZE - 1)
-        high = bytes([prefix]) + b"\xff" * (CHUNK_ID_SIZE - 1)
-        rows = self._query(
-            "reading the index",
-            "SELECT chunk_id, size FROM chunks WHERE chunk_id BETWEEN ? AND ?",
-            (low, high),
-        )
-        sizes = {_stored_id(chunk_id): size for chunk_id, size in rows}
-        damaged: list[tuple[bytes, str]] = []
-        removed = 0
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                chunk_id = _chunk_id_from_name(entry.name, directory.name)
-                if chunk_id is None or not entry.is_file(follow_symlinks=False):
-                    logger.warning("leaving %s alone: not a chunk file", entry.path)
-                    continue
-                if chunk_id not in sizes:
-                    os.unlink(entry.path)  # written but never acknowledged
-                    removed += 1
-                    continue
-                size = sizes.pop(chunk_id)
-                actual = entry.stat(follow_symlinks=False).st_size
-                if actual != size:
-                    damaged.append((chunk_id, f"its file holds {actual} bytes, not {size}"))
-        damaged.extend((chunk_id, "its file is missing") for chunk_id in sizes)
-        return removed, damaged
+        """Recover from a crash (node.store.recovery), then count what is held."""
+        index = self._opened_index()
+        recovery = recover(self._root, index)
+        self._chunks, self._used = index.totals()
+        self.recovery = recovery
 
     # ------------------------------------------------------------------ the index
 
-    def _open_connection(self) -> sqlite3.Connection:
-        if self._connection is None:
+    def _opened_index(self) -> ChunkIndex:
+        if self._index is None:
             raise StoreError(f"the chunk store at {self._root} is closed")
-        return self._connection
-
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            message = f"{doing} in the chunk index in {self._root}: {exc}"
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise StoreFull(f"{message}; free some disk space") from exc
-            raise StoreError(message) from exc
-
-    @contextmanager
-    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        connection = self._open_connection()
-        with self._errors(doing):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            try:
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-
-    def _query(
-        self, doing: str, sql: str, parameters: tuple[object, ...]
-    ) -> list[tuple[object, ...]]:
-        connection = self._open_connection()
-        with self._errors(doing):
-            rows: list[tuple[object, ...]] = connection.execute(sql, parameters).fetchall()
-        return rows
-
-    def _insert(self, chunk_id: bytes, size: int, group: GroupRecord) -> None:
-        with self._transaction(f"indexing chunk {chunk_id.hex()}") as connection:
-            connection.execute(
-                "INSERT INTO chunks (chunk_id, size, k, n, share_index, sibling_ids, stored_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    chunk_id,
-                    size,
-                    group.k,
-                    group.n,
-                    group.index,
-                    b"".join(group.chunk_ids),
-                    float(self._clock()),
-                ),
-            )
+        return self._index
 
     def _row(self, chunk_id: bytes) -> ChunkInfo | None:
         """The chunk's row, or None. Call with the lock held."""
-        if not isinstance(chunk_id, bytes) or len(chunk_id) != CHUNK_ID_SIZE:
-            self._open_connection()
-            return None
-        rows = self._query(
-            "reading the index",
-            "SELECT size, k, n, share_index, sibling_ids, stored_at FROM chunks WHERE chunk_id = ?",
-            (chunk_id,),
-        )
-        if not rows:
-            return None
-        size, k, n, index, siblings, stored_at = rows[0]
-        # The CHECK constraints keep bad rows out of a file we wrote; a row that still
-        # does not make a record (a file edited by hand) is damage, reported as such.
-        if not (
-            isinstance(size, int)
-            and isinstance(k, int)
-            and isinstance(n, int)
-            and isinstance(index, int)
-            and isinstance(siblings, bytes)
-            and isinstance(stored_at, float)
-        ):
-            raise StoreError(f"damaged index row for chunk {chunk_id.hex()} in {self._root}")
-        ids = tuple(
-            siblings[start : start + CHUNK_ID_SIZE]
-            for start in range(0, len(siblings), CHUNK_ID_SIZE)
-        )
-        try:
-            group = GroupRecord(k, n, index, ids)
-        except InvalidGroupRecord as exc:
-            raise StoreError(
-                f"damaged index row for chunk {chunk_id.hex()} in {self._root}: {exc}"
-            ) from exc
-        return ChunkInfo(chunk_id, size, group, stored_at)
+        return self._opened_index().row(chunk_id)
 
     def _size(self, chunk_id: bytes) -> int:
         """The held chunk's size; `ChunkNotFound` if it is not held. Lock held."""
@@ -666,106 +440,3 @@ class DiskChunkStore:
         if row is None:
             raise ChunkNotFound(f"chunk {describe_chunk_id(chunk_id)} is not in this store")
         return row.size
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _open_index(path: Path) -> sqlite3.Connection:
-    """Open the index, check that it is ours (or new), set WAL, create the schema."""
-    try:
-        connection = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the chunk index {path}: {exc}") from exc
-    try:
-        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        fresh = application_id == 0 and version == 0
-        if fresh:
-            (objects,) = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if objects:
-                raise StoreError(f"{path} is an SQLite database of another application")
-        elif application_id != APPLICATION_ID:
-            raise StoreError(f"{path} is not a Freehold chunk index")
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"chunk index {path} has schema version {version}; "
-                f"this Freehold reads version {SCHEMA_VERSION}"
-            )
-        # Set only once the file is known to be ours: WAL is a persistent property.
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")  # see the module docstring
-        if fresh:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute(_SCHEMA)
-            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-    except sqlite3.Error as exc:
-        connection.close()
-        raise StoreError(f"{path} is not a usable chunk index: {exc}") from exc
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-def _read_at_most(descriptor: int, limit: int) -> bytes:
-    """Up to `limit` bytes from the file, fewer only at its end."""
-    parts: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        part = os.read(descriptor, remaining)
-        if not part:
-            break
-        parts.append(part)
-        remaining -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _drop_cached(descriptor: int) -> None:
-    """Hand a chunk's pages, on disk now, back to the kernel. A node's chunks are read
-    rarely, by other nodes: kept cached they would only push out the pages of the
-    volunteer's own programs, who donated disk, not memory. It also keeps long uploads
-    fast where fresh pages are dear (this VM): pages dropped are soon reused. A 1 GiB
-    put through the 10-node testnet went from 64-65 to 87-89 MB/s, with the stores'
-    system time no longer growing with every upload; gets, which now read chunks
-    from disk, measured the same (191-277 MB/s either way, two runs each)."""
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):  # advice only
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _remove_quietly(path: Path) -> None:
-    """Remove a file that must not stay; if that fails, `open` removes it next time."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        logger.warning("cannot remove %s (%s); it goes at the next start", path, exc)
-
-
-def _chunk_id_from_name(name: str, directory: str) -> bytes | None:
-    """The id a chunk file's name spells, or None if the name is not one we write."""
-    if len(name) != 2 * CHUNK_ID_SIZE or not name.startswith(directory):
-        return None
-    if not set(name) <= _HEX_DIGITS:
-        return None
-    return bytes.fromhex(name)
-
-
-def _stored_id(value: object) -> bytes:
-    if isinstance(value, bytes) and len(value) == CHUNK_ID_SIZE:
-        return value
-    raise StoreError("damaged chunk id in the chunk index")

@@ -25,6 +25,7 @@ import trio
 from hypothesis import HealthCheck, settings
 
 import node.store.disk
+import node.store.index
 from node.errors import (
     ChunkDamaged,
     ChunkMismatch,
@@ -584,7 +585,7 @@ def test_foreign_index_is_refused(tmp_path: Path, content: str, message: str) ->
         if content == "other application":
             connection.execute("CREATE TABLE mine (x)")
         else:
-            connection.execute(f"PRAGMA application_id = {node.store.disk.APPLICATION_ID}")
+            connection.execute(f"PRAGMA application_id = {node.store.index.APPLICATION_ID}")
             connection.execute("PRAGMA user_version = 99")
         connection.commit()
         connection.close()
