@@ -8,7 +8,7 @@ The store owns <data-dir>/chunks/ and everything in it:
     chunks/ab/abcd...      a chunk, named by the 64 hex digits of its id, in the
                            directory of its first two (256 directories of fan-out)
 
-node.store.files holds these names and the low-level calls on the files;
+node.store.layout holds these names and the low-level calls on the files;
 node.store.index holds the SQLite index, its schema and every query;
 node.store.recovery is what `open` does after a crash, and why a row can lose its file.
 
@@ -64,7 +64,8 @@ from node.store.base import (
     warn_if_other_group,
 )
 from node.store.config import StoreConfig
-from node.store.files import (
+from node.store.index import ChunkIndex
+from node.store.layout import (
     CHUNKS_DIRECTORY,
     LOCK_NAME,
     TEMP_DIRECTORY,
@@ -75,7 +76,6 @@ from node.store.files import (
     read_at_most,
     remove_quietly,
 )
-from node.store.index import ChunkIndex
 from node.store.recovery import RecoveryReport, recover
 from protocol import chunk
 from protocol.chunk import GroupRecord

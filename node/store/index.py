@@ -30,7 +30,7 @@ from typing import Final
 
 from node.errors import StoreError, StoreFull
 from node.store.base import ChunkInfo
-from node.store.files import INDEX_NAME
+from node.store.layout import INDEX_NAME
 from protocol.chunk import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
 from protocol.errors import InvalidGroupRecord
 

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import StoreError
-from node.store.files import (
+from node.store.index import ChunkIndex
+from node.store.layout import (
     TEMP_DIRECTORY,
     chunk_id_from_name,
     chunk_path,
     fsync_directory,
     remove_quietly,
 )
-from node.store.index import ChunkIndex
 
 __all__ = ["RecoveryReport", "recover"]
 
