@@ -54,6 +54,7 @@ __all__ = [
     "ChunkService",
     "Offload",
     "in_thread",
+    "in_threads",
     "inline",
 ]
 
@@ -78,6 +79,16 @@ Offload = Callable[..., Awaitable[Any]]
 async def in_thread(function: Callable[..., Any], *arguments: Any) -> Any:
     """Run `function(*arguments)` in a worker thread: the event loop goes on meanwhile."""
     return await trio.to_thread.run_sync(function, *arguments)
+
+
+def in_threads(limit: int) -> Offload:
+    """An `Offload` that runs work in worker threads, at most `limit` at once."""
+    limiter = trio.CapacityLimiter(limit)
+
+    async def run(function: Callable[..., Any], *arguments: Any) -> Any:
+        return await trio.to_thread.run_sync(function, *arguments, limiter=limiter)
+
+    return run
 
 
 async def inline(function: Callable[..., Any], *arguments: Any) -> Any:

@@ -151,7 +151,9 @@ def _node(arguments: argparse.Namespace) -> int:
     import trio
 
     from node.allocator import tune_allocator
+    from node.commands import serve_owner
     from node.config import load_config
+    from node.control import check_socket_path
     from node.node import Node
 
     config = load_config(
@@ -170,14 +172,24 @@ def _node(arguments: argparse.Namespace) -> int:
 
     tune_allocator()
     _exit_with_parent()
+    with_control = config.storage == "disk"
+    if with_control:
+        check_socket_path(config.control_path)  # before anything is made or logged
 
     async def run() -> None:
         node = Node(config)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                await node.run()  # returns when `freehold stop` stops it
-                nursery.cancel_scope.cancel()
+
+                async def run_node(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    await node.run(task_status=task_status)  # until `freehold stop`
+                    nursery.cancel_scope.cancel()
+
+                await nursery.start(run_node)
+                if with_control:
+                    # The owner's commands, served beside the node while it runs.
+                    await nursery.start(serve_owner, node)
 
     trio.run(run)
     return 0

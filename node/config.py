@@ -26,6 +26,7 @@ from typing import Any, Final
 from node.errors import ConfigError
 
 __all__ = [
+    "ADDRESS_FILE",
     "CONFIG_FILE_NAME",
     "DATA_DIR_ENVIRONMENT",
     "DEFAULT_PORT",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 CONFIG_FILE_NAME: Final = "config.toml"
+# Where a node with a control socket writes the HOST:PORT it listens on, once serving
+# (node/testnet.py reads it to learn ports the kernel chose).
+ADDRESS_FILE: Final = "node.address"
 DATA_DIR_ENVIRONMENT: Final = "FREEHOLD_DATA_DIR"
 # Set by node.testnet for its nodes: the testnet's pid; each stops when it goes.
 EXIT_WITH_PARENT_ENVIRONMENT: Final = "FREEHOLD_EXIT_WITH_PARENT"
@@ -171,6 +175,10 @@ class NodeConfig:
     @property
     def control_path(self) -> Path:
         return self.data_dir / "control.sock"
+
+    @property
+    def address_path(self) -> Path:
+        return self.data_dir / ADDRESS_FILE
 
     @property
     def key_path(self) -> Path:

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from node.config import EXIT_WITH_PARENT_ENVIRONMENT
+from node.config import ADDRESS_FILE, EXIT_WITH_PARENT_ENVIRONMENT
 from node.errors import NodeError
-from node.node import ADDRESS_FILE
 
 __all__ = ["Testnet", "TestnetNode", "open_testnet", "read_address", "wait_until_joined"]
 

@@ -42,6 +42,7 @@ from protocol.errors import (
     TamperedManifest,
     WrongKey,
 )
+from protocol.schema import unpack_strictly
 
 __all__ = [
     "DEFAULT_K",
@@ -436,10 +437,6 @@ def _check_chunk(manifest: Manifest, index: int, identifier: bytes, data: BytesL
         )
 
 
-def _refuse_extension(code: int, data: bytes) -> object:
-    raise ValueError(f"msgpack extension type {code} is not allowed")
-
-
 def _wire_name(value: object) -> str:
     names = {tuple: "array", dict: "map", bytes: "bytes", str: "str", int: "int"}
     return names.get(type(value), type(value).__name__)
@@ -447,18 +444,7 @@ def _wire_name(value: object) -> str:
 
 def _decode(data: BytesLike, size: int) -> Manifest:
     try:
-        fields: Any = msgpack.unpackb(
-            data,
-            use_list=False,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_refuse_extension,
-            max_bin_len=size,
-            max_str_len=size,
-            max_array_len=_MANIFEST_LENGTH,
-            max_map_len=_MANIFEST_LENGTH,
-            max_ext_len=0,
-        )
+        fields: Any = unpack_strictly(data, size=size, max_array=_MANIFEST_LENGTH)
     except msgpack.ExtraData:
         raise _Invalid("trailing bytes after the manifest") from None
     except Exception as exc:

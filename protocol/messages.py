@@ -51,7 +51,16 @@ import msgpack
 
 from protocol.chunk import MAX_CHUNK_SIZE, MAX_SHARES, ChunkId, GroupRecord
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.schema import CONSTRAINTS, Bytes, Constraint, EnumValue, Int, Items, Text
+from protocol.schema import (
+    CONSTRAINTS,
+    Bytes,
+    Constraint,
+    EnumValue,
+    Int,
+    Items,
+    Text,
+    unpack_strictly,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -925,10 +934,6 @@ class ChunksHeld(Message):
 # -------------------------------------------------------------------------- codec
 
 
-def _refuse_extension(code: int, data: bytes) -> object:
-    raise ValueError(f"msgpack extension type {code} is not allowed")
-
-
 def encode_envelope(
     envelope: Envelope,
     *,
@@ -973,18 +978,7 @@ def decode_envelope(
         # bin and str are only materialised once all their bytes are in the frame, so
         # the frame's own size bounds them; the field checks below then report the
         # precise limit. Arrays and maps are allocated up front: see _MIN_ARRAY_LIMIT.
-        frame = msgpack.unpackb(
-            data,
-            use_list=False,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_refuse_extension,
-            max_bin_len=size,
-            max_str_len=size,
-            max_array_len=max_array,
-            max_map_len=max_array,
-            max_ext_len=0,
-        )
+        frame = unpack_strictly(data, size=size, max_array=max_array)
     except msgpack.ExtraData:
         raise RemoteProtocolError("trailing bytes after the envelope") from None
     except msgpack.StackError:

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+import msgpack
 
 from protocol.errors import LocalProtocolError
 
-__all__ = ["CONSTRAINTS", "Bytes", "Constraint", "EnumValue", "Int", "Items", "Text"]
+__all__ = [
+    "CONSTRAINTS",
+    "Bytes",
+    "Constraint",
+    "EnumValue",
+    "Int",
+    "Items",
+    "Text",
+    "unpack_strictly",
+]
 
 # msgpack can carry integers in [-2**63, 2**64 - 1] and lengths up to 2**32 - 1.
 MSGPACK_MIN_INT: Final = -(2**63)
@@ -111,3 +122,29 @@ CONSTRAINTS: Final = (Bytes, Text, Int, Items, EnumValue)
 """Every constraint class, for `isinstance` checks."""
 
 Constraint = Bytes | Text | Int | Items | EnumValue
+
+
+def _refuse_extension(code: int, data: bytes) -> object:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def unpack_strictly(data: Any, *, size: int, max_array: int) -> Any:
+    """One msgpack value from `data` (`size` bytes) as every Freehold format reads it:
+    arrays as tuples, str as UTF-8, map keys only str or int, no extension types, and no
+    array or map declaring more than `max_array` elements (msgpack allocates them before
+    reading any: the limit keeps a small input from asking for gigabytes). bin and str
+    are only made once all their bytes are there, so `size` bounds them. Raises what
+    msgpack raises (`msgpack.ExtraData` for trailing bytes, ...): callers turn that into
+    their own error."""
+    return msgpack.unpackb(
+        data,
+        use_list=False,
+        raw=False,
+        strict_map_key=True,
+        ext_hook=_refuse_extension,
+        max_bin_len=size,
+        max_str_len=size,
+        max_array_len=max_array,
+        max_map_len=max_array,
+        max_ext_len=0,
+    )

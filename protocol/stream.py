@@ -41,7 +41,6 @@ from typing import Any, Final, Protocol, TypeVar
 
 from protocol.aead import KEY_SIZE, BytesLike
 from protocol.capability import ReadCapability
-from protocol.chunk import chunk_id
 from protocol.encoding import (
     Candidate,
     DecodedSegment,
@@ -61,6 +60,7 @@ from protocol.manifest import (
     Manifest,
     padme,
 )
+from protocol.manifest_index import MANIFEST_PART_SIZE, StoredManifest, store_manifest
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -166,6 +166,7 @@ class FileEncoder:
         name: str = "",
         params: EncodingParams | None = None,
         parity: Parity = zfec_parity,
+        manifest_part_size: int = MANIFEST_PART_SIZE,
     ) -> None:
         params = EncodingParams() if params is None else params
         if type(params) is not EncodingParams:
@@ -183,6 +184,7 @@ class FileEncoder:
                 f"more than {MAX_MANIFEST_SIZE}: use a larger segment size"
             )
         self._parity = parity
+        self._part_size = manifest_part_size
         self._key = _draw(random_bytes, KEY_SIZE, "file key")
         self._nonce_prefix = _draw(random_bytes, NONCE_PREFIX_SIZE, "nonce prefix")
         self._received = 0
@@ -196,6 +198,7 @@ class FileEncoder:
         self._recorded = 0
         self._manifest: Manifest | None = None
         self._manifest_bytes = b""
+        self._stored: StoredManifest | None = None
 
     # -- bytes in ---------------------------------------------------------------------
 
@@ -318,6 +321,7 @@ class FileEncoder:
             self.params, self.padded_size, self._nonce_prefix, bytes(self._ids), sealed
         )
         self._manifest_bytes = manifest.encode()
+        self._stored = store_manifest(self._manifest_bytes, self._part_size)
         self._manifest = manifest
         self._ids = bytearray()
 
@@ -346,10 +350,18 @@ class FileEncoder:
         return self._manifest_bytes
 
     @property
-    def manifest_id(self) -> bytes:
-        """BLAKE3-256 of `manifest_bytes`."""
+    def stored_manifest(self) -> StoredManifest:
+        """The chunks that store the manifest: itself, or its parts and an index
+        (protocol/manifest_index.py), and the id that names it."""
         self._finished()
-        return chunk_id(self._manifest_bytes)
+        assert self._stored is not None
+        return self._stored
+
+    @property
+    def manifest_id(self) -> bytes:
+        """The id the capability names: BLAKE3-256 of `manifest_bytes`, or of the
+        manifest index when the manifest is stored in parts."""
+        return self.stored_manifest.root_id
 
     @property
     def read_capability(self) -> ReadCapability:
@@ -525,6 +537,7 @@ class Encoder:
         executor: Executor | None = None,
         window: int = DEFAULT_WINDOW,
         parity: Parity = zfec_parity,
+        manifest_part_size: int = MANIFEST_PART_SIZE,
     ) -> None:
         _check_window(executor, window)
         self._file = FileEncoder(
@@ -533,6 +546,7 @@ class Encoder:
             name=name,
             params=params,
             parity=parity,
+            manifest_part_size=manifest_part_size,
         )
         self.params = self._file.params
         self.info = self._file.info
@@ -583,8 +597,13 @@ class Encoder:
         return self._file.manifest_bytes
 
     @property
+    def stored_manifest(self) -> StoredManifest:
+        """The chunks that store the manifest, and the id that names it."""
+        return self._file.stored_manifest
+
+    @property
     def manifest_id(self) -> bytes:
-        """BLAKE3-256 of `manifest_bytes`."""
+        """The id the capability names (FileEncoder.manifest_id)."""
         return self._file.manifest_id
 
     @property

@@ -166,7 +166,6 @@ class SimNetwork:
             link_layer=self.network.link_layer(
                 identity, host, random_bytes=random.Random(seed ^ 0xC0FFEE).randbytes
             ),
-            control=False,
             rng=random.Random(seed),
             random_bytes=random.Random(seed ^ 0x5EED).randbytes,
             wall_clock=trio.current_time,

@@ -28,6 +28,7 @@ so `alive_%` can stray far from `expected_%` in one run.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import time
 from dataclasses import dataclass, replace
@@ -38,7 +39,7 @@ import trio
 
 from dht.errors import DhtError
 from node.errors import NodeError, single_error
-from node.files import fetch_manifest
+from node.files import fetch_manifest, get_file, put_file
 from protocol.capability import ReadCapability
 from protocol.errors import ProtocolError
 from simulations.harness import SimNetwork, SimNode, memory_high_water_mib, open_network
@@ -169,8 +170,9 @@ async def _put_all(
         for number in range(count):
             data = rng.randbytes(size)
             try:
-                capability = await uploader.node.put(
-                    [data], size=size, name=f"{code.name}-{number}"
+                assert uploader.node.files is not None
+                capability = await put_file(
+                    uploader.node.files, io.BytesIO(data), size=size, name=f"{code.name}-{number}"
                 )
             except (NodeError, ProtocolError, DhtError):
                 failed[code.name] += 1
@@ -197,13 +199,14 @@ async def _fetch_all(files: list[_File], getters: list[SimNode]) -> list[tuple[b
         began = trio.current_time()
         pieces: list[bytes] = []
 
-        async def write(data: bytes) -> None:
-            pieces.append(data)
+        async def write(data: memoryview) -> None:
+            pieces.append(bytes(data))
 
         outcome = (False, "timed out")
         with trio.move_on_after(GET_TIMEOUT):
             try:
-                await getter.node.get(file.capability, write)
+                assert getter.node.files is not None
+                await get_file(getter.node.files, file.capability, write)
             except Exception as exc:
                 # get() can raise its gathering tasks' errors in a group.
                 error = single_error(exc, UNREADABLE)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from node.node import ADDRESS_FILE
+from node.config import ADDRESS_FILE
 from node.store import StoreConfig, open_chunk_store
 from node.testnet import open_testnet, read_address, wait_until_joined
 from protocol.capability import ReadCapability

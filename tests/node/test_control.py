@@ -501,18 +501,18 @@ async def test_a_cancelled_receive_fd_leaks_no_descriptor() -> None:
 def test_the_node_takes_only_regular_files_by_descriptor(tmp_path: Path) -> None:
     """A pipe (or terminal, or socket) sent as a descriptor is refused with a clear
     error and closed; a regular file is taken."""
-    from node.node import _received_file
+    from node.commands import received_file
 
     reading, writing = os.pipe()
     try:
         with pytest.raises(NodeError, match="only regular files"):
-            _received_file(reading, "rb")
+            received_file(reading, "rb")
         with pytest.raises(OSError):
             os.fstat(reading)  # closed by the refusal
     finally:
         os.close(writing)
     (tmp_path / "f").write_bytes(b"x")
-    with _received_file(os.open(tmp_path / "f", os.O_RDONLY), "rb") as file:
+    with received_file(os.open(tmp_path / "f", os.O_RDONLY), "rb") as file:
         assert file.read() == b"x"
 
 

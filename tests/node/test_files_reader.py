@@ -1,5 +1,7 @@
-"""node/files, the reader's side: whom it asks first for a segment's chunks, and that
-stopping early never costs it a file that enough honest holders can still give."""
+"""node/files, driven against holders answering from memory: whom a reader asks first
+for a segment's chunks, that stopping early never costs it a file that enough honest
+holders can still give, and where placement puts chunks. (The segment fetch's rules
+alone, with no network at all, are tests/node/test_segment_fetch.py's.)"""
 
 from __future__ import annotations
 
@@ -16,18 +18,13 @@ from trio.testing import MockClock
 
 from dht.contact import Contact
 from node.chunks import inline
+from node.commands import UserFile, write_all
 from node.errors import NodeError, RemoteError, RequestTimeout
-from node.files import (
-    HEDGE_AFTER,
-    _gather,
-    _Guesses,
-    _likely_holders,
-    _locate,
-    _place_segment,
-    _Placement,
-    fetch_manifest,
-)
-from node.node import _UserFile, _write_all
+from node.files import ChunkClient, FileNetwork, FileSettings, fetch_manifest
+from node.files.locate import likely_holders, locate
+from node.files.placement import Placement, place_segment
+from node.files.retrieval import gather_segment
+from node.files.segment_fetch import HEDGE_AFTER, Guesses
 from node.writeback import StreamingWriter
 from protocol.chunk import GroupRecord, chunk_id
 from protocol.identity import NodeId
@@ -56,7 +53,7 @@ def test_likely_holders_follow_placement(seed: int, known: int, ids: int) -> Non
     rng = random.Random(seed)
     nodes = contacts(rng, known)
     keys = [rng.randbytes(32) for _ in range(ids)]
-    order = _likely_holders(nodes, keys)
+    order = likely_holders(nodes, keys)
     assert sorted(c.node_id.value for c in order) == sorted(c.node_id.value for c in nodes)
     left = list(nodes)
     for position, key in enumerate(keys[: len(nodes)]):
@@ -115,9 +112,12 @@ class Holders:
             data = bytes([data[0] ^ 1]) + data[1:]
         return ChunkData(GroupRecord(1, 1, 0, (message.chunk_id,)), data)
 
-    def network(self, params: EncodingParams | None = None) -> Any:
-        return types.SimpleNamespace(
-            transport=self, dht=self.dht, own_contact=None, offload=inline, params=params
+    def network(self, params: EncodingParams | None = None) -> FileNetwork:
+        return FileNetwork(
+            client=ChunkClient(transport=self, offload=inline),  # type: ignore[arg-type]
+            dht=self.dht,  # type: ignore[arg-type]
+            settings=FileSettings(params=params or EncodingParams(3, 10, 4096), happy=1),
+            codec=inline,
         )
 
 
@@ -150,13 +150,13 @@ async def test_a_reader_looks_further_when_the_first_holders_it_found_lie(
     holders = Holders(rng, [dict([chunk]) for chunk in chunks])
     net = holders.network()
     ids = [identifier for identifier, _ in chunks]
-    located = await _locate(net, ids, enough=4)
+    located = await locate(net, ids, enough=4)
     first = [ids[number] for number, found in enumerate(located) if found]
     assert len(first) == 4  # stopped early
     for node in holders.nodes:
         for identifier in first[:3]:
             holders.rotten.add((node.node_id, identifier))
-    got = await _gather(net, manifest, 0)
+    got = await gather_segment(net, manifest, 0)
     assert len(got) == 3
     assert not {identifier for identifier, _ in got} & set(first[:3])
     assert all(data == dict(chunks)[identifier] for identifier, data in got)
@@ -171,7 +171,7 @@ async def test_a_reader_takes_the_manifest_from_another_holder_when_the_first_li
     manifest, manifest_bytes, _ = encoded(rng)
     manifest_id = chunk_id(manifest_bytes)
     holders = Holders(rng, [{manifest_id: manifest_bytes} for _ in range(10)])
-    first = (await _locate(holders.network(), [manifest_id], enough=1))[0]
+    first = (await locate(holders.network(), [manifest_id], enough=1))[0]
     assert len(first) == 1
     holders.rotten.add((first[0].node_id, manifest_id))
     assert await fetch_manifest(holders.network(), manifest_id) == manifest
@@ -197,8 +197,8 @@ def test_errors_of_the_users_file_are_one_line_node_errors() -> None:
         open("/dev/full", "wb", buffering=0) as full,
         pytest.raises(NodeError, match="cannot write the output: No space left on device"),
     ):
-        _write_all(StreamingWriter(full), memoryview(b"data"))
-    user_file = _UserFile(Refusing())
+        write_all(StreamingWriter(full), memoryview(b"data"))
+    user_file = UserFile(Refusing())
     with pytest.raises(NodeError, match="cannot read the file: Input/output error"):
         user_file.readinto(bytearray(4))
     with pytest.raises(NodeError, match="cannot read the file: Input/output error"):
@@ -208,7 +208,7 @@ def test_errors_of_the_users_file_are_one_line_node_errors() -> None:
 def placed(rng: random.Random, chunks: list[tuple[bytes, bytes]], holders: Holders) -> None:
     """Chunks laid out as placement lays them: chunk j on the node closest to its id
     among those without one (the group key's closest nodes are all ten)."""
-    order = _likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
+    order = likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
     for node, chunk in zip(order, chunks, strict=True):
         holders.held[node.node_id] = dict([chunk])
 
@@ -222,8 +222,8 @@ async def test_a_reader_fetches_from_the_nodes_placement_chose_without_asking(
     manifest, _, chunks = encoded(rng)
     holders = Holders(rng, [{} for _ in chunks])
     placed(rng, chunks, holders)
-    guesses = _Guesses()
-    got = await _gather(holders.network(), manifest, 0, guesses)
+    guesses = Guesses()
+    got = await gather_segment(holders.network(), manifest, 0, guesses)
     assert got == chunks[:3]
     assert [kind for kind, _ in holders.requests] == ["FetchChunk"] * 3
     assert (guesses.right, guesses.wrong) == (3, 0)
@@ -240,14 +240,14 @@ async def test_wrong_guesses_fall_back_to_asking_and_then_stop(clock: MockClock)
     shifted = list(holders.held.values())
     for node, held in zip(holders.nodes, shifted[3:] + shifted[:3], strict=True):
         holders.held[node.node_id] = held  # every node holds another node's chunk
-    guesses = _Guesses()
-    got = await _gather(holders.network(), manifest, 0, guesses)
+    guesses = Guesses()
+    got = await gather_segment(holders.network(), manifest, 0, guesses)
     assert holders.requests[0][0] == "FetchChunk"  # it guessed
     assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
     assert guesses.right == 0 and guesses.wrong >= 3
     assert not guesses.worth_it()
     holders.requests.clear()
-    got = await _gather(holders.network(), manifest, 0, guesses)
+    got = await gather_segment(holders.network(), manifest, 0, guesses)
     assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
     kinds = [kind for kind, _ in holders.requests]
     assert kinds[0] == "HasChunks" and kinds.count("FetchChunk") == 3
@@ -266,8 +266,8 @@ async def test_guessed_holders_that_lie_are_replaced(clock: MockClock) -> None:
         for identifier, _ in chunks[:3]:
             if identifier in held:
                 holders.rotten.add((node_id, identifier))
-    guesses = _Guesses()
-    got = await _gather(holders.network(), manifest, 0, guesses)
+    guesses = Guesses()
+    got = await gather_segment(holders.network(), manifest, 0, guesses)
     assert len(got) == 3
     assert not {identifier for identifier, _ in got} & {identifier for identifier, _ in chunks[:3]}
     assert all(data == dict(chunks)[identifier] for identifier, data in got)
@@ -276,7 +276,7 @@ async def test_guessed_holders_that_lie_are_replaced(clock: MockClock) -> None:
 
 async def test_placement_puts_each_chunk_where_readers_guess(clock: MockClock) -> None:
     """Chunk j of every segment goes to the node closest to its id among those without
-    a chunk of the segment, in block order, as `_likely_holders` guesses; not in the
+    a chunk of the segment, in block order, as `likely_holders` guesses; not in the
     order the scheduler happens to run the placing tasks (trio varies it on purpose,
     and 20 segments were enough to see it)."""
     rng = random.Random(16)
@@ -286,10 +286,10 @@ async def test_placement_puts_each_chunk_where_readers_guess(clock: MockClock) -
     for index in range(20):
         ids = tuple(rng.randbytes(32) for _ in range(params.n))
         pending: list[bytes | None] = [bytes([index, number]) for number in range(params.n)]
-        await _place_segment(net, index, ids, pending, _Placement(), trio.Semaphore(4))
+        await place_segment(net, index, ids, pending, Placement(), trio.Semaphore(4))
         assert pending == [None] * params.n
         where = {key: node for node, held in holders.held.items() for key in held}
-        expected = _likely_holders(holders.closest(NodeId(ids[0]), 20), list(ids))
+        expected = likely_holders(holders.closest(NodeId(ids[0]), 20), list(ids))
         assert [where[key] for key in ids] == [c.node_id for c in expected[: params.n]]
         for held in holders.held.values():
             held.clear()
@@ -324,10 +324,10 @@ async def test_silent_guessed_holders_cost_a_hedge_not_their_timeouts(
     manifest, _, chunks = encoded(rng)
     holders = Silent(rng, [{} for _ in chunks])
     placed(rng, chunks, holders)
-    order = _likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
+    order = likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
     holders.silent = {order[0].node_id, order[1].node_id}
     started = trio.current_time()
-    got = await _gather(holders.network(), manifest, 0, _Guesses() if guessing else None)
+    got = await gather_segment(holders.network(), manifest, 0, Guesses() if guessing else None)
     assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
     assert trio.current_time() - started < 3 * HEDGE_AFTER + 1
     asked_silent = [kind for kind, node in holders.requests if node in holders.silent]
@@ -352,10 +352,10 @@ async def test_placement_with_fewer_nodes_than_chunks_survives_a_refusal(
 
     holders = Refusing(rng, [{} for _ in range(4)])
     ids = tuple(rng.randbytes(32) for _ in range(params.n))
-    refusing = _likely_holders(holders.nodes, list(ids))[0].node_id
+    refusing = likely_holders(holders.nodes, list(ids))[0].node_id
     pending: list[bytes | None] = [bytes([number]) for number in range(params.n)]
-    placement = _Placement()
-    await _place_segment(holders.network(params), 0, ids, pending, placement, trio.Semaphore(4))
+    placement = Placement()
+    await place_segment(holders.network(params), 0, ids, pending, placement, trio.Semaphore(4))
     assert pending == [None] * params.n
     assert placement.chunks_stored == params.n
     assert not holders.held[refusing]
@@ -382,9 +382,9 @@ async def test_a_slow_holder_of_most_chunks_is_asked_in_the_end(
             return await super().request(address, message, node_id=node_id, timeout=timeout)
 
     holders = Slow(rng, [{}, {}])
-    order = _likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
+    order = likely_holders(holders.nodes, [identifier for identifier, _ in chunks])
     slow, other = order[0].node_id, order[1].node_id
     for number, (identifier, data) in enumerate(chunks):
         holders.held[other if number == 1 else slow][identifier] = data
-    got = await _gather(holders.network(), manifest, 0, _Guesses() if guessing else None)
+    got = await gather_segment(holders.network(), manifest, 0, Guesses() if guessing else None)
     assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from node.commands import write_all
 from node.errors import NodeError
-from node.node import _write_all
 from node.writeback import StreamingWriter, libc_sync_file_range
 from tests.node.pages import can_drop_pages, resident_pages
 
@@ -140,7 +140,7 @@ def test_an_io_error_found_by_the_writeback_fails_the_get(tmp_path: Path) -> Non
     with open(tmp_path / "out", "wb", buffering=0) as file:
         writer = StreamingWriter(file, keep=0, sync_file_range=Recorder(fail=errno.EIO))
         with pytest.raises(NodeError, match="cannot write the output: Input/output error"):
-            _write_all(writer, memoryview(b"data"))
+            write_all(writer, memoryview(b"data"))
 
 
 def test_negative_keep_is_refused(tmp_path: Path) -> None:

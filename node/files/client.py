@@ -1,0 +1,114 @@
+"""The one client of the chunk RPCs: STORE_CHUNK, FETCH_CHUNK and HAS_CHUNKS.
+
+docs/PROTOCOL.md#chunk-messages. Every request of the file layer to a holder goes
+through `ChunkClient`, and so does the short cut for the one holder that is this node:
+a contact that is us is served by our own store, with the same checks a peer's request
+gets, and never by the network.
+
+What it promises:
+
+- Each method returns the answer the protocol defines or raises a `NodeError`: a
+  `TransportError` for a holder that could not be reached, timed out, answered ERROR
+  (`RemoteError`, with its code) or answered with the wrong message.
+- `fetch` never trusts the bytes: it returns them with their BLAKE3-256 digest, taken
+  off the event loop, for the caller to compare with the id it asked for (our own
+  store checks its bytes itself, so a local chunk's digest is its id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from dht.contact import Contact
+from node.chunks import ChunkService, Offload, in_thread
+from node.errors import TransportError
+from node.transport import Transport
+from protocol.chunk import GroupRecord, chunk_id
+from protocol.messages import ChunkData, ChunksHeld, ChunkStored, FetchChunk, HasChunks, StoreChunk
+
+__all__ = ["CHUNK_TIMEOUT", "QUERY_TIMEOUT", "ChunkClient", "Fetched"]
+
+CHUNK_TIMEOUT: Final = 30.0
+"""Seconds to wait for a STORE_CHUNK's or a FETCH_CHUNK's answer (a chunk each way)."""
+QUERY_TIMEOUT: Final = 5.0
+"""Seconds to wait for a HAS_CHUNKS answer."""
+
+
+class Fetched(NamedTuple):
+    """A chunk's bytes as a holder sent them, and their BLAKE3-256 digest."""
+
+    data: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkClient:
+    """Stores, fetches and asks about chunks on any node, this one included."""
+
+    transport: Transport
+    local: ChunkService | None = None
+    """This node's chunk service, or None when it takes no chunks (no capacity)."""
+    own: Contact | None = None
+    """This node as a contact, when `local` is given."""
+    offload: Offload = in_thread
+    """How blocking work (our store, hashing) runs: `in_thread`, or `inline`."""
+
+    def __post_init__(self) -> None:
+        if (self.local is None) != (self.own is None):
+            raise ValueError("ChunkClient needs both or neither of `local` and `own`")
+
+    def is_self(self, contact: Contact) -> bool:
+        """Whether `contact` is this node."""
+        return self.own is not None and contact.node_id == self.own.node_id
+
+    def _local(self) -> ChunkService:
+        assert self.local is not None  # is_self() is true only with `local`
+        return self.local
+
+    async def store(self, contact: Contact, data: bytes, group: GroupRecord) -> None:
+        """Store one chunk on `contact`; raises NodeError (transport or refusal) if not."""
+        if self.is_self(contact):
+            await self._local().store_local(data, group)
+            return
+        answer = await self.transport.request(
+            contact.address,
+            StoreChunk(group, data),
+            node_id=contact.node_id,
+            timeout=CHUNK_TIMEOUT,
+        )
+        if not isinstance(answer, ChunkStored):
+            raise TransportError(f"{contact.node_id.short()} answered {type(answer).__name__}")
+
+    async def fetch(self, contact: Contact, wanted: bytes) -> Fetched:
+        """Chunk `wanted` as `contact` sent it, with the digest of what it sent."""
+        if self.is_self(contact):
+            data = await self.offload(self._local().store.get, wanted)  # checked by the store
+            return Fetched(data, wanted)
+        answer = await self.transport.request(
+            contact.address, FetchChunk(wanted), node_id=contact.node_id, timeout=CHUNK_TIMEOUT
+        )
+        if not isinstance(answer, ChunkData):
+            raise TransportError(f"{contact.node_id.short()} answered {type(answer).__name__}")
+        # Hashed off the event loop (in a worker thread, where blake3 runs without the GIL).
+        return Fetched(answer.data, await self.offload(chunk_id, answer.data))
+
+    async def fetch_verified(self, contact: Contact, wanted: bytes) -> bytes:
+        """Chunk `wanted` from `contact`, checked against its id; NodeError if not."""
+        fetched = await self.fetch(contact, wanted)
+        if fetched.digest != wanted:
+            raise TransportError(f"{contact.node_id.short()} sent bytes that are not the chunk")
+        return fetched.data
+
+    async def held(self, contact: Contact, ids: Sequence[bytes]) -> list[bool]:
+        """Which of `ids` `contact` says it holds, one flag each."""
+        if self.is_self(contact):
+            store = self._local().store
+            return await self.offload(lambda: [store.has(each) for each in ids])  # type: ignore[no-any-return]
+        answer = await self.transport.request(
+            contact.address, HasChunks(tuple(ids)), node_id=contact.node_id, timeout=QUERY_TIMEOUT
+        )
+        if not isinstance(answer, ChunksHeld) or len(answer.held) != len(ids):
+            raise TransportError(f"{contact.node_id.short()} answered HAS_CHUNKS wrongly")
+        return list(answer.held)

@@ -1,0 +1,61 @@
+"""What the file layer needs from the node: its collaborators and the owner's settings.
+
+The node builds one `FileNetwork` (node/node.py) and passes it to `put_file`,
+`get_file` and `check_file`; tests and simulations build their own from the same
+parts. Nothing in the file layer reaches for anything else of the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nacl.utils
+
+from dht.service import DhtService
+from node.chunks import Offload, in_thread
+from node.errors import ConfigError
+from node.files.client import ChunkClient
+from protocol.chunk import MAX_CHUNK_SIZE
+from protocol.encoding import Parity, zfec_parity
+from protocol.identity import RandomBytes
+from protocol.manifest import EncodingParams
+from protocol.manifest_index import MANIFEST_PART_SIZE
+
+__all__ = ["FileNetwork", "FileSettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSettings:
+    """How this node's owner puts files: the code, how many distinct nodes must take
+    shares of an upload (`happy`, checked against n by `NodeConfig`) for it to count as
+    placed, and the size of a large manifest's parts."""
+
+    params: EncodingParams
+    happy: int
+    manifest_part_size: int = MANIFEST_PART_SIZE
+    """A manifest over this many bytes is stored in parts of this size, named by a
+    manifest index (protocol/manifest_index.py)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.manifest_part_size <= MAX_CHUNK_SIZE:
+            raise ConfigError(
+                f"manifest_part_size = {self.manifest_part_size} is outside 1..{MAX_CHUNK_SIZE}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileNetwork:
+    """The file layer's collaborators."""
+
+    client: ChunkClient
+    """Every chunk request, this node's own store included."""
+    dht: DhtService
+    """Lookups and provider records."""
+    settings: FileSettings
+    codec: Offload = in_thread
+    """Where encoding, decoding and hashing run: `in_thread`, or `inline` (simulations:
+    a worker thread's real time would let trio's MockClock jump past every timeout)."""
+    random_bytes: RandomBytes = nacl.utils.random
+    """File keys and nonce prefixes."""
+    parity: Parity = zfec_parity
+    """The parity blocks: node/isal.py's `best_parity()` in a node."""
