@@ -4,8 +4,8 @@ A `Link` carries frames (each one encoded envelope, see protocol.messages) betwe
 nodes that know each other's NodeId. Two implementations exist: TCP with the Noise
 secure channel (node.transport.tcp) and an in-memory network with seeded latency, loss
 and partitions (node.transport.memory). Everything above (request ids, timeouts, the
-connection pool, limits) lives in node.transport.rpc and is shared by both, so the
-node never knows which one it runs on.
+connection pool, limits) lives in node.transport.rpc and node.transport.connection and
+is shared by both, so the node never knows which one it runs on.
 
 Listening is split in two steps so that the shared layer can enforce the connection
 limit and the handshake timeout the same way for both: `LinkListener.accept()` hands
