@@ -159,7 +159,7 @@ async def test_wire_carries_the_noise_handshake_then_ciphertext(clock: MockClock
 
 async def test_large_frame_travels_as_several_noise_messages(clock: MockClock) -> None:
     """A frame over one Noise message's plaintext is split into records of at most 65535
-    bytes, as tcp.py splits it, and arrives whole."""
+    bytes, as secure_link.py splits it, and arrives whole."""
     wire = Wire()
     network = MemoryNetwork(seed=1, secure=True, intercept=wire)
     async with alice_and_bob(network) as (alice, listener, _, bob_id):
