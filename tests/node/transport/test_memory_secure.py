@@ -24,7 +24,7 @@ from node.transport import (
     open_transport,
 )
 from node.transport.link import NoRoom
-from node.transport.memory import LINK_BUFFER_FRAMES
+from node.transport.memory_link import LINK_BUFFER_FRAMES
 from protocol.handshake import PAYLOAD_SIZE
 from protocol.identity import Identity, NodeId
 from protocol.messages import Ping
