@@ -32,14 +32,16 @@ import trio
 
 from node.errors import (
     ConnectionClosed,
+    LinkClosed,
     MessageTooLarge,
+    NoRoom,
     RemoteError,
     RequestRejected,
     RequestTimeout,
     TransportError,
 )
 from node.transport.handler import AsyncHandler, InlineHandler, Peer
-from node.transport.link import Address, Link, LinkClosed, NoRoom
+from node.transport.link import Address, Link
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.messages import (
     Envelope,

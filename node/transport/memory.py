@@ -37,11 +37,11 @@ from collections.abc import Callable, Iterable
 import nacl.utils
 import trio
 
+from node.errors import LinkClosed
 from node.transport.config import TransportConfig
 from node.transport.link import (
     Address,
     Link,
-    LinkClosed,
     LinkLayer,
     LinkListener,
     PendingLink,

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from node.errors import LinkClosed, NoRoom
 from node.transport.config import TransportConfig
-from node.transport.link import Address, Link, LinkClosed, NoRoom
+from node.transport.link import Address, Link
 from protocol.errors import ProtocolError
 from protocol.handshake import SecureHandshake
 from protocol.identity import NodeId

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from node.transport.link import LinkClosed
+from node.errors import LinkClosed
 from protocol.noise import MAX_MESSAGE_SIZE
 
 __all__ = ["RECORD_HEADER", "Buffer", "RecordSocket"]

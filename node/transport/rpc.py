@@ -26,11 +26,11 @@ from typing import cast
 
 import trio
 
-from node.errors import ConnectionFailed, RequestTimeout, TransportError
+from node.errors import ConnectionFailed, LinkClosed, RequestTimeout, TransportError
 from node.transport.config import TransportConfig
 from node.transport.connection import Connection
 from node.transport.handler import AsyncHandler, Handler, InlineHandler, Peer
-from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from node.transport.link import Address, Link, LinkLayer, LinkListener, PendingLink
 from protocol.identity import Identity, NodeId
 from protocol.messages import Message, Ping, Pong
 

@@ -18,8 +18,9 @@ import struct
 
 import trio
 
+from node.errors import LinkClosed, NoRoom
 from node.transport.config import TransportConfig
-from node.transport.link import Address, Link, LinkClosed, NoRoom
+from node.transport.link import Address, Link
 from node.transport.record_socket import RECORD_HEADER, Buffer, RecordSocket
 from protocol.errors import ProtocolError
 from protocol.identity import NodeId

@@ -19,11 +19,11 @@ import socket
 import nacl.utils
 import trio
 
+from node.errors import LinkClosed
 from node.transport.config import TransportConfig
 from node.transport.link import (
     Address,
     Link,
-    LinkClosed,
     LinkLayer,
     LinkListener,
     PendingLink,

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from node.errors import ConnectionClosed
+from node.errors import ConnectionClosed, NoRoom
 from node.transport import (
     Link,
     LinkClosed,
@@ -23,7 +23,6 @@ from node.transport import (
     TransportConfig,
     open_transport,
 )
-from node.transport.link import NoRoom
 from node.transport.memory_link import LINK_BUFFER_FRAMES
 from protocol.handshake import PAYLOAD_SIZE
 from protocol.identity import Identity, NodeId
