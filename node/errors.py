@@ -24,7 +24,9 @@ __all__ = [
     "ConnectionFailed",
     "ControlError",
     "KeyFileError",
+    "LinkClosed",
     "MessageTooLarge",
+    "NoRoom",
     "NodeError",
     "NodeNotRunning",
     "PlacementFailed",
@@ -108,6 +110,29 @@ class RemoteError(TransportError):
         super().__init__(f"peer answered error {code}: {message}")
         self.code = code
         self.message = message
+
+
+# Signals from a link (node.transport.link) to the transport above it, which turns each
+# into one of the TransportErrors above, or a log line, before its callers could see it.
+# Not TransportErrors themselves, so that no `except TransportError` meant for a failed
+# request takes one of them for its own.
+
+
+class LinkClosed(NodeError):
+    """The link is closed: by us, by the peer, or because the peer broke the protocol.
+
+    `reason` says which, for the log line that every cut-off peer gets; `misbehaved` is
+    true when the peer broke the protocol (as opposed to going away).
+    """
+
+    def __init__(self, reason: str, *, misbehaved: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.misbehaved = misbehaved
+
+
+class NoRoom(NodeError):
+    """The link's send queue stayed full until the caller's deadline; nothing was sent."""
 
 
 class RequestRejected(NodeError):

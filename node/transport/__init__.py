@@ -4,10 +4,12 @@
 `LinkLayer`: `TcpLinkLayer` (Noise over TCP) or `MemoryNetwork.link_layer()`.
 """
 
+from node.errors import LinkClosed
 from node.transport.config import TransportConfig
-from node.transport.link import Address, Link, LinkClosed, LinkLayer, LinkListener, PendingLink
+from node.transport.handler import Handler, Peer
+from node.transport.link import Address, Link, LinkLayer, LinkListener, PendingLink
 from node.transport.memory import MemoryLinkLayer, MemoryNetwork
-from node.transport.rpc import Handler, Peer, Transport, TransportStatistics, open_transport
+from node.transport.rpc import Transport, TransportStatistics, open_transport
 from node.transport.tcp import TcpLinkLayer
 
 __all__ = [

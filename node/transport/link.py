@@ -4,13 +4,17 @@ A `Link` carries frames (each one encoded envelope, see protocol.messages) betwe
 nodes that know each other's NodeId. Two implementations exist: TCP with the Noise
 secure channel (node.transport.tcp) and an in-memory network with seeded latency, loss
 and partitions (node.transport.memory). Everything above (request ids, timeouts, the
-connection pool, limits) lives in node.transport.rpc and is shared by both, so the
-node never knows which one it runs on.
+connection pool, limits) lives in node.transport.rpc and node.transport.connection and
+is shared by both, so the node never knows which one it runs on.
 
 Listening is split in two steps so that the shared layer can enforce the connection
 limit and the handshake timeout the same way for both: `LinkListener.accept()` hands
 back a `PendingLink` (a peer that has connected but not yet authenticated), and
 `PendingLink.handshake()` turns it into a `Link`.
+
+A link reports failure with two errors of node.errors: `LinkClosed` (with the reason,
+and whether the peer misbehaved) and `NoRoom` (its queue stayed full until the caller's
+deadline). The connection above turns them into TransportErrors.
 """
 
 from __future__ import annotations
@@ -29,32 +33,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Address",
     "Link",
-    "LinkClosed",
     "LinkLayer",
     "LinkListener",
-    "NoRoom",
     "PendingLink",
 ]
 
 # (host, port). For TCP a host name or IP literal; for the in-memory network a name.
 Address = tuple[str, int]
-
-
-class LinkClosed(Exception):
-    """The link is closed: by us, by the peer, or because the peer broke the protocol.
-
-    `reason` says which, for the log line that every cut-off peer gets; `misbehaved` is
-    true when the peer broke the protocol (as opposed to going away).
-    """
-
-    def __init__(self, reason: str, *, misbehaved: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.misbehaved = misbehaved
-
-
-class NoRoom(Exception):
-    """The link's send queue stayed full until the caller's deadline; nothing was sent."""
 
 
 class Link(ABC):

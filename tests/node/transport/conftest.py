@@ -20,6 +20,7 @@ import pytest
 from trio.testing import MockClock
 
 from node.transport import (
+    Handler,
     LinkLayer,
     MemoryNetwork,
     TcpLinkLayer,
@@ -27,7 +28,6 @@ from node.transport import (
     TransportConfig,
     open_transport,
 )
-from node.transport.rpc import Handler
 from protocol.identity import Identity
 from protocol.messages import Message
 

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from node.errors import ConnectionClosed
+from node.errors import ConnectionClosed, NoRoom
 from node.transport import (
     Link,
     LinkClosed,
@@ -23,8 +23,7 @@ from node.transport import (
     TransportConfig,
     open_transport,
 )
-from node.transport.link import NoRoom
-from node.transport.memory import LINK_BUFFER_FRAMES
+from node.transport.memory_link import LINK_BUFFER_FRAMES
 from protocol.handshake import PAYLOAD_SIZE
 from protocol.identity import Identity, NodeId
 from protocol.messages import Ping
@@ -159,7 +158,7 @@ async def test_wire_carries_the_noise_handshake_then_ciphertext(clock: MockClock
 
 async def test_large_frame_travels_as_several_noise_messages(clock: MockClock) -> None:
     """A frame over one Noise message's plaintext is split into records of at most 65535
-    bytes, as tcp.py splits it, and arrives whole."""
+    bytes, as secure_link.py splits it, and arrives whole."""
     wire = Wire()
     network = MemoryNetwork(seed=1, secure=True, intercept=wire)
     async with alice_and_bob(network) as (alice, listener, _, bob_id):

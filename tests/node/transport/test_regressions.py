@@ -28,7 +28,7 @@ from trio.testing import MockClock
 
 from node.errors import ConnectionFailed, RequestTimeout, TransportError
 from node.transport import Address, Peer, Transport, TransportConfig
-from node.transport.tcp import SEND_HIGH_WATER
+from node.transport.secure_link import SEND_HIGH_WATER
 from protocol.handshake import SecureHandshake
 from protocol.identity import NodeId
 from protocol.messages import (
