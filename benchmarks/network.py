@@ -16,7 +16,7 @@ would run it):
 4. CPU of the idle testnet: user + system time of the 10 processes over 30 s (10 s in a
    quick run), as a percentage of one core.
 
-Baseline in the same run: the encoding pipeline alone (protocol/encoding.Encoder with
+Baseline in the same run: the encoding pipeline alone (protocol/stream.Encoder with
 2 worker threads and the nodes' parity function, node/isal.best_parity, in this
 process, no network) on the same bytes, and the decoding alone; the network figures
 are printed beside them as a ratio. The issue's targets (Tahoe-LAFS measured on this

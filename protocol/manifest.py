@@ -261,7 +261,7 @@ def _unseal(sealed: bytes, key: bytes, nonce_prefix: bytes) -> FileInfo:
 # --------------------------------------------------------------------------- manifest
 
 
-class _Invalid(Exception):
+class _BadManifest(Exception):
     """A rule of the format is broken; the caller picks the exception class."""
 
 
@@ -420,7 +420,7 @@ class Manifest:
             raise TamperedManifest("manifest bytes do not hash to the manifest id")
         try:
             return _decode(data, size)
-        except _Invalid as exc:
+        except _BadManifest as exc:
             raise TamperedManifest(f"manifest: {exc}") from None
 
 
@@ -446,19 +446,19 @@ def _decode(data: BytesLike, size: int) -> Manifest:
     try:
         fields: Any = unpack_strictly(data, size=size, max_array=_MANIFEST_LENGTH)
     except msgpack.ExtraData:
-        raise _Invalid("trailing bytes after the manifest") from None
+        raise _BadManifest("trailing bytes after the manifest") from None
     except Exception as exc:
         # Only msgpack's parser runs here, over bytes that came from elsewhere: any
         # failure at all is malformed input.
-        raise _Invalid(f"not msgpack ({exc or type(exc).__name__})") from None
+        raise _BadManifest(f"not msgpack ({exc or type(exc).__name__})") from None
     if type(fields) is not tuple:
-        raise _Invalid(f"expected an array, got {_wire_name(fields)}")
+        raise _BadManifest(f"expected an array, got {_wire_name(fields)}")
     if not fields or type(fields[0]) is not int:
-        raise _Invalid("the first element must be the format version, an int")
+        raise _BadManifest("the first element must be the format version, an int")
     if fields[0] != FORMAT_VERSION:
-        raise _Invalid(f"unsupported format version {fields[0]}, expected {FORMAT_VERSION}")
+        raise _BadManifest(f"unsupported format version {fields[0]}, expected {FORMAT_VERSION}")
     if len(fields) != _MANIFEST_LENGTH:
-        raise _Invalid(f"expected {_MANIFEST_LENGTH} elements, got {len(fields)}")
+        raise _BadManifest(f"expected {_MANIFEST_LENGTH} elements, got {len(fields)}")
     _, k, n, segment_size, padded_size, nonce_prefix, chunk_ids, sealed = fields
     for name, value in (
         ("k", k),
@@ -467,20 +467,20 @@ def _decode(data: BytesLike, size: int) -> Manifest:
         ("padded size", padded_size),
     ):
         if type(value) is not int:
-            raise _Invalid(f"{name}: expected int, got {_wire_name(value)}")
+            raise _BadManifest(f"{name}: expected int, got {_wire_name(value)}")
     for name, value in (
         ("nonce prefix", nonce_prefix),
         ("chunk ids", chunk_ids),
         ("sealed info", sealed),
     ):
         if type(value) is not bytes:
-            raise _Invalid(f"{name}: expected bytes, got {_wire_name(value)}")
+            raise _BadManifest(f"{name}: expected bytes, got {_wire_name(value)}")
     problem = _params_problem(k, n, segment_size)
     if problem is not None:
-        raise _Invalid(problem)
+        raise _BadManifest(problem)
     try:
         return Manifest(
             EncodingParams(k, n, segment_size), padded_size, nonce_prefix, chunk_ids, sealed
         )
     except LocalProtocolError as exc:
-        raise _Invalid(str(exc).removeprefix("manifest: ")) from None
+        raise _BadManifest(str(exc).removeprefix("manifest: ")) from None

@@ -116,9 +116,12 @@ def read_root(data: BytesLike, expected_id: bytes) -> Manifest | ManifestIndex:
         raise TamperedManifest(f"manifest of {size} bytes, at most {MAX_MANIFEST_SIZE}")
     if chunk_id(data) != expected_id:
         raise TamperedManifest("manifest bytes do not hash to the manifest id")
-    fields = _array_head(data, size)
-    if fields == _INDEX_LENGTH:
-        return _parse_index(data, size)
+    try:
+        value: Any = unpack_strictly(data, size=size, max_array=_MANIFEST_LENGTH)
+    except Exception:  # only msgpack runs here: the manifest's rules say what is wrong
+        value = None
+    if type(value) is tuple and len(value) == _INDEX_LENGTH:
+        return _index_from(value)
     # A manifest, or something that is neither: the manifest's rules say what is wrong.
     return Manifest.parse(data, expected_id)
 
@@ -136,29 +139,21 @@ def join_parts(index: ManifestIndex, parts: Sequence[BytesLike]) -> Manifest:
         raise TamperedManifest(
             f"the manifest's parts hold {len(joined)} bytes, the index says {index.size}"
         )
-    if _array_head(joined, len(joined)) == _INDEX_LENGTH:
+    if _array_head(joined) == _INDEX_LENGTH:
         raise TamperedManifest("a manifest index names another index")
     # The index pins every part, so the joined bytes' own hash is all there is to check.
     return Manifest.parse(joined, chunk_id(joined))
 
 
-def _array_head(data: BytesLike, size: int) -> int | None:
-    """The element count of the msgpack array `data` starts with, or None."""
-    if not size:
-        return None
-    first = bytes(data[:1])[0]
-    if 0x90 <= first <= 0x9F:  # fixarray
-        return first & 0x0F
-    return None  # manifests and indexes have at most 15 elements: always a fixarray
+def _array_head(data: BytesLike) -> int | None:
+    """The element count of the array `data` starts with, if it is a fixarray (as
+    every manifest and index an encoder writes is); None otherwise. (A 3-element array
+    written longer still fails as a manifest: it has not 8 elements.)"""
+    first = bytes(data[:1])
+    return first[0] & 0x0F if first and 0x90 <= first[0] <= 0x9F else None
 
 
-def _parse_index(data: BytesLike, size: int) -> ManifestIndex:
-    try:
-        fields: Any = unpack_strictly(data, size=size, max_array=_MANIFEST_LENGTH)
-    except Exception as exc:  # only msgpack runs here, on bytes from elsewhere
-        raise TamperedManifest(
-            f"manifest index: not msgpack ({exc or type(exc).__name__})"
-        ) from None
+def _index_from(fields: tuple[Any, ...]) -> ManifestIndex:
     version, total, ids = fields
     if type(version) is not int or version != FORMAT_VERSION:
         raise TamperedManifest(f"manifest index: version {version!r}, expected {FORMAT_VERSION}")
@@ -169,7 +164,7 @@ def _parse_index(data: BytesLike, size: int) -> ManifestIndex:
     count = len(ids) // CHUNK_ID_SIZE
     if count > MAX_PARTS:
         raise TamperedManifest(f"manifest index: {count} parts, at most {MAX_PARTS}")
-    if count > total:
+    if count > total:  # some part would be empty
         raise TamperedManifest(f"manifest index: {count} parts for {total} bytes")
     part_ids = tuple(ids[at : at + CHUNK_ID_SIZE] for at in range(0, len(ids), CHUNK_ID_SIZE))
     return ManifestIndex(total, part_ids)

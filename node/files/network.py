@@ -15,6 +15,7 @@ from dht.service import DhtService
 from node.chunks import Offload, in_thread
 from node.errors import ConfigError
 from node.files.client import ChunkClient
+from protocol.aead import TAG_SIZE
 from protocol.chunk import MAX_CHUNK_SIZE
 from protocol.encoding import Parity, zfec_parity
 from protocol.identity import RandomBytes
@@ -37,6 +38,14 @@ class FileSettings:
     manifest index (protocol/manifest_index.py)."""
 
     def __post_init__(self) -> None:
+        params = self.params
+        chunk = -(-(params.segment_size + TAG_SIZE) // params.k)
+        if chunk > MAX_CHUNK_SIZE:
+            raise ConfigError(
+                f"segment_size {params.segment_size} with k = {params.k} makes chunks of "
+                f"{chunk} bytes, over the {MAX_CHUNK_SIZE} a chunk may have: use a smaller "
+                "segment size or a larger k"
+            )
         if not 1 <= self.manifest_part_size <= MAX_CHUNK_SIZE:
             raise ConfigError(
                 f"manifest_part_size = {self.manifest_part_size} is outside 1..{MAX_CHUNK_SIZE}"

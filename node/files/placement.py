@@ -151,6 +151,8 @@ async def put_file(
     """Encode `source` of `size` bytes, place its chunks and manifest, and return the
     capability. `source` is a binary file object with `readinto` (read in a worker
     thread) or an async iterable of byte blocks."""
+    if not isinstance(source, AsyncIterable) and not hasattr(source, "readinto"):
+        raise TypeError("put_file reads a file object with readinto, or an async iterable")
     settings = net.settings
     encoder = FileEncoder(
         size=size,

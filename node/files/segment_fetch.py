@@ -73,6 +73,7 @@ __all__ = [
     "Failure",
     "Fetch",
     "FetchState",
+    "FetchStatistics",
     "Guesses",
     "Locate",
     "Scope",
@@ -138,14 +139,22 @@ class Guesses:
         return self.right >= self.wrong
 
 
-@dataclass(slots=True)
-class _Counts:
-    fetches: int = 0
-    hedges: int = 0
-    wrong_bytes: int = 0
-    foreign: int = 0
-    unreachable: int = 0
-    refused: int = 0
+@dataclass(frozen=True, slots=True)
+class FetchStatistics:
+    """Counters of one segment's fetch (trio's `statistics()` convention)."""
+
+    fetches: int
+    """Fetches started, hedges included."""
+    hedges: int
+    """Fetches started by the hedge (rule 3)."""
+    wrong_bytes: int
+    """Chunks whose bytes hashed to no chunk of the segment."""
+    foreign: int
+    """Chunks that were another chunk of the segment than the one asked for."""
+    unreachable: int
+    """Fetches that got no answer at all."""
+    refused: int
+    """Fetches answered without the chunk."""
 
 
 class SegmentFetch:
@@ -170,7 +179,8 @@ class SegmentFetch:
         self.k = k
         self.state = FetchState.RUNNING
         self.problems: list[str] = []
-        self.counts = _Counts()
+        self._fetches = self._hedges = self._wrong_bytes = self._foreign = 0
+        self._unreachable_count = self._refused = 0
         self._numbers = {identifier: number for number, identifier in enumerate(chunk_ids)}
         self._options: dict[int, list[Contact]] = {}
         self._got: dict[int, bytes] = {}
@@ -192,7 +202,18 @@ class SegmentFetch:
 
     @property
     def fetched_count(self) -> int:
+        """Distinct chunk numbers fetched so far."""
         return len(self._got)
+
+    def statistics(self) -> FetchStatistics:
+        return FetchStatistics(
+            fetches=self._fetches,
+            hedges=self._hedges,
+            wrong_bytes=self._wrong_bytes,
+            foreign=self._foreign,
+            unreachable=self._unreachable_count,
+            refused=self._refused,
+        )
 
     def next_actions(self, now: float) -> list[Fetch | Locate]:
         """What to start now: fetches, and at most one step of finding holders."""
@@ -203,7 +224,7 @@ class SegmentFetch:
             self.deadline = now + self._hedge_after
             option = self._next_option()
             if option is not None:
-                self.counts.hedges += 1
+                self._hedges += 1
                 actions.append(self._start(option))
             elif not self._locating and self.step < 2:
                 actions.append(self._start_locating())
@@ -234,7 +255,7 @@ class SegmentFetch:
     def _start(self, option: tuple[int, Contact]) -> Fetch:
         number, contact = option
         self._active[number] = contact.node_id
-        self.counts.fetches += 1
+        self._fetches += 1
         return Fetch(number, contact)
 
     def _start_locating(self) -> Locate:
@@ -276,10 +297,10 @@ class SegmentFetch:
         if digest != wanted:
             other = self._numbers.get(digest)
             if other is not None:
-                self.counts.foreign += 1
+                self._foreign += 1
                 reason = f"sent chunk {other} of the segment instead"
             else:
-                self.counts.wrong_bytes += 1
+                self._wrong_bytes += 1
                 reason = "sent bytes that are not the chunk"
             self.problems.append(f"chunk {number} from {contact.node_id.short()}: {reason}")
             self._guess(number, contact, right=False)
@@ -297,10 +318,10 @@ class SegmentFetch:
             return
         self.problems.append(f"chunk {number} from {contact.node_id.short()}: {reason}")
         if failure is Failure.UNREACHABLE:
-            self.counts.unreachable += 1
+            self._unreachable_count += 1
             self._unreachable.add(contact.node_id)
         else:
-            self.counts.refused += 1
+            self._refused += 1
         self._guess(number, contact, right=False)
 
     def located(self, holders: Sequence[Sequence[Contact]], now: float) -> None:

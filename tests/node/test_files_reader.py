@@ -19,7 +19,7 @@ from trio.testing import MockClock
 from dht.contact import Contact
 from node.chunks import inline
 from node.commands import UserFile, write_all
-from node.errors import NodeError, RemoteError, RequestTimeout
+from node.errors import ConfigError, NodeError, RemoteError, RequestTimeout
 from node.files import ChunkClient, FileNetwork, FileSettings, fetch_manifest
 from node.files.locate import likely_holders, locate
 from node.files.placement import Placement, place_segment
@@ -388,3 +388,13 @@ async def test_a_slow_holder_of_most_chunks_is_asked_in_the_end(
         holders.held[other if number == 1 else slow][identifier] = data
     got = await gather_segment(holders.network(), manifest, 0, Guesses() if guessing else None)
     assert len(got) == 3 and all(data == dict(chunks)[key] for key, data in got)
+
+
+def test_settings_refuse_chunks_too_large_to_send() -> None:
+    """A segment size and k whose chunks would not fit a message are refused when the
+    node starts, naming both, rather than failing every store of every upload."""
+    with pytest.raises(ConfigError, match="segment_size 67108864 with k = 3"):
+        FileSettings(params=EncodingParams(3, 10, 64 * 1024 * 1024), happy=7)
+    FileSettings(params=EncodingParams(16, 20, 64 * 1024 * 1024), happy=7)
+    with pytest.raises(ConfigError, match="manifest_part_size"):
+        FileSettings(params=EncodingParams(3, 10, 4096), happy=7, manifest_part_size=0)

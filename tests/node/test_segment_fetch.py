@@ -98,7 +98,7 @@ def test_hedge_fires_after_the_wait_with_nothing_reported() -> None:
     assert fetch.next_actions(HEDGE_AFTER) == []
     hedge = fetch.next_actions(1.0 + HEDGE_AFTER)
     assert fetches(hedge) == [(3, 3)]  # likely[k], the only other guess
-    assert fetch.counts.hedges == 1
+    assert fetch.statistics().hedges == 1
     assert fetch.deadline == 1.0 + 2 * HEDGE_AFTER
 
 
@@ -146,7 +146,7 @@ def test_wrong_bytes_count_as_a_failure_of_that_holder_only() -> None:
     assert fetches(actions) == [(0, 50), (1, 50), (2, 51)]
     by_number = {action.number: action for action in actions if isinstance(action, Fetch)}
     give(fetch, by_number[0], 0.2, data=b"not the chunk")
-    assert fetch.counts.wrong_bytes == 1
+    assert fetch.statistics().wrong_bytes == 1
     assert "chunk 0 from" in fetch.problems[0] and "not the chunk" in fetch.problems[0]
     assert fetches(fetch.next_actions(0.2)) == [(0, 51)]
     give(fetch, by_number[1], 0.3)  # the liar's chunk 1 is good: it counts
@@ -163,7 +163,7 @@ def test_a_foreign_chunk_is_refused_and_named() -> None:
     first = actions[0]
     assert isinstance(first, Fetch)
     give(fetch, first, 0.1, data=CHUNKS[7])
-    assert fetch.counts.foreign == 1 and fetch.fetched_count == 0
+    assert fetch.statistics().foreign == 1 and fetch.fetched_count == 0
     assert "sent chunk 7 of the segment instead" in fetch.problems[0]
 
 
@@ -184,7 +184,7 @@ def test_unreachable_nodes_are_not_tried_again_for_any_chunk() -> None:
     fetch.failed(1, dead, Failure.UNREACHABLE, "connection refused", 0.2)
     after = fetch.next_actions(0.2)
     assert fetches(after) == [(1, 61), (3, 61)]
-    assert fetch.counts.unreachable == 2
+    assert fetch.statistics().unreachable == 2
 
 
 def test_too_few_holders_gives_up_after_the_last_step_saying_why() -> None:

@@ -3,6 +3,7 @@ that nothing the capability's id does not pin is ever read."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import msgpack
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.capability import ReadCapability, parse_capability
 from protocol.chunk import MAX_CHUNK_SIZE, chunk_id
 from protocol.errors import LocalProtocolError, TamperedManifest
 from protocol.manifest import EncodingParams, Manifest
@@ -21,7 +23,8 @@ from protocol.manifest_index import (
     read_root,
     store_manifest,
 )
-from protocol.stream import Encoder
+from protocol.stream import Encoder, FileDecoder
+from tests.protocol import make_manifest_index_vectors
 
 PARAMS = EncodingParams(3, 10, 4096)
 
@@ -146,3 +149,44 @@ def test_writer_limits() -> None:
     with pytest.raises(LocalProtocolError, match="cannot be stored"):
         store_manifest(b"")
     assert MANIFEST_PART_SIZE <= MAX_CHUNK_SIZE
+
+
+def test_an_index_in_a_longer_msgpack_form_is_still_an_index() -> None:
+    """Readers accept any valid msgpack form (the id pins the bytes): an index whose
+    array header is written as array 16 reads the same."""
+    ids = bytes(32) + b"\x01" * 32
+    shortest = ManifestIndex(5000, (bytes(32), b"\x01" * 32)).encode()
+    longer = b"\xdc\x00\x03" + shortest[1:]
+    assert read_root(longer, chunk_id(longer)) == read_root(shortest, chunk_id(shortest))
+    assert read_root(longer, chunk_id(longer)).part_ids == (ids[:32], ids[32:])  # type: ignore[union-attr]
+    with pytest.raises(TamperedManifest):
+        read_root(shortest + b"\x00", chunk_id(shortest + b"\x00"))
+
+
+def test_the_published_vector() -> None:
+    """The reference writes the vector's parts and index byte for byte, and reading
+    them back decodes encoding vector 3's file with its chunks."""
+    assert make_manifest_index_vectors.render(
+        make_manifest_index_vectors.build_vectors()
+    ) == make_manifest_index_vectors.VECTORS_PATH.read_text(encoding="utf-8")
+    vector = json.loads(make_manifest_index_vectors.VECTORS_PATH.read_text())["vectors"][0]
+    source = json.loads(make_manifest_index_vectors.SOURCE.read_text())["vectors"][3]
+    index_bytes = bytes.fromhex(vector["index"])
+    capability = parse_capability(vector["read_capability"])
+    assert isinstance(capability, ReadCapability)
+    index = read_root(index_bytes, capability.manifest_id)
+    assert isinstance(index, ManifestIndex)
+    parts = [bytes.fromhex(part["data"]) for part in vector["parts"]]
+    assert [len(part) for part in parts] == [500, 500, 274]
+    manifest = join_parts(index, parts)
+    decoder = FileDecoder(capability, manifest)
+    plaintext = b"".join(
+        bytes(
+            decoder.decode(
+                segment["index"],
+                [(bytes.fromhex(c["id"]), bytes.fromhex(c["data"])) for c in segment["chunks"]],
+            ).plaintext
+        )
+        for segment in source["segments"][: decoder.segments_to_read]
+    )
+    assert plaintext == bytes.fromhex(source["input"])
