@@ -251,7 +251,9 @@ class FileEncoder:
                 and self._file_bytes(self._index) == length <= view.nbytes
                 and type(view.obj) is bytes
             ):
-                # A whole segment inside an immutable block: taken as it is, no copy.
+                # A whole segment inside an immutable block: taken as it is, no copy
+                # (and any buffer writable() made for it is let go).
+                self._buffer = None
                 self._ready.append(SegmentPlaintext(self._index, view[:length]))
                 self._index += 1
                 self._received += length

@@ -207,3 +207,18 @@ def test_padding_only_segments_are_encoded_but_never_read() -> None:
     verify_only = ReadCapability(encoder.manifest_id, bytes(32))
     with pytest.raises(Exception, match="key"):
         FileDecoder(verify_only, encoder.manifest_bytes)
+
+
+def test_writable_then_a_whole_bytes_segment_does_not_reuse_the_buffer() -> None:
+    """A buffer writable() made and nothing written to it is dropped when a whole
+    immutable segment arrives, so the next segment gets a buffer of its own."""
+    data = random.Random(8).randbytes(SEGMENT + 100)
+    reference = Encoder(data, random_bytes=seeded(4), params=SMALL)
+    list(reference.segments())
+    encoder = FileEncoder(size=len(data), random_bytes=seeded(4), params=SMALL)
+    assert encoder.writable().nbytes == SEGMENT  # made, left empty
+    encoder.receive_data(data[:SEGMENT])
+    encoder.receive_data(data[SEGMENT:])
+    encoder.end_of_data()
+    drain(encoder)
+    assert encoder.manifest_bytes == reference.manifest_bytes
