@@ -68,7 +68,7 @@ MAX_ANNOUNCE_BACKLOG: Final = 100_000
 
 # Announcements wait until no chunk arrived for this long: an upload in progress keeps
 # the CPU for itself, and its chunks are found meanwhile by asking the nodes near each
-# segment's group key (node/files.py), which is where they were placed.
+# segment's group key (node/files/locate.py), which is where they were placed.
 ANNOUNCE_QUIET: Final = 1.0
 
 ProvideFunction = Callable[[NodeId], Awaitable[int]]

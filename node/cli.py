@@ -177,19 +177,14 @@ def _node(arguments: argparse.Namespace) -> int:
         check_socket_path(config.control_path)  # before anything is made or logged
 
     async def run() -> None:
-        node = Node(config)
+        # The owner's commands run as a service of the node: they stop with it, before
+        # it closes its store.
+        node = Node(config, services=[serve_owner] if with_control else [])
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-
-                async def run_node(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                    await node.run(task_status=task_status)  # until `freehold stop`
-                    nursery.cancel_scope.cancel()
-
-                await nursery.start(run_node)
-                if with_control:
-                    # The owner's commands, served beside the node while it runs.
-                    await nursery.start(serve_owner, node)
+                await node.run()  # returns when `freehold stop` stops it
+                nursery.cancel_scope.cancel()
 
     trio.run(run)
     return 0

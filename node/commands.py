@@ -33,7 +33,9 @@ async def serve_owner(
     node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve `node`'s control socket (its data directory's `control.sock`) until
-    cancelled, and write its address file once serving; the node must be running."""
+    cancelled, and write its address file once serving. A `Service` of the node
+    (`Node(config, services=[serve_owner])`): it runs in the node's nursery, so its
+    commands stop with the node, before the store closes."""
     transport = node.transport
     if transport is None or transport.address is None:
         raise NodeError("the node is not running")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import nacl.utils
@@ -38,9 +38,13 @@ from node.transport import LinkLayer, TcpLinkLayer, Transport
 from protocol.identity import Identity, RandomBytes
 from protocol.manifest import EncodingParams
 
-__all__ = ["Node", "is_loopback"]
+__all__ = ["Node", "Service", "is_loopback"]
 
 logger = logging.getLogger(__name__)
+
+Service = Callable[..., Awaitable[None]]
+"""A service of the caller's, run as `await nursery.start(service, node)`: it calls
+`task_status.started()` once serving, and runs until cancelled."""
 
 JOIN_RETRY_INITIAL: Final = 1.0
 JOIN_RETRY_MAX: Final = 60.0
@@ -64,12 +68,17 @@ class Node:
         rng: random.Random | None = None,
         random_bytes: RandomBytes = nacl.utils.random,
         wall_clock: Callable[[], float] = time.time,
+        services: Sequence[Service] = (),
     ) -> None:
         """`identity`, `link_layer`, `store` and `dht_storage` replace what `config`
         would make; `rng` (the DHT's choices), `random_bytes` (file keys) and
         `wall_clock` (record lifetimes) are the simulations' hooks for repeatable runs
-        in virtual time."""
+        in virtual time. `services` are the caller's (the control socket of
+        `freehold node`): each is started last, in the node's nursery, as
+        `await nursery.start(service, node)`, and stopped with the node, before it
+        closes its store."""
         self.config = config
+        self._services = tuple(services)
         self._rng = rng
         self._random_bytes = random_bytes
         self._wall_clock = wall_clock
@@ -90,6 +99,11 @@ class Node:
         """Run until cancelled or stopped; started() once listening and serving."""
         config = self.config
         in_memory = config.storage == "memory"
+        # What the owner's uploads will be, checked before anything is made or opened.
+        self._settings = FileSettings(
+            params=EncodingParams(config.k, config.n, config.segment_size),
+            happy=config.happy,
+        )
         identity = self._identity
         if identity is None:
             if in_memory:
@@ -169,10 +183,7 @@ class Node:
                     offload=offload,
                 ),
                 dht=dht,
-                settings=FileSettings(
-                    params=EncodingParams(config.k, config.n, config.segment_size),
-                    happy=config.happy,
-                ),
+                settings=self._settings,
                 codec=codec,
                 random_bytes=self._random_bytes,
                 parity=best_parity(),
@@ -181,6 +192,8 @@ class Node:
                 nursery.start_soon(self._join)
             else:
                 self.joined.set()
+            for service in self._services:
+                await nursery.start(service, self)
             logger.info(
                 "node %s listening on %s:%d, data in %s",
                 identity.node_id.hex()[:16],

@@ -45,6 +45,8 @@ __all__ = [
     "ManifestIndex",
     "StoredManifest",
     "join_parts",
+    "part_length",
+    "part_size",
     "read_root",
     "store_manifest",
 ]
@@ -126,19 +128,48 @@ def read_root(data: BytesLike, expected_id: bytes) -> Manifest | ManifestIndex:
     return Manifest.parse(data, expected_id)
 
 
+def part_size(index: ManifestIndex, first: BytesLike) -> int:
+    """The part size p of `index`, read off its first part: every part but the last
+    has p bytes and the last 1..p, so the index must name ceil(size / p) parts.
+    TamperedManifest otherwise. A reader fetches the first part, calls this, and then
+    knows the length of every other part before it fetches it: no index can make it
+    hold more than the manifest's size (plus that first part)."""
+    length = first.nbytes if type(first) is memoryview else len(first)
+    count = len(index.part_ids)
+    if not 0 < length <= index.size:
+        raise TamperedManifest(
+            f"manifest part 0 has {length} bytes for a {index.size}-byte manifest"
+        )
+    if -(-index.size // length) != count:
+        raise TamperedManifest(
+            f"{count} parts named for {index.size} bytes in parts of {length}: "
+            f"parts of equal length would be {-(-index.size // length)}"
+        )
+    return length
+
+
+def part_length(index: ManifestIndex, number: int, size: int) -> int:
+    """The length part `number` must have, with parts of `size` bytes (`part_size`)."""
+    return min(size, index.size - number * size)
+
+
 def join_parts(index: ManifestIndex, parts: Sequence[BytesLike]) -> Manifest:
     """The manifest an index names, from its parts in order; each must hash to its id
-    (TamperedManifest otherwise, as for any rule of the manifest broken)."""
+    and have the length `part_size` gives (TamperedManifest otherwise, as for any rule
+    of the manifest broken)."""
     if len(parts) != len(index.part_ids):
         raise LocalProtocolError(f"{len(parts)} parts given, the index names {len(index.part_ids)}")
+    size = part_size(index, parts[0])
     for number, (identifier, part) in enumerate(zip(index.part_ids, parts, strict=True)):
+        length = part.nbytes if type(part) is memoryview else len(part)
+        if length != part_length(index, number, size):
+            raise TamperedManifest(
+                f"manifest part {number} has {length} bytes, "
+                f"{part_length(index, number, size)} expected"
+            )
         if chunk_id(part) != identifier:
             raise TamperedManifest(f"manifest part {number} does not hash to its id")
     joined = b"".join(parts)
-    if len(joined) != index.size:
-        raise TamperedManifest(
-            f"the manifest's parts hold {len(joined)} bytes, the index says {index.size}"
-        )
     if _array_head(joined) == _INDEX_LENGTH:
         raise TamperedManifest("a manifest index names another index")
     # The index pins every part, so the joined bytes' own hash is all there is to check.

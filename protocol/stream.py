@@ -229,6 +229,8 @@ class FileEncoder:
         """`count` bytes were written at the start of `writable()`."""
         if type(count) is not int or not 0 <= count <= self._file_bytes(self._index) - self._filled:
             raise LocalProtocolError(f"advance({count!r}) is beyond what writable() gave")
+        if count and self._buffer is None:
+            raise LocalProtocolError("advance() before writable(): no byte was written")
         self._filled += count
         self._received += count
         if self._filled == self._file_bytes(self._index) and self._buffer is not None:

@@ -10,6 +10,9 @@ audits (see the issues).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+import trio
 
 from node.errors import Unreadable
 from node.files.locate import locate
@@ -19,6 +22,9 @@ from protocol.capability import ReadCapability, VerifyCapability
 from protocol.manifest_index import ManifestIndex
 
 __all__ = ["FileReport", "check_file"]
+
+PARTS_LOCATING: Final = 8
+"""Manifest parts asked about at once (each is placed near its own id: one lookup each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +55,8 @@ async def check_file(net: FileNetwork, capability: VerifyCapability | ReadCapabi
     try:
         root = await fetch_root(net, manifest_id)
         if isinstance(root, ManifestIndex):
-            # Each part is placed near its own id: asked about one by one.
-            for part_id in root.part_ids:
-                held = len((await locate(net, [part_id]))[0])
-                manifest_holders = min(manifest_holders, held)
-            manifest = await fetch_parts(net, root)
+            manifest = await fetch_parts(net, root)  # a malformed index fails here, fast
+            manifest_holders = min(manifest_holders, await _fewest_holders(net, root))
         else:
             manifest = root
     except Unreadable:
@@ -65,3 +68,19 @@ async def check_file(net: FileNetwork, capability: VerifyCapability | ReadCapabi
         holders = await locate(net, manifest.segment_chunk_ids(index))
         live.append(sum(1 for found in holders if found))
     return FileReport(manifest.params.k, manifest.params.n, manifest_holders, tuple(live))
+
+
+async def _fewest_holders(net: FileNetwork, index: ManifestIndex) -> int:
+    """The fewest nodes holding any part `index` names, each distinct part asked about
+    once, `PARTS_LOCATING` at a time."""
+    counts: list[int] = []
+    limit = trio.Semaphore(PARTS_LOCATING)
+
+    async def count(part_id: bytes) -> None:
+        async with limit:
+            counts.append(len((await locate(net, [part_id]))[0]))
+
+    async with trio.open_nursery() as nursery:
+        for part_id in set(index.part_ids):
+            nursery.start_soon(count, part_id)
+    return min(counts)

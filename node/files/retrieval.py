@@ -42,9 +42,16 @@ from node.files.segment_fetch import (
 )
 from protocol.capability import ReadCapability
 from protocol.encoding import Candidate
+from protocol.errors import TamperedManifest
 from protocol.identity import NodeId
 from protocol.manifest import FileInfo, Manifest
-from protocol.manifest_index import ManifestIndex, join_parts, read_root
+from protocol.manifest_index import (
+    ManifestIndex,
+    join_parts,
+    part_length,
+    part_size,
+    read_root,
+)
 from protocol.stream import FileDecoder
 
 __all__ = [
@@ -90,24 +97,37 @@ async def fetch_root(net: FileNetwork, manifest_id: bytes) -> Manifest | Manifes
 
 
 async def fetch_parts(net: FileNetwork, index: ManifestIndex) -> Manifest:
-    """The manifest joined from the parts `index` names, a few fetched at a time."""
-    parts: list[bytes] = [b""] * len(index.part_ids)
+    """The manifest joined from the parts `index` names: the first part, which gives
+    every other part's length (`part_size`), then the others, each id once and a few
+    at a time, each refused as soon as its length is wrong. No index, however crafted,
+    makes this hold more than the manifest's size and one part."""
+    first_id = index.part_ids[0]
+    first = await fetch_stored(net, first_id, "manifest part 0")
+    size = part_size(index, first)
+    got: dict[bytes, bytes] = {first_id: first}
     limit = trio.Semaphore(SEGMENTS_FETCHING)  # each part is up to a chunk
 
-    async def fetch_part(number: int) -> None:
+    async def fetch_part(number: int, identifier: bytes) -> None:
         async with limit:
-            what = f"manifest part {number}"
-            parts[number] = await fetch_stored(net, index.part_ids[number], what)
+            data = await fetch_stored(net, identifier, f"manifest part {number}")
+        if len(data) != part_length(index, number, size):
+            raise TamperedManifest(
+                f"manifest part {number} has {len(data)} bytes, "
+                f"{part_length(index, number, size)} expected"
+            )
+        got[identifier] = data
 
     try:
         async with trio.open_nursery() as nursery:
-            for number in range(len(parts)):
-                nursery.start_soon(fetch_part, number)
-    except* Unreadable as group:
-        # The first part found missing says it (others may be too): one error, as for
-        # a manifest stored whole.
-        raise single_error(group, (Unreadable,)) from None
-    return join_parts(index, parts)
+            for number, identifier in enumerate(index.part_ids):
+                if identifier not in got:
+                    got[identifier] = b""  # claimed: a repeated id is fetched once
+                    nursery.start_soon(fetch_part, number, identifier)
+    except* (Unreadable, TamperedManifest) as group:
+        # The first part found missing or wrong says it (others may be too): one
+        # error, as for a manifest stored whole.
+        raise single_error(group, (Unreadable, TamperedManifest)) from None
+    return join_parts(index, [got[identifier] for identifier in index.part_ids])
 
 
 async def fetch_manifest(net: FileNetwork, manifest_id: bytes) -> Manifest:

@@ -20,6 +20,8 @@ from protocol.manifest_index import (
     MAX_PARTS,
     ManifestIndex,
     join_parts,
+    part_length,
+    part_size,
     read_root,
     store_manifest,
 )
@@ -95,7 +97,7 @@ def test_a_tampered_part_or_size_is_refused() -> None:
     with pytest.raises(TamperedManifest, match="part 2 does not hash"):
         join_parts(index, broken)
     lying = ManifestIndex(index.size + 1, index.part_ids)
-    with pytest.raises(TamperedManifest, match="the index says"):
+    with pytest.raises(TamperedManifest, match="716 bytes, 717 expected"):
         join_parts(lying, parts)
     root = stored.chunks[-1][1]
     with pytest.raises(TamperedManifest, match="do not hash"):
@@ -143,9 +145,9 @@ def test_an_index_naming_an_index_is_refused() -> None:
 def test_writer_limits() -> None:
     """Part sizes outside 1..MAX_CHUNK_SIZE and too many parts are the writer's mistake."""
     data = manifest_of(3000)
-    for part_size in (0, MAX_CHUNK_SIZE + 1):
+    for size in (0, MAX_CHUNK_SIZE + 1):
         with pytest.raises(LocalProtocolError, match="part size"):
-            store_manifest(data, part_size)
+            store_manifest(data, size)
     with pytest.raises(LocalProtocolError, match="cannot be stored"):
         store_manifest(b"")
     assert MANIFEST_PART_SIZE <= MAX_CHUNK_SIZE
@@ -190,3 +192,26 @@ def test_the_published_vector() -> None:
         for segment in source["segments"][: decoder.segments_to_read]
     )
     assert plaintext == bytes.fromhex(source["input"])
+
+
+def test_the_first_part_fixes_every_other_parts_length() -> None:
+    """Parts are all p bytes but the last (1..p): the first part gives p, and an index
+    naming another number of parts than ceil(size / p), or a part of another length,
+    is refused before the rest is fetched or joined."""
+    data = manifest_of(20 * 4096)
+    stored = store_manifest(data, 1000)
+    index = stored.index
+    assert index is not None
+    parts = [part for _, part in stored.chunks[:-1]]
+    assert part_size(index, parts[0]) == 1000
+    assert [part_length(index, number, 1000) for number in range(len(parts))] == [
+        len(part) for part in parts
+    ]
+    assert part_length(index, len(parts) - 1, 1000) == len(data) % 1000 or 1000
+    with pytest.raises(TamperedManifest, match="parts of equal length would be 14"):
+        part_size(index, parts[0][:500])  # p = 500 would need 14 parts, not 7
+    with pytest.raises(TamperedManifest, match="for a 16-byte manifest"):
+        part_size(ManifestIndex(16, index.part_ids[:1]), parts[0])
+    uneven = ManifestIndex(len(data), (chunk_id(parts[0][:10]), *index.part_ids[1:]))
+    with pytest.raises(TamperedManifest):
+        join_parts(uneven, [parts[0][:10], *parts[1:]])

@@ -161,6 +161,9 @@ def test_misuse_is_refused() -> None:
         short.end_of_data()
     with pytest.raises(LocalProtocolError, match="size"):
         FileEncoder(size=-1, random_bytes=seeded(0))
+    blind = FileEncoder(size=SEGMENT, random_bytes=seeded(0), params=SMALL)
+    with pytest.raises(LocalProtocolError, match="before writable"):
+        blind.advance(SEGMENT)  # nothing was written: zeros must not pass for the file
 
 
 def test_an_empty_file_has_its_manifest_at_the_end_of_data() -> None:
