@@ -130,7 +130,7 @@ def _refuse_extension(code: int, data: bytes) -> object:
 
 def unpack_strictly(data: Any, *, size: int, max_array: int) -> Any:
     """One msgpack value from `data` (`size` bytes) as every Freehold format reads it:
-    arrays as tuples, str as UTF-8, map keys only str or int, no extension types, and no
+    arrays as tuples, str as UTF-8, map keys only str or bin, no extension types, and no
     array or map declaring more than `max_array` elements (msgpack allocates them before
     reading any: the limit keeps a small input from asking for gigabytes). bin and str
     are only made once all their bytes are there, so `size` bounds them. Raises what
