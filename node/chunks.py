@@ -1,4 +1,5 @@
-"""The chunk RPCs a storage node serves: STORE_CHUNK, FETCH_CHUNK and HAS_CHUNKS.
+"""The chunk RPCs a storage node serves: STORE_CHUNK, FETCH_CHUNK, HAS_CHUNKS and
+AUDIT_CHUNKS.
 
 docs/PROTOCOL.md#chunk-messages. What it promises:
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import trio
@@ -38,7 +39,9 @@ from node.transport import Peer, Transport
 from protocol.chunk import GroupRecord
 from protocol.identity import NodeId
 from protocol.messages import (
+    AuditChunks,
     ChunkData,
+    ChunksAudited,
     ChunksHeld,
     ChunkStored,
     ErrorCode,
@@ -126,6 +129,8 @@ class ChunkService:
         transport.add_handler(StoreChunk, self.handle_store_chunk)
         transport.add_handler(FetchChunk, self.handle_fetch_chunk)
         transport.add_handler(HasChunks, self.handle_has_chunks)
+        transport.add_handler(AuditChunks, self.handle_audit_chunks)
+        self.audited = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Announce stored chunks, one at a time, until cancelled; while chunks keep
@@ -208,6 +213,32 @@ class ChunkService:
         async with self._job(peer):
             held = await self._offload(self._held, message.chunk_ids)
         return ChunksHeld(held)
+
+    async def handle_audit_chunks(self, peer: Peer, message: Message) -> Message:
+        assert isinstance(message, AuditChunks)
+        async with self._job(peer):
+            try:
+                answers = await self._offload(
+                    self.audit, message.chunk_ids, message.offsets, message.length
+                )
+            except StoreError as exc:
+                logger.error("reading a chunk for an audit failed: %s", exc)
+                raise RequestRejected(ErrorCode.INTERNAL, "the store failed") from None
+        self.audited += len(message.chunk_ids)
+        return ChunksAudited(answers)
+
+    def audit(
+        self, chunk_ids: Sequence[bytes], offsets: Sequence[int], length: int
+    ) -> tuple[bytes | None, ...]:
+        """Each chunk's bytes at `offsets` (an audit's answer), None for a chunk not
+        held, lost or too short. Blocking: the store's reads."""
+        answers: list[bytes | None] = []
+        for chunk_id in chunk_ids:
+            try:
+                answers.append(self.store.read_ranges(chunk_id, offsets, length))
+            except ChunkNotFound:  # ChunkDamaged included: it is gone now
+                answers.append(None)
+        return tuple(answers)
 
     def _held(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
         return tuple(self.store.has(chunk_id) for chunk_id in chunk_ids)

@@ -13,19 +13,15 @@ client command starts in a few tens of milliseconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
-# Exit codes of `freehold check`.
-HEALTHY, DEGRADED, UNREADABLE, CHECK_FAILED = 0, 1, 2, 3
-PIECE = 1024 * 1024
+from node.cli_client import CHECK_FAILED
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,9 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="count live chunks (exit 0 healthy, 1 degraded, 2 unreadable, 3 check failed)",
+        help="audit the holders of a file's chunks (exit 0 healthy, 1 degraded, 2 unreadable, "
+        "3 could not check)",
     )
     check.add_argument("capability", help="a read or verify capability")
+    check.add_argument(
+        "--full",
+        action="store_true",
+        help="audit every segment (by default a large file has a random sample of its "
+        "segments audited, and check says how many)",
+    )
 
     commands.add_parser("status", help="what the node holds and whom it knows")
     commands.add_parser("peers", help="the nodes in the node's routing table")
@@ -122,13 +125,15 @@ def _run(arguments: argparse.Namespace) -> int:
         from node.demo import run_demo
 
         return run_demo()
+    from node import cli_client
+
     handler: Callable[[argparse.Namespace, Path], int] = {
-        "put": _put,
-        "get": _get,
-        "check": _check,
-        "status": _status,
-        "peers": _peers,
-        "stop": _stop,
+        "put": cli_client.put,
+        "get": cli_client.get,
+        "check": cli_client.check,
+        "status": cli_client.status,
+        "peers": cli_client.peers,
+        "stop": cli_client.stop,
     }[command]
     return handler(arguments, _data_dir(arguments))
 
@@ -218,238 +223,6 @@ async def _stop_on_signal(signals: Any, scope: Any) -> None:
         return
 
 
-# --------------------------------------------------------------------- the client
-
-
-def _client(data_dir: Path, timeout: float | None = 10.0) -> Any:
-    from node.control import ControlClient
-
-    return ControlClient(data_dir / "control.sock", timeout=timeout)
-
-
-def _command(data_dir: Path, name: str, **arguments: Any) -> dict[str, Any]:
-    with _client(data_dir, timeout=None) as client:
-        client.send({"command": name, "arguments": arguments})
-        for frame in client.frames():
-            if "result" in frame:
-                result: dict[str, Any] = frame["result"]
-                return result
-    raise AssertionError("unreachable")
-
-
-def _progress_bar(total: int | None, label: str) -> Any:
-    """A tqdm bar on stderr when it is a terminal, else None."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False)
-
-
-def _put(arguments: argparse.Namespace, data_dir: Path) -> int:
-    path = arguments.path
-    if path == "-":
-        import tempfile
-
-        # The size must be known before encoding starts (docs/PROTOCOL.md#files): spool
-        # standard input to an anonymous temporary file first.
-        source: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-        while block := sys.stdin.buffer.read(PIECE):
-            source.write(block)
-        size = source.tell()
-        source.seek(0)
-        name = arguments.name or ""
-    else:
-        source = open(path, "rb")  # noqa: SIM115 - closed below
-        size = os.fstat(source.fileno()).st_size
-        name = arguments.name if arguments.name is not None else os.path.basename(path)
-    from node.control import regular_file
-    from node.errors import ControlError, NodeError
-
-    with source, _client(data_dir, timeout=None) as client:
-        bar = _progress_bar(size, "put")
-        if regular_file(source.fileno()):
-            # The node reads the file itself (node/control.py): no byte crosses the socket.
-            client.send({"command": "put", "arguments": {"size": size, "name": name, "fd": True}})
-            _send_fd(client, source.fileno())
-            result = _drain(client, bar)
-            print(result["capability"])
-            return 0
-        client.send({"command": "put", "arguments": {"size": size, "name": name}})
-        sent = 0
-        try:
-            while block := source.read(PIECE):
-                client.send_data(block)
-                sent += len(block)
-            if sent == size:
-                client.send({"end": True})
-        except ControlError:
-            # The node stopped reading because the put failed (a full network, say):
-            # its error frame is waiting to be read, and says more than "broken pipe".
-            pass
-        else:
-            if sent != size:
-                raise NodeError(f"{path} changed size while it was read")
-        result = _drain(client, bar)
-    print(result["capability"])
-    return 0
-
-
-def _send_fd(client: Any, fd: int) -> None:
-    """Hand `fd` to the node; if it already hung up (it refused the command), its
-    error frame, read next, says why better than "broken pipe" would."""
-    from node.errors import ControlError
-
-    with contextlib.suppress(ControlError):
-        client.send_fd(fd)
-
-
-def _drain(client: Any, bar: Any, write: Callable[[bytes], object] | None = None) -> Any:
-    try:
-        for frame in client.frames():
-            if "progress" in frame and bar is not None:
-                bar.n = frame["progress"]
-                bar.refresh()
-            elif "data" in frame and write is not None:
-                write(frame["data"])
-            elif "result" in frame:
-                return frame["result"]
-    finally:
-        if bar is not None:
-            bar.close()
-    raise AssertionError("unreachable")
-
-
-def _get(arguments: argparse.Namespace, data_dir: Path) -> int:
-    from node.errors import NodeError
-    from protocol.capability import VerifyCapability, parse_capability
-
-    capability = parse_capability(arguments.capability)  # fail early, before any dial
-    if isinstance(capability, VerifyCapability):
-        raise NodeError(
-            "this is a verify capability: it can check and repair the file but not read "
-            "it; get needs the read capability (with the #key part)"
-        )
-    if arguments.output is None:
-        out = sys.stdout.buffer
-        out.flush()
-        _fetch_into(data_dir, arguments.capability, out.fileno(), out.write)
-        out.flush()
-        return 0
-    output: Path = arguments.output
-    try:
-        existing: os.stat_result | None = os.stat(output)  # through every link
-    except FileNotFoundError:
-        existing = None  # a new file (or a link to one still to be made)
-    except OSError as exc:  # a loop of links, a directory we may not search, ...
-        raise NodeError(f"cannot write to {output}: {exc.strerror or exc}") from None
-    if existing is not None and stat.S_ISDIR(existing.st_mode):
-        raise NodeError(f"cannot write to {output}: it is a directory")
-    if (existing is not None and not stat.S_ISREG(existing.st_mode)) or str(output).startswith(
-        ("/dev/", "/proc/")
-    ):
-        # A FIFO, a terminal, a device, or a descriptor named as /dev/stdout, /dev/fd/N or
-        # /proc/self/fd/N: written as the bytes come, as to stdout, never replaced.
-        with open(output, "wb") as file:
-            _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
-        return 0
-    # A regular file appears whole or not at all: written beside it, then renamed; through
-    # a symlink, the file it names is replaced (as cp writes through one) and the link
-    # stays. An existing file keeps its permissions.
-    target = Path(os.path.realpath(output))
-    if not target.parent.is_dir():
-        raise NodeError(f"cannot write to {output}: there is no directory {target.parent}")
-    temporary = target.with_name(f".{target.name}.freehold-partial")
-    _stop_on_sigterm()  # so that the partial file, plaintext, is removed below
-    try:
-        try:
-            file = open(temporary, "wb")  # noqa: SIM115 (closed below, before the rename)
-            if existing is not None:
-                os.fchmod(file.fileno(), stat.S_IMODE(existing.st_mode))
-        except OSError as exc:
-            raise NodeError(f"cannot write to {output}: {exc.strerror or exc}") from None
-        with file:
-            _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
-        os.replace(temporary, target)
-    finally:
-        with contextlib.suppress(OSError):  # never hides the error that got us here
-            temporary.unlink(missing_ok=True)
-    return 0
-
-
-def _stop_on_sigterm() -> None:
-    """Make SIGTERM end the command as Ctrl-C does, with its clean-up (finally blocks)."""
-    import signal
-
-    def interrupt(number: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
-def _fetch_into(data_dir: Path, capability: str, fd: int, write: Callable[[bytes], object]) -> None:
-    """Have the node get the file into `fd`: by descriptor, so the node writes it
-    itself, when it is a regular file; else streamed here and given to `write`."""
-    from node.control import regular_file
-
-    with _client(data_dir, timeout=None) as client:
-        bar = _progress_bar(None, "get")
-        if regular_file(fd):
-            client.send({"command": "get", "arguments": {"capability": capability, "fd": True}})
-            _send_fd(client, fd)
-            _drain(client, bar)
-        else:
-            client.send({"command": "get", "arguments": {"capability": capability}})
-            _drain(client, bar, write)
-
-
-def _check(arguments: argparse.Namespace, data_dir: Path) -> int:
-    result = _command(data_dir, "check", capability=arguments.capability)
-    k, n = result["k"], result["n"]
-    live = result["live_chunks"]
-    print(f"manifest: {result['manifest_holders']} holder(s)")
-    for index, count in enumerate(live):
-        state = "ok" if count >= n else ("degraded" if count >= k else "UNREADABLE")
-        print(f"segment {index}: {count}/{n} chunks live (need {k}) {state}")
-    if result["healthy"]:
-        print("healthy")
-        return HEALTHY
-    if result["readable"]:
-        print("degraded but readable")
-        return DEGRADED
-    print("unreadable")
-    return UNREADABLE
-
-
-def _status(arguments: argparse.Namespace, data_dir: Path) -> int:
-    from node.config import format_size
-
-    result = _command(data_dir, "status")
-    print(f"node id:     {result['node_id']}")
-    print(f"listening:   {result['listen']}")
-    print(f"data dir:    {result['data_dir']}")
-    print(f"contacts:    {result['contacts']} ({result['connections']} connected)")
-    print(
-        f"stored:      {result['chunks']} chunks, {format_size(result['used_bytes'])} of "
-        f"{format_size(result['capacity'])}"
-    )
-    return 0
-
-
-def _peers(arguments: argparse.Namespace, data_dir: Path) -> int:
-    result = _command(data_dir, "peers")
-    for peer in result["peers"]:
-        mark = "*" if peer["connected"] else " "
-        print(f"{mark} {peer['node_id']} {peer['address']}")
-    return 0
-
-
-def _stop(arguments: argparse.Namespace, data_dir: Path) -> int:
-    _command(data_dir, "stop")
-    print("stopping")
-    return 0
-
-
 # ----------------------------------------------------------------------- testnet
 
 
@@ -463,7 +236,9 @@ def _testnet(arguments: argparse.Namespace) -> int:
     if arguments.nodes < 1:
         raise NodeError("--nodes must be at least 1")
 
-    _stop_on_sigterm()  # SIGTERM stops the nodes too, as Ctrl-C does
+    from node.cli_client import stop_on_sigterm
+
+    stop_on_sigterm()  # SIGTERM stops the nodes too, as Ctrl-C does
     directory = arguments.dir or Path(tempfile.mkdtemp(prefix="freehold-testnet-"))
     with open_testnet(arguments.nodes, directory) as testnet:
         wait_until_joined(testnet)

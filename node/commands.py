@@ -112,14 +112,27 @@ async def _check(
     owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
 ) -> Mapping[str, Any]:
     text = arguments.get("capability")
-    if not isinstance(text, str):
-        raise NodeError("check needs a capability")
-    report = await owner.check(parse_capability(text))
+    full = arguments.get("full", False)
+    if not isinstance(text, str) or not isinstance(full, bool):
+        raise NodeError("check needs a capability (and full: true or false)")
+    report = await owner.check(parse_capability(text), full=full)
     return {
         "k": report.k,
         "n": report.n,
+        "found": report.found,
         "manifest_holders": report.manifest_holders,
-        "live_chunks": list(report.live_chunks),
+        "segment_count": report.segment_count,
+        "segments": [
+            {
+                "index": segment.index,
+                "live": segment.live,
+                "missing": segment.missing,
+                "lying": [node_id.hex() for node_id in segment.lying],
+                "fetched": segment.fetched,
+            }
+            for segment in report.segments
+        ],
+        "sampled": report.sampled,
         "readable": report.readable,
         "healthy": report.healthy,
     }
@@ -134,7 +147,7 @@ async def _status(
 async def _peers(
     owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
 ) -> Mapping[str, Any]:
-    return {"peers": owner.peers()}
+    return {"peers": owner.peers(), "liars": owner.liars()}
 
 
 async def _stop(

@@ -33,6 +33,7 @@ from node.errors import NodeError
 from node.files import ChunkClient, FileNetwork, FileSettings
 from node.isal import best_parity
 from node.keyfile import load_or_create_identity
+from node.liars import Liars
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
 from node.transport import LinkLayer, TcpLinkLayer, Transport
 from protocol.identity import Identity, RandomBytes
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 Service = Callable[..., Awaitable[None]]
 """A service of the caller's, run as `await nursery.start(service, node)`: it calls
 `task_status.started()` once serving, and runs until cancelled."""
+
+LIARS_FILE: Final = "peers.sqlite3"
+"""Where a node on disk keeps the peers it caught lying (node/liars.py)."""
 
 JOIN_RETRY_INITIAL: Final = 1.0
 JOIN_RETRY_MAX: Final = 60.0
@@ -121,10 +125,12 @@ class Node:
         dht_storage = self._dht_storage
         if dht_storage is None and not in_memory:
             dht_storage = DhtStorage.open(config.data_dir / "dht.sqlite3")
+        liars = Liars(None if in_memory else config.data_dir / LIARS_FILE, clock=self._wall_clock)
         try:
             with self._cancel_scope:
-                await self._serve(identity, store, dht_storage, task_status)
+                await self._serve(identity, store, dht_storage, liars, task_status)
         finally:
+            liars.close()
             if self._store is None:
                 store.close()
             if self._dht_storage is None and dht_storage is not None:
@@ -135,6 +141,7 @@ class Node:
         identity: Identity,
         store: ChunkStore,
         dht_storage: DhtStorage | None,
+        liars: Liars,
         task_status: trio.TaskStatus[None],
     ) -> None:
         config = self.config
@@ -186,6 +193,7 @@ class Node:
                 settings=self._settings,
                 codec=codec,
                 random_bytes=self._random_bytes,
+                liars=liars,
                 parity=best_parity(),
             )
             if config.bootstrap:

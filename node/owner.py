@@ -53,9 +53,12 @@ class Owner:
         """Get a file; `write` takes its bytes in order."""
         return await get_file(self._files(), capability, write, progress=progress)
 
-    async def check(self, capability: VerifyCapability | ReadCapability) -> FileReport:
-        """Which chunks of a file live nodes hold."""
-        return await check_file(self._files(), capability)
+    async def check(
+        self, capability: VerifyCapability | ReadCapability, *, full: bool = False
+    ) -> FileReport:
+        """Which chunks of a file holders prove they have (a sample of a large file's
+        segments unless `full`)."""
+        return await check_file(self._files(), capability, full=full)
 
     def status(self) -> dict[str, Any]:
         """The node's id, address, contacts and what it stores."""
@@ -93,4 +96,18 @@ class Owner:
                 "connected": contact.node_id in connected,
             }
             for contact in dht.routing.contacts()
+        ]
+
+    def liars(self) -> list[dict[str, Any]]:
+        """The peers caught lying (node/liars.py), most recent first."""
+        files = self._files()
+        return [
+            {
+                "node_id": liar.node_id.hex(),
+                "reason": liar.reason,
+                "times": liar.times,
+                "last_caught": liar.last_caught,
+                "avoided": files.liars.avoided(liar.node_id),
+            }
+            for liar in files.liars.entries()
         ]

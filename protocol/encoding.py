@@ -24,7 +24,7 @@ What it promises:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -54,6 +54,7 @@ __all__ = [
     "EncodedSegment",
     "Parity",
     "RebuiltChunks",
+    "codeword",
     "decode_segment",
     "encode_segment",
     "parity_matrix",
@@ -125,6 +126,26 @@ for the k data `blocks`, all of one length. Whatever computes them must give zfe
 def zfec_parity(blocks: Sequence[bytes], k: int, n: int) -> list[bytes]:
     """The parity blocks, by zfec itself: the reference `Parity`."""
     return list(_zfec_encoder(k, n).encode(list(blocks), list(range(k, n))))
+
+
+def codeword(k: int, n: int, blocks: Mapping[int, BytesLike]) -> list[bytes]:
+    """All n blocks of zfec's k-of-n code from any k of them (`blocks`: block number ->
+    bytes, all of one length, exactly k entries). The code works byte position by
+    position, so this holds for any equal-length pieces cut at the same offsets of the
+    blocks: what an audit's answers are (protocol/audit.py). Pure, thread-safe."""
+    if len(blocks) != k:
+        raise LocalProtocolError(f"a codeword needs exactly k = {k} blocks, got {len(blocks)}")
+    numbers = sorted(blocks)
+    if numbers[0] < 0 or numbers[-1] >= n:
+        raise LocalProtocolError(f"block numbers must be in 0..{n - 1}, got {numbers}")
+    given = [bytes(blocks[number]) for number in numbers]
+    if numbers[-1] < k:  # the data blocks themselves
+        primary = given
+    else:
+        primary = [bytes(block) for block in _zfec_decoder(k, n).decode(given, numbers)]
+    if n == k:
+        return primary
+    return primary + [bytes(block) for block in zfec_parity(primary, k, n)]
 
 
 @functools.cache

@@ -64,6 +64,8 @@ from protocol.schema import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_AUDIT_LENGTH",
+    "MAX_AUDIT_RANGES",
     "MAX_CHUNKS_PER_QUERY",
     "MAX_CONTACTS",
     "MAX_PROVIDERS",
@@ -72,9 +74,11 @@ __all__ = [
     "MESSAGES",
     "PROTOCOL_VERSION",
     "AddProvider",
+    "AuditChunks",
     "Bytes",
     "ChunkData",
     "ChunkStored",
+    "ChunksAudited",
     "ChunksHeld",
     "EnumValue",
     "Envelope",
@@ -929,6 +933,45 @@ class ChunksHeld(Message):
     """Answer to HAS_CHUNKS: one flag per id asked, in the same order."""
 
     held: Annotated[tuple[bool, ...], Items(max_items=MAX_CHUNKS_PER_QUERY)]
+
+
+# ------------------------------------------------------------------------- audits
+# docs/PROTOCOL.md#audits. Proof that a holder has a chunk's bytes now, in far fewer
+# bytes than the chunk: the auditor picks fresh random offsets, the holder answers the
+# bytes there. protocol/audit.py says how answers are judged without the chunks.
+
+MAX_AUDIT_RANGES: Final = 16
+"""Most offsets one AUDIT_CHUNKS asks about (the same for every chunk it names)."""
+
+MAX_AUDIT_LENGTH: Final = 64
+"""Most bytes asked at each offset."""
+
+
+@message(type_code=26)
+@dataclass(frozen=True, slots=True)
+class AuditChunks(Message):
+    """Prove you hold these chunks now: for each, send its `length` bytes at each of
+    `offsets`, joined in order. Answered by CHUNKS_AUDITED."""
+
+    chunk_ids: Annotated[tuple[ChunkId, ...], Items(min_items=1, max_items=MAX_CHUNKS_PER_QUERY)]
+    offsets: Annotated[
+        tuple[Annotated[int, Int(min=0, max=MAX_CHUNK_SIZE - 1)], ...],
+        Items(min_items=1, max_items=MAX_AUDIT_RANGES),
+    ]
+    length: Annotated[int, Int(min=1, max=MAX_AUDIT_LENGTH)]
+
+
+@message(type_code=27)
+@dataclass(frozen=True, slots=True)
+class ChunksAudited(Message):
+    """Answer to AUDIT_CHUNKS: one entry per chunk id asked, in the same order: the
+    bytes asked of it (len(offsets) * length), or nil if the chunk is not held here
+    (or is too short for the ranges asked)."""
+
+    answers: Annotated[
+        tuple[Annotated[bytes, Bytes(max_len=MAX_AUDIT_RANGES * MAX_AUDIT_LENGTH)] | None, ...],
+        Items(max_items=MAX_CHUNKS_PER_QUERY),
+    ]
 
 
 # -------------------------------------------------------------------------- codec

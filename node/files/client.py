@@ -1,4 +1,4 @@
-"""The one client of the chunk RPCs: STORE_CHUNK, FETCH_CHUNK and HAS_CHUNKS.
+"""The one client of the chunk RPCs: STORE_CHUNK, FETCH_CHUNK, HAS_CHUNKS, AUDIT_CHUNKS.
 
 docs/PROTOCOL.md#chunk-messages. Every request of the file layer to a holder goes
 through `ChunkClient`, and so does the short cut for the one holder that is this node:
@@ -23,17 +23,34 @@ from typing import Final, NamedTuple
 
 from dht.contact import Contact
 from node.chunks import ChunkService, Offload, in_thread
-from node.errors import TransportError
+from node.errors import ChunkNotFound, TransportError
 from node.transport import Transport
+from protocol.audit import stripe
 from protocol.chunk import GroupRecord, chunk_id
-from protocol.messages import ChunkData, ChunksHeld, ChunkStored, FetchChunk, HasChunks, StoreChunk
+from protocol.messages import (
+    AuditChunks,
+    ChunkData,
+    ChunksAudited,
+    ChunksHeld,
+    ChunkStored,
+    FetchChunk,
+    HasChunks,
+    StoreChunk,
+)
 
-__all__ = ["CHUNK_TIMEOUT", "QUERY_TIMEOUT", "ChunkClient", "Fetched"]
+__all__ = ["CHUNK_TIMEOUT", "QUERY_TIMEOUT", "Audited", "ChunkClient", "Fetched"]
 
 CHUNK_TIMEOUT: Final = 30.0
 """Seconds to wait for a STORE_CHUNK's or a FETCH_CHUNK's answer (a chunk each way)."""
 QUERY_TIMEOUT: Final = 5.0
 """Seconds to wait for a HAS_CHUNKS answer."""
+
+
+class Audited(NamedTuple):
+    """A holder's answers to an audit, and whether they are our own (checked) chunks."""
+
+    answers: list[bytes | None]
+    trusted: bool
 
 
 class Fetched(NamedTuple):
@@ -94,12 +111,34 @@ class ChunkClient:
         # Hashed off the event loop (in a worker thread, where blake3 runs without the GIL).
         return Fetched(answer.data, await self.offload(chunk_id, answer.data))
 
-    async def fetch_verified(self, contact: Contact, wanted: bytes) -> bytes:
-        """Chunk `wanted` from `contact`, checked against its id; NodeError if not."""
-        fetched = await self.fetch(contact, wanted)
-        if fetched.digest != wanted:
-            raise TransportError(f"{contact.node_id.short()} sent bytes that are not the chunk")
-        return fetched.data
+    async def audit(
+        self, contact: Contact, ids: Sequence[bytes], offsets: Sequence[int], length: int
+    ) -> Audited:
+        """`contact`'s answers to an audit of `ids` (protocol/audit.py): one entry per id,
+        the bytes at `offsets` or None. Our own chunks are read whole and checked
+        against their ids first, so their answers are `trusted`: the anchor."""
+        if self.is_self(contact):
+            store = self._local().store
+
+            def read_own() -> list[bytes | None]:
+                answers: list[bytes | None] = []
+                for identifier in ids:
+                    try:
+                        answers.append(stripe(store.get(identifier), offsets, length))
+                    except ChunkNotFound:
+                        answers.append(None)
+                return answers
+
+            return Audited(await self.offload(read_own), trusted=True)
+        answer = await self.transport.request(
+            contact.address,
+            AuditChunks(tuple(ids), tuple(offsets), length),
+            node_id=contact.node_id,
+            timeout=QUERY_TIMEOUT,
+        )
+        if not isinstance(answer, ChunksAudited) or len(answer.answers) != len(ids):
+            raise TransportError(f"{contact.node_id.short()} answered AUDIT_CHUNKS wrongly")
+        return Audited(list(answer.answers), trusted=False)
 
     async def held(self, contact: Contact, ids: Sequence[bytes]) -> list[bool]:
         """Which of `ids` `contact` says it holds, one flag each."""

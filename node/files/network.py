@@ -7,7 +7,7 @@ parts. Nothing in the file layer reaches for anything else of the node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nacl.utils
 
@@ -15,6 +15,7 @@ from dht.service import DhtService
 from node.chunks import Offload, in_thread
 from node.errors import ConfigError
 from node.files.client import ChunkClient
+from node.liars import Liars
 from protocol.aead import TAG_SIZE
 from protocol.chunk import MAX_CHUNK_SIZE
 from protocol.encoding import Parity, zfec_parity
@@ -68,3 +69,5 @@ class FileNetwork:
     """File keys and nonce prefixes."""
     parity: Parity = zfec_parity
     """The parity blocks: node/isal.py's `best_parity()` in a node."""
+    liars: Liars = field(default_factory=Liars)
+    """Peers caught lying: avoided for fetches and placements (node/liars.py)."""

@@ -222,7 +222,11 @@ async def place_segment(
     """Place segment `index`'s chunks (`pending`, by block number); each entry is let
     go (set to None) once a node has it, not when the whole segment is done."""
     params = net.settings.params
-    nearby = await candidates(net, ids[0], placement.everyone)
+    nearby = [
+        contact
+        for contact in await candidates(net, ids[0], placement.everyone)
+        if not net.liars.avoided(contact.node_id)  # caught lying: no chunk of ours
+    ]
     if not nearby:
         raise PlacementFailed("no node to store chunks on: is the node connected?")
     taken: set[NodeId] = set()  # nodes holding a chunk of this segment (or asked for one)
@@ -297,7 +301,11 @@ async def _place_whole(
             f"{what} has {len(data)} bytes, over the {MAX_CHUNK_SIZE}-byte chunk limit"
         )
     group = GroupRecord.single(identifier)
-    nearby = (await candidates(net, identifier, placement.everyone))[: net.settings.params.n]
+    nearby = [
+        contact
+        for contact in await candidates(net, identifier, placement.everyone)
+        if not net.liars.avoided(contact.node_id)
+    ][: net.settings.params.n]
     stored = 0
 
     async def place(contact: Contact) -> None:

@@ -57,6 +57,7 @@ from protocol.stream import FileDecoder
 __all__ = [
     "SEGMENTS_FETCHING",
     "fetch_manifest",
+    "fetch_part_list",
     "fetch_parts",
     "fetch_root",
     "fetch_stored",
@@ -65,6 +66,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+AVOIDED: Final = "caught lying before: avoided"
 
 SEGMENTS_FETCHING: Final = 3
 """Segments of a download being fetched at once (k chunks each: about 4 MiB)."""
@@ -80,13 +83,18 @@ async def fetch_stored(net: FileNetwork, identifier: bytes, what: str) -> bytes:
     tried: set[NodeId] = set()
     for enough in (1, None):
         for contact in (await locate(net, [identifier], enough=enough))[0]:
-            if contact.node_id in tried:
+            if contact.node_id in tried or net.liars.avoided(contact.node_id):
                 continue
             tried.add(contact.node_id)
             try:
-                return await net.client.fetch_verified(contact, identifier)
+                got = await net.client.fetch(contact, identifier)
             except NodeError as exc:
                 problems.append(str(exc))
+                continue
+            if got.digest == identifier:
+                return got.data
+            net.liars.caught(contact.node_id, f"served bytes that are not the {what}")
+            problems.append(f"{contact.node_id.short()} sent bytes that are not the chunk")
     detail = f" ({'; '.join(problems[:3])})" if problems else ""
     raise Unreadable(f"no reachable node holds the {what} {identifier.hex()[:16]}…{detail}")
 
@@ -97,7 +105,12 @@ async def fetch_root(net: FileNetwork, manifest_id: bytes) -> Manifest | Manifes
 
 
 async def fetch_parts(net: FileNetwork, index: ManifestIndex) -> Manifest:
-    """The manifest joined from the parts `index` names: the first part, which gives
+    """The manifest joined from the parts `index` names (`fetch_part_list`)."""
+    return join_parts(index, await fetch_part_list(net, index))
+
+
+async def fetch_part_list(net: FileNetwork, index: ManifestIndex) -> list[bytes]:
+    """The parts `index` names, in order, each checked: the first part, which gives
     every other part's length (`part_size`), then the others, each id once and a few
     at a time, each refused as soon as its length is wrong. No index, however crafted,
     makes this hold more than the manifest's size and one part."""
@@ -127,7 +140,7 @@ async def fetch_parts(net: FileNetwork, index: ManifestIndex) -> Manifest:
         # The first part found missing or wrong says it (others may be too): one
         # error, as for a manifest stored whole.
         raise single_error(group, (Unreadable, TamperedManifest)) from None
-    return join_parts(index, [got[identifier] for identifier in index.part_ids])
+    return [got[identifier] for identifier in index.part_ids]
 
 
 async def fetch_manifest(net: FileNetwork, manifest_id: bytes) -> Manifest:
@@ -159,11 +172,17 @@ async def gather_segment(
 
     async def run_fetch(action: Fetch) -> None:
         number, contact = action.number, action.contact
+        if net.liars.avoided(contact.node_id):  # caught lying, by this get or before
+            fetch.failed(number, contact, Failure.UNREACHABLE, AVOIDED, trio.current_time())
+            reported()
+            return
         try:
             got = await net.client.fetch(contact, ids[number])
         except NodeError as exc:
             fetch.failed(number, contact, _failure(exc), str(exc), trio.current_time())
         else:
+            if got.digest != ids[number]:
+                net.liars.caught(contact.node_id, "served bytes that are not the chunk asked for")
             fetch.fetched(number, contact, got.data, got.digest, trio.current_time())
         reported()
 

@@ -28,7 +28,7 @@ The contract, for both backends (`DiskChunkStore`, `MemoryChunkStore`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -97,6 +97,12 @@ class ChunkStore(Protocol):
 
     def has(self, chunk_id: bytes) -> bool:
         """Whether the chunk is held (by the index; `get` is what verifies the bytes)."""
+        ...
+
+    def read_ranges(self, chunk_id: bytes, offsets: Sequence[int], length: int) -> bytes | None:
+        """`length` bytes of the chunk at each offset, joined, as they are on disk now
+        (not checked against the id: an audit's answer, which the auditor judges); None
+        if a range runs past the chunk's end. `ChunkNotFound` if it is not held."""
         ...
 
     def info(self, chunk_id: bytes) -> ChunkInfo:

@@ -48,7 +48,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -250,21 +250,7 @@ class DiskChunkStore:
     def get(self, chunk_id: bytes) -> bytes:
         """The chunk's bytes, verified against its id; `ChunkDamaged` (and the chunk is
         dropped) if its file is damaged or gone."""
-        with self._guard:
-            size = self._size(chunk_id)
-            path = self._path(chunk_id)
-            # Opened under the lock, so a concurrent delete happens wholly before (not
-            # found) or after (we still read the file we opened).
-            try:
-                descriptor = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                self._drop(chunk_id, size, "its file is missing")
-                raise ChunkDamaged(
-                    f"chunk {chunk_id.hex()} was lost: its file {path} is missing; "
-                    "it has been dropped from the index"
-                ) from None
-            except OSError as exc:
-                raise StoreError(f"cannot open chunk file {path}: {exc}") from exc
+        descriptor, size, path = self._open_chunk(chunk_id)
         try:
             try:
                 opened = os.fstat(descriptor)
@@ -285,6 +271,41 @@ class DiskChunkStore:
             )
         finally:
             os.close(descriptor)
+
+    def read_ranges(self, chunk_id: bytes, offsets: Sequence[int], length: int) -> bytes | None:
+        """The bytes at `offsets` as the chunk's file holds them now (ChunkStore.read_ranges):
+        a few preads, not the whole chunk. A missing file drops the chunk (ChunkDamaged)."""
+        descriptor, size, path = self._open_chunk(chunk_id)
+        try:
+            if any(offset < 0 or offset + length > size for offset in offsets):
+                return None
+            try:
+                pieces = [os.pread(descriptor, length, offset) for offset in offsets]
+            except OSError as exc:
+                raise StoreError(f"cannot read chunk file {path}: {exc}") from exc
+            # A file shorter than the index says answers short: the audit fails it.
+            return b"".join(pieces)
+        finally:
+            os.close(descriptor)
+
+    def _open_chunk(self, chunk_id: bytes) -> tuple[int, int, Path]:
+        """The chunk's open file, its size by the index, and its path; the caller
+        closes it. Opened under the lock, so a concurrent delete happens wholly before
+        (not found) or after (we still read the file we opened). A missing file drops
+        the chunk: ChunkDamaged."""
+        with self._guard:
+            size = self._size(chunk_id)
+            path = self._path(chunk_id)
+            try:
+                return os.open(path, os.O_RDONLY), size, path
+            except FileNotFoundError:
+                self._drop(chunk_id, size, "its file is missing")
+                raise ChunkDamaged(
+                    f"chunk {chunk_id.hex()} was lost: its file {path} is missing; "
+                    "it has been dropped from the index"
+                ) from None
+            except OSError as exc:
+                raise StoreError(f"cannot open chunk file {path}: {exc}") from exc
 
     def has(self, chunk_id: bytes) -> bool:
         """Whether the index holds the chunk (`get` is what verifies the bytes)."""

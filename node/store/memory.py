@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 from node.errors import ChunkNotFound, StoreError
@@ -23,6 +23,7 @@ from node.store.base import (
     warn_if_other_group,
 )
 from node.store.config import StoreConfig
+from protocol.audit import stripe
 from protocol.chunk import GroupRecord
 
 __all__ = ["MemoryChunkStore"]
@@ -95,6 +96,12 @@ class MemoryChunkStore:
         with self._guard:
             self._check_open()
             return chunk_id in self._chunks
+
+    def read_ranges(self, chunk_id: bytes, offsets: Sequence[int], length: int) -> bytes | None:
+        """The bytes at `offsets` (ChunkStore.read_ranges)."""
+        with self._guard:
+            data, _ = self._held(chunk_id)
+        return stripe(data, offsets, length)
 
     def info(self, chunk_id: bytes) -> ChunkInfo:
         """The chunk's size, group record and time stored."""

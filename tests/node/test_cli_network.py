@@ -205,8 +205,8 @@ def test_check_of_a_healthy_file_exits_0(network: Testnet, directory: Path) -> N
         lines = succeeds(network.nodes[8].data_dir, "check", text).decode().splitlines()
         assert lines == [
             f"manifest: {N} holder(s)",
-            f"segment 0: {N}/{N} chunks live (need {K}) ok",
-            f"segment 1: {N}/{N} chunks live (need {K}) ok",
+            f"segment 0: {N}/{N} chunks live, 0 missing (need {K}) ok",
+            f"segment 1: {N}/{N} chunks live, 0 missing (need {K}) ok",
             "healthy",
         ]
 
@@ -284,15 +284,16 @@ def test_get_with_the_wrong_key_fails_and_writes_nothing(network: Testnet, direc
     assert set(directory.iterdir()) == before
 
 
-def test_a_file_nobody_stored_is_not_found_and_unreadable(network: Testnet) -> None:
+def test_a_file_nobody_stored_is_not_found_and_check_says_so(network: Testnet) -> None:
     """`get` of a well-formed capability nobody stored fails saying no node holds its
-    manifest, and `check` reports it unreadable (exit 2)."""
+    manifest, and `check` says no manifest is stored under it (exit 3, could not check),
+    not that a file is unreadable."""
     capability = unknown_capability(seed=8)
     message = one_line_error(freehold(network.nodes[1].data_dir, "get", capability))
     assert "no reachable node holds the manifest" in message
     result = freehold(network.nodes[1].data_dir, "check", capability)
-    assert result.returncode == 2, result.stderr
-    assert result.stdout.decode().splitlines() == ["manifest: 0 holder(s)", "unreadable"]
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.decode().startswith("no node holds a manifest under this id")
 
 
 def test_put_of_a_missing_file_is_a_one_line_error(network: Testnet, directory: Path) -> None:
@@ -379,7 +380,10 @@ def test_losing_nodes_degrades_then_breaks_a_file(directory: Path) -> None:
         capability = put(uploader.data_dir, original)
         assert succeeds(downloader.data_dir, "check", capability).decode().splitlines() == [
             f"manifest: {N} holder(s)",
-            *(f"segment {index}: {N}/{N} chunks live (need {K}) ok" for index in (0, 1, 2)),
+            *(
+                f"segment {index}: {N}/{N} chunks live, 0 missing (need {K}) ok"
+                for index in (0, 1, 2)
+            ),
             "healthy",
         ]
 
@@ -391,7 +395,7 @@ def test_losing_nodes_degrades_then_breaks_a_file(directory: Path) -> None:
         assert result.stdout.decode().splitlines() == [
             f"manifest: {N - 3} holder(s)",
             *(
-                f"segment {index}: {N - 3}/{N} chunks live (need {K}) degraded"
+                f"segment {index}: {N - 3}/{N} chunks live, 3 missing (need {K}) degraded"
                 for index in (0, 1, 2)
             ),
             "degraded but readable",
@@ -402,7 +406,9 @@ def test_losing_nodes_degrades_then_breaks_a_file(directory: Path) -> None:
         result = freehold(downloader.data_dir, "check", capability)
         assert result.returncode == 2, result.stderr
         lines = result.stdout.decode().splitlines()
-        assert lines[1] == f"segment 0: 2/{N} chunks live (need {K}) UNREADABLE"
+        assert lines[1].startswith(
+            f"segment 0: 2/{N} chunks live, {N - 2} missing (need {K}) UNREADABLE"
+        )
         assert lines[-1] == "unreadable"
         copy = directory / "copy.bin"
         message = one_line_error(freehold(downloader.data_dir, "get", capability, "-o", str(copy)))
@@ -437,7 +443,10 @@ def test_restarted_nodes_keep_serving_their_chunks(directory: Path) -> None:
                 node.stop(kill=True)
         result = freehold(downloader.data_dir, "check", capability)
         assert result.returncode == 1, result.stderr
-        assert f"segment 0: 3/{N} chunks live (need {K}) degraded" in result.stdout.decode()
+        assert (
+            f"segment 0: 3/{N} chunks live, {N - 3} missing (need {K}) degraded"
+            in result.stdout.decode()
+        )
         assert succeeds(downloader.data_dir, "get", capability) == original.read_bytes()
 
 

@@ -444,7 +444,7 @@ async def test_a_command_refused_before_its_descriptor_still_says_why(
 ) -> None:
     """The node refuses a command before taking the descriptor it promised, and may
     hang up before the CLI sends it: the CLI still reports the node's own message."""
-    from node.cli import _send_fd
+    from node.cli_client import _send_fd
 
     path = directory / "control.sock"
     target = tmp_path / "file.bin"
