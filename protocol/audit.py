@@ -14,14 +14,18 @@ The judge (rules):
 
 1. An answer of the wrong length fails at once.
 2. A codeword C is *decided* when it fits every trusted answer (the auditor's own
-   chunks, read from its own verified store), and, with S the block numbers that have an
-   answer equal to C's and D those with an answer that differs, |S| >= k + |D| and
-   |S| >= k + 1, and the answers equal to C's come from at least k + 1 distinct holders
-   (or k trusted numbers alone fix C). Two distinct codewords of an MDS code share at
-   most k - 1 block numbers, so no rival can also be decided: with m answers on
-   distinct numbers, up to (m - k - 1) / 2 liars are found. The holders count because
-   one holder answering for many block numbers is one witness, however many numbers it
-   claims: it could invent a codeword of its own.
+   chunks, read from its own verified store), at least k + 1 block numbers have an
+   answer equal to C's, from at least k + 1 distinct holders (witnesses), and no rival
+   codeword could do as well: two distinct codewords of an MDS code share at most
+   k - 1 block numbers, so a rival's witnesses are holders that dissent from C
+   somewhere plus those agreeing with C at k - 1 numbers at most. C is decided when,
+   with S the numbers with an answer equal to C's and D those with an answer that
+   differs, |S| >= k + |D| (with m answers on distinct numbers, up to (m - k - 1) / 2
+   liars are found), or when that bound on a rival's witnesses is under k + 1 (one
+   node claiming many chunks it does not hold is one dissenter, however many numbers
+   it claims). (Or k trusted numbers alone fix C.) The holders count because one
+   holder answering for many block numbers is one witness: it could invent a codeword
+   of its own.
 3. Decided: answers equal to C's pass, the others fail. Not decided (fewer than k + 1
    numbers answered, or no clear majority): nothing passes or fails; the auditor must
    fetch whole chunks to know (node/files/checking.py does).
@@ -188,4 +192,18 @@ def _is_decided(
         1 for number, seen in values.items() if any(data != candidate[number] for data in seen)
     )
     witnesses = {a.holder for a in answers if a.data == candidate[a.number]}
-    return support >= k + 1 and support >= k + differing and len(witnesses) >= k + 1
+    if support < k + 1 or len(witnesses) < k + 1:
+        return False
+    if support >= k + differing:
+        return True
+    # Many numbers have a dissenting answer, but perhaps all from few holders (one node
+    # claiming what it does not hold): a rival codeword's witnesses are holders that
+    # dissent somewhere, plus those agreeing with this one at the k - 1 or fewer numbers
+    # the two codewords can share. If even that cannot make k + 1, no rival is possible.
+    dissenters = {a.holder for a in answers if a.data != candidate[a.number]}
+    agreeing: dict[int, set[Hashable]] = {}
+    for a in answers:
+        if a.data == candidate[a.number] and a.holder not in dissenters:
+            agreeing.setdefault(a.number, set()).add(a.holder)
+    shared = sorted((len(holders) for holders in agreeing.values()), reverse=True)[: k - 1]
+    return len(dissenters) + sum(shared) < k + 1

@@ -62,7 +62,8 @@ class SegmentReport:
     missing: int
     """n - live: chunks nobody proved."""
     lying: tuple[NodeId, ...]
-    """Holders that answered for a chunk of the segment with bytes that are not it."""
+    """Holders that answered for a chunk of the segment with bytes that are not it, and
+    holders that claim chunks of it but were caught lying before (not asked again)."""
     fetched: bool
     """Settled by fetching whole chunks: the audit alone could not decide."""
 
@@ -152,11 +153,14 @@ async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> Seg
     first_number: dict[bytes, int] = {}
     for number, identifier in enumerate(ids):
         first_number.setdefault(identifier, number)
+    known_liars: set[NodeId] = set()  # caught before: their claims are not even asked
     for number, found in enumerate(await locate(net, ids)):
         if first_number[ids[number]] != number:
             continue  # a repeated id (k = 1, or blocks of zeros): one chunk, asked once
         for contact in found:
-            if not net.liars.avoided(contact.node_id):
+            if net.liars.avoided(contact.node_id):
+                known_liars.add(contact.node_id)
+            else:
                 claimed.setdefault(contact.node_id, (contact, []))[1].append(number)
     answers: list[Answer[tuple[NodeId, int]]] = []
 
@@ -182,9 +186,10 @@ async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> Seg
         good, bad = await _fetch_whole(net, ids, undecided, contacts)
         passed, failed = good, failed | bad
     live_ids = {ids[number] for _, number in passed}
-    lying = sorted({node_id for node_id, _ in failed}, key=lambda node_id: node_id.value)
-    for node_id in lying:
+    caught = {node_id for node_id, _ in failed}
+    for node_id in caught:
         net.liars.caught(node_id, f"failed an audit of segment {index} of a file")
+    lying = sorted(caught | known_liars, key=lambda node_id: node_id.value)
     live = sum(1 for identifier in ids if identifier in live_ids)
     return SegmentReport(index, live, n - live, tuple(lying), not verdict.decided)
 

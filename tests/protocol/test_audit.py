@@ -170,3 +170,17 @@ def test_one_holder_answering_for_every_chunk_is_one_witness() -> None:
         for number in range(10)
     ]
     assert judge(3, 10, four_holders, expected_length=EXPECTED).decided
+
+
+def test_one_node_claiming_chunks_it_lacks_is_named_whatever_it_claims() -> None:
+    """Ten honest holders, and one node answering for all ten numbers with invented
+    bytes: it is one dissenter, no rival codeword can have k + 1 witnesses, so the
+    verdict is decided and names it for every number it lied about."""
+    chunks = chunks_of(3, 10, seed=5)
+    rng = random.Random(5)
+    answers = answers_for(chunks, OFFSETS)
+    answers += [Answer(("liar", j), "liar", j, rng.randbytes(EXPECTED)) for j in range(10)]
+    verdict = judge(3, 10, answers, expected_length=EXPECTED)
+    assert verdict.decided
+    assert verdict.failed == frozenset(("liar", j) for j in range(10))
+    assert verdict.passed == frozenset(range(10))

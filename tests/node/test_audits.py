@@ -1,0 +1,306 @@
+"""Audits against real lying nodes: twelve real `Node`s, in memory (the real Noise
+channel) and over TCP loopback, some of them lying as a cheater would. `check` never
+counts a chunk live that its holder cannot produce, names the liars, and `get` still
+returns the file whenever k honest chunks exist.
+
+Each liar is a real node whose chunk handlers are replaced, or whose store is damaged
+behind its back: everything else (the network, the DHT, the auditor) is the real code."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from node.config import NodeConfig
+from node.errors import NodeError
+from node.files import FileNetwork, check_file, get_file, put_file
+from node.files.checking import FileReport
+from node.node import Node
+from node.store import DiskChunkStore, MemoryChunkStore, StoreConfig
+from node.transport import MemoryNetwork, Peer
+from protocol.capability import ReadCapability
+from protocol.identity import Identity
+from protocol.messages import (
+    AuditChunks,
+    ChunksAudited,
+    ChunksHeld,
+    FetchChunk,
+    HasChunks,
+    Message,
+)
+
+NODES = 12
+SEGMENT = 4096
+SIZE = 3 * SEGMENT - 100  # three segments
+
+
+@pytest.fixture(params=["memory", "tcp"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock(kind: str) -> MockClock:
+    return MockClock(autojump_threshold=0 if kind == "memory" else 0.3)
+
+
+@asynccontextmanager
+async def cluster(kind: str, stores: dict[int, Any] | None = None) -> AsyncIterator[list[Node]]:
+    """Twelve joined nodes; `stores` gives some of them a store of the test's own."""
+    rng = random.Random(2026)
+    memory = MemoryNetwork(seed=3, min_latency=0.01, max_latency=0.03, secure=True)
+    nodes: list[Node] = []
+    async with trio.open_nursery() as nursery:
+        for index in range(NODES):
+            identity = Identity.generate(rng.randbytes)
+            if kind == "memory":
+                host = f"10.{index + 1}.0.1"  # one /24 each: the DHT limits nodes per prefix
+                listen = (host, 4410)
+                link = memory.link_layer(identity, host, random_bytes=rng.randbytes)
+            else:
+                listen, link = ("127.0.0.1", 0), None
+            bootstrap = () if not nodes else (nodes[0].transport.address,)  # type: ignore[union-attr]
+            config = NodeConfig(
+                data_dir=Path("/nonexistent"),
+                listen=listen,
+                bootstrap=bootstrap,  # type: ignore[arg-type]
+                storage="memory",
+                workers=0,
+                segment_size=SEGMENT,
+            )
+            node = Node(
+                config,
+                identity=identity,
+                link_layer=link,
+                store=(stores or {}).get(index),
+                rng=random.Random(index),
+                random_bytes=random.Random(index + 100).randbytes,
+                wall_clock=trio.current_time,
+            )
+            await nursery.start(node.run)
+            nodes.append(node)
+        for node in nodes:
+            await node.joined.wait()
+        # Each joined through the first while the others were still arriving: a second
+        # self-lookup, now that the first knows everyone, fills every table.
+        for node in nodes[1:]:
+            assert node.dht is not None and nodes[0].transport is not None
+            await node.dht.bootstrap([nodes[0].transport.address])  # type: ignore[list-item]
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+def files(node: Node) -> FileNetwork:
+    assert node.files is not None
+    return node.files
+
+
+async def put(node: Node, seed: int = 1) -> tuple[bytes, ReadCapability]:
+    data = random.Random(seed).randbytes(SIZE)
+    capability = await put_file(files(node), io.BytesIO(data), size=SIZE)
+    await trio.sleep(5)  # holders announce what they took
+    return data, capability
+
+
+async def read(node: Node, capability: ReadCapability) -> bytes:
+    pieces: list[bytes] = []
+
+    async def write(data: memoryview) -> None:
+        pieces.append(bytes(data))
+
+    await get_file(files(node), capability, write)
+    return b"".join(pieces)
+
+
+def held_by(node: Node) -> set[bytes]:
+    assert node.chunks is not None
+    return set(node.chunks.store.chunk_ids())
+
+
+def lie(node: Node, message_type: type[Message], handler: Callable[..., Any]) -> None:
+    assert node.transport is not None
+    node.transport.add_handler(message_type, handler)
+
+
+def assert_live_is_producible(report: FileReport, producible: set[bytes], ids: list[tuple]) -> None:
+    """No segment counts more chunks live than the nodes can really produce."""
+    for segment in report.segments:
+        provable = sum(1 for identifier in ids[segment.index] if identifier in producible)
+        assert segment.live <= provable
+
+
+async def segment_ids(node: Node, capability: ReadCapability) -> list[tuple]:
+    from node.files import fetch_manifest
+
+    manifest = await fetch_manifest(files(node), capability.manifest_id)
+    return [manifest.segment_chunk_ids(index) for index in range(manifest.segment_count)]
+
+
+async def test_a_node_that_says_yes_to_everything_is_caught(kind: str, clock: MockClock) -> None:
+    """A liar answers HAS_CHUNKS yes to every id and AUDIT_CHUNKS with invented bytes
+    for what it does not hold: check never counts its claims, names it lying in the
+    segments it lied about, remembers it; get is unharmed."""
+    async with cluster(kind) as nodes:
+        data, capability = await put(nodes[0])
+        liar, auditor = nodes[3], nodes[9]
+        rng = random.Random(5)
+
+        async def yes(peer: Peer, message: Message) -> Message:
+            assert isinstance(message, HasChunks)
+            return ChunksHeld(tuple(True for _ in message.chunk_ids))
+
+        async def invent(peer: Peer, message: Message) -> Message:
+            # Honest for what it holds (the manifest too), inventing the rest.
+            assert isinstance(message, AuditChunks) and liar.chunks is not None
+            real = liar.chunks.audit(message.chunk_ids, message.offsets, message.length)
+            size = len(message.offsets) * message.length
+            return ChunksAudited(tuple(a or rng.randbytes(size) for a in real))
+
+        lie(liar, HasChunks, yes)
+        lie(liar, AuditChunks, invent)
+        report = await check_file(files(auditor), capability)
+        ids = await segment_ids(auditor, capability)
+        really_held = set().union(*(held_by(node) for node in nodes))  # the liar's own too
+        assert_live_is_producible(report, really_held, ids)
+        assert any(liar.transport.node_id in segment.lying for segment in report.segments)  # type: ignore[union-attr]
+        assert files(auditor).liars.avoided(liar.transport.node_id)  # type: ignore[union-attr]
+        assert await read(auditor, capability) == data
+
+
+async def test_deleted_chunk_files_are_missing_not_live(
+    kind: str, clock: MockClock, tmp_path: Path
+) -> None:
+    """A holder whose chunk files were deleted behind its back still says yes to
+    HAS_CHUNKS (its index has the rows), but cannot answer an audit: not live."""
+    store = DiskChunkStore.open(tmp_path / "victim", StoreConfig(capacity=2**30))
+    try:
+        async with cluster(kind, {4: store}) as nodes:
+            data, capability = await put(nodes[0])
+            victim = nodes[4]
+            lost = held_by(victim)
+            assert lost, "the victim took no chunk: the test would prove nothing"
+            for path in (tmp_path / "victim" / "chunks").rglob("*"):
+                if path.is_file() and len(path.name) == 64:
+                    path.unlink()
+            report = await check_file(files(nodes[8]), capability)
+            ids = await segment_ids(nodes[8], capability)
+            for segment in report.segments:
+                held_elsewhere = {
+                    identifier
+                    for node in nodes
+                    if node is not victim
+                    for identifier in held_by(node)
+                }
+                producible = sum(1 for i in ids[segment.index] if i in held_elsewhere)
+                assert segment.live == producible  # the lost ones are missing
+            assert report.readable
+            assert await read(nodes[8], capability) == data
+    finally:
+        store.close()
+
+
+async def test_rotted_bytes_are_not_live_and_their_holder_is_named(
+    kind: str, clock: MockClock
+) -> None:
+    """A holder whose chunks rotted in place (same length, other bytes): its audit
+    answers do not fit the codeword; check counts them missing and names it."""
+    store = MemoryChunkStore(StoreConfig(capacity=2**30, in_memory=True))
+    async with cluster(kind, {6: store}) as nodes:
+        data, capability = await put(nodes[0])
+        rotten = nodes[6]
+        assert held_by(rotten)
+        for identifier in held_by(rotten):
+            chunk, info = store._chunks[identifier]
+            store._chunks[identifier] = (bytes(b ^ 0x55 for b in chunk), info)
+        report = await check_file(files(nodes[10]), capability)
+        ids = await segment_ids(nodes[10], capability)
+        intact = set().union(*(held_by(node) for node in nodes if node is not rotten))
+        assert_live_is_producible(report, intact, ids)
+        assert any(rotten.transport.node_id in s.lying for s in report.segments)  # type: ignore[union-attr]
+        assert await read(nodes[10], capability) == data
+
+
+async def test_two_liars_answering_for_each_other_prove_only_what_one_holds(
+    kind: str, clock: MockClock
+) -> None:
+    """Two nodes claim each other's chunks and relay each other's audits and fetches.
+    While one of them really holds a chunk it is live once; once neither does, the
+    relay goes round and nothing is live that nobody can produce."""
+    async with cluster(kind) as nodes:
+        data, capability = await put(nodes[0])
+        first, second = nodes[2], nodes[7]
+        partner = {id(first): second, id(second): first}
+
+        def make(me: Node) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+            other = partner[id(me)]
+            assert me.transport is not None and other.transport is not None
+
+            async def has(peer: Peer, message: Message) -> Message:
+                assert isinstance(message, HasChunks)
+                mine = held_by(me) | held_by(other)
+                return ChunksHeld(tuple(i in mine for i in message.chunk_ids))
+
+            async def audit(peer: Peer, message: Message) -> Message:
+                assert isinstance(message, AuditChunks) and me.chunks is not None
+                own = me.chunks.audit(message.chunk_ids, message.offsets, message.length)
+                if (
+                    all(answer is not None for answer in own)
+                    or peer.node_id == other.transport.node_id
+                ):  # type: ignore[union-attr]
+                    return ChunksAudited(own)
+                try:  # ask the partner for what we lack
+                    relayed = await me.transport.request(  # type: ignore[union-attr]
+                        other.transport.address,
+                        message,
+                        node_id=other.transport.node_id,
+                        timeout=5,  # type: ignore[union-attr, arg-type]
+                    )
+                except NodeError:
+                    return ChunksAudited(own)
+                assert isinstance(relayed, ChunksAudited)
+                return ChunksAudited(
+                    tuple(
+                        a if a is not None else b for a, b in zip(own, relayed.answers, strict=True)
+                    )
+                )
+
+            async def fetch(peer: Peer, message: Message) -> Message:
+                assert isinstance(message, FetchChunk) and me.chunks is not None
+                if message.chunk_id in held_by(me) or peer.node_id == other.transport.node_id:  # type: ignore[union-attr]
+                    return await me.chunks.handle_fetch_chunk(peer, message)
+                return await me.transport.request(  # type: ignore[union-attr]
+                    other.transport.address,
+                    message,
+                    node_id=other.transport.node_id,
+                    timeout=5,  # type: ignore[union-attr, arg-type]
+                )
+
+            return has, audit, fetch
+
+        for me in (first, second):
+            has, audit, fetch = make(me)
+            lie(me, HasChunks, has)
+            lie(me, AuditChunks, audit)
+            lie(me, FetchChunk, fetch)
+        ids = await segment_ids(nodes[11], capability)
+        report = await check_file(files(nodes[11]), capability)
+        everyone = set().union(*(held_by(node) for node in nodes))
+        for segment in report.segments:
+            assert segment.live == sum(1 for i in ids[segment.index] if i in everyone)
+        # Now neither holds what it held: their relays have nothing to give.
+        for me in (first, second):
+            assert me.chunks is not None
+            for identifier in held_by(me):
+                me.chunks.store.delete(identifier)
+        report = await check_file(files(nodes[11]), capability)
+        left = set().union(*(held_by(node) for node in nodes if node not in (first, second)))
+        assert_live_is_producible(report, left, ids)
+        assert await read(nodes[11], capability) == data
