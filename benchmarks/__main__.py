@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from benchmarks import BenchmarkError, BenchmarkOptions
+from benchmarks.audit import run_audit_benchmark
 from benchmarks.dht import run_dht_benchmark
 from benchmarks.encoding import run_encoding_benchmark
 from benchmarks.network import run_network_benchmark
@@ -20,6 +21,10 @@ from benchmarks.transport import run_transport_benchmark
 __all__ = ["BENCHMARKS", "main"]
 
 BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
+    "audit": (
+        run_audit_benchmark,
+        "audits vs fetching whole chunks: wire bytes, prover rate and CPU, a 1 GiB check",
+    ),
     "dht": (
         run_dht_benchmark,
         "N Freehold DHT nodes on TCP loopback vs bmuller/kademlia, healthy and 25% killed",

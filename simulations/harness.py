@@ -39,6 +39,7 @@ from dht.errors import DhtError
 from node.config import NodeConfig
 from node.node import Node
 from node.transport import MemoryNetwork
+from node.transport.memory import Intercept
 from protocol.identity import Identity, NodeId
 
 __all__ = [
@@ -246,16 +247,23 @@ async def open_network(
     secure: bool = True,
     node_config: NodeConfig = SIMULATED_NODE,
     join_wave: float = JOIN_WAVE,
+    intercept: Intercept | None = None,
 ) -> AsyncIterator[SimNetwork]:
     """Start `count` nodes and join them, all stopped on exit.
 
     Nodes join in waves, as they do on a network that is being announced: each wave
     adds up to `join_wave` times the nodes already in (at least one), all joining at
     once, each through a random node of the earlier waves. With `secure` (the default)
-    every connection runs the real Noise handshake and encrypts its frames."""
+    every connection runs the real Noise handshake and encrypts its frames. `intercept`
+    sees every message sent (node/transport/memory.py): a benchmark counts bytes."""
     rng = random.Random(seed)
     network = MemoryNetwork(
-        seed=seed, min_latency=min_latency, max_latency=max_latency, loss=loss, secure=secure
+        seed=seed,
+        min_latency=min_latency,
+        max_latency=max_latency,
+        loss=loss,
+        secure=secure,
+        intercept=intercept,
     )
     async with trio.open_nursery() as nursery:
         simulation = SimNetwork(network, rng, nursery, node_config)

@@ -3,8 +3,10 @@
 A chunk counts as live only if a holder passed an audit of it in this run
 (protocol/audit.py): saying yes to HAS_CHUNKS is not enough. For each segment checked:
 
-1. the nodes near its group key and where provider records point are asked which of its
-   chunks they hold (HAS_CHUNKS, node/files/locate.py);
+1. the nodes near its group key that our routing table knows are asked which of its
+   chunks they hold (HAS_CHUNKS, node/files/locate.py); if the audit below does not
+   prove all n chunks from them, a lookup and the provider records find more, and
+   everyone found is audited afresh;
 2. every holder that said yes is audited (AUDIT_CHUNKS) for those chunks, at offsets
    drawn afresh for the segment; our own chunks are read whole, checked, and anchor the
    codeword;
@@ -31,7 +33,7 @@ import trio
 
 from dht.contact import Contact
 from node.errors import NodeError, Unreadable
-from node.files.locate import locate
+from node.files.locate import locate, locate_known
 from node.files.network import FileNetwork
 from node.files.retrieval import fetch_part_list, fetch_stored
 from protocol.audit import AUDIT_LENGTH, AUDIT_RANGES, Answer, choose_offsets, judge, stripe
@@ -143,7 +145,26 @@ async def check_file(
 
 
 async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> SegmentReport:
-    """Audit every claimed holder of segment `index` (module rules 1-3)."""
+    """Audit the claimed holders of segment `index` (module rules 1-3): first those our
+    routing table knows near its group key, with no lookup (a healthy file's holders
+    are there in a network we know well); only if they do not prove all n chunks, a
+    lookup and the provider records find more, and everyone found is audited afresh."""
+    n = manifest.params.n
+    ids = manifest.segment_chunk_ids(index)
+    known = await locate_known(net, ids)
+    first = await _audit_round(net, manifest, index, known)
+    if first.live >= n:
+        return first
+    second = await _audit_round(net, manifest, index, await locate(net, ids))
+    lying = tuple(sorted(set(first.lying) | set(second.lying), key=lambda node: node.value))
+    best = second if second.live >= first.live else first
+    return SegmentReport(index, best.live, best.missing, lying, best.fetched)
+
+
+async def _audit_round(
+    net: FileNetwork, manifest: Manifest, index: int, located: Sequence[Sequence[Contact]]
+) -> SegmentReport:
+    """Audit the holders `located` names for each chunk, at fresh offsets, and judge."""
     k, n = manifest.params.k, manifest.params.n
     ids = manifest.segment_chunk_ids(index)
     block = manifest.block_size(index)
@@ -154,7 +175,7 @@ async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> Seg
     for number, identifier in enumerate(ids):
         first_number.setdefault(identifier, number)
     known_liars: set[NodeId] = set()  # caught before: their claims are not even asked
-    for number, found in enumerate(await locate(net, ids)):
+    for number, found in enumerate(located):
         if first_number[ids[number]] != number:
             continue  # a repeated id (k = 1, or blocks of zeros): one chunk, asked once
         for contact in found:

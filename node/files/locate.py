@@ -25,7 +25,7 @@ from node.errors import NodeError, PlacementFailed
 from node.files.network import FileNetwork
 from protocol.identity import NodeId
 
-__all__ = ["candidates", "closest", "known_near", "likely_holders", "locate"]
+__all__ = ["candidates", "closest", "known_near", "likely_holders", "locate", "locate_known"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,43 @@ def likely_holders(known: Sequence[Contact], ids: Sequence[bytes]) -> list[Conta
         left.remove(best)
         order.append(best)
     return order + left
+
+
+async def locate_known(net: FileNetwork, ids: Sequence[bytes]) -> list[list[Contact]]:
+    """For each of `ids`, the nodes that say they hold it among those our routing table
+    knows closest to ids[0] (and this node), with no lookup; then, for ids none of them
+    holds, among those it knows closest to each such id (placement gives a chunk to the
+    candidate closest to the chunk's own id, and a candidate may lie outside the group
+    key's closest: the uploader itself). One HAS_CHUNKS per node."""
+    holders: list[list[Contact]] = [[] for _ in ids]
+    asked: set[NodeId] = set()
+
+    async def ask(contact: Contact, positions: list[int]) -> None:
+        try:
+            flags = await net.client.held(contact, [ids[at] for at in positions])
+        except NodeError as exc:
+            logger.debug("%s did not say what it holds: %s", contact.node_id.short(), exc)
+            return
+        for position, flag in zip(positions, flags, strict=True):
+            if flag:
+                holders[position].append(contact)
+
+    async def ask_all(wanted: dict[NodeId, tuple[Contact, list[int]]]) -> None:
+        async with trio.open_nursery() as nursery:
+            for contact, positions in wanted.values():
+                asked.add(contact.node_id)
+                nursery.start_soon(ask, contact, positions)
+
+    everything = list(range(len(ids)))
+    await ask_all({c.node_id: (c, everything) for c in known_near(net, ids[0])})
+    unclaimed: dict[NodeId, tuple[Contact, list[int]]] = {}
+    for position, found in enumerate(holders):
+        if not found:
+            for contact in known_near(net, ids[position]):
+                if contact.node_id not in asked:
+                    unclaimed.setdefault(contact.node_id, (contact, []))[1].append(position)
+    await ask_all(unclaimed)
+    return holders
 
 
 async def locate(

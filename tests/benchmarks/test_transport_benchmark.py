@@ -57,6 +57,6 @@ def test_help_lists_every_benchmark() -> None:
     result = run_benchmark("--help", timeout=RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    for name in ("dht", "encoding", "network", "transport"):
+    for name in ("audit", "dht", "encoding", "network", "transport"):
         assert f"{name}:" in result.stdout
     assert "25% killed" in result.stdout
