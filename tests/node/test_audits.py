@@ -20,7 +20,7 @@ import trio
 from trio.testing import MockClock
 
 from node.config import NodeConfig
-from node.errors import NodeError
+from node.errors import NodeError, RequestRejected
 from node.files import FileNetwork, check_file, get_file, put_file
 from node.files.checking import FileReport
 from node.node import Node
@@ -30,8 +30,10 @@ from protocol.capability import ReadCapability
 from protocol.identity import Identity
 from protocol.messages import (
     AuditChunks,
+    ChunkData,
     ChunksAudited,
     ChunksHeld,
+    ErrorCode,
     FetchChunk,
     HasChunks,
     Message,
@@ -103,9 +105,9 @@ def files(node: Node) -> FileNetwork:
     return node.files
 
 
-async def put(node: Node, seed: int = 1) -> tuple[bytes, ReadCapability]:
-    data = random.Random(seed).randbytes(SIZE)
-    capability = await put_file(files(node), io.BytesIO(data), size=SIZE)
+async def put(node: Node, seed: int = 1, size: int = SIZE) -> tuple[bytes, ReadCapability]:
+    data = random.Random(seed).randbytes(size)
+    capability = await put_file(files(node), io.BytesIO(data), size=size)
     await trio.sleep(5)  # holders announce what they took
     return data, capability
 
@@ -304,3 +306,34 @@ async def test_two_liars_answering_for_each_other_prove_only_what_one_holds(
         left = set().union(*(held_by(node) for node in nodes if node not in (first, second)))
         assert_live_is_producible(report, left, ids)
         assert await read(nodes[11], capability) == data
+
+
+async def test_a_get_asks_a_holder_serving_wrong_bytes_once(kind: str, clock: MockClock) -> None:
+    """The node holding the most data blocks of a twelve-segment file serves rotted
+    bytes: the first time it is caught, and for the rest of the get it is not asked
+    again (it was asked for a chunk of every segment before audits existed)."""
+    async with cluster(kind) as nodes:
+        data, capability = await put(nodes[0], size=12 * SEGMENT - 100)
+        ids = await segment_ids(nodes[0], capability)
+        data_blocks = [identifier for segment in ids for identifier in segment[:3]]
+        rotten = max(nodes[1:11], key=lambda node: len(held_by(node) & set(data_blocks)))
+        assert len(held_by(rotten) & set(data_blocks)) >= 3
+        assert rotten.chunks is not None
+        store = rotten.chunks.store
+        assert isinstance(store, MemoryChunkStore)
+        served = 0
+
+        async def rotted(peer: Peer, message: Message) -> Message:
+            nonlocal served
+            assert isinstance(message, FetchChunk)
+            if message.chunk_id not in store._chunks:
+                raise RequestRejected(ErrorCode.NOT_FOUND, "no such chunk here")
+            served += 1
+            chunk, info = store._chunks[message.chunk_id]
+            return ChunkData(info.group, bytes(b ^ 0x55 for b in chunk))
+
+        lie(rotten, FetchChunk, rotted)
+        reader = nodes[11]
+        assert await read(reader, capability) == data
+        assert served == 1
+        assert files(reader).liars.avoided(rotten.transport.node_id)  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from trio.testing import MockClock
 
 from node.errors import Unreadable
 from node.files import FileNetwork, check_file, fetch_manifest, get_file, put_file
+from node.files.checking import SAMPLE_SEGMENTS
 from node.files.retrieval import fetch_stored
 from protocol.capability import VerifyCapability
 from protocol.manifest import EncodingParams
@@ -113,4 +114,27 @@ async def test_a_small_manifest_is_stored_whole(clock: MockClock) -> None:
         )
         assert not isinstance(root, ManifestIndex)
         assert await read_back(small(network.nodes[3].node.files), capability) == data
+        network.nursery.cancel_scope.cancel()
+
+
+async def test_a_large_file_is_checked_on_a_sample_unless_full(clock: MockClock) -> None:
+    """Over SAMPLE_SEGMENTS segments, check audits a random sample of that many and
+    says so; --full audits every segment."""
+    count = SAMPLE_SEGMENTS + 6
+    size = count * SEGMENT - 200  # Padme keeps it within `count` segments
+    data = random.Random(4).randbytes(size)
+    async with open_network(12, seed=10, node_config=SIMULATED_NODE) as network:
+        files = dataclasses.replace(
+            small(network.nodes[0].node.files),
+            settings=dataclasses.replace(
+                small(network.nodes[0].node.files).settings, manifest_part_size=2**20
+            ),
+        )
+        capability = await put_file(files, io.BytesIO(data), size=size)
+        checker = small(network.nodes[6].node.files)
+        sampled = await check_file(checker, capability)
+        assert sampled.segment_count == count and sampled.sampled
+        assert len(sampled.segments) == SAMPLE_SEGMENTS and sampled.healthy
+        full = await check_file(checker, capability, full=True)
+        assert not full.sampled and [s.index for s in full.segments] == list(range(count))
         network.nursery.cancel_scope.cancel()
