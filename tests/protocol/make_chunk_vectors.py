@@ -8,8 +8,9 @@ produces these frames and decodes them back to the same fields.
 
 The inputs are fixed and small: a 2-of-3 group of 6-byte chunks (data blocks
 `000102030405` and `060708090a0b`, and the parity block zfec computes from them), the
-six chunk messages about it, an ERROR answer, and a chunk stored as a group of one (as
-a manifest is). A holder never looks inside a chunk, so these bytes need not be a real
+six chunk messages about it, an ERROR answer, a chunk stored as a group of one (as
+a manifest is), and an audit of chunks 0 and 2 of a holder that holds only chunk 0
+(2 bytes at offsets 1 and 3). A holder never looks inside a chunk, so these bytes need not be a real
 file's ciphertext.
 """
 
@@ -19,11 +20,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from protocol.audit import stripe
 from protocol.chunk import GroupRecord, chunk_id
 from protocol.encoding import zfec_parity
 from protocol.messages import (
     MESSAGES,
+    AuditChunks,
     ChunkData,
+    ChunksAudited,
     ChunksHeld,
     ChunkStored,
     Envelope,
@@ -55,7 +59,11 @@ NAMES = {
     HasChunks: "HAS_CHUNKS",
     ChunksHeld: "CHUNKS_HELD",
     Error: "ERROR",
+    AuditChunks: "AUDIT_CHUNKS",
+    ChunksAudited: "CHUNKS_AUDITED",
 }
+AUDIT_OFFSETS = (1, 3)
+AUDIT_LENGTH = 2
 
 # (description, kind, request id, message)
 CASES: list[tuple[str, Kind, int, Message]] = [
@@ -88,6 +96,18 @@ CASES: list[tuple[str, Kind, int, Message]] = [
         5,
         StoreChunk(GroupRecord.single(chunk_id(LONE_CHUNK)), LONE_CHUNK),
     ),
+    (
+        "audit chunks 0 and 2: 2 bytes at offsets 1 and 3 of each",
+        Kind.REQUEST,
+        6,
+        AuditChunks((IDS[0], IDS[2]), AUDIT_OFFSETS, AUDIT_LENGTH),
+    ),
+    (
+        "chunk 0's bytes 1-2 and 3-4; chunk 2 is not held here",
+        Kind.RESPONSE,
+        6,
+        ChunksAudited((stripe(BLOCKS[0], AUDIT_OFFSETS, AUDIT_LENGTH), None)),
+    ),
 ]
 
 
@@ -112,6 +132,14 @@ def fields_of(message: Message) -> dict[str, Any]:
         return {"chunk_ids": [identifier.hex() for identifier in message.chunk_ids]}
     if isinstance(message, ChunksHeld):
         return {"held": list(message.held)}
+    if isinstance(message, AuditChunks):
+        return {
+            "chunk_ids": [identifier.hex() for identifier in message.chunk_ids],
+            "offsets": list(message.offsets),
+            "length": message.length,
+        }
+    if isinstance(message, ChunksAudited):
+        return {"answers": [None if a is None else a.hex() for a in message.answers]}
     if isinstance(message, Error):
         return {
             "code": int(message.code),

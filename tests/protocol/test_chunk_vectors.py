@@ -19,7 +19,9 @@ from protocol.chunk import GroupRecord, chunk_id
 from protocol.encoding import zfec_parity
 from protocol.messages import (
     MESSAGES,
+    AuditChunks,
     ChunkData,
+    ChunksAudited,
     ChunksHeld,
     ChunkStored,
     Envelope,
@@ -64,6 +66,13 @@ def message_from(name: str, fields: dict[str, Any]) -> Message:
         return HasChunks(tuple(bytes.fromhex(each) for each in fields["chunk_ids"]))
     if name == "CHUNKS_HELD":
         return ChunksHeld(tuple(fields["held"]))
+    if name == "AUDIT_CHUNKS":
+        ids = tuple(bytes.fromhex(each) for each in fields["chunk_ids"])
+        return AuditChunks(ids, tuple(fields["offsets"]), fields["length"])
+    if name == "CHUNKS_AUDITED":
+        return ChunksAudited(
+            tuple(None if each is None else bytes.fromhex(each) for each in fields["answers"])
+        )
     if name == "ERROR":
         assert ErrorCode(fields["code"]).name == fields["code_name"]
         return Error(ErrorCode(fields["code"]), fields["message"])
@@ -93,8 +102,8 @@ def test_vector_decodes_to_its_fields(vector: dict[str, Any]) -> None:
 
 
 def test_vectors_cover_every_chunk_message_and_an_error() -> None:
-    """There is a vector of each chunk message, codes 20 to 25, and of ERROR."""
-    assert {vector["type_code"] for vector in VECTORS} == {3, 20, 21, 22, 23, 24, 25}
+    """There is a vector of each chunk message, codes 20 to 27, and of ERROR."""
+    assert {vector["type_code"] for vector in VECTORS} == {3, *range(20, 28)}
 
 
 def test_vector_group_is_a_real_two_of_three_group() -> None:
