@@ -82,3 +82,45 @@ async def test_a_code_whose_chunks_cannot_be_sent_is_refused_before_anything_sta
     with pytest.raises(ConfigError, match="segment_size 67108864 with k = 3"):
         await node.run()
     assert node.transport is None
+
+
+async def test_the_owner_lists_the_peers_caught_lying(clock: MockClock) -> None:
+    """`Owner.liars()` (what `freehold peers` shows) lists a caught peer, avoided."""
+    from node.owner import Owner
+    from protocol.identity import NodeId
+
+    identity = Identity.generate(random.Random(3).randbytes)
+    network = MemoryNetwork(seed=3)
+    node = Node(CONFIG, identity=identity, link_layer=network.link_layer(identity, "10.0.0.1"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        assert node.files is not None
+        liar = NodeId(bytes([9]) * 32)
+        node.files.liars.caught(liar, "failed an audit of segment 0 of a file")
+        (entry,) = Owner(node).liars()
+        assert entry["node_id"] == liar.hex() and entry["avoided"] and entry["times"] == 1
+        node.stop()
+
+
+def test_peers_prints_the_liars(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`freehold peers` marks a liar in the routing table and lists every liar."""
+    from node import cli_client
+
+    liar = "ab" * 32
+    answer = {
+        "peers": [
+            {"node_id": liar, "address": "10.0.0.2:4410", "connected": True},
+            {"node_id": "cd" * 32, "address": "10.0.0.3:4410", "connected": False},
+        ],
+        "liars": [
+            {"node_id": liar, "reason": "failed an audit", "times": 2, "avoided": True},
+        ],
+    }
+    monkeypatch.setattr(cli_client, "_command", lambda data_dir, name, **_: answer)
+    assert cli_client.peers(None, Path("/nonexistent")) == 0  # type: ignore[arg-type]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"* {liar} 10.0.0.2:4410  (caught lying: avoided)"
+    assert lines[1] == f"  {'cd' * 32} 10.0.0.3:4410"
+    assert lines[2:] == ["caught lying:", f"  {liar} 2x, avoided: failed an audit"]
