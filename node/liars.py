@@ -24,12 +24,15 @@ from typing import Final
 from node.errors import StoreError
 from protocol.identity import NodeId
 
-__all__ = ["AVOID_FOR", "Liar", "Liars"]
+__all__ = ["AVOID_FOR", "FORGET_AFTER", "Liar", "Liars"]
 
 logger = logging.getLogger(__name__)
 
 AVOID_FOR: Final = 7 * 24 * 3600.0
 """Seconds a peer is avoided after it was last caught."""
+FORGET_AFTER: Final = 4
+"""A record is deleted once its peer has not been caught for this many AVOID_FORs:
+peers with throwaway identities must not grow the file for ever."""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS liars (
@@ -71,6 +74,10 @@ class Liars:
             try:
                 self._database = sqlite3.connect(path, isolation_level=None)
                 self._database.execute(_SCHEMA)
+                self._database.execute(
+                    "DELETE FROM liars WHERE last_caught < ?",
+                    (self._clock() - FORGET_AFTER * avoid_for,),
+                )
                 rows = self._database.execute(
                     "SELECT node_id, reason, first_caught, last_caught, times FROM liars"
                 ).fetchall()

@@ -13,34 +13,32 @@ compute its own pays k times what it was asked, every audit.
 The judge (rules):
 
 1. An answer of the wrong length fails at once.
-2. A codeword C is *decided* when it fits every trusted answer (the auditor's own
-   chunks, read from its own verified store), at least k + 1 block numbers have an
-   answer equal to C's, from at least k + 1 distinct holders (witnesses), and no rival
-   codeword could do as well: two distinct codewords of an MDS code share at most
-   k - 1 block numbers, so a rival's witnesses are holders that dissent from C
-   somewhere plus those agreeing with C at k - 1 numbers at most. C is decided when,
-   with S the numbers with an answer equal to C's and D those with an answer that
-   differs, |S| >= k + |D| (with m answers on distinct numbers, up to (m - k - 1) / 2
-   liars are found), or when that bound on a rival's witnesses is under k + 1 (one
-   node claiming many chunks it does not hold is one dissenter, however many numbers
-   it claims). (Or k trusted numbers alone fix C.) The holders count because one
-   holder answering for many block numbers is one witness: it could invent a codeword
-   of its own.
-3. Decided: answers equal to C's pass, the others fail. Not decided (fewer than k + 1
-   numbers answered, or no clear majority): nothing passes or fails; the auditor must
-   fetch whole chunks to know (node/files/checking.py does).
+2. The answers point to one codeword C: fixed by the auditor's trusted answers (its own
+   chunks, read from its own verified store, or chunks it fetched whole and hashed) if
+   there are k of them, else computed from k block numbers, trusted ones first, each
+   taking its most common answer. C is *anchored* when k trusted answers fix it: then
+   it is the truth, and every answer that does not fit it is a lie. Otherwise C is
+   *decided* when at least k + 1 distinct holders (witnesses) have an answer that fits
+   it, and no rival codeword could gather as many: two distinct codewords of an MDS
+   code share at most k - 1 block numbers, so a rival's witnesses are holders that
+   dissent from C somewhere plus those agreeing with C at k - 1 numbers at most. The
+   holders count, not the numbers: one holder answering for many numbers is one
+   witness, however many it claims.
+3. A decided, unanchored C is the truth if at least k + 1 honest holders answered. So
+   an auditor takes an unanchored verdict only when it is unanimous (every answer
+   fits); any dissent, or no decision, and it fetches chunks whole to anchor it
+   (node/files/checking.py). Only a contradiction of an anchored codeword, or bytes
+   that do not hash to their id, is proof of a lie.
 
-Limit, stated in docs/SECURITY.md: answers that all come from one colluding party can
-be made to fit a codeword of its own choosing; a segment all of whose answering holders
-collude passes. The auditor's own chunk, or one whole chunk fetched and hashed, anchors
-the codeword and defeats that.
+Limit, stated in docs/SECURITY.md: if every holder that answers belongs to one
+colluding party (at least k + 1 of them), their answers can fit a codeword of their
+choosing, unanimously; anchoring defeats that, at the cost of k chunks.
 
 Sans-I/O: the offsets' randomness is a parameter; nothing here reads a clock or a file.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
@@ -66,9 +64,6 @@ AUDIT_RANGES: Final = 8
 """Offsets the reference auditor draws per audit."""
 AUDIT_LENGTH: Final = 16
 """Bytes it asks at each: 128 bytes per chunk audited."""
-MAX_SUBSETS: Final = 2000
-"""k-subsets the judge tries before it calls a segment undecided (rule 3)."""
-
 _Key = TypeVar("_Key", bound=Hashable)
 
 
@@ -117,9 +112,13 @@ class Answer(Generic[_Key]):
 
 @dataclass(frozen=True, slots=True)
 class Verdict(Generic[_Key]):
-    """What the answers show (module rules). Undecided: both sets are empty."""
+    """What the answers show (module rules): whether a codeword is decided, whether it
+    is anchored (fixed by k trusted answers: the truth), and the answers that fit it
+    and those that do not. Undecided, `passed` and `failed` are only what the likeliest
+    codeword suggests: evidence of nothing."""
 
     decided: bool
+    anchored: bool
     passed: frozenset[_Key]
     failed: frozenset[_Key]
 
@@ -127,79 +126,50 @@ class Verdict(Generic[_Key]):
 def judge(
     k: int, n: int, answers: Collection[Answer[_Key]], *, expected_length: int
 ) -> Verdict[_Key]:
-    """Judge one segment's answers to one audit (module rules)."""
+    """Judge one segment's answers to one audit (module rules). Cheap and bounded: one
+    codeword is computed, whatever the answers (no search over subsets)."""
     if not 1 <= k <= n:
         raise LocalProtocolError(f"k = {k}, n = {n}")
-    wrong_length = frozenset(a.key for a in answers if len(a.data) != expected_length)
     valid = [a for a in answers if len(a.data) == expected_length and 0 <= a.number < n]
-    wrong_length |= frozenset(a.key for a in answers if not 0 <= a.number < n)
     trusted = {a.number: a.data for a in valid if a.trusted}
-    found = _decided_codeword(k, n, valid, trusted)
-    if found is None:
-        return Verdict(False, frozenset(), wrong_length)
-    passed = frozenset(a.key for a in valid if a.data == found[a.number])
+    candidate = _candidate(k, n, valid, trusted)
+    if candidate is None:
+        valid_keys = frozenset(a.key for a in valid)
+        return Verdict(False, False, frozenset(), frozenset(a.key for a in answers) - valid_keys)
+    passed = frozenset(a.key for a in valid if a.data == candidate[a.number])
     failed = frozenset(a.key for a in answers) - passed
-    return Verdict(True, passed, failed)
+    if len(trusted) >= k:
+        return Verdict(True, True, passed, failed)
+    return Verdict(_is_decided(k, candidate, valid), False, passed, failed)
 
 
-def _decided_codeword(
+def _candidate(
     k: int, n: int, answers: Sequence[Answer[_Key]], trusted: dict[int, bytes]
 ) -> list[bytes] | None:
-    """The decided codeword (rule 2), or None."""
-    if len(trusted) >= k:
-        chosen = dict(itertools.islice(sorted(trusted.items()), k))
-        candidate = codeword(k, n, chosen)
-        if all(candidate[number] == data for number, data in trusted.items()):
-            return candidate
-        return None  # our own chunks disagree with each other: not for audits to settle
-    # Each block number's distinct answers, most common first; trusted ones alone.
-    values: dict[int, list[bytes]] = {}
-    for number in sorted({a.number for a in answers}):
-        if number in trusted:
-            values[number] = [trusted[number]]
-        else:
-            counts = Counter(a.data for a in answers if a.number == number)
-            values[number] = [data for data, _ in counts.most_common()]
-    if len(values) < k + 1:
+    """The codeword the answers point to (rule 2): from the trusted answers if there are
+    k, else from k block numbers, trusted ones first, each taking its most common
+    answer. None if fewer than k numbers were answered, or if it does not fit a trusted
+    answer (then the auditor's own chunks disagree: not for an audit to settle)."""
+    values: dict[int, bytes] = dict(trusted)
+    for number in sorted({a.number for a in answers} - set(trusted)):
+        counts = Counter(a.data for a in answers if a.number == number)
+        # Most common first; a tie goes to the smallest bytes, so the choice is stable.
+        values[number] = min(counts, key=lambda data: (-counts[data], data))
+    if len(values) < k:
         return None
-    # The likeliest first: trusted numbers, then the most agreed answers.
     order = sorted(values, key=lambda number: (number not in trusted, number))
-    tried = 0
-    for numbers in itertools.combinations(order, k):
-        if not all(number in numbers for number in trusted):
-            continue
-        for choice in itertools.product(*(values[number] for number in numbers)):
-            tried += 1
-            if tried > MAX_SUBSETS:
-                return None
-            candidate = codeword(k, n, dict(zip(numbers, choice, strict=True)))
-            if _is_decided(k, candidate, values, trusted, answers):
-                return candidate
-    return None
-
-
-def _is_decided(
-    k: int,
-    candidate: list[bytes],
-    values: dict[int, list[bytes]],
-    trusted: dict[int, bytes],
-    answers: Sequence[Answer[_Key]],
-) -> bool:
+    candidate = codeword(k, n, {number: values[number] for number in order[:k]})
     if any(candidate[number] != data for number, data in trusted.items()):
-        return False
-    support = sum(1 for number, seen in values.items() if candidate[number] in seen)
-    differing = sum(
-        1 for number, seen in values.items() if any(data != candidate[number] for data in seen)
-    )
+        return None
+    return candidate
+
+
+def _is_decided(k: int, candidate: list[bytes], answers: Sequence[Answer[_Key]]) -> bool:
+    """Rule 2's witnesses: at least k + 1 holders with an answer that fits, and no rival
+    codeword able to gather as many."""
     witnesses = {a.holder for a in answers if a.data == candidate[a.number]}
-    if support < k + 1 or len(witnesses) < k + 1:
+    if len(witnesses) < k + 1:
         return False
-    if support >= k + differing:
-        return True
-    # Many numbers have a dissenting answer, but perhaps all from few holders (one node
-    # claiming what it does not hold): a rival codeword's witnesses are holders that
-    # dissent somewhere, plus those agreeing with this one at the k - 1 or fewer numbers
-    # the two codewords can share. If even that cannot make k + 1, no rival is possible.
     dissenters = {a.holder for a in answers if a.data != candidate[a.number]}
     agreeing: dict[int, set[Hashable]] = {}
     for a in answers:

@@ -64,6 +64,7 @@ from protocol.schema import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_AUDIT_CHUNKS",
     "MAX_AUDIT_LENGTH",
     "MAX_AUDIT_RANGES",
     "MAX_CHUNKS_PER_QUERY",
@@ -940,6 +941,10 @@ class ChunksHeld(Message):
 # bytes than the chunk: the auditor picks fresh random offsets, the holder answers the
 # bytes there. protocol/audit.py says how answers are judged without the chunks.
 
+MAX_AUDIT_CHUNKS: Final = 64
+"""Most chunk ids one AUDIT_CHUNKS names: with the ranges, at most 1,024 reads a request,
+so an audit costs a holder no more disk work than a few fetches."""
+
 MAX_AUDIT_RANGES: Final = 16
 """Most offsets one AUDIT_CHUNKS asks about (the same for every chunk it names)."""
 
@@ -953,7 +958,7 @@ class AuditChunks(Message):
     """Prove you hold these chunks now: for each, send its `length` bytes at each of
     `offsets`, joined in order. Answered by CHUNKS_AUDITED."""
 
-    chunk_ids: Annotated[tuple[ChunkId, ...], Items(min_items=1, max_items=MAX_CHUNKS_PER_QUERY)]
+    chunk_ids: Annotated[tuple[ChunkId, ...], Items(min_items=1, max_items=MAX_AUDIT_CHUNKS)]
     offsets: Annotated[
         tuple[Annotated[int, Int(min=0, max=MAX_CHUNK_SIZE - 1)], ...],
         Items(min_items=1, max_items=MAX_AUDIT_RANGES),
@@ -970,7 +975,7 @@ class ChunksAudited(Message):
 
     answers: Annotated[
         tuple[Annotated[bytes, Bytes(max_len=MAX_AUDIT_RANGES * MAX_AUDIT_LENGTH)] | None, ...],
-        Items(max_items=MAX_CHUNKS_PER_QUERY),
+        Items(max_items=MAX_AUDIT_CHUNKS),
     ]
 
 

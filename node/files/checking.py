@@ -1,32 +1,37 @@
 """Checking a file: which of its chunks holders can prove they have, now. Needs no key.
 
-A chunk counts as live only if a holder passed an audit of it in this run
-(protocol/audit.py): saying yes to HAS_CHUNKS is not enough. For each segment checked:
+A chunk counts as live only if a holder proved it in this run (protocol/audit.py):
+saying yes to HAS_CHUNKS is not enough. For each segment checked:
 
-1. the nodes near its group key that our routing table knows are asked which of its
-   chunks they hold (HAS_CHUNKS, node/files/locate.py); if the audit below does not
-   prove all n chunks from them, a lookup and the provider records find more, and
-   everyone found is audited afresh;
+1. the nodes near its group key that our routing table knows, then those near each
+   chunk not found yet, are asked which of its chunks they hold (HAS_CHUNKS,
+   node/files/locate.py); if what follows does not prove all n chunks, a lookup and
+   the provider records find more, and everyone found is audited afresh;
 2. every holder that said yes is audited (AUDIT_CHUNKS) for those chunks, at offsets
-   drawn afresh for the segment; our own chunks are read whole, checked, and anchor the
-   codeword;
-3. the judge finds the segment's codeword: answers that fit it pass, answers that do
-   not are lies. When it cannot decide (fewer than k + 1 witnesses, or no clear
-   majority), every claimed chunk is fetched whole and hashed instead: the last word,
-   at the cost of the chunks.
+   drawn afresh; our own chunks are read whole, checked, and are trusted answers;
+3. the judge's verdict is taken as it is only when it is unanimous (every answer fits
+   a codeword with k + 1 witnesses) or anchored by k of our own chunks;
+4. anything else (a dissent, or no decision) is anchored: k chunks are fetched whole
+   and hashed, the segment's n chunks rebuilt from them, and every answer judged
+   against the real bytes. A holder is proven lying only by bytes that do not hash to
+   their id, an answer of the wrong length, or an answer that contradicts an anchored
+   codeword; if the manifest's ids do not make one segment (a crafted capability),
+   nobody is blamed.
 
-The manifest (and the parts and index of a large one) is checked the same way against
-its own bytes, which the checker fetched and verified first. Holders caught lying are
-recorded (node/liars.py). On a file of more than `SAMPLE_SEGMENTS` segments a random
-sample of that many is checked, unless `full`; the report says which.
+The manifest (and the parts and index of a large one) is audited against its own
+bytes, which the checker fetched and verified first. Holders proven lying are recorded
+(node/liars.py). On a file of more than `SAMPLE_SEGMENTS` segments a random sample of
+that many is checked, unless `full`; the report says which.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 import trio
@@ -38,9 +43,12 @@ from node.files.network import FileNetwork
 from node.files.retrieval import fetch_part_list, fetch_stored
 from protocol.audit import AUDIT_LENGTH, AUDIT_RANGES, Answer, choose_offsets, judge, stripe
 from protocol.capability import ReadCapability, VerifyCapability
+from protocol.encoding import rebuild_chunks
+from protocol.errors import ProtocolError
 from protocol.identity import NodeId
 from protocol.manifest import Manifest
 from protocol.manifest_index import ManifestIndex, join_parts, read_root
+from protocol.messages import MAX_AUDIT_CHUNKS
 
 __all__ = ["SAMPLE_SEGMENTS", "FileReport", "SegmentReport", "check_file"]
 
@@ -145,26 +153,55 @@ async def check_file(
 
 
 async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> SegmentReport:
-    """Audit the claimed holders of segment `index` (module rules 1-3): first those our
+    """Audit the claimed holders of segment `index` (module rules 1-4): first those our
     routing table knows near its group key, with no lookup (a healthy file's holders
     are there in a network we know well); only if they do not prove all n chunks, a
-    lookup and the provider records find more, and everyone found is audited afresh."""
+    lookup and the provider records find more, and everyone found is audited afresh.
+    What either round proved counts."""
     n = manifest.params.n
     ids = manifest.segment_chunk_ids(index)
-    known = await locate_known(net, ids)
-    first = await _audit_round(net, manifest, index, known)
-    if first.live >= n:
-        return first
-    second = await _audit_round(net, manifest, index, await locate(net, ids))
-    lying = tuple(sorted(set(first.lying) | set(second.lying), key=lambda node: node.value))
-    best = second if second.live >= first.live else first
-    return SegmentReport(index, best.live, best.missing, lying, best.fetched)
+    first = await _audit_round(net, manifest, index, await locate_known(net, ids))
+    rounds = [first]
+    if _live(ids, first.proven) < n:
+        rounds.append(await _audit_round(net, manifest, index, await locate(net, ids)))
+    proven: dict[bytes, set[NodeId]] = {}
+    for result in rounds:
+        for identifier, holders in result.proven.items():
+            proven.setdefault(identifier, set()).update(holders)
+    lying = set().union(*(result.lying for result in rounds))
+    live = _live(ids, proven)
+    return SegmentReport(
+        index,
+        live,
+        n - live,
+        tuple(sorted(lying, key=lambda node_id: node_id.value)),
+        any(result.fetched for result in rounds),
+    )
+
+
+def _live(ids: Sequence[bytes], proven: dict[bytes, set[NodeId]]) -> int:
+    """Live chunks of a segment: each distinct id counts once per block number it
+    stands for, up to the distinct holders that proved it (with k = 1 every number is
+    the same chunk: one proven copy is one live chunk, not n)."""
+    return sum(min(ids.count(identifier), len(holders)) for identifier, holders in proven.items())
+
+
+@dataclass(slots=True)
+class _Round:
+    proven: dict[bytes, set[NodeId]]
+    """Each chunk id, and the holders that proved they have it."""
+    lying: set[NodeId]
+    """Holders proven lying now, and holders that claim chunks but were proven lying
+    before (not asked again)."""
+    fetched: bool
 
 
 async def _audit_round(
     net: FileNetwork, manifest: Manifest, index: int, located: Sequence[Sequence[Contact]]
-) -> SegmentReport:
-    """Audit the holders `located` names for each chunk, at fresh offsets, and judge."""
+) -> _Round:
+    """Audit the holders `located` names for each chunk, at fresh offsets, and judge:
+    a unanimous verdict, or one anchored by our own chunks, is taken as it is; anything
+    else is anchored by fetching chunks whole (`_anchor`)."""
     k, n = manifest.params.k, manifest.params.n
     ids = manifest.segment_chunk_ids(index)
     block = manifest.block_size(index)
@@ -174,7 +211,7 @@ async def _audit_round(
     first_number: dict[bytes, int] = {}
     for number, identifier in enumerate(ids):
         first_number.setdefault(identifier, number)
-    known_liars: set[NodeId] = set()  # caught before: their claims are not even asked
+    known_liars: set[NodeId] = set()  # proven lying before: their claims are not asked
     for number, found in enumerate(located):
         if first_number[ids[number]] != number:
             continue  # a repeated id (k = 1, or blocks of zeros): one chunk, asked once
@@ -198,48 +235,100 @@ async def _audit_round(
 
     async with trio.open_nursery() as nursery:
         for contact, numbers in claimed.values():
-            nursery.start_soon(ask, contact, numbers)
-    verdict = judge(k, n, answers, expected_length=len(offsets) * length)
-    passed, failed = set(verdict.passed), set(verdict.failed)
-    if not verdict.decided:
-        undecided = [answer.key for answer in answers if answer.key not in failed]
-        contacts = {node_id: contact for node_id, (contact, _) in claimed.items()}
-        good, bad = await _fetch_whole(net, ids, undecided, contacts)
-        passed, failed = good, failed | bad
-    live_ids = {ids[number] for _, number in passed}
-    caught = {node_id for node_id, _ in failed}
-    for node_id in caught:
-        net.liars.caught(node_id, f"failed an audit of segment {index} of a file")
-    lying = sorted(caught | known_liars, key=lambda node_id: node_id.value)
-    live = sum(1 for identifier in ids if identifier in live_ids)
-    return SegmentReport(index, live, n - live, tuple(lying), not verdict.decided)
+            for at in range(0, len(numbers), MAX_AUDIT_CHUNKS):
+                nursery.start_soon(ask, contact, numbers[at : at + MAX_AUDIT_CHUNKS])
+    expected = len(offsets) * length
+    verdict = await net.codec(partial(judge, k, n, answers, expected_length=expected))
+    contacts = {node_id: contact for node_id, (contact, _) in claimed.items()}
+    if verdict.anchored or (verdict.decided and not verdict.failed):
+        passed, fetched = set(verdict.passed), False
+        lying = {node_id for node_id, _ in verdict.failed}
+    else:
+        passed, lying = await _anchor(net, manifest, index, answers, offsets, length, contacts)
+        fetched = True
+    for node_id in lying:
+        net.liars.caught(node_id, f"proven lying about a chunk of segment {index} of a file")
+    proven: dict[bytes, set[NodeId]] = {}
+    for node_id, number in passed:
+        proven.setdefault(ids[number], set()).add(node_id)
+    return _Round(proven, lying | known_liars, fetched)
 
 
-async def _fetch_whole(
+async def _anchor(
     net: FileNetwork,
-    ids: Sequence[bytes],
-    keys: Sequence[tuple[NodeId, int]],
+    manifest: Manifest,
+    index: int,
+    answers: Sequence[Answer[tuple[NodeId, int]]],
+    offsets: Sequence[int],
+    length: int,
     contacts: dict[NodeId, Contact],
-) -> tuple[set[tuple[NodeId, int]], set[tuple[NodeId, int]]]:
-    """Fetch each claimed chunk whole and hash it: (those that are the chunk, those that
-    are not). A holder that does not answer is neither."""
-    good: set[tuple[NodeId, int]] = set()
-    bad: set[tuple[NodeId, int]] = set()
-    limit = trio.Semaphore(SEGMENTS_CHECKING)
+) -> tuple[set[tuple[NodeId, int]], set[NodeId]]:
+    """Fix the truth by fetching k chunks whole (each hashed against its id) and
+    rebuilding the segment's n chunks from them; then every answer is judged against
+    the real bytes. (The answers that passed, the holders proven lying.) Only a holder
+    that served bytes that are not the chunk, answered with the wrong length, or
+    contradicted the rebuilt chunks is proven lying; if the manifest's ids do not make
+    one segment (a crafted capability) nobody is blamed for an answer and only the
+    chunks fetched count. Costs k chunks, plus one per holder that serves wrong bytes."""
+    k, n = manifest.params.k, manifest.params.n
+    ids = manifest.segment_chunk_ids(index)
+    expected = len(offsets) * length
+    verified: dict[int, tuple[NodeId, bytes]] = {}
+    lying = {a.key[0] for a in answers if len(a.data) != expected}
+    tried: set[tuple[NodeId, int]] = set()
+    agreement = Counter((a.number, a.data) for a in answers)
+    # Right-length answers, the most agreed first: likely the honest holders.
+    pending = sorted(
+        (a for a in answers if len(a.data) == expected),
+        key=lambda a: -agreement[a.number, a.data],
+    )
 
-    async def fetch(key: tuple[NodeId, int]) -> None:
-        node_id, number = key
-        async with limit:
-            try:
-                got = await net.client.fetch(contacts[node_id], ids[number])
-            except NodeError:
-                return
-        (good if got.digest == ids[number] else bad).add(key)
+    async def fetch(answer: Answer[tuple[NodeId, int]]) -> None:
+        try:
+            got = await net.client.fetch(contacts[answer.key[0]], ids[answer.number])
+        except NodeError:
+            return
+        if got.digest == ids[answer.number]:
+            verified.setdefault(answer.number, (answer.key[0], got.data))
+        else:
+            lying.add(answer.key[0])  # bytes that are not the chunk: proof
 
-    async with trio.open_nursery() as nursery:
-        for key in keys:
-            nursery.start_soon(fetch, key)
-    return good, bad
+    while len(verified) < k:
+        wave: list[Answer[tuple[NodeId, int]]] = []
+        numbers: set[int] = set()
+        for answer in pending:
+            if len(wave) >= k - len(verified):
+                break
+            if (
+                answer.key in tried
+                or answer.number in verified
+                or answer.number in numbers
+                or answer.key[0] in lying
+            ):
+                continue
+            wave.append(answer)
+            numbers.add(answer.number)
+        if not wave:
+            break
+        tried.update(answer.key for answer in wave)
+        async with trio.open_nursery() as nursery:
+            for answer in wave:
+                nursery.start_soon(fetch, answer)
+    passed = {(holder, number) for number, (holder, _) in verified.items()}
+    if len(verified) < k:
+        return passed, lying  # unreadable as far as we can tell: what was fetched counts
+    candidates = [(ids[number], data) for number, (_, data) in sorted(verified.items())]
+    try:
+        rebuilt = await net.codec(rebuild_chunks, manifest, index, candidates, range(n))
+    except ProtocolError:  # CorruptSegment: the ids do not make one segment
+        return passed, lying
+    truth = [stripe(chunk.data, offsets, length) for chunk in rebuilt.chunks]
+    for answer in answers:
+        if answer.data == truth[answer.number]:
+            passed.add(answer.key)
+        else:
+            lying.add(answer.key[0])
+    return passed, lying
 
 
 # ------------------------------------------------------------------------ manifest

@@ -67,8 +67,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AVOIDED: Final = "caught lying before: avoided"
-
 SEGMENTS_FETCHING: Final = 3
 """Segments of a download being fetched at once (k chunks each: about 4 MiB)."""
 
@@ -82,8 +80,10 @@ async def fetch_stored(net: FileNetwork, identifier: bytes, what: str) -> bytes:
     problems: list[str] = []
     tried: set[NodeId] = set()
     for enough in (1, None):
-        for contact in (await locate(net, [identifier], enough=enough))[0]:
-            if contact.node_id in tried or net.liars.avoided(contact.node_id):
+        found = (await locate(net, [identifier], enough=enough))[0]
+        # Nodes proven lying before come last (the hash protects us; they may be all).
+        for contact in sorted(found, key=lambda contact: net.liars.avoided(contact.node_id)):
+            if contact.node_id in tried:
                 continue
             tried.add(contact.node_id)
             try:
@@ -164,7 +164,9 @@ async def gather_segment(
     likely = None
     if guesses is not None and guesses.worth_it():
         likely = likely_holders(known_near(net, ids[0]), ids)
-    fetch = SegmentFetch(ids, k, now=trio.current_time(), likely=likely, guesses=guesses)
+    fetch = SegmentFetch(
+        ids, k, now=trio.current_time(), likely=likely, guesses=guesses, avoid=net.liars.avoided
+    )
     changed = trio.Event()
 
     def reported() -> None:
@@ -172,10 +174,6 @@ async def gather_segment(
 
     async def run_fetch(action: Fetch) -> None:
         number, contact = action.number, action.contact
-        if net.liars.avoided(contact.node_id):  # caught lying, by this get or before
-            fetch.failed(number, contact, Failure.UNREACHABLE, AVOIDED, trio.current_time())
-            reported()
-            return
         try:
             got = await net.client.fetch(contact, ids[number])
         except NodeError as exc:

@@ -27,7 +27,10 @@ The rules:
 2. **What is fetched.** k fetches at a time, one per chunk number, data blocks first
    (0..k-1: no erasure decoding needed), each chunk number from its holders in the
    order they were found; a (chunk, node) pair is tried at most once. A node that did
-   not answer at all is not tried again for any chunk of the segment.
+   not answer at all is not tried again for any chunk of the segment. A node proven
+   lying before (`avoid`) is tried only when nobody else is left: every chunk is
+   hashed anyway, so avoiding it saves transfers, and trying it last means no record
+   of lies, however it came about, can make a readable file unreadable.
 3. **Hedging.** When `HEDGE_AFTER` seconds pass with nothing reported, one more fetch
    starts, for a chunk number not in flight; with nobody left to try, the next step of
    rule 1 starts at once rather than when the slow fetches give up. Every report, and
@@ -60,7 +63,7 @@ The fetch: RUNNING until DONE or GAVE_UP (rule 5), for good.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -169,10 +172,12 @@ class SegmentFetch:
         likely: Sequence[Contact] | None = None,
         guesses: Guesses | None = None,
         hedge_after: float = HEDGE_AFTER,
+        avoid: Callable[[NodeId], bool] = lambda node_id: False,
     ) -> None:
         """`likely`: the nodes placement most likely chose for `chunk_ids`, in block
         order (step 0); None to start at step 1. Outcomes of fetches from them are
-        counted in `guesses`."""
+        counted in `guesses`. Nodes for which `avoid` is true (proven lying before) are
+        tried only when nobody else is left (rule 2)."""
         if not 1 <= k <= len(chunk_ids):
             raise ValueError(f"k = {k} is outside 1..{len(chunk_ids)}")
         self.chunk_ids = tuple(chunk_ids)
@@ -191,6 +196,7 @@ class SegmentFetch:
         self._guessed: set[tuple[int, NodeId]] = set()
         self._locating = False
         self._hedge_after = hedge_after
+        self._avoid = avoid
         self.deadline = now + hedge_after
         self.step = 0
         """The last step of rule 1 started (0: only guesses so far, if any)."""
@@ -241,15 +247,18 @@ class SegmentFetch:
         return actions
 
     def _next_option(self) -> tuple[int, Contact] | None:
-        for number in sorted(self._options):  # the data blocks, 0..k-1, come first
-            if number in self._got or number in self._active:
-                continue
-            left = self._options[number]
-            while left:
-                contact = left.pop(0)
-                if contact.node_id not in self._unreachable:
-                    self._tried.add((number, contact.node_id))
-                    return number, contact
+        # Nodes proven lying before (`avoid`) only once nobody else is left to try.
+        for avoided_too in (False, True):
+            for number in sorted(self._options):  # the data blocks, 0..k-1, come first
+                if number in self._got or number in self._active:
+                    continue
+                left = self._options[number]
+                left[:] = [c for c in left if c.node_id not in self._unreachable]
+                for position, contact in enumerate(left):
+                    if avoided_too or not self._avoid(contact.node_id):
+                        del left[position]
+                        self._tried.add((number, contact.node_id))
+                        return number, contact
         return None
 
     def _start(self, option: tuple[int, Contact]) -> Fetch:

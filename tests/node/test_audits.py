@@ -8,6 +8,7 @@ behind its back: everything else (the network, the DHT, the auditor) is the real
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from collections.abc import AsyncIterator, Callable
@@ -21,13 +22,17 @@ from trio.testing import MockClock
 
 from node.config import NodeConfig
 from node.errors import NodeError, RequestRejected
-from node.files import FileNetwork, check_file, get_file, put_file
+from node.files import FileNetwork, check_file, fetch_manifest, get_file, put_file
 from node.files.checking import FileReport
+from node.files.placement import Placement, place_manifest
 from node.node import Node
 from node.store import DiskChunkStore, MemoryChunkStore, StoreConfig
 from node.transport import MemoryNetwork, Peer
-from protocol.capability import ReadCapability
+from protocol.capability import ReadCapability, VerifyCapability
+from protocol.chunk import chunk_id
+from protocol.encoding import codeword
 from protocol.identity import Identity
+from protocol.manifest_index import store_manifest
 from protocol.messages import (
     AuditChunks,
     ChunkData,
@@ -55,8 +60,10 @@ def clock(kind: str) -> MockClock:
 
 
 @asynccontextmanager
-async def cluster(kind: str, stores: dict[int, Any] | None = None) -> AsyncIterator[list[Node]]:
-    """Twelve joined nodes; `stores` gives some of them a store of the test's own."""
+async def cluster(
+    kind: str, stores: dict[int, Any] | None = None, *, k: int = 3, n: int = 10
+) -> AsyncIterator[list[Node]]:
+    """Twelve joined nodes putting k-of-n; `stores` gives some a store of the test's own."""
     rng = random.Random(2026)
     memory = MemoryNetwork(seed=3, min_latency=0.01, max_latency=0.03, secure=True)
     nodes: list[Node] = []
@@ -77,6 +84,9 @@ async def cluster(kind: str, stores: dict[int, Any] | None = None) -> AsyncItera
                 storage="memory",
                 workers=0,
                 segment_size=SEGMENT,
+                k=k,
+                n=n,
+                happy=min(7, n),
             )
             node = Node(
                 config,
@@ -337,3 +347,99 @@ async def test_a_get_asks_a_holder_serving_wrong_bytes_once(kind: str, clock: Mo
         assert await read(reader, capability) == data
         assert served == 1
         assert files(reader).liars.avoided(rotten.transport.node_id)  # type: ignore[union-attr]
+
+
+def colluding_codeword(ids: tuple[bytes, ...], offsets: tuple[int, ...], length: int) -> tuple:
+    """What every colluder answers: one codeword of their own, the same for all of them
+    (derived from the challenge: no secret needed to agree)."""
+    seed = chunk_id(b"".join(ids) + repr((offsets, length)).encode())
+    rng = random.Random(seed)
+    size = len(offsets) * length
+    if len(ids) <= 3:
+        return tuple(rng.randbytes(size) for _ in ids)
+    return tuple(codeword(3, len(ids), {j: rng.randbytes(size) for j in range(3)}))
+
+
+async def test_k_plus_one_colluders_cannot_pass_or_frame_anyone(
+    kind: str, clock: MockClock
+) -> None:
+    """The review's attack: four colluders (k + 1) threw their chunks away, say yes to
+    every segment's HAS_CHUNKS and answer every audit from one codeword of their own.
+    The check counts exactly the chunks honest nodes hold, names only the colluders,
+    records no honest node, and the file still comes back."""
+    async with cluster(kind) as nodes:
+        data, capability = await put(nodes[0])
+        ids = await segment_ids(nodes[0], capability)
+        colluders, auditor = nodes[1:5], nodes[11]
+        for identifier in held_by(auditor):  # an auditor with no chunk of the file
+            auditor.chunks.store.delete(identifier)  # type: ignore[union-attr]
+        for colluder in colluders:
+            for identifier in held_by(colluder):
+                colluder.chunks.store.delete(identifier)  # type: ignore[union-attr]
+
+            async def yes(peer: Peer, message: Message) -> Message:
+                assert isinstance(message, HasChunks)  # segments, not a manifest alone
+                return ChunksHeld(tuple(len(message.chunk_ids) > 1 for _ in message.chunk_ids))
+
+            async def invent(peer: Peer, message: Message) -> Message:
+                assert isinstance(message, AuditChunks)
+                return ChunksAudited(
+                    colluding_codeword(message.chunk_ids, message.offsets, message.length)
+                )
+
+            async def refuse(peer: Peer, message: Message) -> Message:
+                raise RequestRejected(ErrorCode.NOT_FOUND, "no such chunk here")
+
+            lie(colluder, HasChunks, yes)
+            lie(colluder, AuditChunks, invent)
+            lie(colluder, FetchChunk, refuse)
+        honest = [node for node in nodes if node not in colluders and node is not auditor]
+        really = set().union(*(held_by(node) for node in honest))
+        report = await check_file(files(auditor), capability)
+        honest_ids = {node.transport.node_id for node in honest}  # type: ignore[union-attr]
+        for segment in report.segments:
+            assert segment.live == sum(1 for i in ids[segment.index] if i in really)
+            assert not set(segment.lying) & honest_ids
+        assert not any(files(auditor).liars.avoided(node_id) for node_id in honest_ids)
+        assert all(files(auditor).liars.avoided(c.transport.node_id) for c in colluders)  # type: ignore[union-attr]
+        assert await read(auditor, capability) == data
+
+
+async def test_a_crafted_capability_frames_nobody(kind: str, clock: MockClock) -> None:
+    """A manifest whose segments mix chunks of two real files (every holder holds just
+    what its id names): the checker blames nobody, so nobody is avoided, and the
+    honest file is read as ever."""
+    async with cluster(kind) as nodes:
+        attacker, victim = nodes[0], nodes[11]
+        _, file_a = await put(attacker, seed=1)
+        data_b, file_b = await put(nodes[5], seed=2)
+        manifest_a = await fetch_manifest(files(attacker), file_a.manifest_id)
+        manifest_b = await fetch_manifest(files(attacker), file_b.manifest_id)
+        ids = bytearray(manifest_a.chunk_ids)
+        n = manifest_a.params.n
+        for segment in range(manifest_a.segment_count):
+            for number in (7, 8, 9):  # three of B's chunks in place of A's
+                at = (segment * n + number) * 32
+                ids[at : at + 32] = manifest_b.segment_chunk_ids(segment)[number - 7]
+        crafted = store_manifest(dataclasses.replace(manifest_a, chunk_ids=bytes(ids)).encode())
+        await place_manifest(files(attacker), crafted, Placement())
+        report = await check_file(files(victim), VerifyCapability(crafted.root_id))
+        assert all(not segment.lying for segment in report.segments)
+        assert not files(victim).liars.entries()
+        assert await read(victim, file_b) == data_b
+
+
+async def test_with_k_1_one_copy_left_is_one_live_chunk(kind: str, clock: MockClock) -> None:
+    """1-of-3 replication: a segment's three chunks are one id. With one copy left on
+    one node, the segment has one live chunk, not three."""
+    async with cluster(kind, k=1, n=3) as nodes:
+        _, capability = await put(nodes[0])
+        ids = await segment_ids(nodes[0], capability)
+        for segment in ids:
+            holders = [node for node in nodes if segment[0] in held_by(node)]
+            assert len(holders) >= 2
+            for node in holders[1:]:
+                node.chunks.store.delete(segment[0])  # type: ignore[union-attr]
+        report = await check_file(files(nodes[11]), capability)
+        assert [segment.live for segment in report.segments] == [1] * len(ids)
+        assert report.readable and not report.healthy

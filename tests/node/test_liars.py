@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node.liars import Liars
+from node.liars import FORGET_AFTER, Liars
 from protocol.identity import NodeId
 
 LIAR = NodeId(bytes([7]) * 32)
@@ -55,4 +55,19 @@ def test_the_record_survives_a_restart(tmp_path: Path) -> None:
     second = Liars(tmp_path / "peers.sqlite3", clock=clock)
     assert second.avoided(LIAR) and not second.avoided(OTHER)
     assert [entry.node_id for entry in second.entries()] == [LIAR]
+    second.close()
+
+
+def test_old_records_are_forgotten_on_open(tmp_path: Path) -> None:
+    """A peer not caught for FORGET_AFTER avoidance periods is deleted when the record
+    is next opened: throwaway identities do not grow it for ever."""
+    clock = Clock()
+    first = Liars(tmp_path / "peers.sqlite3", clock=clock, avoid_for=10.0)
+    first.caught(LIAR, "failed an audit")
+    clock.now += 5
+    first.caught(OTHER, "failed an audit")
+    first.close()
+    clock.now += FORGET_AFTER * 10.0 - 1  # LIAR's record is just past it, OTHER's not
+    second = Liars(tmp_path / "peers.sqlite3", clock=clock, avoid_for=10.0)
+    assert [entry.node_id for entry in second.entries()] == [OTHER]
     second.close()

@@ -299,3 +299,21 @@ def test_it_ends_and_never_takes_a_wrong_chunk(seed: int, holders: int, liars: i
         assert all(chunk_id(data) == identifier for identifier, data in result)
     else:
         assert len(honest_numbers) < K
+
+
+def test_nodes_proven_lying_before_are_tried_only_when_nobody_else_is_left() -> None:
+    """An avoided node holding chunk 0 waits until the honest holders of other chunks
+    have been tried; once they have failed, it is asked after all (a record of lies
+    never makes a readable segment unreadable)."""
+    liar = node(90)
+    fetch = SegmentFetch(IDS, K, now=0.0, avoid=lambda node_id: node_id == liar.node_id)
+    fetch.next_actions(0.0)
+    holders: list[list[Contact]] = [[liar], [node(1)], [node(2)], [node(3)]] + [[] for _ in IDS[4:]]
+    fetch.located(holders, 0.1)
+    first = fetch.next_actions(0.1)
+    assert fetches(first) == [(1, 1), (2, 2), (3, 3)]
+    for action in first:
+        assert isinstance(action, Fetch)
+        if action.number == 3:
+            fetch.failed(3, action.contact, Failure.REFUSED, "no such chunk here", 0.2)
+    assert fetches(fetch.next_actions(0.2)) == [(0, 90)]
