@@ -177,6 +177,8 @@ class DhtService:
         await self.find_node(self.node_id)
         if self.config.refresh_on_join:
             await self._refresh_buckets(force=True)
+        # Keys that could not be announced alone (before we knew anyone) can be now.
+        self._wake_republisher(trio.current_time())
         return len(self.routing)
 
     async def find_node(self, target: NodeId) -> list[Contact]:
@@ -191,6 +193,16 @@ class DhtService:
         stored = await self._publish(key)
         self._statistics.provides += 1
         return stored
+
+    def provide_later(self, key: NodeId) -> None:
+        """Start providing `key` without announcing it here: the republisher announces
+        it soon (a new key is due at once), with the others due."""
+        self.provisions.provide(key)
+        self._wake_republisher(trio.current_time())
+
+    def provides(self, key: NodeId) -> bool:
+        """Whether we provide `key` (announced, or due to be)."""
+        return key in self.provisions
 
     def withdraw(self, key: NodeId) -> None:
         """Stop republishing `key`; its records elsewhere lapse within provider_ttl."""
@@ -439,9 +451,11 @@ class DhtService:
         return min(due, default=math.inf)
 
     async def _republish_loop(self) -> None:
+        retry_at = -math.inf
         while True:
-            with trio.CancelScope(deadline=self._next_republish()) as timer:
-                self._republish_timer = timer
+            deadline = max(self._next_republish(), retry_at)
+            with trio.CancelScope(deadline=deadline) as timer:
+                self._republish_timer = timer  # `_wake_republisher` brings it forward
                 await trio.sleep_forever()
             self._republish_timer = None
             due = self.provisions.due_for_republish(
@@ -450,9 +464,16 @@ class DhtService:
             async with trio.open_nursery() as nursery:
                 for key in due:
                     nursery.start_soon(self._republish, key)
-            if due and self._next_republish() <= trio.current_time():
-                # Nobody took them: try again after a while rather than spin.
-                await trio.sleep(self.config.bucket_refresh_interval)
+            retry_at = -math.inf
+            now = trio.current_time()
+            still_due = set(due) & set(
+                self.provisions.due_for_republish(now, self.config.republish_interval)
+            )
+            if still_due:
+                # Nobody took them: try again after a while rather than spin (unless
+                # something wakes us first: a join, or a key to provide). Keys provided
+                # while this round ran are not failures: they go next, at once.
+                retry_at = now + self.config.bucket_refresh_interval
 
     async def _republish(self, key: NodeId) -> None:
         try:

@@ -13,7 +13,10 @@ docs/PROTOCOL.md#chunk-messages. What it promises:
   starve the others.
 - Every chunk stored is announced on the DHT (a provider record under its id) by one
   background task, one announcement at a time, off the path of the acknowledgement,
-  once no chunk arrived for `ANNOUNCE_QUIET` seconds.
+  once no chunk arrived for `ANNOUNCE_QUIET` seconds. None is lost: a chunk that finds
+  the backlog full goes straight to the DHT's provisions, which its republisher
+  announces; and at start every chunk the store holds that the DHT does not provide
+  (the node was killed before the provisions were saved) is announced again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -65,8 +68,8 @@ logger = logging.getLogger(__name__)
 
 MAX_CHUNK_JOBS: Final = 16
 MAX_CHUNK_JOBS_PER_PEER: Final = 8
-# Chunk ids waiting to be announced; past this, the oldest waiting are announced later
-# by the DHT's republish (they are still in its provisions).
+# Chunk ids waiting to be announced; past this, a chunk goes straight to the DHT's
+# provisions (announced by its republisher, without the quiet-period pacing).
 MAX_ANNOUNCE_BACKLOG: Final = 100_000
 
 # Announcements wait until no chunk arrived for this long: an upload in progress keeps
@@ -75,6 +78,18 @@ MAX_ANNOUNCE_BACKLOG: Final = 100_000
 ANNOUNCE_QUIET: Final = 1.0
 
 ProvideFunction = Callable[[NodeId], Awaitable[int]]
+
+
+class Provisions(Protocol):
+    """The DHT's record of the keys this node provides (dht.service.DhtService): a key
+    given to `provide_later` is announced by the DHT's republisher, and kept across
+    restarts."""
+
+    def provide_later(self, key: NodeId) -> None: ...
+
+    def provides(self, key: NodeId) -> bool: ...
+
+
 Offload = Callable[..., Awaitable[Any]]
 """How blocking work (disk, hashing, coding) is run: `in_thread`, or `inline`."""
 
@@ -111,11 +126,16 @@ class ChunkService:
         transport: Transport,
         provide: ProvideFunction,
         *,
+        provisions: Provisions | None = None,
         offload: Offload = in_thread,
     ) -> None:
+        """`provide` announces a chunk now; `provisions`, the DHT's list of what we
+        provide, takes what the backlog cannot and tells what a restart must announce
+        again (None: neither, for tests of the handlers alone)."""
         self.store = store
         self._offload = offload
         self._provide = provide
+        self._provisions = provisions
         self._jobs = trio.Semaphore(MAX_CHUNK_JOBS)
         self._per_peer: Counter[NodeId] = Counter()
         self._announce_send, self._announce_receive = trio.open_memory_channel[bytes](
@@ -134,8 +154,10 @@ class ChunkService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Announce stored chunks, one at a time, until cancelled; while chunks keep
-        arriving, wait for a quiet moment first (see `ANNOUNCE_QUIET`)."""
+        arriving, wait for a quiet moment first (see `ANNOUNCE_QUIET`). First, announce
+        again what the store holds and the DHT does not provide (`reannounce_held`)."""
         task_status.started()
+        await self.reannounce_held()
         async for chunk_id in self._announce_receive:
             self._announcing = True
             quiet_at = self._last_store + ANNOUNCE_QUIET
@@ -156,11 +178,30 @@ class ChunkService:
         return waiting + (1 if self._announcing else 0)
 
     def announce(self, chunk_id: bytes) -> None:
-        """Queue a provider record for `chunk_id` (dropped if the backlog is full)."""
+        """Queue a provider record for `chunk_id`; with the backlog full, hand it to the
+        DHT's provisions, whose republisher announces it (never dropped)."""
         try:
             self._announce_send.send_nowait(chunk_id)
         except trio.WouldBlock:
-            logger.warning("announcement backlog full; %s waits for the republish", chunk_id)
+            if self._provisions is not None:
+                self._provisions.provide_later(NodeId(chunk_id))
+            else:
+                logger.warning("announcement backlog full; chunk %s not announced", chunk_id.hex())
+
+    async def reannounce_held(self) -> int:
+        """Announce every chunk the store holds that the DHT does not provide: a node
+        killed before its provisions were saved (every few minutes) forgot those it
+        had been announcing, but its store kept the chunks. How many were missing."""
+        if self._provisions is None:
+            return 0
+        provisions = self._provisions
+        held = await self._offload(lambda: list(self.store.chunk_ids()))
+        missing = [chunk_id for chunk_id in held if not provisions.provides(NodeId(chunk_id))]
+        if missing:
+            logger.info("announcing %d stored chunks the DHT did not provide", len(missing))
+        for chunk_id in missing:
+            self.announce(chunk_id)
+        return len(missing)
 
     async def store_local(self, data: bytes, group: GroupRecord) -> None:
         """Store a chunk of our own upload (same checks as a peer's) and announce it."""

@@ -177,7 +177,7 @@ class Node:
             # disk in worker threads, and coding in at most `workers` of them.
             offload = in_thread if config.workers else inline
             codec = in_threads(config.workers) if config.workers else inline
-            chunks = ChunkService(store, transport, dht.provide, offload=offload)
+            chunks = ChunkService(store, transport, dht.provide, provisions=dht, offload=offload)
             await nursery.start(dht.run)
             await nursery.start(chunks.run)
             own = Contact(identity.node_id, address) if config.capacity > 0 else None

@@ -20,6 +20,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
+import node.chunks as node_chunks
 from node.config import NodeConfig
 from node.errors import NodeError, RequestRejected
 from node.files import FileNetwork, check_file, fetch_manifest, get_file, put_file
@@ -29,9 +30,9 @@ from node.node import Node
 from node.store import DiskChunkStore, MemoryChunkStore, StoreConfig
 from node.transport import MemoryNetwork, Peer
 from protocol.capability import ReadCapability, VerifyCapability
-from protocol.chunk import chunk_id
+from protocol.chunk import GroupRecord, chunk_id
 from protocol.encoding import codeword
-from protocol.identity import Identity
+from protocol.identity import Identity, NodeId
 from protocol.manifest_index import store_manifest
 from protocol.messages import (
     AuditChunks,
@@ -443,3 +444,52 @@ async def test_with_k_1_one_copy_left_is_one_live_chunk(kind: str, clock: MockCl
         report = await check_file(files(nodes[11]), capability)
         assert [segment.live for segment in report.segments] == [1] * len(ids)
         assert report.readable and not report.healthy
+
+
+async def test_chunks_held_but_not_provided_are_announced_at_start(
+    kind: str, clock: MockClock
+) -> None:
+    """A node that comes back with chunks in its store and none in its DHT provisions
+    (killed before they were saved) announces every one of them: other nodes find it
+    as a provider of each."""
+    store = MemoryChunkStore(StoreConfig(capacity=2**30, in_memory=True))
+    rng = random.Random(9)
+    held = []
+    for _ in range(25):
+        data = rng.randbytes(100)
+        identifier = chunk_id(data)
+        store.put(identifier, data, GroupRecord.single(identifier))
+        held.append(identifier)
+    async with cluster(kind, {6: store}) as nodes:
+        restarted = nodes[6]
+        assert restarted.dht is not None and restarted.transport is not None
+        await trio.sleep(60)
+        assert all(NodeId(identifier) in restarted.dht.provisions for identifier in held)
+        asker = nodes[2].dht
+        assert asker is not None
+        for identifier in held[:5]:
+            found = await asker.find_providers(NodeId(identifier))
+            assert restarted.transport.node_id in {contact.node_id for contact in found}
+
+
+async def test_a_full_announcement_backlog_loses_nothing(
+    kind: str, clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the backlog full, chunks go straight to the DHT's provisions and its
+    republisher announces them: none is left unannounced."""
+    monkeypatch.setattr(node_chunks, "MAX_ANNOUNCE_BACKLOG", 2)
+    async with cluster(kind) as nodes:
+        service = nodes[4].chunks
+        dht = nodes[4].dht
+        assert service is not None and dht is not None
+        rng = random.Random(10)
+        held = []
+        for _ in range(12):
+            data = rng.randbytes(100)
+            identifier = chunk_id(data)
+            await service.store_local(data, GroupRecord.single(identifier))
+            held.append(identifier)
+        await trio.sleep(120)
+        assert all(NodeId(identifier) in dht.provisions for identifier in held)
+        published = {p.key for p in dht.provisions.records() if p.last_published is not None}
+        assert {NodeId(identifier) for identifier in held} <= published
