@@ -73,11 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         "segments audited, and check says how many)",
     )
 
+    repair = commands.add_parser(
+        "repair",
+        help="audit a file and rebuild its lost chunks on new nodes; no key needed "
+        "(exit codes as check's)",
+    )
+    repair.add_argument("capability", help="a read or verify capability")
+
     commands.add_parser("status", help="what the node holds and whom it knows")
     commands.add_parser("peers", help="the nodes in the node's routing table")
     commands.add_parser("stop", help="stop the node")
     # `freehold put --data-dir DIR FILE` works as well as `freehold --data-dir DIR put`.
-    for name in ("put", "get", "check", "status", "peers", "stop"):
+    for name in ("put", "get", "check", "repair", "status", "peers", "stop"):
         commands.choices[name].add_argument(
             "--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
@@ -96,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from protocol.errors import ProtocolError
 
     # `check` gives 1 and 2 a meaning (degraded, unreadable): its own failures say 3.
-    failed = CHECK_FAILED if arguments.command == "check" else 1
+    failed = CHECK_FAILED if arguments.command in ("check", "repair") else 1
     try:
         return _run(arguments)
     except Exception as exc:
@@ -131,6 +138,7 @@ def _run(arguments: argparse.Namespace) -> int:
         "put": cli_client.put,
         "get": cli_client.get,
         "check": cli_client.check,
+        "repair": cli_client.repair,
         "status": cli_client.status,
         "peers": cli_client.peers,
         "stop": cli_client.stop,

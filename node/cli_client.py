@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["check", "get", "peers", "put", "status", "stop", "stop_on_sigterm"]
+__all__ = ["check", "get", "peers", "put", "repair", "status", "stop", "stop_on_sigterm"]
 
 # Exit codes of `freehold check`.
 HEALTHY, DEGRADED, UNREADABLE, CHECK_FAILED = 0, 1, 2, 3
@@ -245,6 +245,40 @@ def check(arguments: argparse.Namespace, data_dir: Path) -> int:
     return UNREADABLE
 
 
+def repair(arguments: argparse.Namespace, data_dir: Path) -> int:
+    result = _command(data_dir, "repair", capability=arguments.capability)
+    if not result["found"]:
+        print(
+            "no node holds a manifest under this id: either no file was ever stored under "
+            "it, or every copy of its manifest is gone"
+        )
+        return CHECK_FAILED
+    k, n = result["k"], result["n"]
+    if result["manifest_copies_added"]:
+        print(f"manifest: {result['manifest_copies_added']} copies added")
+    for segment in result["segments"]:
+        line = f"segment {segment['index']}: {segment['live_before']}/{n} live"
+        if segment["rebuilt"]:
+            line += f", {segment['rebuilt']} rebuilt, now {segment['live_after']}/{n}"
+        elif segment["live_before"] >= n:
+            line += ", nothing to do"
+        if segment["problem"]:
+            line += f" ({segment['problem']})"
+        print(line)
+    moved = result["bytes_fetched"] + result["bytes_stored"]
+    print(
+        f"moved {moved} bytes ({result['bytes_fetched']} fetched, {result['bytes_stored']} stored)"
+    )
+    if result["healthy"]:
+        print("healthy")
+        return HEALTHY
+    if result["readable"]:
+        print(f"degraded but readable (need {k} of {n} per segment)")
+        return DEGRADED
+    print("unreadable")
+    return UNREADABLE
+
+
 def status(arguments: argparse.Namespace, data_dir: Path) -> int:
     from node.config import format_size
 
@@ -256,6 +290,11 @@ def status(arguments: argparse.Namespace, data_dir: Path) -> int:
     print(
         f"stored:      {result['chunks']} chunks, {format_size(result['used_bytes'])} of "
         f"{format_size(result['capacity'])}"
+    )
+    print(
+        f"repair:      {result['segments_checked_for_repair']} segments checked, "
+        f"{result['segments_repaired']} repaired ({result['chunks_rebuilt']} chunks rebuilt), "
+        f"{format_size(result['repair_bytes_moved'])} moved"
     )
     return 0
 

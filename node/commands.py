@@ -54,6 +54,7 @@ def command_handlers(owner: Owner) -> Mapping[str, CommandHandler]:
         "put": partial(_put, owner),
         "get": partial(_get, owner),
         "check": partial(_check, owner),
+        "repair": partial(_repair, owner),
         "status": partial(_status, owner),
         "peers": partial(_peers, owner),
         "stop": partial(_stop, owner),
@@ -133,6 +134,35 @@ async def _check(
             for segment in report.segments
         ],
         "sampled": report.sampled,
+        "readable": report.readable,
+        "healthy": report.healthy,
+    }
+
+
+async def _repair(
+    owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
+) -> Mapping[str, Any]:
+    text = arguments.get("capability")
+    if not isinstance(text, str):
+        raise NodeError("repair needs a capability")
+    report = await owner.repair(parse_capability(text))
+    return {
+        "k": report.k,
+        "n": report.n,
+        "found": report.found,
+        "manifest_copies_added": report.manifest_copies_added,
+        "segments": [
+            {
+                "index": segment.index,
+                "live_before": segment.live_before,
+                "rebuilt": segment.rebuilt,
+                "live_after": segment.live_after,
+                "problem": segment.problem,
+            }
+            for segment in report.segments
+        ],
+        "bytes_fetched": report.bytes_fetched,
+        "bytes_stored": report.bytes_stored,
         "readable": report.readable,
         "healthy": report.healthy,
     }

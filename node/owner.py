@@ -11,7 +11,15 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 from node.errors import NodeError
-from node.files import FileNetwork, FileReport, check_file, get_file, put_file
+from node.files import (
+    FileNetwork,
+    FileReport,
+    RepairReport,
+    check_file,
+    get_file,
+    put_file,
+    repair_file,
+)
 from node.node import Node
 from protocol.capability import ReadCapability, VerifyCapability
 from protocol.manifest import FileInfo
@@ -60,6 +68,10 @@ class Owner:
         segments unless `full`)."""
         return await check_file(self._files(), capability, full=full)
 
+    async def repair(self, capability: VerifyCapability | ReadCapability) -> RepairReport:
+        """Audit every segment of a file and rebuild what is missing (no key needed)."""
+        return await repair_file(self._files(), capability)
+
     def status(self) -> dict[str, Any]:
         """The node's id, address, contacts and what it stores."""
         node = self.node
@@ -81,6 +93,10 @@ class Owner:
             "chunks_served": chunks.served,
             "chunks_stored": chunks.stored,
             "announcements_pending": chunks.announcements_pending,
+            "segments_checked_for_repair": self._files().repairs.segments_checked,
+            "segments_repaired": self._files().repairs.segments_repaired,
+            "chunks_rebuilt": self._files().repairs.chunks_rebuilt,
+            "repair_bytes_moved": self._files().repairs.bytes_moved,
         }
 
     def peers(self) -> list[dict[str, Any]]:

@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
 
@@ -50,7 +50,14 @@ from protocol.manifest import Manifest
 from protocol.manifest_index import ManifestIndex, join_parts, read_root
 from protocol.messages import MAX_AUDIT_CHUNKS
 
-__all__ = ["SAMPLE_SEGMENTS", "FileReport", "SegmentReport", "check_file"]
+__all__ = [
+    "SAMPLE_SEGMENTS",
+    "FileReport",
+    "SegmentReport",
+    "audit_segment",
+    "check_file",
+    "prove_whole",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +83,8 @@ class SegmentReport:
     holders that claim chunks of it but were caught lying before (not asked again)."""
     fetched: bool
     """Settled by fetching whole chunks: the audit alone could not decide."""
+    holders: Mapping[bytes, frozenset[Contact]] = field(default_factory=dict, compare=False)
+    """Each chunk id proven, and the holders that proved it (for repair)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +129,7 @@ async def check_file(
     except Unreadable:
         return FileReport(params.k, params.n, False, 0, 0, ())
     root = read_root(root_bytes, manifest_id)
-    holders = await _prove_whole(net, manifest_id, root_bytes)
+    holders = len(await prove_whole(net, manifest_id, root_bytes))
     if isinstance(root, ManifestIndex):
         try:
             parts = await fetch_part_list(net, root)
@@ -170,12 +179,17 @@ async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> Seg
             proven.setdefault(identifier, set()).update(holders)
     lying = set().union(*(result.lying for result in rounds))
     live = _live(ids, proven)
+    contacts = {c.node_id: c for result in rounds for c in result.contacts.values()}
     return SegmentReport(
         index,
         live,
         n - live,
         tuple(sorted(lying, key=lambda node_id: node_id.value)),
         any(result.fetched for result in rounds),
+        {
+            identifier: frozenset(contacts[node_id] for node_id in holders)
+            for identifier, holders in proven.items()
+        },
     )
 
 
@@ -194,6 +208,7 @@ class _Round:
     """Holders proven lying now, and holders that claim chunks but were proven lying
     before (not asked again)."""
     fetched: bool
+    contacts: dict[NodeId, Contact]
 
 
 async def _audit_round(
@@ -251,7 +266,7 @@ async def _audit_round(
     proven: dict[bytes, set[NodeId]] = {}
     for node_id, number in passed:
         proven.setdefault(ids[number], set()).add(node_id)
-    return _Round(proven, lying | known_liars, fetched)
+    return _Round(proven, lying | known_liars, fetched, contacts)
 
 
 async def _anchor(
@@ -334,9 +349,9 @@ async def _anchor(
 # ------------------------------------------------------------------------ manifest
 
 
-async def _prove_whole(net: FileNetwork, identifier: bytes, data: bytes) -> int:
-    """How many of the nodes that say they hold chunk `identifier` (a manifest, an
-    index or a part: stored whole) pass an audit against `data`, its verified bytes."""
+async def prove_whole(net: FileNetwork, identifier: bytes, data: bytes) -> list[Contact]:
+    """The nodes that say they hold chunk `identifier` (a manifest, an index or a
+    part: stored whole) and pass an audit against `data`, its verified bytes."""
     length = min(AUDIT_LENGTH, len(data))
     offsets = choose_offsets(net.random_bytes, len(data), length=length)
     expected = stripe(data, offsets, length)
@@ -345,17 +360,16 @@ async def _prove_whole(net: FileNetwork, identifier: bytes, data: bytes) -> int:
         for contact in (await locate(net, [identifier]))[0]
         if not net.liars.avoided(contact.node_id)
     ]
-    proven = 0
+    proven: list[Contact] = []
 
     async def ask(contact: Contact) -> None:
-        nonlocal proven
         try:
             audited = await net.client.audit(contact, [identifier], offsets, length)
         except NodeError:
             return
         answer = audited.answers[0]
         if answer == expected:
-            proven += 1
+            proven.append(contact)
         elif answer is not None:
             net.liars.caught(contact.node_id, "failed an audit of a manifest")
 
@@ -372,7 +386,7 @@ async def _prove_parts(net: FileNetwork, index: ManifestIndex, parts: Sequence[b
 
     async def prove(part_id: bytes, data: bytes) -> None:
         async with limit:
-            counts[part_id] = await _prove_whole(net, part_id, data)
+            counts[part_id] = len(await prove_whole(net, part_id, data))
 
     async with trio.open_nursery() as nursery:
         for part_id, data in zip(index.part_ids, parts, strict=True):

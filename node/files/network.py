@@ -23,7 +23,7 @@ from protocol.identity import RandomBytes
 from protocol.manifest import EncodingParams
 from protocol.manifest_index import MANIFEST_PART_SIZE
 
-__all__ = ["FileNetwork", "FileSettings"]
+__all__ = ["FileNetwork", "FileSettings", "RepairCounters"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +53,17 @@ class FileSettings:
             )
 
 
+@dataclass(slots=True)
+class RepairCounters:
+    """What repairs did on this node since it started (`freehold status`)."""
+
+    segments_checked: int = 0
+    segments_repaired: int = 0
+    chunks_rebuilt: int = 0
+    bytes_moved: int = 0
+    """Chunk bytes fetched and stored by repairs."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileNetwork:
     """The file layer's collaborators."""
@@ -71,3 +82,5 @@ class FileNetwork:
     """The parity blocks: node/isal.py's `best_parity()` in a node."""
     liars: Liars = field(default_factory=Liars)
     """Peers caught lying: avoided for fetches and placements (node/liars.py)."""
+    repairs: RepairCounters = field(default_factory=RepairCounters)
+    """What repairs moved, for `status`."""

@@ -23,7 +23,14 @@ from trio.testing import MockClock
 import node.chunks as node_chunks
 from node.config import NodeConfig
 from node.errors import NodeError, RequestRejected
-from node.files import FileNetwork, check_file, fetch_manifest, get_file, put_file
+from node.files import (
+    FileNetwork,
+    check_file,
+    fetch_manifest,
+    get_file,
+    put_file,
+    repair_file,
+)
 from node.files.checking import FileReport
 from node.files.placement import Placement, place_manifest
 from node.node import Node
@@ -493,3 +500,50 @@ async def test_a_full_announcement_backlog_loses_nothing(
         assert all(NodeId(identifier) in dht.provisions for identifier in held)
         published = {p.key for p in dht.provisions.records() if p.last_published is not None}
         assert {NodeId(identifier) for identifier in held} <= published
+
+
+async def test_repair_rebuilds_lost_chunks_with_no_key(kind: str, clock: MockClock) -> None:
+    """Three holders lose their chunks; a node with only the verify capability repairs
+    the file: every segment is back to n proven chunks, on nodes that held none of the
+    segment, the counters say what moved, and a get from another node is unchanged."""
+    async with cluster(kind) as nodes:
+        data, capability = await put(nodes[0])
+        ids = await segment_ids(nodes[0], capability)
+        for victim in nodes[3:6]:
+            for identifier in held_by(victim):
+                victim.chunks.store.delete(identifier)  # type: ignore[union-attr]
+        repairer = nodes[9]
+        verify = VerifyCapability(capability.manifest_id)
+        before = await check_file(files(repairer), verify)
+        assert not before.healthy and before.readable
+        report = await repair_file(files(repairer), verify)
+        assert report.healthy
+        assert sum(segment.rebuilt for segment in report.segments) == sum(
+            segment.missing for segment in before.segments
+        )
+        after = await check_file(files(repairer), verify)
+        assert after.healthy
+        for segment in ids:  # one chunk of a segment per node, still
+            holders = [sum(1 for i in segment if i in held_by(node)) for node in nodes]
+            assert max(holders) == 1
+        counters = files(repairer).repairs
+        assert counters.chunks_rebuilt == sum(s.rebuilt for s in report.segments)
+        assert counters.bytes_moved == report.bytes_fetched + report.bytes_stored > 0
+        assert await read(nodes[11], capability) == data
+        again = await repair_file(files(repairer), verify)
+        assert all(segment.rebuilt == 0 for segment in again.segments)  # nothing left to do
+
+
+async def test_repair_of_a_lost_segment_says_so(kind: str, clock: MockClock) -> None:
+    """With fewer than k chunks of a segment left anywhere, repair rebuilds nothing for
+    it and says why; the file stays unreadable."""
+    async with cluster(kind) as nodes:
+        _, capability = await put(nodes[0])
+        ids = await segment_ids(nodes[0], capability)
+        for node in nodes:
+            for identifier in held_by(node) & set(ids[1][2:]):
+                node.chunks.store.delete(identifier)  # type: ignore[union-attr]
+        report = await repair_file(files(nodes[7]), capability)
+        lost = report.segments[1]
+        assert lost.rebuilt == 0 and "of the 3 chunks needed" in lost.problem
+        assert not report.readable
