@@ -37,6 +37,7 @@ from protocol.errors import (
     CorruptChunk,
     CorruptSegment,
     ForeignChunk,
+    InconsistentGroup,
     LocalProtocolError,
     NotEnoughChunks,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "encode_segment",
     "parity_matrix",
     "rebuild_chunks",
+    "rebuild_group",
     "zfec_parity",
 ]
 
@@ -307,6 +309,39 @@ def decode_segment(
             segment_index=index,
         )
     return DecodedSegment(index, plaintext.toreadonly(), rejected)
+
+
+def rebuild_group(
+    k: int,
+    n: int,
+    chunk_ids: Sequence[bytes],
+    have: Mapping[int, BytesLike],
+    block_numbers: Iterable[int],
+) -> list[Chunk]:
+    """Chunks `block_numbers` of a group (k-of-n, the ids `chunk_ids` by block number)
+    rebuilt from k of its chunks `have` (block number -> bytes): what a holder that
+    knows only a group record does to repair it. No manifest, no key; pure, thread-safe.
+
+    Raises `LocalProtocolError` unless `have` holds exactly k chunks of one length that
+    hash to their ids, and `InconsistentGroup` if a rebuilt chunk does not hash to its
+    id (the ids do not come from one segment)."""
+    if len(chunk_ids) != n or len(have) != k:
+        raise LocalProtocolError(f"need {n} ids and {k} chunks, got {len(chunk_ids)}, {len(have)}")
+    for number, data in have.items():
+        if not 0 <= number < n or chunk_id(data) != chunk_ids[number]:
+            raise LocalProtocolError(f"chunk {number} given is not the group's chunk {number}")
+    if len({_nbytes(data) for data in have.values()}) != 1:
+        raise LocalProtocolError("the chunks given are not all of one length")
+    full = codeword(k, n, have)
+    chunks = []
+    for number in block_numbers:
+        data = full[number]
+        if chunk_id(data) != chunk_ids[number]:
+            raise InconsistentGroup(
+                f"chunk {number} rebuilt from {sorted(have)} does not hash to its id"
+            )
+        chunks.append(Chunk(chunk_ids[number], data))
+    return chunks
 
 
 def rebuild_chunks(

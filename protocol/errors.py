@@ -30,6 +30,11 @@ class InvalidGroupRecord(RemoteProtocolError, ValueError):
     as a malformed body (BAD_REQUEST), as it does any struct's broken invariant."""
 
 
+class InconsistentGroup(RemoteProtocolError):
+    """Chunks rebuilt from k chunks of a group do not hash to the group's other ids:
+    the ids were not made from one segment (a crafted manifest or group record)."""
+
+
 # --- Files (docs/PROTOCOL.md#files) ------------------------------------------------------
 
 

@@ -43,7 +43,8 @@ from node.files.network import FileNetwork
 from node.files.retrieval import fetch_part_list, fetch_stored
 from protocol.audit import AUDIT_LENGTH, AUDIT_RANGES, Answer, choose_offsets, judge, stripe
 from protocol.capability import ReadCapability, VerifyCapability
-from protocol.encoding import rebuild_chunks
+from protocol.chunk import GroupRecord
+from protocol.encoding import rebuild_group
 from protocol.errors import ProtocolError
 from protocol.identity import NodeId
 from protocol.manifest import Manifest
@@ -53,7 +54,9 @@ from protocol.messages import MAX_AUDIT_CHUNKS
 __all__ = [
     "SAMPLE_SEGMENTS",
     "FileReport",
+    "Group",
     "SegmentReport",
+    "audit_group",
     "audit_segment",
     "check_file",
     "prove_whole",
@@ -161,18 +164,46 @@ async def check_file(
 # ------------------------------------------------------------------------ segments
 
 
+@dataclass(frozen=True, slots=True)
+class Group:
+    """What an audit needs of one segment: its k-of-n, its chunk ids by block number
+    and their size. A manifest gives it (`of_segment`), and so does any holder's group
+    record with its own chunk's size: no manifest, no key."""
+
+    k: int
+    n: int
+    chunk_ids: tuple[bytes, ...]
+    block_size: int
+    index: int = 0
+    """The segment's index in its file, when known (for messages)."""
+
+    @classmethod
+    def of_segment(cls, manifest: Manifest, index: int) -> Group:
+        params = manifest.params
+        ids = manifest.segment_chunk_ids(index)
+        return cls(params.k, params.n, ids, manifest.block_size(index), index)
+
+    @classmethod
+    def of_record(cls, record: GroupRecord, block_size: int) -> Group:
+        return cls(record.k, record.n, record.chunk_ids, block_size)
+
+
 async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> SegmentReport:
-    """Audit the claimed holders of segment `index` (module rules 1-4): first those our
+    """Audit the claimed holders of segment `index` (`audit_group`)."""
+    return await audit_group(net, Group.of_segment(manifest, index))
+
+
+async def audit_group(net: FileNetwork, group: Group) -> SegmentReport:
+    """Audit the claimed holders of a group (module rules 1-4): first those our
     routing table knows near its group key, with no lookup (a healthy file's holders
     are there in a network we know well); only if they do not prove all n chunks, a
     lookup and the provider records find more, and everyone found is audited afresh.
     What either round proved counts."""
-    n = manifest.params.n
-    ids = manifest.segment_chunk_ids(index)
-    first = await _audit_round(net, manifest, index, await locate_known(net, ids))
+    n, ids, index = group.n, group.chunk_ids, group.index
+    first = await _audit_round(net, group, await locate_known(net, ids))
     rounds = [first]
     if _live(ids, first.proven) < n:
-        rounds.append(await _audit_round(net, manifest, index, await locate(net, ids)))
+        rounds.append(await _audit_round(net, group, await locate(net, ids)))
     proven: dict[bytes, set[NodeId]] = {}
     for result in rounds:
         for identifier, holders in result.proven.items():
@@ -212,14 +243,13 @@ class _Round:
 
 
 async def _audit_round(
-    net: FileNetwork, manifest: Manifest, index: int, located: Sequence[Sequence[Contact]]
+    net: FileNetwork, group: Group, located: Sequence[Sequence[Contact]]
 ) -> _Round:
     """Audit the holders `located` names for each chunk, at fresh offsets, and judge:
     a unanimous verdict, or one anchored by our own chunks, is taken as it is; anything
     else is anchored by fetching chunks whole (`_anchor`)."""
-    k, n = manifest.params.k, manifest.params.n
-    ids = manifest.segment_chunk_ids(index)
-    block = manifest.block_size(index)
+    k, n, ids, index = group.k, group.n, group.chunk_ids, group.index
+    block = group.block_size
     length = min(AUDIT_LENGTH, block)
     offsets = choose_offsets(net.random_bytes, block, count=AUDIT_RANGES, length=length)
     claimed: dict[NodeId, tuple[Contact, list[int]]] = {}
@@ -259,7 +289,7 @@ async def _audit_round(
         passed, fetched = set(verdict.passed), False
         lying = {node_id for node_id, _ in verdict.failed}
     else:
-        passed, lying = await _anchor(net, manifest, index, answers, offsets, length, contacts)
+        passed, lying = await _anchor(net, group, answers, offsets, length, contacts)
         fetched = True
     for node_id in lying:
         net.liars.caught(node_id, f"proven lying about a chunk of segment {index} of a file")
@@ -271,8 +301,7 @@ async def _audit_round(
 
 async def _anchor(
     net: FileNetwork,
-    manifest: Manifest,
-    index: int,
+    group: Group,
     answers: Sequence[Answer[tuple[NodeId, int]]],
     offsets: Sequence[int],
     length: int,
@@ -285,8 +314,7 @@ async def _anchor(
     contradicted the rebuilt chunks is proven lying; if the manifest's ids do not make
     one segment (a crafted capability) nobody is blamed for an answer and only the
     chunks fetched count. Costs k chunks, plus one per holder that serves wrong bytes."""
-    k, n = manifest.params.k, manifest.params.n
-    ids = manifest.segment_chunk_ids(index)
+    k, n, ids = group.k, group.n, group.chunk_ids
     expected = len(offsets) * length
     verified: dict[int, tuple[NodeId, bytes]] = {}
     lying = {a.key[0] for a in answers if len(a.data) != expected}
@@ -332,12 +360,12 @@ async def _anchor(
     passed = {(holder, number) for number, (holder, _) in verified.items()}
     if len(verified) < k:
         return passed, lying  # unreadable as far as we can tell: what was fetched counts
-    candidates = [(ids[number], data) for number, (_, data) in sorted(verified.items())]
+    have = {number: data for number, (_, data) in sorted(verified.items())[:k]}
     try:
-        rebuilt = await net.codec(rebuild_chunks, manifest, index, candidates, range(n))
-    except ProtocolError:  # CorruptSegment: the ids do not make one segment
+        rebuilt = await net.codec(rebuild_group, k, n, ids, have, range(n))
+    except ProtocolError:  # InconsistentGroup: the ids do not make one segment
         return passed, lying
-    truth = [stripe(chunk.data, offsets, length) for chunk in rebuilt.chunks]
+    truth = [stripe(chunk.data, offsets, length) for chunk in rebuilt]
     for answer in answers:
         if answer.data == truth[answer.number]:
             passed.add(answer.key)

@@ -28,19 +28,19 @@ from dataclasses import dataclass, field
 
 from dht.contact import Contact
 from node.errors import NodeError, Unreadable
-from node.files.checking import SegmentReport, audit_segment, prove_whole
+from node.files.checking import Group, SegmentReport, audit_group, prove_whole
 from node.files.locate import candidates, closest
 from node.files.network import FileNetwork
 from node.files.retrieval import fetch_part_list, fetch_stored
 from protocol.capability import ReadCapability, VerifyCapability
 from protocol.chunk import GroupRecord
-from protocol.encoding import rebuild_chunks
+from protocol.encoding import rebuild_group
 from protocol.errors import ProtocolError
 from protocol.identity import NodeId
 from protocol.manifest import Manifest
 from protocol.manifest_index import ManifestIndex, join_parts, read_root
 
-__all__ = ["RepairReport", "SegmentRepair", "repair_file"]
+__all__ = ["RepairReport", "SegmentRepair", "repair_file", "repair_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +165,17 @@ async def _fresh_candidates(net: FileNetwork, key: bytes, excluded: set[NodeId])
 async def _repair_segment(
     net: FileNetwork, manifest: Manifest, index: int, moved: _Moved
 ) -> SegmentRepair:
-    k, n = manifest.params.k, manifest.params.n
-    ids = manifest.segment_chunk_ids(index)
-    report = await audit_segment(net, manifest, index)
+    group = Group.of_segment(manifest, index)
+    return await repair_group(net, group, await audit_group(net, group), moved)
+
+
+async def repair_group(
+    net: FileNetwork, group: Group, report: SegmentReport, moved: _Moved | None = None
+) -> SegmentRepair:
+    """Rebuild what `report` (an audit of `group`) found missing, and place it (module
+    rule 3). Works from a group record as well as from a manifest: no key either way."""
+    moved = moved if moved is not None else _Moved()
+    k, n, ids, index = group.k, group.n, group.chunk_ids, group.index
     if report.live >= n:
         return SegmentRepair(index, report.live, 0, report.live)
     if report.live < k:
@@ -184,22 +192,23 @@ async def _repair_segment(
     for identifier in dict.fromkeys(ids):
         numbers = [number for number, other in enumerate(ids) if other == identifier]
         missing += numbers[len(report.holders.get(identifier, ())) :]
+    have = {ids.index(identifier): data for identifier, data in sources}
     try:
-        rebuilt = await net.codec(rebuild_chunks, manifest, index, sources, missing)
-    except ProtocolError as exc:  # the manifest's ids do not make one segment
+        rebuilt = await net.codec(rebuild_group, k, n, ids, have, missing)
+    except ProtocolError as exc:  # the ids do not make one segment
         return SegmentRepair(index, report.live, 0, report.live, f"cannot rebuild: {exc}")
     holding = {contact.node_id for holders in report.holders.values() for contact in holders}
     nearby = await _fresh_candidates(net, ids[0], holding)
     placed = 0
-    for number, chunk in zip(missing, rebuilt.chunks, strict=True):
-        group = GroupRecord(k, n, number, ids)
+    for number, chunk in zip(missing, rebuilt, strict=True):
+        record = GroupRecord(k, n, number, ids)
         while True:
             contact = closest([c for c in nearby if c.node_id not in holding], chunk.chunk_id)
             if contact is None:
                 break
             holding.add(contact.node_id)  # one chunk of the segment per node
             try:
-                await net.client.store(contact, chunk.data, group)
+                await net.client.store(contact, chunk.data, record)
             except NodeError as exc:
                 logger.info("%s did not take a rebuilt chunk: %s", contact.node_id.short(), exc)
                 continue

@@ -28,12 +28,14 @@ from protocol.encoding import (
     encode_segment,
     parity_matrix,
     rebuild_chunks,
+    rebuild_group,
 )
 from protocol.errors import (
     ChunkRejected,
     CorruptChunk,
     CorruptSegment,
     ForeignChunk,
+    InconsistentGroup,
     LocalProtocolError,
     NotEnoughChunks,
     ProtocolError,
@@ -907,3 +909,35 @@ def test_memory_stays_flat_decoding() -> None:
     assert count == 16
     print(f"decoded 64 MiB from parity chunks, tracemalloc peak {peak / MiB:.1f} MiB")
     assert peak < 4 * EncodingParams().segment_size, f"peak {peak / MiB:.1f} MiB"
+
+
+def test_a_group_is_rebuilt_from_any_k_of_its_chunks_without_a_manifest() -> None:
+    """rebuild_group gives a group's missing chunks from k others and their ids alone;
+    chunks that are not the group's, or ids from two segments, are refused."""
+    params = EncodingParams(3, 10, 4096)
+    rng = random.Random(31)
+    segment = encode_segment(
+        rng.randbytes(4096),
+        0,
+        segment_count=1,
+        key=rng.randbytes(32),
+        nonce_prefix=rng.randbytes(16),
+        params=params,
+    )
+    ids = [chunk.chunk_id for chunk in segment.chunks]
+    have = {number: segment.chunks[number].data for number in (2, 5, 9)}
+    rebuilt = rebuild_group(3, 10, ids, have, [0, 1, 7])
+    assert [chunk.data for chunk in rebuilt] == [segment.chunks[j].data for j in (0, 1, 7)]
+    with pytest.raises(LocalProtocolError, match="not the group's chunk 5"):
+        rebuild_group(3, 10, ids, {**have, 5: bytes(len(have[5]))}, [0])
+    other = encode_segment(
+        rng.randbytes(4096),
+        0,
+        segment_count=1,
+        key=rng.randbytes(32),
+        nonce_prefix=rng.randbytes(16),
+        params=params,
+    )
+    mixed = [*ids[:9], other.chunks[9].chunk_id]
+    with pytest.raises(InconsistentGroup):
+        rebuild_group(3, 10, mixed, {j: segment.chunks[j].data for j in (0, 1, 2)}, [9])
