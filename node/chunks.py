@@ -136,6 +136,8 @@ class ChunkService:
         self._offload = offload
         self._provide = provide
         self._provisions = provisions
+        self.on_stored: Callable[[GroupRecord, int], None] | None = None
+        """Told of each chunk stored (its group record and size): the steward."""
         self._jobs = trio.Semaphore(MAX_CHUNK_JOBS)
         self._per_peer: Counter[NodeId] = Counter()
         self._announce_send, self._announce_receive = trio.open_memory_channel[bytes](
@@ -206,9 +208,14 @@ class ChunkService:
     async def store_local(self, data: bytes, group: GroupRecord) -> None:
         """Store a chunk of our own upload (same checks as a peer's) and announce it."""
         await self._offload(self.store.put, group.chunk_id, data, group)
+        self._stored(group, len(data))
+
+    def _stored(self, group: GroupRecord, size: int) -> None:
         self._last_store = trio.current_time()
         self.stored += 1
         self.announce(group.chunk_id)
+        if self.on_stored is not None:
+            self.on_stored(group, size)
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -230,9 +237,7 @@ class ChunkService:
             except StoreError as exc:
                 logger.error("storing a chunk failed: %s", exc)
                 raise RequestRejected(ErrorCode.INTERNAL, "the store failed") from None
-        self._last_store = trio.current_time()
-        self.stored += 1
-        self.announce(group.chunk_id)
+        self._stored(group, len(message.data))
         return ChunkStored(self.store.statistics().free_bytes)
 
     async def handle_fetch_chunk(self, peer: Peer, message: Message) -> Message:

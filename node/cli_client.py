@@ -292,7 +292,8 @@ def status(arguments: argparse.Namespace, data_dir: Path) -> int:
         f"{format_size(result['capacity'])}"
     )
     print(
-        f"repair:      {result['segments_checked_for_repair']} segments checked, "
+        f"repair:      {result['segments_watched']} segments watched, "
+        f"{result['segments_checked_for_repair']} checked, "
         f"{result['segments_repaired']} repaired ({result['chunks_rebuilt']} chunks rebuilt), "
         f"{format_size(result['repair_bytes_moved'])} moved"
     )

@@ -148,6 +148,17 @@ class NodeConfig:
     # Threads for encryption, erasure coding and hashing (they release the GIL), and for
     # the chunk store's disk work; 0 runs it all inline (simulations under MockClock).
     workers: int = 2
+    # Stewardship (node/stewardship.py): how often the holders of a segment audit it,
+    # when they repair it (this many chunks of n left, or fewer; by default n - 3, at
+    # least k: 7 of 10), how long a missing
+    # holder has to come back before its chunk counts as lost, how long the other
+    # holders wait per rank for the elected one, and the repair traffic's share of
+    # bandwidth in bytes per second.
+    audit_interval: float = 24 * 3600.0
+    repair_threshold: int | None = None
+    repair_grace: float = 24 * 3600.0
+    repair_delay: float = 600.0
+    repair_bandwidth: int = 1024 * 1024
     log_level: str = "INFO"
     # "disk": chunks under <data-dir>/chunks/, SQLite files, the key file, the control
     # socket. "memory": nothing touches the disk (tests and simulations run thousands
@@ -165,12 +176,30 @@ class NodeConfig:
             raise ConfigError("capacity cannot be negative")
         if self.workers < 0:
             raise ConfigError("workers cannot be negative")
+        if not self.audit_interval > 0 or not self.repair_delay > 0:
+            raise ConfigError("audit_interval and repair_delay must be positive")
+        if self.repair_grace < 0:
+            raise ConfigError("repair_grace cannot be negative")
+        if self.repair_threshold is not None and not self.k <= self.repair_threshold < self.n:
+            raise ConfigError(
+                f"repair_threshold must be k..n-1 ({self.k}..{self.n - 1}), "
+                f"got {self.repair_threshold}"
+            )
+        if self.repair_bandwidth < 1:
+            raise ConfigError("repair_bandwidth must be at least 1 byte a second")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
 
     @property
     def config_path(self) -> Path:
         return self.data_dir / CONFIG_FILE_NAME
+
+    @property
+    def repair_at(self) -> int:
+        """The repair threshold in force: the configured one, else n - 3 (at least k)."""
+        if self.repair_threshold is not None:
+            return self.repair_threshold
+        return max(self.k, self.n - 3)
 
     @property
     def control_path(self) -> Path:
@@ -218,7 +247,13 @@ def _convert(key: str, value: Any) -> Any:
         return tuple(parse_address(_text(item), default_port=DEFAULT_PORT) for item in items)
     if key in ("capacity", "segment_size"):
         return parse_size(value)
-    if key in ("k", "n", "happy", "workers"):
+    if key in ("audit_interval", "repair_grace", "repair_delay"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"expected seconds, got {value!r}")
+        return float(value)
+    if key == "repair_bandwidth":
+        return parse_size(value)
+    if key in ("k", "n", "happy", "workers", "repair_threshold"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"expected an integer, got {value!r}")
         return value

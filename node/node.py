@@ -34,6 +34,8 @@ from node.files import ChunkClient, FileNetwork, FileSettings
 from node.isal import best_parity
 from node.keyfile import load_or_create_identity
 from node.liars import Liars
+from node.steward import StewardService
+from node.stewardship import StewardSettings, Stewardship
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
 from node.transport import LinkLayer, TcpLinkLayer, Transport
 from protocol.identity import Identity, RandomBytes
@@ -95,6 +97,7 @@ class Node:
         self.dht: DhtService | None = None
         self.chunks: ChunkService | None = None
         self.files: FileNetwork | None = None
+        self.steward: StewardService | None = None
         self.joined = trio.Event()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -196,6 +199,24 @@ class Node:
                 liars=liars,
                 parity=best_parity(),
             )
+            self.steward = StewardService(
+                self.files,
+                store,
+                Stewardship(
+                    identity.node_id,
+                    StewardSettings(
+                        audit_interval=config.audit_interval,
+                        repair_threshold=config.repair_at,
+                        repair_grace=config.repair_grace,
+                        repair_delay=config.repair_delay,
+                    ),
+                    random.Random(self._rng.random() if self._rng is not None else None),
+                ),
+                bandwidth=config.repair_bandwidth,
+                offload=offload,
+            )
+            chunks.on_stored = self.steward.hold
+            await nursery.start(self.steward.run)
             if config.bootstrap:
                 nursery.start_soon(self._join)
             else:

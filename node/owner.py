@@ -93,6 +93,7 @@ class Owner:
             "chunks_served": chunks.served,
             "chunks_stored": chunks.stored,
             "announcements_pending": chunks.announcements_pending,
+            "segments_watched": len(node.steward.plan.groups) if node.steward else 0,
             "segments_checked_for_repair": self._files().repairs.segments_checked,
             "segments_repaired": self._files().repairs.segments_repaired,
             "chunks_rebuilt": self._files().repairs.chunks_rebuilt,

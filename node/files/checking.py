@@ -88,6 +88,8 @@ class SegmentReport:
     """Settled by fetching whole chunks: the audit alone could not decide."""
     holders: Mapping[bytes, frozenset[Contact]] = field(default_factory=dict, compare=False)
     """Each chunk id proven, and the holders that proved it (for repair)."""
+    lied_about: frozenset[int] = frozenset()
+    """Block numbers a holder proven lying claimed (for stewards: lost at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,7 @@ async def audit_group(net: FileNetwork, group: Group) -> SegmentReport:
             identifier: frozenset(contacts[node_id] for node_id in holders)
             for identifier, holders in proven.items()
         },
+        frozenset(set().union(*(result.lied_about for result in rounds))),
     )
 
 
@@ -240,6 +243,7 @@ class _Round:
     before (not asked again)."""
     fetched: bool
     contacts: dict[NodeId, Contact]
+    lied_about: set[int]
 
 
 async def _audit_round(
@@ -296,7 +300,8 @@ async def _audit_round(
     proven: dict[bytes, set[NodeId]] = {}
     for node_id, number in passed:
         proven.setdefault(ids[number], set()).add(node_id)
-    return _Round(proven, lying | known_liars, fetched, contacts)
+    lied_about = {number for node_id in lying for number in claimed.get(node_id, (None, []))[1]}
+    return _Round(proven, lying | known_liars, fetched, contacts, lied_about)
 
 
 async def _anchor(

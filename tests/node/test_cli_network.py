@@ -225,7 +225,8 @@ def test_status_and_peers_describe_the_node(network: Testnet) -> None:
     assert re.fullmatch(rf" +{NODES - 1} \(\d+ connected\)", fields["contacts"])
     assert re.fullmatch(r" +\d+ chunks, .+ of 10(\.0)? GiB", fields["stored"])
     assert re.fullmatch(
-        r" +0 segments checked, 0 repaired \(0 chunks rebuilt\), 0 B moved", fields["repair"]
+        r" +\d+ segments watched, 0 checked, 0 repaired \(0 chunks rebuilt\), 0 B moved",
+        fields["repair"],
     )
 
     lines = succeeds(node.data_dir, "peers").decode().splitlines()
@@ -455,7 +456,7 @@ def test_repair_with_the_verify_capability_brings_a_file_back_to_health(
         assert f"segment 0: {N - missing}/{N} live, {missing} rebuilt, now {N}/{N}" in lines
         assert freehold(repairer.data_dir, "check", verify).returncode == 0
         status = succeeds(repairer.data_dir, "status").decode()
-        expected = rf"repair: +1 segments checked, 1 repaired \({missing} chunks rebuilt\)"
+        expected = rf"repair: +\d+ segments watched, \d+ checked, 1 repaired \({missing} chunks"
         assert re.search(expected, status), status
         assert succeeds(testnet.nodes[12].data_dir, "get", capability) == original.read_bytes()
 

@@ -1,0 +1,144 @@
+"""The steward service: runs a node's `Stewardship` (node/stewardship.py, whose header has
+the rules) over the network.
+
+It watches the group of every chunk the node holds: those in the store when it starts
+and each one stored since (`hold`). When a group comes due it audits the group's
+holders (node/files/checking.audit_group: our own chunk is the trusted anchor), reports
+to the plan, and carries out the repairs the plan decides
+(node/files/repair.repair_group), one at a time, least healthy first, and no faster
+than `repair_bandwidth` bytes a second on average (a token bucket of the chunk bytes a
+repair fetches and stores). Every failure is logged and the group looked at again
+later: nothing a peer does stops the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from node.chunks import Offload
+from node.errors import NodeError
+from node.files.checking import Group, audit_group
+from node.files.network import FileNetwork
+from node.files.repair import repair_group
+from node.stewardship import Repair, Stewardship
+from node.store import ChunkStore
+from protocol.chunk import GroupRecord
+from protocol.errors import ProtocolError
+
+__all__ = ["StewardService"]
+
+logger = logging.getLogger(__name__)
+
+
+class StewardService:
+    """Watches and repairs the groups of the chunks this node holds."""
+
+    def __init__(
+        self,
+        files: FileNetwork,
+        store: ChunkStore,
+        plan: Stewardship,
+        *,
+        bandwidth: float,
+        offload: Offload,
+    ) -> None:
+        self.files = files
+        self.plan = plan
+        self._store = store
+        self._offload = offload
+        self._bandwidth = bandwidth
+        self._tokens = 0.0
+        self._filled_at = -math.inf
+        self._wake = trio.Event()
+
+    def hold(self, record: GroupRecord, size: int) -> None:
+        """A chunk of `record`'s group was stored here: watch its group."""
+        if record.n > 1:  # a group of one (a manifest copy) has no siblings to audit
+            self.plan.watch(record, size, trio.current_time())
+            self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch what the store holds, then audit and repair as groups come due."""
+        task_status.started()
+        for record, size in await self._offload(self._held_groups):
+            self.hold(record, size)
+        while True:
+            self._wake = trio.Event()
+            with trio.move_on_at(self.plan.deadline):
+                await self._wake.wait()
+            for group_key in self.plan.due(trio.current_time()):
+                await self._look_after(group_key)
+
+    def _held_groups(self) -> list[tuple[GroupRecord, int]]:
+        """Each held chunk's group record and size (blocking: the store's index)."""
+        held = []
+        for chunk_id in self._store.chunk_ids():
+            try:
+                info = self._store.info(chunk_id)
+            except NodeError:
+                continue  # deleted meanwhile
+            held.append((info.group, info.size))
+        return held
+
+    async def _look_after(self, group_key: bytes) -> None:
+        health = self.plan.groups.get(group_key)
+        if health is None:
+            return
+        if not await self._offload(self._store.has, health.record.chunk_id):
+            self.plan.forget(group_key)  # our chunk is gone (deleted): not ours to watch
+            return
+        group = Group.of_record(health.record, health.block_size)
+        try:
+            report = await audit_group(self.files, group)
+        except (NodeError, ProtocolError) as exc:
+            logger.info("auditing group %s failed: %s", group_key.hex()[:16], exc)
+            health.next_audit = trio.current_time() + self.plan.settings.repair_delay
+            return
+        ids = group.chunk_ids
+        proven = [number for number, identifier in enumerate(ids) if identifier in report.holders]
+        holders = {contact.node_id for found in report.holders.values() for contact in found}
+        decision = self.plan.audited(
+            group_key,
+            proven=proven,
+            lied_about=report.lied_about,
+            holders=holders,
+            now=trio.current_time(),
+        )
+        self.files.repairs.segments_checked += 1
+        if not isinstance(decision, Repair):
+            return
+        await self._spend((group.k + report.missing) * group.block_size)
+        try:
+            result = await repair_group(self.files, group, report)
+        except (NodeError, ProtocolError) as exc:
+            logger.info("repairing group %s failed: %s", group_key.hex()[:16], exc)
+            return
+        counters = self.files.repairs
+        if result.rebuilt:
+            counters.segments_repaired += 1
+            counters.chunks_rebuilt += result.rebuilt
+            counters.bytes_moved += (group.k + result.rebuilt) * group.block_size
+            logger.info(
+                "repaired group %s: %d of %d chunks rebuilt",
+                group_key.hex()[:16],
+                result.rebuilt,
+                group.n,
+            )
+        self.plan.repaired(group_key, rebuilt=result.rebuilt, now=trio.current_time())
+
+    async def _spend(self, amount: float) -> None:
+        """Wait until the token bucket holds `amount` bytes of repair traffic, then take
+        them: on average no more than `bandwidth` bytes a second."""
+        now = trio.current_time()
+        ceiling = max(amount, self._bandwidth)
+        elapsed = now - self._filled_at if math.isfinite(self._filled_at) else math.inf
+        self._tokens = min(ceiling, self._tokens + elapsed * self._bandwidth)
+        self._filled_at = now
+        if self._tokens < amount:
+            await trio.sleep((amount - self._tokens) / self._bandwidth)
+            self._tokens = amount
+            self._filled_at = trio.current_time()
+        self._tokens -= amount

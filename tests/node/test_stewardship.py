@@ -1,0 +1,114 @@
+"""The stewardship plan's rules (node/stewardship.py), driven by hand: no network, time
+as a number."""
+
+from __future__ import annotations
+
+import random
+
+from node.stewardship import Repair, StewardSettings, Stewardship
+from protocol.chunk import GroupRecord
+from protocol.identity import NodeId
+
+IDS = tuple(bytes([number]) * 32 for number in range(10))
+KEY = IDS[0]
+SETTINGS = StewardSettings(audit_interval=100.0, repair_grace=50.0, repair_delay=10.0)
+
+
+def node(first_byte: int) -> NodeId:
+    return NodeId(bytes([first_byte]) * 32)
+
+
+def plan_for(own: NodeId, index: int = 4) -> Stewardship:
+    plan = Stewardship(own, SETTINGS, random.Random(1))
+    plan.watch(GroupRecord(3, 10, index, IDS), 1000, now=0.0)
+    return plan
+
+
+def test_first_audit_falls_within_an_interval_and_later_ones_are_jittered() -> None:
+    """Watching starts an audit somewhere in the first interval; after a healthy audit
+    the next comes after about an interval (within the jitter)."""
+    plan = plan_for(node(0x80))
+    first = plan.deadline
+    assert 0 <= first <= 100
+    assert plan.due(first) == [KEY]
+    decision = plan.audited(
+        KEY, proven=range(10), lied_about=(), holders=[node(i) for i in range(10)], now=first
+    )
+    assert decision is None
+    assert first + 75 <= plan.deadline <= first + 125
+
+
+def test_missing_chunks_wait_for_the_grace_before_they_count_as_lost() -> None:
+    """Four chunks missing (6 of 10 live, under the threshold of 7): nothing happens
+    until they have been missing for the grace; a holder that comes back in time is
+    simply live again (a healed partition causes no repair)."""
+    own = node(0x00)  # closest to KEY: rank 0
+    plan = plan_for(own)
+    holders = [own, *(node(i) for i in (0x11, 0x22, 0x33, 0x44, 0x55))]
+    assert plan.audited(KEY, proven=range(6), lied_about=(), holders=holders, now=10.0) is None
+    assert plan.audited(KEY, proven=range(6), lied_about=(), holders=holders, now=40.0) is None
+    back = plan.audited(KEY, proven=range(10), lied_about=(), holders=holders, now=55.0)
+    assert back is None and not plan.groups[KEY].missing_since
+    assert plan.audited(KEY, proven=range(6), lied_about=(), holders=holders, now=60.0) is None
+    assert plan.audited(KEY, proven=range(6), lied_about=(), holders=holders, now=110.0) == Repair(
+        KEY
+    )
+
+
+def test_a_lie_counts_as_lost_at_once() -> None:
+    """Chunks a holder was proven lying about are lost with no grace."""
+    own = node(0x00)
+    plan = plan_for(own)
+    decision = plan.audited(
+        KEY, proven=range(6), lied_about=range(6, 10), holders=[own, node(0x11)], now=5.0
+    )
+    assert decision == Repair(KEY)
+
+
+def test_only_the_closest_live_holder_repairs_the_others_wait_their_rank() -> None:
+    """At the threshold, the live holder closest to the group key repairs at once; the
+    one ranked r looks again after r repair delays (and finds it repaired)."""
+    holders = [node(0x01), node(0x40), node(0x80), node(0xC0)]
+    decisions = {}
+    for own in holders:
+        plan = plan_for(own)
+        plan.groups[KEY].missing_since = {number: -100.0 for number in range(7, 10)}
+        decisions[own] = (
+            plan.audited(KEY, proven=range(7), lied_about=(), holders=holders, now=0.0),
+            plan.deadline,
+        )
+    assert decisions[node(0x01)] == (Repair(KEY), 10.0)
+    assert decisions[node(0x40)] == (None, 10.0)
+    assert decisions[node(0x80)] == (None, 20.0)
+    assert decisions[node(0xC0)] == (None, 30.0)
+    later = plan_for(node(0x80))
+    assert later.audited(KEY, proven=range(10), lied_about=(), holders=holders, now=20.0) is None
+
+
+def test_fewer_than_k_live_is_beyond_repair_and_not_retried_in_a_loop() -> None:
+    """With 2 of 3 needed, nothing can be rebuilt: the group is audited as usual."""
+    own = node(0x00)
+    plan = plan_for(own)
+    plan.groups[KEY].missing_since = {number: -100.0 for number in range(2, 10)}
+    assert plan.audited(KEY, proven=range(2), lied_about=(), holders=[own], now=0.0) is None
+    assert plan.deadline >= 75
+
+
+def test_after_a_repair_the_group_is_looked_at_again_soon() -> None:
+    """repaired() brings the next audit to a repair delay away; forget() stops it."""
+    plan = plan_for(node(0x00))
+    plan.repaired(KEY, rebuilt=3, now=200.0)
+    assert plan.deadline == 210.0 and plan.groups[KEY].repairs == 1
+    plan.forget(KEY)
+    assert plan.deadline == float("inf") and plan.due(1e9) == []
+
+
+def test_groups_come_due_least_healthy_first() -> None:
+    """Of two groups due, the one with fewer live chunks is audited first."""
+    plan = Stewardship(node(0x00), SETTINGS, random.Random(2))
+    other_ids = tuple(bytes([0xF0 + number]) * 32 for number in range(10))
+    plan.watch(GroupRecord(3, 10, 0, IDS), 1000, now=0.0)
+    plan.watch(GroupRecord(3, 10, 0, other_ids), 1000, now=0.0)
+    plan.groups[IDS[0]].live = 9
+    plan.groups[other_ids[0]].live = 5
+    assert plan.due(1000.0) == [other_ids[0], IDS[0]]
