@@ -51,6 +51,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap", metavar="HOST:PORT", nargs="+", help="nodes to join the network through"
     )
     node.add_argument("--capacity", metavar="SIZE", help="disk space to donate, e.g. 50GiB")
+    keeping = node.add_argument_group(
+        "keeping files alive", "how this node watches and repairs the segments it holds"
+    )
+    keeping.add_argument(
+        "--audit-interval", metavar="TIME", help="audit each held segment this often (24h)"
+    )
+    keeping.add_argument(
+        "--repair-threshold",
+        metavar="N",
+        type=int,
+        help="repair a segment when this many of its n chunks, or fewer, are left (n-3)",
+    )
+    keeping.add_argument(
+        "--repair-grace",
+        metavar="TIME",
+        help="how long a silent holder has to come back before its chunk counts as lost (24h)",
+    )
+    keeping.add_argument(
+        "--repair-delay", metavar="TIME", help="how long each holder waits per rank (10m)"
+    )
+    keeping.add_argument(
+        "--repair-bandwidth", metavar="SIZE", help="repair traffic a second, at most (1MiB)"
+    )
 
     put = commands.add_parser("put", help="store a file; prints its read capability")
     put.add_argument("path", help="the file, or - for standard input")
@@ -175,6 +198,11 @@ def _node(arguments: argparse.Namespace) -> int:
             "listen": arguments.listen,
             "bootstrap": arguments.bootstrap,
             "capacity": arguments.capacity,
+            "audit_interval": arguments.audit_interval,
+            "repair_threshold": arguments.repair_threshold,
+            "repair_grace": arguments.repair_grace,
+            "repair_delay": arguments.repair_delay,
+            "repair_bandwidth": arguments.repair_bandwidth,
         },
     )
     logging.basicConfig(

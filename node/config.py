@@ -36,6 +36,7 @@ __all__ = [
     "format_size",
     "load_config",
     "parse_address",
+    "parse_duration",
     "parse_size",
 ]
 
@@ -87,6 +88,27 @@ def parse_size(text: str | int) -> int:
     if factor is None:
         raise ConfigError(f"unknown size unit {unit!r} in {text!r} (use B, KB, MB, GB, KiB, ...)")
     return int(float(number) * factor)
+
+
+_DURATION_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_PATTERN: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]?)\s*$")
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from `90`, `2.5`, `"30s"`, `"10m"`, `"24h"`, `"7d"` or `"2w"`."""
+    if isinstance(text, bool):
+        raise ConfigError(f"not a duration: {text!r}")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION_PATTERN.match(text)
+        factor = _DURATION_UNITS.get(match.group(2).lower()) if match else None
+        if match is None or factor is None:
+            raise ConfigError(f"not a duration: {text!r} (try e.g. 90, 30s, 10m, 24h or 7d)")
+        seconds = float(match.group(1)) * factor
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"a duration must be a finite number of seconds, got {text!r}")
+    return seconds
 
 
 def format_size(size: float) -> str:
@@ -248,9 +270,7 @@ def _convert(key: str, value: Any) -> Any:
     if key in ("capacity", "segment_size"):
         return parse_size(value)
     if key in ("audit_interval", "repair_grace", "repair_delay"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"expected seconds, got {value!r}")
-        return float(value)
+        return parse_duration(value)
     if key == "repair_bandwidth":
         return parse_size(value)
     if key in ("k", "n", "happy", "workers", "repair_threshold"):

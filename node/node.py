@@ -207,6 +207,7 @@ class Node:
                     StewardSettings(
                         audit_interval=config.audit_interval,
                         repair_threshold=config.repair_at,
+                        n=config.n,
                         repair_grace=config.repair_grace,
                         repair_delay=config.repair_delay,
                     ),

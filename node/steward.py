@@ -5,7 +5,9 @@ It watches the group of every chunk the node holds: those in the store when it s
 and each one stored since (`hold`). When a group comes due it audits the group's
 holders (node/files/checking.audit_group: our own chunk is the trusted anchor), reports
 to the plan, and carries out the repairs the plan decides
-(node/files/repair.repair_group), one at a time, least healthy first, and no faster
+(node/files/repair.repair_group), one at a time, least healthy first. A manifest chunk
+(a group of one) is audited against our own copy (audit_whole) and topped up to the
+node's n copies (keep_whole). Repairs go no faster
 than `repair_bandwidth` bytes a second on average (a token bucket of the chunk bytes a
 repair fetches and stores). Every failure is logged and the group looked at again
 later: nothing a peer does stops the service.
@@ -20,9 +22,9 @@ import trio
 
 from node.chunks import Offload
 from node.errors import NodeError
-from node.files.checking import Group, audit_group
+from node.files.checking import Group, audit_group, audit_whole
 from node.files.network import FileNetwork
-from node.files.repair import repair_group
+from node.files.repair import keep_whole, repair_group
 from node.stewardship import Repair, Stewardship
 from node.store import ChunkStore
 from protocol.chunk import GroupRecord
@@ -56,9 +58,9 @@ class StewardService:
 
     def hold(self, record: GroupRecord, size: int) -> None:
         """A chunk of `record`'s group was stored here: watch its group."""
-        if record.n > 1:  # a group of one (a manifest copy) has no siblings to audit
-            self.plan.watch(record, size, trio.current_time())
-            self._wake.set()
+        copies = self.files.settings.params.n
+        self.plan.watch(record, size, trio.current_time(), copies=copies)
+        self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch what the store holds, then audit and repair as groups come due."""
@@ -90,12 +92,15 @@ class StewardService:
         if not await self._offload(self._store.has, health.record.chunk_id):
             self.plan.forget(group_key)  # our chunk is gone (deleted): not ours to watch
             return
+        if health.copies:
+            await self._look_after_copies(group_key, health.wanted)
+            return
         group = Group.of_record(health.record, health.block_size)
         try:
             report = await audit_group(self.files, group)
         except (NodeError, ProtocolError) as exc:
             logger.info("auditing group %s failed: %s", group_key.hex()[:16], exc)
-            health.next_audit = trio.current_time() + self.plan.settings.repair_delay
+            self._retry_later(group_key)
             return
         ids = group.chunk_ids
         proven = [number for number, identifier in enumerate(ids) if identifier in report.holders]
@@ -128,6 +133,52 @@ class StewardService:
                 group.n,
             )
         self.plan.repaired(group_key, rebuilt=result.rebuilt, now=trio.current_time())
+
+    async def _look_after_copies(self, identifier: bytes, copies: int) -> None:
+        """Audit the copies of a manifest chunk against ours; top them up if the plan says."""
+        try:
+            data = await self._offload(self._store.get, identifier)
+        except NodeError as exc:  # damaged, and dropped by the store
+            logger.info(
+                "our copy of manifest chunk %s is unreadable: %s", identifier.hex()[:16], exc
+            )
+            self.plan.forget(identifier)
+            return
+        try:
+            proven, lying = await audit_whole(self.files, identifier, data)
+        except (NodeError, ProtocolError) as exc:
+            logger.info("auditing manifest chunk %s failed: %s", identifier.hex()[:16], exc)
+            self._retry_later(identifier)
+            return
+        holders = {contact.node_id for contact in proven} | {self.plan.own_id}
+        decision = self.plan.audited(
+            identifier,
+            proven=holders,
+            lied_about={contact.node_id for contact in lying},
+            holders=holders,
+            now=trio.current_time(),
+        )
+        self.files.repairs.segments_checked += 1
+        if not isinstance(decision, Repair):
+            return
+        await self._spend((copies - len(holders)) * len(data))
+        try:
+            added = await keep_whole(self.files, identifier, data, copies)
+        except (NodeError, ProtocolError) as exc:
+            logger.info("copying manifest chunk %s failed: %s", identifier.hex()[:16], exc)
+            return
+        counters = self.files.repairs
+        if added:
+            counters.segments_repaired += 1
+            counters.chunks_rebuilt += added
+            counters.bytes_moved += added * len(data)
+            logger.info("manifest chunk %s: %d copies added", identifier.hex()[:16], added)
+        self.plan.repaired(identifier, rebuilt=added, now=trio.current_time())
+
+    def _retry_later(self, group_key: bytes) -> None:
+        health = self.plan.groups.get(group_key)
+        if health is not None:
+            health.next_audit = trio.current_time() + self.plan.settings.repair_delay
 
     async def _spend(self, amount: float) -> None:
         """Wait until the token bucket holds `amount` bytes of repair traffic, then take

@@ -2,34 +2,43 @@
 
 Every chunk a node holds came with its group record (k, n, the ids of all n chunks),
 so its holder can watch the whole segment without the file's key or manifest
-(DESIGN.md#keeping-files-alive-without-their-owner). `Stewardship` decides when each
-group is audited and what follows; the driver (node/steward.py) runs the audits and
-repairs and reports back. Time and randomness are inputs.
+(DESIGN.md#keeping-files-alive-without-their-owner). A manifest chunk (a group of one,
+stored whole on several nodes) is watched the same way, its copies taking the place of
+the block numbers. `Stewardship` decides when each group is audited and what follows;
+the driver (node/steward.py) runs the audits and repairs and reports back. Time and
+randomness are inputs.
 
 The rules:
 
 1. **Watching.** Each group we hold a chunk of is audited every `audit_interval`,
    jittered by up to `jitter` of it either way, so that a group's n holders (and a
-   restarted node's groups) do not audit in step. Groups come due least healthy first.
-2. **Transient is not permanent.** A block number the audit did not prove is *missing*
-   from the first audit that saw it so. It counts as *lost* only once it has been
-   missing for `repair_grace`, or at once if a holder was proven lying about it (a
-   lie is no outage). A holder that comes back before the grace is over is simply
-   live again: a partition that heals causes no repair.
-3. **Repairing.** When the chunks not lost fall to `repair_threshold` or below (and at
-   least k are live), one holder repairs: the live holder closest (XOR) to the group
-   key, which is the first chunk id. The others wait their rank among the live holders
+   restarted node's groups) do not audit in step. Groups come due least healthy first
+   (fewest live chunks beyond the k needed).
+2. **Transient is not permanent.** A *slot* (a block number of a segment; a holder of
+   a manifest copy, or a copy short of `copies` whose holder we never saw) the audit
+   did not prove is *missing* from the first audit that saw it so. It counts as *lost*
+   only once it has been missing for `repair_grace`, or at once if a holder was proven
+   lying about it (a lie is no outage). A holder that comes back before the grace is
+   over is simply live again: a partition that heals causes no repair. A group's
+   *standing* is its slots not lost: live, or missing within grace.
+3. **Repairing.** When a group's standing falls to its threshold or below (and at least
+   k are live), one holder repairs: the live holder closest (XOR) to the group key,
+   which is the first chunk id. The others wait their rank among the live holders
    times `repair_delay`, then audit again: if the first repaired, there is nothing
    left to do; if it is gone, the next in rank goes. So two stewards do not place the
    same chunk, unless the first's repair is still running when the next looks, which
-   the rank delay is there to avoid.
+   the rank delay is there to avoid. The threshold is `repair_threshold` for groups of
+   the node's own n (`StewardSettings.n`); for a group of another size (another file's
+   code, or `copies` of a manifest) it keeps the same margin, n - repair_threshold,
+   and lies between k and n - 1.
 4. **After a repair**, the group is audited again after `repair_delay` (to see it
-   whole), then every `audit_interval` as before.
+   whole), then every `audit_interval` as before. A manifest copy's holder lost for
+   good is forgotten then: its copy has been replaced.
 
 | event                                   | decision                                   |
 |-----------------------------------------|--------------------------------------------|
 | `watch(record)`                         | first audit within `audit_interval`        |
-| `audited()`, not lost below threshold   | next audit in about `audit_interval`       |
+| `audited()`, standing above threshold   | next audit in about `audit_interval`       |
 | `audited()`, at threshold, rank 0       | `Repair`                                   |
 | `audited()`, at threshold, rank r > 0   | audit again in r * `repair_delay`          |
 | `audited()`, fewer than k live          | nothing to do: next audit as usual (lost)  |
@@ -57,7 +66,8 @@ class StewardSettings:
 
     audit_interval: float = DAY
     repair_threshold: int = 7
-    """Repair when this many chunks of n, or fewer, are not lost (of 10 by default)."""
+    """Repair when this many chunks of `n`, or fewer, are not lost (rule 3)."""
+    n: int = 10
     repair_grace: float = DAY
     repair_delay: float = 600.0
     jitter: float = 0.25
@@ -67,6 +77,16 @@ class StewardSettings:
             raise ValueError("audit_interval must be positive, repair_grace not negative")
         if not self.repair_delay > 0 or not 0 <= self.jitter < 1:
             raise ValueError("repair_delay must be positive and jitter in 0..1")
+        if not 1 <= self.repair_threshold < self.n:
+            raise ValueError("repair_threshold must be in 1..n-1")
+
+    def threshold(self, wanted: int, k: int) -> int:
+        """The repair threshold of a group of `wanted` slots of which k are needed (rule
+        3): the same margin below `wanted` as `repair_threshold` below `n`, in k..wanted-1
+        (k - 1, never reached while repairable, if the group has nothing to spare)."""
+        if wanted <= k:
+            return k - 1
+        return max(k, min(wanted - 1, wanted - (self.n - self.repair_threshold)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +96,10 @@ class Repair:
     group_key: bytes
 
 
+Slot = int | NodeId
+"""A block number of a segment, or the holder of a manifest copy (rule 2)."""
+
+
 @dataclass(slots=True)
 class GroupHealth:
     """What we know of one group we hold a chunk of."""
@@ -83,17 +107,31 @@ class GroupHealth:
     record: GroupRecord
     block_size: int
     next_audit: float
+    wanted: int
+    """Slots the group should have: n chunks, or the copies of a manifest chunk."""
     live: int | None = None
-    """Chunks the last audit proved, or None before the first."""
-    missing_since: dict[int, float] = field(default_factory=dict)
-    lied_about: set[int] = field(default_factory=set)
+    """Slots the last audit proved, or None before the first."""
+    missing_since: dict[Slot, float] = field(default_factory=dict)
+    lied_about: set[Slot] = field(default_factory=set)
+    proven: set[Slot] = field(default_factory=set)
+    """The slots the last audit proved."""
     repairs: int = 0
 
-    def lost(self, now: float, grace: float) -> set[int]:
-        """Block numbers missing for `grace` or more, or lied about (rule 2)."""
+    @property
+    def copies(self) -> bool:
+        """Whether this is a manifest chunk kept in copies (a group of one)."""
+        return self.record.n == 1
+
+    def lost(self, now: float, grace: float) -> set[Slot]:
+        """Slots missing for `grace` or more, or lied about (rule 2)."""
         return {
-            number for number, since in self.missing_since.items() if now - since >= grace
+            slot for slot, since in self.missing_since.items() if now - since >= grace
         } | self.lied_about
+
+    def spare(self) -> int:
+        """Live slots beyond the k needed (before the first audit: all of them)."""
+        live = self.wanted if self.live is None else self.live
+        return live - self.record.k
 
 
 class Stewardship:
@@ -109,14 +147,18 @@ class Stewardship:
         spread = self.settings.jitter * interval
         return interval + self._rng.uniform(-spread, spread)
 
-    def watch(self, record: GroupRecord, block_size: int, now: float) -> None:
+    def watch(self, record: GroupRecord, block_size: int, now: float, *, copies: int = 0) -> None:
         """Start watching the group of a chunk we hold (first audit within an interval,
-        at a random point, so that holders and restarts spread out)."""
+        at a random point, so that holders and restarts spread out). A manifest chunk
+        (a group of one) is kept in `copies` copies."""
         key = record.chunk_ids[0]
         if key in self.groups:
             return
+        if record.n == 1 and copies < 1:
+            raise ValueError("a group of one is watched as copies: say how many")
         first = now + self._rng.uniform(0, self.settings.audit_interval)
-        self.groups[key] = GroupHealth(record, block_size, first)
+        wanted = copies if record.n == 1 else record.n
+        self.groups[key] = GroupHealth(record, block_size, first, wanted)
 
     def forget(self, group_key: bytes) -> None:
         """Stop watching (we no longer hold a chunk of it)."""
@@ -130,34 +172,54 @@ class Stewardship:
     def due(self, now: float) -> list[bytes]:
         """The groups due for an audit, least healthy first (rule 1)."""
         ready = [key for key, health in self.groups.items() if health.next_audit <= now]
-        return sorted(ready, key=lambda key: (self.groups[key].live or 0, key))
+        return sorted(ready, key=lambda key: (self.groups[key].spare(), key))
 
     def audited(
         self,
         group_key: bytes,
         *,
-        proven: Iterable[int],
-        lied_about: Iterable[int],
+        proven: Iterable[Slot],
+        lied_about: Iterable[Slot],
         holders: Iterable[NodeId],
         now: float,
     ) -> Repair | None:
-        """An audit of the group proved the block numbers `proven` (by the live
-        `holders`, us included) and found lies about `lied_about`: decide (rules 2-4)."""
+        """An audit of the group proved the slots `proven` (block numbers; for copies,
+        the holders proven), by the live `holders`, us included, and found lies about
+        `lied_about`: decide (rules 2-4)."""
         health = self.groups.get(group_key)
         if health is None:
             return None
-        record = health.record
-        proven_numbers = set(proven)
-        for number in proven_numbers:
-            health.missing_since.pop(number, None)
-        for number in range(record.n):
-            if number not in proven_numbers:
-                health.missing_since.setdefault(number, now)
-        health.lied_about = set(lied_about) - proven_numbers
-        health.live = len(proven_numbers)
-        standing = record.n - len(health.lost(now, self.settings.repair_grace))
         settings = self.settings
-        if standing > settings.repair_threshold or health.live < record.k:
+        proven_slots = set(proven)
+        for slot in proven_slots:
+            health.missing_since.pop(slot, None)
+        expected: Iterable[Slot] = (
+            health.proven.union(health.missing_since) if health.copies else range(health.record.n)
+        )
+        for slot in expected:
+            if slot not in proven_slots:
+                health.missing_since.setdefault(slot, now)
+        if health.copies:
+            # Copies we never saw a holder of are missing too, numbered 0, 1, ...
+            # from when we first saw them short, lest a node that first audits during
+            # a partition take the cut-off copies for lost ones.
+            seen = sum(1 for slot in health.missing_since if isinstance(slot, NodeId))
+            unseen = max(0, health.wanted - len(proven_slots) - seen)
+            for slot in range(unseen):
+                health.missing_since.setdefault(slot, now)
+            for slot in [s for s in health.missing_since if isinstance(s, int) and s >= unseen]:
+                del health.missing_since[slot]
+        health.lied_about = set(lied_about) - proven_slots
+        health.live = len(proven_slots)
+        health.proven = proven_slots
+        lost = health.lost(now, settings.repair_grace)
+        waiting = len(health.missing_since.keys() - lost)
+        standing = min(health.wanted, health.live + waiting)
+        if health.copies:  # a lost holder's copy is replaced, not waited for (rule 4)
+            for slot in lost:
+                health.missing_since.pop(slot, None)
+        threshold = settings.threshold(health.wanted, health.record.k)
+        if standing > threshold or health.live < health.record.k:
             health.next_audit = now + self._jittered(settings.audit_interval)
             return None
         target = int.from_bytes(group_key, "big")

@@ -58,6 +58,7 @@ __all__ = [
     "SegmentReport",
     "audit_group",
     "audit_segment",
+    "audit_whole",
     "check_file",
     "prove_whole",
 ]
@@ -385,15 +386,24 @@ async def _anchor(
 async def prove_whole(net: FileNetwork, identifier: bytes, data: bytes) -> list[Contact]:
     """The nodes that say they hold chunk `identifier` (a manifest, an index or a
     part: stored whole) and pass an audit against `data`, its verified bytes."""
+    return (await audit_whole(net, identifier, data))[0]
+
+
+async def audit_whole(
+    net: FileNetwork, identifier: bytes, data: bytes
+) -> tuple[list[Contact], list[Contact]]:
+    """Audit the holders of a chunk stored whole against `data`, its verified bytes:
+    (those proven, those caught lying, who are recorded as liars)."""
     length = min(AUDIT_LENGTH, len(data))
     offsets = choose_offsets(net.random_bytes, len(data), length=length)
     expected = stripe(data, offsets, length)
     holders = [
         contact
-        for contact in (await locate(net, [identifier]))[0]
+        for contact in (await locate(net, [identifier], every_provider=True))[0]
         if not net.liars.avoided(contact.node_id)
     ]
     proven: list[Contact] = []
+    lying: list[Contact] = []
 
     async def ask(contact: Contact) -> None:
         try:
@@ -404,12 +414,13 @@ async def prove_whole(net: FileNetwork, identifier: bytes, data: bytes) -> list[
         if answer == expected:
             proven.append(contact)
         elif answer is not None:
+            lying.append(contact)
             net.liars.caught(contact.node_id, "failed an audit of a manifest")
 
     async with trio.open_nursery() as nursery:
         for contact in holders:
             nursery.start_soon(ask, contact)
-    return proven
+    return proven, lying
 
 
 async def _prove_parts(net: FileNetwork, index: ManifestIndex, parts: Sequence[bytes]) -> int:

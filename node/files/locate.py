@@ -128,6 +128,7 @@ async def locate(
     *,
     enough: int | None = None,
     skip: Iterable[NodeId] = (),
+    every_provider: bool = False,
 ) -> list[list[Contact]]:
     """For each of `ids`, the live nodes that say they hold it: those a lookup finds
     closest to ids[0], then, for ids none of them holds, the nodes named by provider
@@ -139,7 +140,9 @@ async def locate(
     placement most likely chose for the first ids, then the others, and the asking
     stops as soon as `enough` ids have a holder. Without it (a check's question: who
     holds what?), everyone the lookup finds is asked. Nodes in `skip` (found
-    unreachable) are not."""
+    unreachable) are not. With `every_provider` (the question of who holds the copies
+    of a chunk stored whole: more than one holder per id counts), the nodes provider
+    records name are asked as well, even for ids the lookup's nodes hold."""
     holders: list[list[Contact]] = [[] for _ in ids]
     asked: set[NodeId] = set(skip)
 
@@ -173,8 +176,8 @@ async def locate(
             await ask_all(likely[enough:])
     if not satisfied():
         await ask_all(await candidates(net, ids[0]))
-    missing = [position for position, found in enumerate(holders) if not found]
-    if missing and not satisfied():
+    missing = [position for position, found in enumerate(holders) if every_provider or not found]
+    if missing and (every_provider or not satisfied()):
         named: dict[NodeId, Contact] = {}
 
         async def providers_of(position: int) -> None:

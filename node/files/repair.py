@@ -40,7 +40,7 @@ from protocol.identity import NodeId
 from protocol.manifest import Manifest
 from protocol.manifest_index import ManifestIndex, join_parts, read_root
 
-__all__ = ["RepairReport", "SegmentRepair", "repair_file", "repair_group"]
+__all__ = ["RepairReport", "SegmentRepair", "keep_whole", "repair_file", "repair_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,11 @@ async def repair_file(
         return RepairReport(params.k, params.n, False)
     moved = _Moved()
     root = read_root(root_bytes, manifest_id)
-    await _keep_whole(net, manifest_id, root_bytes, _copies(net, root), moved)
+    await keep_whole(net, manifest_id, root_bytes, _copies(net, root), moved)
     if isinstance(root, ManifestIndex):
         parts = await fetch_part_list(net, root)
         for part_id, data in zip(root.part_ids, parts, strict=True):
-            await _keep_whole(net, part_id, data, _copies(net, root), moved)
+            await keep_whole(net, part_id, data, _copies(net, root), moved)
         manifest = join_parts(root, parts)
     else:
         manifest = root
@@ -130,13 +130,20 @@ def _copies(net: FileNetwork, root: Manifest | ManifestIndex) -> int:
     return root.params.n if isinstance(root, Manifest) else net.settings.params.n
 
 
-async def _keep_whole(
-    net: FileNetwork, identifier: bytes, data: bytes, copies: int, moved: _Moved
-) -> None:
-    """Store `data` (a manifest chunk) on more nodes near its id until `copies` prove it."""
+async def keep_whole(
+    net: FileNetwork,
+    identifier: bytes,
+    data: bytes,
+    copies: int,
+    moved: _Moved | None = None,
+) -> int:
+    """Store `data` (a manifest chunk) on more nodes near its id until `copies` prove
+    it; the number of copies added."""
+    moved = moved if moved is not None else _Moved()
+    before = moved.manifest_copies
     proven = await prove_whole(net, identifier, data)
     if len(proven) >= copies:
-        return
+        return 0
     holding = {contact.node_id for contact in proven}
     group = GroupRecord.single(identifier)
     for contact in await _fresh_candidates(net, identifier, holding):
@@ -150,6 +157,7 @@ async def _keep_whole(
         holding.add(contact.node_id)
         moved.manifest_copies += 1
         moved.stored += len(data)
+    return moved.manifest_copies - before
 
 
 async def _fresh_candidates(net: FileNetwork, key: bytes, excluded: set[NodeId]) -> list[Contact]:

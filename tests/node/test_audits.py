@@ -31,8 +31,9 @@ from node.files import (
     put_file,
     repair_file,
 )
-from node.files.checking import FileReport
+from node.files.checking import FileReport, prove_whole
 from node.files.placement import Placement, place_manifest
+from node.files.retrieval import fetch_stored
 from node.node import Node
 from node.store import DiskChunkStore, MemoryChunkStore, StoreConfig
 from node.transport import MemoryNetwork, Peer
@@ -593,6 +594,10 @@ async def test_the_network_repairs_a_file_by_itself(memory_clock: MockClock) -> 
         rebuilt = sum(node.files.repairs.chunks_rebuilt for node in nodes)  # type: ignore[union-attr]
         assert rebuilt >= 3
         assert await read(nodes[13], capability) == data
+        manifest_id = capability.manifest_id
+        root = await fetch_stored(files(nodes[12]), manifest_id, "manifest")
+        copies = await prove_whole(files(nodes[12]), manifest_id, root)
+        assert len(copies) == 10, "the manifest's lost copies were made again"
 
 
 async def test_a_partition_shorter_than_the_grace_repairs_nothing(

@@ -11,6 +11,7 @@ from node.config import (
     NodeConfig,
     load_config,
     parse_address,
+    parse_duration,
     parse_size,
 )
 from node.errors import ConfigError
@@ -219,4 +220,70 @@ def test_unreadable_toml_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path)
     (tmp_path / "config.toml").write_bytes(b"k = '\xff'\n")
     with pytest.raises(ConfigError, match=r"cannot read .*config\.toml"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (90, 90.0),
+        (2.5, 2.5),
+        ("90", 90.0),
+        ("30s", 30.0),
+        ("10m", 600.0),
+        ("24h", 86400.0),
+        ("7d", 7 * 86400.0),
+        ("2w", 14 * 86400.0),
+        (" 1.5 H ", 5400.0),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration_reads_seconds_and_units(text: str | float, seconds: float) -> None:
+    """Durations are seconds, or a number with s, m, h, d or w, case-insensitively."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "", "10 min", "-5", "1e3", -1, True, float("inf")])
+def test_parse_duration_refuses_what_is_not_a_duration(text: str | float) -> None:
+    """Words, unknown units, negative or infinite times and bools are refused."""
+    with pytest.raises(ConfigError, match="duration"):
+        parse_duration(text)
+
+
+def test_stewardship_keys_from_the_file_and_the_flags(tmp_path: Path) -> None:
+    """The keys that say how a node keeps files alive read from config.toml with units,
+    flags win, and the threshold defaults to n - 3 (at least k)."""
+    write_config(
+        tmp_path,
+        'audit_interval = "6h"\nrepair_grace = 3600\nrepair_delay = "90s"\n'
+        'repair_bandwidth = "256 KiB"\nrepair_threshold = 6\n',
+    )
+    config = load_config(tmp_path)
+    assert (config.audit_interval, config.repair_grace, config.repair_delay) == (
+        6 * 3600.0,
+        3600.0,
+        90.0,
+    )
+    assert (config.repair_bandwidth, config.repair_at) == (256 * 1024, 6)
+    flagged = load_config(tmp_path, {"audit_interval": "2s", "repair_threshold": 8})
+    assert (flagged.audit_interval, flagged.repair_at) == (2.0, 8)
+    assert NodeConfig(data_dir=tmp_path).repair_at == 7
+    assert NodeConfig(data_dir=tmp_path, k=3, n=4, happy=3).repair_at == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('audit_interval = "often"', "audit_interval: not a duration"),
+        ("audit_interval = 0", "audit_interval and repair_delay must be positive"),
+        ("repair_grace = -1", "repair_grace"),
+        ("repair_threshold = 10", r"repair_threshold must be k..n-1 \(3..9\)"),
+        ("repair_threshold = 2", "repair_threshold must be k..n-1"),
+        ('repair_bandwidth = "0"', "repair_bandwidth must be at least 1"),
+    ],
+)
+def test_bad_stewardship_values_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
+    """Out-of-range stewardship settings are refused with the range they must be in."""
+    write_config(tmp_path, text + "\n")
+    with pytest.raises(ConfigError, match=message):
         load_config(tmp_path)

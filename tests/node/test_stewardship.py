@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from node.stewardship import Repair, StewardSettings, Stewardship
 from protocol.chunk import GroupRecord
 from protocol.identity import NodeId
@@ -112,3 +114,68 @@ def test_groups_come_due_least_healthy_first() -> None:
     plan.groups[IDS[0]].live = 9
     plan.groups[other_ids[0]].live = 5
     assert plan.due(1000.0) == [other_ids[0], IDS[0]]
+
+
+def test_the_threshold_keeps_its_margin_for_groups_of_other_sizes() -> None:
+    """7 of 10 is a margin of 3: 13 of 16, 3 of 5 kept above k = 3, and nothing is
+    ever repaired in a group with nothing to spare."""
+    settings = StewardSettings(repair_threshold=7, n=10)
+    assert settings.threshold(10, 3) == 7
+    assert settings.threshold(16, 4) == 13
+    assert settings.threshold(5, 3) == 3
+    assert settings.threshold(4, 3) == 3
+    assert settings.threshold(3, 3) == 2
+    assert settings.threshold(10, 1) == 7
+
+
+MANIFEST = bytes([0x01]) * 32
+
+
+def test_manifest_copies_are_slots_held_by_nodes() -> None:
+    """A manifest chunk kept in 10 copies: holders that stop answering wait out the
+    grace like missing chunks, and once 3 are lost for good the closest holder tops
+    the copies up; the lost holders are then forgotten, not waited for again."""
+    own = node(0x01)  # closest to MANIFEST: rank 0
+    plan = Stewardship(own, SETTINGS, random.Random(3))
+    plan.watch(GroupRecord.single(MANIFEST), 500, now=0.0, copies=10)
+    everyone = [own, *(node(0x10 * i) for i in range(1, 10))]
+    assert plan.audited(MANIFEST, proven=everyone, lied_about=(), holders=everyone, now=1.0) is None
+    left = everyone[:7]
+    assert plan.audited(MANIFEST, proven=left, lied_about=(), holders=left, now=2.0) is None
+    assert len(plan.groups[MANIFEST].missing_since) == 3
+    assert plan.audited(MANIFEST, proven=left, lied_about=(), holders=left, now=60.0) == Repair(
+        MANIFEST
+    )
+    assert plan.groups[MANIFEST].missing_since == {}
+    refilled = [*left, node(0xA0), node(0xB0), node(0xC0)]
+    assert (
+        plan.audited(MANIFEST, proven=refilled, lied_about=(), holders=refilled, now=70.0) is None
+    )
+    assert plan.groups[MANIFEST].live == 10
+
+
+def test_a_manifest_chunk_needs_its_number_of_copies() -> None:
+    """Watching a group of one without saying how many copies to keep is a bug."""
+    plan = Stewardship(node(0x01), SETTINGS, random.Random(3))
+    with pytest.raises(ValueError, match="copies"):
+        plan.watch(GroupRecord.single(MANIFEST), 500, now=0.0)
+
+
+def test_copies_short_at_the_first_audit_wait_out_the_grace_too() -> None:
+    """A holder whose first audit falls in a partition sees 6 of 10 copies and knows
+    no holder of the others: they are missing from then, not lost, and come back."""
+    own = node(0x01)
+    plan = Stewardship(own, SETTINGS, random.Random(3))
+    plan.watch(GroupRecord.single(MANIFEST), 500, now=0.0, copies=10)
+    some = [own, *(node(0x10 * i) for i in range(1, 6))]
+    everyone = [*some, *(node(0x10 * i) for i in range(6, 10))]
+    assert plan.audited(MANIFEST, proven=some, lied_about=(), holders=some, now=1.0) is None
+    assert plan.audited(MANIFEST, proven=some, lied_about=(), holders=some, now=40.0) is None
+    assert (
+        plan.audited(MANIFEST, proven=everyone, lied_about=(), holders=everyone, now=45.0) is None
+    )
+    assert plan.groups[MANIFEST].missing_since == {}
+    assert plan.audited(MANIFEST, proven=some, lied_about=(), holders=some, now=50.0) is None
+    assert plan.audited(MANIFEST, proven=some, lied_about=(), holders=some, now=101.0) == Repair(
+        MANIFEST
+    )
