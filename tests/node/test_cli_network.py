@@ -461,6 +461,58 @@ def test_repair_with_the_verify_capability_brings_a_file_back_to_health(
         assert succeeds(testnet.nodes[12].data_dir, "get", capability) == original.read_bytes()
 
 
+# Stewards in a hurry: audit every 2 s, count a silent holder lost after 8 s (time
+# enough to see the damage first), repair at any loss (9 of 10 left). With the
+# defaults it would take days.
+HURRIED_STEWARDS = [
+    "--audit-interval",
+    "2s",
+    "--repair-grace",
+    "8s",
+    "--repair-delay",
+    "1s",
+    "--repair-threshold",
+    "9",
+]
+HEALING_TIMEOUT = 120.0
+
+
+def test_the_network_heals_a_file_with_its_owner_gone_for_good(directory: Path) -> None:
+    """Fourteen nodes; a file of two segments is put, then the uploading node stops for
+    good, then three of the nodes holding most of it. With no key online and nobody
+    asking, the holders audit their segments, and every segment and the manifest come
+    back to n proven copies; a get from another node is byte-identical."""
+    with open_testnet(14, directory, extra=HURRIED_STEWARDS) as testnet:
+        wait_until_joined(testnet)
+        uploader, checker, reader = testnet.nodes[0], testnet.nodes[12], testnet.nodes[13]
+        original = random_file(directory, SEGMENT + 1024 * 1024, seed=23)
+        capability = put(uploader.data_dir, original)
+        verify = capability.split("#")[0]
+        uploader.stop()
+        holding = sorted(testnet.nodes[1:12], key=stored_chunks, reverse=True)
+        for node in holding[:3]:
+            node.stop(kill=True)
+        damaged = freehold(checker.data_dir, "check", verify)
+        assert damaged.returncode == 1, damaged.stdout  # degraded: some chunks are gone
+        deadline = time.monotonic() + HEALING_TIMEOUT
+        while True:
+            checked = freehold(checker.data_dir, "check", verify)
+            lines = checked.stdout.decode().splitlines()
+            if checked.returncode == 0 and f"manifest: {N} holder(s)" in lines:
+                break
+            assert time.monotonic() < deadline, f"not healed: {lines} {checked.stderr!r}"
+            time.sleep(1.0)
+        assert [line for line in lines if line.startswith("segment ")] == [
+            f"segment {index}: {N}/{N} chunks live, 0 missing (need {K}) ok" for index in (0, 1)
+        ]
+        status = [
+            succeeds(node.data_dir, "status").decode() for node in testnet.nodes if node.alive
+        ]
+        repaired = [re.search(r"(\d+) repaired \((\d+) chunks", text) for text in status]
+        assert sum(int(found.group(2)) for found in repaired if found) >= 3, status
+        assert succeeds(reader.data_dir, "get", capability) == original.read_bytes()
+
+
 def test_restarted_nodes_keep_serving_their_chunks(directory: Path) -> None:
     """A node stopped cleanly and one killed, each started again on its data dir, serve
     the chunks they held: a get that needs exactly their chunks succeeds."""
