@@ -31,6 +31,7 @@ from node.config import NodeConfig
 from node.dht_transport import DhtTransportAdapter
 from node.errors import NodeError
 from node.files import ChunkClient, FileNetwork, FileSettings
+from node.health import HEALTH_FILE, HealthBook
 from node.isal import best_parity
 from node.keyfile import load_or_create_identity
 from node.liars import Liars
@@ -129,10 +130,12 @@ class Node:
         if dht_storage is None and not in_memory:
             dht_storage = DhtStorage.open(config.data_dir / "dht.sqlite3")
         liars = Liars(None if in_memory else config.data_dir / LIARS_FILE, clock=self._wall_clock)
+        health = HealthBook(None if in_memory else config.data_dir / HEALTH_FILE)
         try:
             with self._cancel_scope:
-                await self._serve(identity, store, dht_storage, liars, task_status)
+                await self._serve(identity, store, dht_storage, liars, health, task_status)
         finally:
+            health.close()
             liars.close()
             if self._store is None:
                 store.close()
@@ -145,6 +148,7 @@ class Node:
         store: ChunkStore,
         dht_storage: DhtStorage | None,
         liars: Liars,
+        health: HealthBook,
         task_status: trio.TaskStatus[None],
     ) -> None:
         config = self.config
@@ -215,6 +219,8 @@ class Node:
                 ),
                 bandwidth=config.repair_bandwidth,
                 offload=offload,
+                book=health,
+                wall_clock=self._wall_clock,
             )
             chunks.on_stored = self.steward.hold
             await nursery.start(self.steward.run)

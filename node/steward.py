@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import asdict
 
 import trio
 
 from node.chunks import Offload
 from node.errors import NodeError
 from node.files.checking import Group, audit_group, audit_whole
-from node.files.network import FileNetwork
+from node.files.network import FileNetwork, RepairCounters
 from node.files.repair import keep_whole, repair_group
+from node.health import HealthBook
 from node.stewardship import Repair, Stewardship
 from node.store import ChunkStore
 from protocol.chunk import GroupRecord
@@ -46,9 +49,13 @@ class StewardService:
         *,
         bandwidth: float,
         offload: Offload,
+        book: HealthBook | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.files = files
         self.plan = plan
+        self._book = book or HealthBook()
+        self._wall_clock = wall_clock
         self._store = store
         self._offload = offload
         self._bandwidth = bandwidth
@@ -67,12 +74,49 @@ class StewardService:
         task_status.started()
         for record, size in await self._offload(self._held_groups):
             self.hold(record, size)
-        while True:
-            self._wake = trio.Event()
-            with trio.move_on_at(self.plan.deadline):
-                await self._wake.wait()
-            for group_key in self.plan.due(trio.current_time()):
-                await self._look_after(group_key)
+        self._restore()
+        try:
+            while True:
+                self._wake = trio.Event()
+                with trio.move_on_at(self.plan.deadline):
+                    await self._wake.wait()
+                for group_key in self.plan.due(trio.current_time()):
+                    await self._look_after(group_key)
+                    self._save(group_key)
+        finally:
+            self._save_totals()
+
+    def _to_wall(self) -> float:
+        """What to add to a time of the event loop's clock to make it wall-clock."""
+        wall = self._wall_clock() if self._wall_clock is not None else trio.current_time()
+        return wall - trio.current_time()
+
+    def _restore(self) -> None:
+        """Give the plan back what the health book knew before we stopped."""
+        to_wall = self._to_wall()
+        for key, saved in self._book.load(self.plan.groups).items():
+            self.plan.restore(
+                key,
+                live=saved.live,
+                repairs=saved.repairs,
+                missing_since={slot: t - to_wall for slot, t in saved.missing_since.items()},
+                lied_about=saved.lied_about,
+                proven=saved.proven,
+            )
+        counters = self.files.repairs
+        for name, value in self._book.totals().items():
+            if name in RepairCounters.__dataclass_fields__:
+                setattr(counters, name, getattr(counters, name) + value)
+
+    def _save(self, group_key: bytes) -> None:
+        health = self.plan.groups.get(group_key)
+        if health is None:
+            self._book.forget(group_key)
+        elif health.live is not None:
+            self._book.save(group_key, health, to_wall=self._to_wall())
+
+    def _save_totals(self) -> None:
+        self._book.save_totals(asdict(self.files.repairs))
 
     def _held_groups(self) -> list[tuple[GroupRecord, int]]:
         """Each held chunk's group record and size (blocking: the store's index)."""
@@ -133,6 +177,7 @@ class StewardService:
                 group.n,
             )
         self.plan.repaired(group_key, rebuilt=result.rebuilt, now=trio.current_time())
+        self._save_totals()
 
     async def _look_after_copies(self, identifier: bytes, copies: int) -> None:
         """Audit the copies of a manifest chunk against ours; top them up if the plan says."""
@@ -174,6 +219,7 @@ class StewardService:
             counters.bytes_moved += added * len(data)
             logger.info("manifest chunk %s: %d copies added", identifier.hex()[:16], added)
         self.plan.repaired(identifier, rebuilt=added, now=trio.current_time())
+        self._save_totals()
 
     def _retry_later(self, group_key: bytes) -> None:
         health = self.plan.groups.get(group_key)

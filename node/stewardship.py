@@ -48,14 +48,14 @@ The rules:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from protocol.chunk import GroupRecord
 from protocol.identity import NodeId
 
-__all__ = ["GroupHealth", "Repair", "StewardSettings", "Stewardship"]
+__all__ = ["GroupHealth", "Repair", "Slot", "StewardSettings", "Stewardship"]
 
 DAY: Final = 24 * 3600.0
 
@@ -159,6 +159,33 @@ class Stewardship:
         first = now + self._rng.uniform(0, self.settings.audit_interval)
         wanted = copies if record.n == 1 else record.n
         self.groups[key] = GroupHealth(record, block_size, first, wanted)
+
+    def restore(
+        self,
+        group_key: bytes,
+        *,
+        live: int | None,
+        repairs: int,
+        missing_since: Mapping[Slot, float],
+        lied_about: Iterable[Slot],
+        proven: Iterable[Slot],
+    ) -> None:
+        """Give a watched group back what was known of it before a restart (times in
+        our clock); slots that cannot be the group's are ignored."""
+        health = self.groups.get(group_key)
+        if health is None:
+            return
+
+        def fits(slot: Slot) -> bool:
+            if health.copies:
+                return isinstance(slot, NodeId) or 0 <= slot < health.wanted
+            return isinstance(slot, int) and 0 <= slot < health.record.n
+
+        health.live = live
+        health.repairs = repairs
+        health.missing_since = {slot: t for slot, t in missing_since.items() if fits(slot)}
+        health.lied_about = {slot for slot in lied_about if fits(slot)}
+        health.proven = {slot for slot in proven if fits(slot)}
 
     def forget(self, group_key: bytes) -> None:
         """Stop watching (we no longer hold a chunk of it)."""

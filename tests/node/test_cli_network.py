@@ -511,6 +511,16 @@ def test_the_network_heals_a_file_with_its_owner_gone_for_good(directory: Path) 
         repaired = [re.search(r"(\d+) repaired \((\d+) chunks", text) for text in status]
         assert sum(int(found.group(2)) for found in repaired if found) >= 3, status
         assert succeeds(reader.data_dir, "get", capability) == original.read_bytes()
+        # What a steward repaired is still counted after it restarts (health.sqlite3).
+        alive = [node for node in testnet.nodes if node.alive]
+        steward, counted = next(
+            (node, found.group(0))
+            for node, found in zip(alive, repaired, strict=True)
+            if found and found.group(1) != "0"
+        )
+        steward.stop()
+        restart(steward, next(node for node in alive if node is not steward).address)
+        assert counted in succeeds(steward.data_dir, "status").decode()
 
 
 def test_restarted_nodes_keep_serving_their_chunks(directory: Path) -> None:
