@@ -547,6 +547,29 @@ async def test_repair_rebuilds_lost_chunks_with_no_key(kind: str, clock: MockClo
         assert all(segment.rebuilt == 0 for segment in again.segments)  # nothing left to do
 
 
+async def test_two_repairers_at_once_place_each_chunk_once(kind: str, clock: MockClock) -> None:
+    """Two nodes repair the same damaged file at the same moment (the race the
+    stewards' rank delay avoids): each rebuilt chunk goes to the node placement's rule
+    picks, the same for both, so no chunk ends up on two nodes, nor two chunks of a
+    segment on one."""
+    async with cluster(kind) as nodes:
+        _, capability = await put(nodes[0])
+        ids = await segment_ids(nodes[0], capability)
+        for victim in nodes[3:6]:
+            for identifier in held_by(victim):
+                victim.chunks.store.delete(identifier)  # type: ignore[union-attr]
+        verify = VerifyCapability(capability.manifest_id)
+        async with trio.open_nursery() as nursery:
+            for repairer in (nodes[8], nodes[9]):
+                nursery.start_soon(repair_file, files(repairer), verify)
+        assert (await check_file(files(nodes[10]), verify)).healthy
+        for segment in ids:
+            for identifier in segment:
+                assert sum(1 for node in nodes if identifier in held_by(node)) == 1
+            holders = [sum(1 for i in segment if i in held_by(node)) for node in nodes]
+            assert max(holders) == 1
+
+
 async def test_repair_of_a_lost_segment_says_so(kind: str, clock: MockClock) -> None:
     """With fewer than k chunks of a segment left anywhere, repair rebuilds nothing for
     it and says why; the file stays unreadable."""
