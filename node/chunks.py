@@ -138,6 +138,9 @@ class ChunkService:
         self._provisions = provisions
         self.on_stored: Callable[[GroupRecord, int], None] | None = None
         """Told of each chunk stored (its group record and size): the steward."""
+        self.on_audited: Callable[[NodeId, Sequence[bytes]], None] | None = None
+        """Told of each audit a peer made of chunks we hold (who, which): the steward,
+        which then need not audit those groups itself for a while."""
         self._jobs = trio.Semaphore(MAX_CHUNK_JOBS)
         self._per_peer: Counter[NodeId] = Counter()
         self._announce_send, self._announce_receive = trio.open_memory_channel[bytes](
@@ -271,6 +274,10 @@ class ChunkService:
                 logger.error("reading a chunk for an audit failed: %s", exc)
                 raise RequestRejected(ErrorCode.INTERNAL, "the store failed") from None
         self.audited += len(message.chunk_ids)
+        if self.on_audited is not None:
+            held = [c for c, answer in zip(message.chunk_ids, answers, strict=True) if answer]
+            if held:
+                self.on_audited(peer.node_id, held)
         return ChunksAudited(answers)
 
     def audit(

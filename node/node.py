@@ -38,7 +38,7 @@ from node.liars import Liars
 from node.steward import StewardService
 from node.stewardship import StewardSettings, Stewardship
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
-from node.transport import LinkLayer, TcpLinkLayer, Transport
+from node.transport import LinkLayer, TcpLinkLayer, Transport, TransportConfig
 from protocol.identity import Identity, RandomBytes
 from protocol.manifest import EncodingParams
 
@@ -72,18 +72,23 @@ class Node:
         link_layer: LinkLayer | None = None,
         store: ChunkStore | None = None,
         dht_storage: DhtStorage | None = None,
+        health: HealthBook | None = None,
+        dht_config: DhtConfig | None = None,
+        transport_config: TransportConfig | None = None,
         rng: random.Random | None = None,
         random_bytes: RandomBytes = nacl.utils.random,
         wall_clock: Callable[[], float] = time.time,
         services: Sequence[Service] = (),
     ) -> None:
-        """`identity`, `link_layer`, `store` and `dht_storage` replace what `config`
-        would make; `rng` (the DHT's choices), `random_bytes` (file keys) and
-        `wall_clock` (record lifetimes) are the simulations' hooks for repeatable runs
-        in virtual time. `services` are the caller's (the control socket of
-        `freehold node`): each is started last, in the node's nursery, as
-        `await nursery.start(service, node)`, and stopped with the node, before it
-        closes its store."""
+        """`identity`, `link_layer`, `store`, `dht_storage` and `health` replace what
+        `config` would make (a simulated node that restarts keeps them);
+        `dht_config` and `transport_config` replace the defaults (a simulation of a year
+        lengthens the DHT's upkeep intervals and keeps idle connections open); `rng`
+        (the DHT's choices), `random_bytes` (file keys) and `wall_clock` (record
+        lifetimes) are the simulations' hooks for repeatable runs in virtual time.
+        `services` are the caller's (the control socket of `freehold node`): each is
+        started last, in the node's nursery, as `await nursery.start(service, node)`,
+        and stopped with the node, before it closes its store."""
         self.config = config
         self._services = tuple(services)
         self._rng = rng
@@ -93,6 +98,9 @@ class Node:
         self._link_layer = link_layer
         self._store = store
         self._dht_storage = dht_storage
+        self._health = health
+        self._dht_config = dht_config
+        self._transport_config = transport_config
         self._cancel_scope = trio.CancelScope()
         self.transport: Transport | None = None
         self.dht: DhtService | None = None
@@ -130,12 +138,13 @@ class Node:
         if dht_storage is None and not in_memory:
             dht_storage = DhtStorage.open(config.data_dir / "dht.sqlite3")
         liars = Liars(None if in_memory else config.data_dir / LIARS_FILE, clock=self._wall_clock)
-        health = HealthBook(None if in_memory else config.data_dir / HEALTH_FILE)
+        health = self._health or HealthBook(None if in_memory else config.data_dir / HEALTH_FILE)
         try:
             with self._cancel_scope:
                 await self._serve(identity, store, dht_storage, liars, health, task_status)
         finally:
-            health.close()
+            if self._health is None:
+                health.close()
             liars.close()
             if self._store is None:
                 store.close()
@@ -153,7 +162,9 @@ class Node:
     ) -> None:
         config = self.config
         link_layer = self._link_layer or TcpLinkLayer(identity)
-        transport = Transport(identity, link_layer, listen_address=config.listen)
+        transport = Transport(
+            identity, link_layer, listen_address=config.listen, config=self._transport_config
+        )
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(transport.run)
@@ -165,8 +176,8 @@ class Node:
                 raise NodeError(f"cannot listen on {host}:{port}: {reason}") from None
             address = transport.address
             assert address is not None
-            dht_config = DhtConfig()
-            if is_loopback(address[0]):
+            dht_config = self._dht_config or DhtConfig()
+            if self._dht_config is None and is_loopback(address[0]):
                 # Every peer of a loopback node shares 127.0.0.0/24: the per-prefix
                 # Sybil limits would keep all but a few out of its table.
                 dht_config = DhtConfig(
@@ -223,6 +234,7 @@ class Node:
                 wall_clock=self._wall_clock,
             )
             chunks.on_stored = self.steward.hold
+            chunks.on_audited = self.steward.audited_by_peer
             await nursery.start(self.steward.run)
             if config.bootstrap:
                 nursery.start_soon(self._join)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import trio
 
+from dht.contact import Contact
 from node.chunks import Offload
 from node.errors import NodeError
 from node.files.checking import Group, audit_group, audit_whole
@@ -32,6 +33,7 @@ from node.stewardship import Repair, Stewardship
 from node.store import ChunkStore
 from protocol.chunk import GroupRecord
 from protocol.errors import ProtocolError
+from protocol.identity import NodeId
 
 __all__ = ["StewardService"]
 
@@ -62,12 +64,24 @@ class StewardService:
         self._tokens = 0.0
         self._filled_at = -math.inf
         self._wake = trio.Event()
+        self._group_of: dict[bytes, bytes] = {}
+        # Who proved chunks of each group at our last audit: asked first next time.
+        self._last_holders: dict[bytes, list[Contact]] = {}
 
     def hold(self, record: GroupRecord, size: int) -> None:
         """A chunk of `record`'s group was stored here: watch its group."""
         copies = self.files.settings.params.n
         self.plan.watch(record, size, trio.current_time(), copies=copies)
+        self._group_of[record.chunk_id] = record.chunk_ids[0]
         self._wake.set()
+
+    def audited_by_peer(self, peer: NodeId, chunk_ids: Sequence[bytes]) -> None:
+        """`peer` audited chunks we hold: their groups are being watched (plan rule 5)."""
+        now = trio.current_time()
+        for chunk_id in chunk_ids:
+            group_key = self._group_of.get(chunk_id)
+            if group_key is not None:
+                self.plan.audited_by_peer(group_key, now)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch what the store holds, then audit and repair as groups come due."""
@@ -135,13 +149,14 @@ class StewardService:
             return
         if not await self._offload(self._store.has, health.record.chunk_id):
             self.plan.forget(group_key)  # our chunk is gone (deleted): not ours to watch
+            self._last_holders.pop(group_key, None)
             return
         if health.copies:
             await self._look_after_copies(group_key, health.wanted)
             return
         group = Group.of_record(health.record, health.block_size)
         try:
-            report = await audit_group(self.files, group)
+            report = await audit_group(self.files, group, self._last_holders.get(group_key, ()))
         except (NodeError, ProtocolError) as exc:
             logger.info("auditing group %s failed: %s", group_key.hex()[:16], exc)
             self._retry_later(group_key)
@@ -149,6 +164,9 @@ class StewardService:
         ids = group.chunk_ids
         proven = [number for number, identifier in enumerate(ids) if identifier in report.holders]
         holders = {contact.node_id for found in report.holders.values() for contact in found}
+        self._last_holders[group_key] = list(
+            {c.node_id: c for found in report.holders.values() for c in found}.values()
+        )
         decision = self.plan.audited(
             group_key,
             proven=proven,

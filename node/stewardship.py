@@ -31,9 +31,18 @@ The rules:
    the node's own n (`StewardSettings.n`); for a group of another size (another file's
    code, or `copies` of a manifest) it keeps the same margin, n - repair_threshold,
    and lies between k and n - 1.
+   Each holder's turn comes once: one that finds the group still at its threshold
+   when it looks again, its rank times `repair_delay` after it first did, repairs
+   itself, so a holder ranked above it that answers audits but never repairs (busy,
+   out of bandwidth, or hostile) cannot hold the repair up.
 4. **After a repair**, the group is audited again after `repair_delay` (to see it
    whole), then every `audit_interval` as before. A manifest copy's holder lost for
    good is forgotten then: its copy has been replaced.
+5. **One audit does for the group.** When a peer audits our chunk of a group, someone
+   is watching it: our own audit is put off to about `audit_interval` from then, so
+   that a group's n holders make about one audit an interval between them instead of
+   n. Never past `backstop` intervals after our own last audit: a peer that audits
+   us only to keep us quiet delays what we would see by that much at most.
 
 | event                                   | decision                                   |
 |-----------------------------------------|--------------------------------------------|
@@ -42,7 +51,9 @@ The rules:
 | `audited()`, at threshold, rank 0       | `Repair`                                   |
 | `audited()`, at threshold, rank r > 0   | audit again in r * `repair_delay`          |
 | `audited()`, fewer than k live          | nothing to do: next audit as usual (lost)  |
+| `audited()`, at threshold, r's turn come| `Repair`                                   |
 | `repaired()`                            | audit again in `repair_delay`              |
+| `audited_by_peer()`                     | our audit put off (at most to the backstop)|
 """
 
 from __future__ import annotations
@@ -71,10 +82,14 @@ class StewardSettings:
     repair_grace: float = DAY
     repair_delay: float = 600.0
     jitter: float = 0.25
+    backstop: float = 4.0
+    """Audits by peers put ours off for at most this many intervals (rule 5)."""
 
     def __post_init__(self) -> None:
         if not self.audit_interval > 0 or not self.repair_grace >= 0:
             raise ValueError("audit_interval must be positive, repair_grace not negative")
+        if not self.backstop >= 1:
+            raise ValueError("backstop must be at least 1 (interval)")
         if not self.repair_delay > 0 or not 0 <= self.jitter < 1:
             raise ValueError("repair_delay must be positive and jitter in 0..1")
         if not 1 <= self.repair_threshold < self.n:
@@ -116,6 +131,11 @@ class GroupHealth:
     proven: set[Slot] = field(default_factory=set)
     """The slots the last audit proved."""
     repairs: int = 0
+    last_audit: float = -float("inf")
+    """When we last audited the group ourselves (rule 5)."""
+    turn_at: float | None = None
+    """When our turn to repair comes, from when we first found the group at its
+    threshold (rule 3); None while it is above."""
 
     @property
     def copies(self) -> bool:
@@ -158,7 +178,7 @@ class Stewardship:
             raise ValueError("a group of one is watched as copies: say how many")
         first = now + self._rng.uniform(0, self.settings.audit_interval)
         wanted = copies if record.n == 1 else record.n
-        self.groups[key] = GroupHealth(record, block_size, first, wanted)
+        self.groups[key] = GroupHealth(record, block_size, first, wanted, last_audit=now)
 
     def restore(
         self,
@@ -201,6 +221,16 @@ class Stewardship:
         ready = [key for key, health in self.groups.items() if health.next_audit <= now]
         return sorted(ready, key=lambda key: (self.groups[key].spare(), key))
 
+    def audited_by_peer(self, group_key: bytes, now: float) -> None:
+        """A peer audited our chunk of the group: put our own audit off (rule 5)."""
+        health = self.groups.get(group_key)
+        if health is None or health.turn_at is not None:
+            return  # a group at its threshold is looked at on our own schedule
+        settings = self.settings
+        latest = health.last_audit + settings.backstop * settings.audit_interval
+        later = now + self._jittered(settings.audit_interval)
+        health.next_audit = max(health.next_audit, min(later, latest))
+
     def audited(
         self,
         group_key: bytes,
@@ -217,6 +247,7 @@ class Stewardship:
         if health is None:
             return None
         settings = self.settings
+        health.last_audit = now
         proven_slots = set(proven)
         for slot in proven_slots:
             health.missing_since.pop(slot, None)
@@ -247,15 +278,17 @@ class Stewardship:
                 health.missing_since.pop(slot, None)
         threshold = settings.threshold(health.wanted, health.record.k)
         if standing > threshold or health.live < health.record.k:
+            health.turn_at = None
             health.next_audit = now + self._jittered(settings.audit_interval)
             return None
-        target = int.from_bytes(group_key, "big")
-        ranked = sorted(set(holders) | {self.own_id}, key=lambda node: int(node) ^ target)
-        rank = ranked.index(self.own_id)
-        if rank == 0:
+        if health.turn_at is None:
+            target = int.from_bytes(group_key, "big")
+            ranked = sorted(set(holders) | {self.own_id}, key=lambda node: int(node) ^ target)
+            health.turn_at = now + ranked.index(self.own_id) * settings.repair_delay
+        if now >= health.turn_at:
             health.next_audit = now + settings.repair_delay  # in case the repair fails
             return Repair(group_key)
-        health.next_audit = now + rank * settings.repair_delay
+        health.next_audit = health.turn_at
         return None
 
     def repaired(self, group_key: bytes, *, rebuilt: int, now: float) -> None:
@@ -264,4 +297,5 @@ class Stewardship:
         if health is None:
             return
         health.repairs += 1 if rebuilt else 0
+        health.turn_at = None
         health.next_audit = now + self.settings.repair_delay

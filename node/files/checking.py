@@ -196,14 +196,17 @@ async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> Seg
     return await audit_group(net, Group.of_segment(manifest, index))
 
 
-async def audit_group(net: FileNetwork, group: Group) -> SegmentReport:
+async def audit_group(
+    net: FileNetwork, group: Group, known: Sequence[Contact] = ()
+) -> SegmentReport:
     """Audit the claimed holders of a group (module rules 1-4): first those our
-    routing table knows near its group key, with no lookup (a healthy file's holders
-    are there in a network we know well); only if they do not prove all n chunks, a
-    lookup and the provider records find more, and everyone found is audited afresh.
+    routing table knows near its group key and `known` (who proved chunks last time),
+    with no lookup (a healthy file's holders are there in a network we know well);
+    only if they do not prove all n chunks, a lookup and the provider records find
+    more, and everyone found is audited afresh.
     What either round proved counts."""
     n, ids, index = group.n, group.chunk_ids, group.index
-    first = await _audit_round(net, group, await locate_known(net, ids))
+    first = await _audit_round(net, group, await locate_known(net, ids, known))
     rounds = [first]
     if _live(ids, first.proven) < n:
         rounds.append(await _audit_round(net, group, await locate(net, ids)))

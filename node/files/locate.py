@@ -85,12 +85,16 @@ def likely_holders(known: Sequence[Contact], ids: Sequence[bytes]) -> list[Conta
     return order + left
 
 
-async def locate_known(net: FileNetwork, ids: Sequence[bytes]) -> list[list[Contact]]:
+async def locate_known(
+    net: FileNetwork, ids: Sequence[bytes], also: Sequence[Contact] = ()
+) -> list[list[Contact]]:
     """For each of `ids`, the nodes that say they hold it among those our routing table
     knows closest to ids[0] (and this node), with no lookup; then, for ids none of them
     holds, among those it knows closest to each such id (placement gives a chunk to the
     candidate closest to the chunk's own id, and a candidate may lie outside the group
-    key's closest: the uploader itself). One HAS_CHUNKS per node."""
+    key's closest: the uploader itself). `also` are asked first too: the holders a
+    steward's last audit proved, which its routing table may not know. One HAS_CHUNKS
+    per node."""
     holders: list[list[Contact]] = [[] for _ in ids]
     asked: set[NodeId] = set()
 
@@ -111,7 +115,8 @@ async def locate_known(net: FileNetwork, ids: Sequence[bytes]) -> list[list[Cont
                 nursery.start_soon(ask, contact, positions)
 
     everything = list(range(len(ids)))
-    await ask_all({c.node_id: (c, everything) for c in known_near(net, ids[0])})
+    first = [*also, *known_near(net, ids[0])]
+    await ask_all({c.node_id: (c, everything) for c in first})
     unclaimed: dict[NodeId, tuple[Contact, list[int]]] = {}
     for position, found in enumerate(holders):
         if not found:

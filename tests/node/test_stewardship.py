@@ -87,6 +87,51 @@ def test_only_the_closest_live_holder_repairs_the_others_wait_their_rank() -> No
     assert later.audited(KEY, proven=range(10), lied_about=(), holders=holders, now=20.0) is None
 
 
+def test_a_holder_ranked_above_that_never_repairs_does_not_hold_the_repair_up() -> None:
+    """The holder ranked 2 waits two delays; finding the group still at its threshold
+    then (the two above it answer audits but did not repair), its turn has come."""
+    holders = [node(0x01), node(0x40), node(0x80)]
+    plan = plan_for(node(0x80))
+    plan.groups[KEY].missing_since = {number: -100.0 for number in range(7, 10)}
+    assert plan.audited(KEY, proven=range(7), lied_about=(), holders=holders, now=0.0) is None
+    assert plan.deadline == 20.0
+    assert plan.audited(KEY, proven=range(7), lied_about=(), holders=holders, now=20.0) == Repair(
+        KEY
+    )
+    plan.repaired(KEY, rebuilt=3, now=25.0)
+    # Seen whole again: the next time it falls, the ranks count afresh.
+    assert plan.audited(KEY, proven=range(10), lied_about=(), holders=holders, now=35.0) is None
+    assert plan.groups[KEY].turn_at is None
+
+
+def test_an_audit_by_a_peer_puts_ours_off_but_never_past_the_backstop() -> None:
+    """Each audit of our chunk by a peer moves our own audit to about an interval
+    later; a peer that keeps auditing us cannot keep us quiet beyond `backstop`
+    intervals after our own last audit (rule 5)."""
+    settings = StewardSettings(audit_interval=100.0, repair_delay=10.0, backstop=3.0)
+    plan = Stewardship(node(0x40), settings, random.Random(5))
+    plan.watch(GroupRecord(3, 10, 0, IDS), 1000, now=0.0)
+    plan.audited(KEY, proven=range(10), lied_about=(), holders=[node(0x40)], now=50.0)
+    first = plan.deadline
+    assert 125.0 <= first <= 175.0
+    plan.audited_by_peer(KEY, now=100.0)
+    assert 175.0 <= plan.deadline <= 225.0 and plan.deadline >= first
+    for now in range(150, 600, 50):
+        plan.audited_by_peer(KEY, now=float(now))
+    assert plan.deadline == 50.0 + 3 * 100.0
+    plan.audited_by_peer(bytes(32), now=600.0)  # a group we do not watch: ignored
+
+
+def test_a_group_at_its_threshold_is_not_put_off_by_peers() -> None:
+    """A holder waiting for its turn to repair keeps to it whoever audits meanwhile."""
+    holders = [node(0x01), node(0x80)]
+    plan = plan_for(node(0x80))
+    plan.groups[KEY].missing_since = {number: -100.0 for number in range(7, 10)}
+    plan.audited(KEY, proven=range(7), lied_about=(), holders=holders, now=0.0)
+    plan.audited_by_peer(KEY, now=5.0)
+    assert plan.deadline == 10.0
+
+
 def test_fewer_than_k_live_is_beyond_repair_and_not_retried_in_a_loop() -> None:
     """With 2 of 3 needed, nothing can be rebuilt: the group is audited as usual."""
     own = node(0x00)
