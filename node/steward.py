@@ -65,8 +65,10 @@ class StewardService:
         self._filled_at = -math.inf
         self._wake = trio.Event()
         self._group_of: dict[bytes, bytes] = {}
-        # Who proved chunks of each group at our last audit: asked first next time.
-        self._last_holders: dict[bytes, list[Contact]] = {}
+        # Who proved each chunk of a group, or held a copy of a manifest chunk, at our
+        # last audit: audited first next time, with no lookup.
+        self._last_holders: dict[bytes, dict[bytes, list[Contact]]] = {}
+        self._last_copies: dict[bytes, list[Contact]] = {}
 
     def hold(self, record: GroupRecord, size: int) -> None:
         """A chunk of `record`'s group was stored here: watch its group."""
@@ -150,13 +152,20 @@ class StewardService:
         if not await self._offload(self._store.has, health.record.chunk_id):
             self.plan.forget(group_key)  # our chunk is gone (deleted): not ours to watch
             self._last_holders.pop(group_key, None)
+            self._last_copies.pop(group_key, None)
             return
         if health.copies:
             await self._look_after_copies(group_key, health.wanted)
             return
         group = Group.of_record(health.record, health.block_size)
         try:
-            report = await audit_group(self.files, group, self._last_holders.get(group_key, ()))
+            # Beyond the threshold plus one, more proof decides nothing (plan rule 3).
+            report = await audit_group(
+                self.files,
+                group,
+                self._last_holders.get(group_key),
+                enough=self._decisive(health.wanted, group.k),
+            )
         except (NodeError, ProtocolError) as exc:
             logger.info("auditing group %s failed: %s", group_key.hex()[:16], exc)
             self._retry_later(group_key)
@@ -164,9 +173,9 @@ class StewardService:
         ids = group.chunk_ids
         proven = [number for number, identifier in enumerate(ids) if identifier in report.holders]
         holders = {contact.node_id for found in report.holders.values() for contact in found}
-        self._last_holders[group_key] = list(
-            {c.node_id: c for found in report.holders.values() for c in found}.values()
-        )
+        self._last_holders[group_key] = {
+            identifier: list(found) for identifier, found in report.holders.items()
+        }
         decision = self.plan.audited(
             group_key,
             proven=proven,
@@ -206,13 +215,21 @@ class StewardService:
                 "our copy of manifest chunk %s is unreadable: %s", identifier.hex()[:16], exc
             )
             self.plan.forget(identifier)
+            self._last_copies.pop(identifier, None)
             return
         try:
-            proven, lying = await audit_whole(self.files, identifier, data)
+            proven, lying = await audit_whole(
+                self.files,
+                identifier,
+                data,
+                known=self._last_copies.get(identifier, ()),
+                enough=self._decisive(copies, 1),
+            )
         except (NodeError, ProtocolError) as exc:
             logger.info("auditing manifest chunk %s failed: %s", identifier.hex()[:16], exc)
             self._retry_later(identifier)
             return
+        self._last_copies[identifier] = proven
         holders = {contact.node_id for contact in proven} | {self.plan.own_id}
         decision = self.plan.audited(
             identifier,
@@ -238,6 +255,11 @@ class StewardService:
             logger.info("manifest chunk %s: %d copies added", identifier.hex()[:16], added)
         self.plan.repaired(identifier, rebuilt=added, now=trio.current_time())
         self._save_totals()
+
+    def _decisive(self, wanted: int, k: int) -> int:
+        """Live slots beyond which an audit need not look further: one above the
+        group's repair threshold (a slot it does not prove only starts its grace)."""
+        return self.plan.settings.threshold(wanted, k) + 1
 
     def _retry_later(self, group_key: bytes) -> None:
         health = self.plan.groups.get(group_key)

@@ -41,8 +41,9 @@ The rules:
 5. **One audit does for the group.** When a peer audits our chunk of a group, someone
    is watching it: our own audit is put off to about `audit_interval` from then, so
    that a group's n holders make about one audit an interval between them instead of
-   n. Never past `backstop` intervals after our own last audit: a peer that audits
-   us only to keep us quiet delays what we would see by that much at most.
+   n. Never past n intervals (a group's slots) after our own last audit, though: so
+   even when a peer audits every holder only to keep them quiet, the n - 1 others
+   still audit the group about once an interval between them.
 
 | event                                   | decision                                   |
 |-----------------------------------------|--------------------------------------------|
@@ -53,7 +54,7 @@ The rules:
 | `audited()`, fewer than k live          | nothing to do: next audit as usual (lost)  |
 | `audited()`, at threshold, r's turn come| `Repair`                                   |
 | `repaired()`                            | audit again in `repair_delay`              |
-| `audited_by_peer()`                     | our audit put off (at most to the backstop)|
+| `audited_by_peer()`                     | our audit put off (at most n intervals)    |
 """
 
 from __future__ import annotations
@@ -82,14 +83,10 @@ class StewardSettings:
     repair_grace: float = DAY
     repair_delay: float = 600.0
     jitter: float = 0.25
-    backstop: float = 4.0
-    """Audits by peers put ours off for at most this many intervals (rule 5)."""
 
     def __post_init__(self) -> None:
         if not self.audit_interval > 0 or not self.repair_grace >= 0:
             raise ValueError("audit_interval must be positive, repair_grace not negative")
-        if not self.backstop >= 1:
-            raise ValueError("backstop must be at least 1 (interval)")
         if not self.repair_delay > 0 or not 0 <= self.jitter < 1:
             raise ValueError("repair_delay must be positive and jitter in 0..1")
         if not 1 <= self.repair_threshold < self.n:
@@ -227,7 +224,7 @@ class Stewardship:
         if health is None or health.turn_at is not None:
             return  # a group at its threshold is looked at on our own schedule
         settings = self.settings
-        latest = health.last_audit + settings.backstop * settings.audit_interval
+        latest = health.last_audit + health.wanted * settings.audit_interval
         later = now + self._jittered(settings.audit_interval)
         health.next_audit = max(health.next_audit, min(later, latest))
 

@@ -197,23 +197,30 @@ async def audit_segment(net: FileNetwork, manifest: Manifest, index: int) -> Seg
 
 
 async def audit_group(
-    net: FileNetwork, group: Group, known: Sequence[Contact] = ()
+    net: FileNetwork,
+    group: Group,
+    known: Mapping[bytes, Sequence[Contact]] | None = None,
+    *,
+    enough: int | None = None,
 ) -> SegmentReport:
-    """Audit the claimed holders of a group (module rules 1-4): first those our
-    routing table knows near its group key and `known` (who proved chunks last time),
-    with no lookup (a healthy file's holders are there in a network we know well);
-    only if they do not prove all n chunks, a lookup and the provider records find
-    more, and everyone found is audited afresh.
-    What either round proved counts."""
+    """Audit the claimed holders of a group (module rules 1-4), in rounds, until
+    `enough` chunks (default: all n) are proven. With `known` (each chunk id's holders
+    proven last time: a steward's), those are audited first, with neither lookup nor
+    HAS_CHUNKS. Then those our routing table knows near its group key, with no lookup
+    (a healthy file's holders are there in a network we know well); last, a lookup and
+    the provider records find more, and everyone found is audited afresh. What any
+    round proved counts."""
     n, ids, index = group.n, group.chunk_ids, group.index
-    first = await _audit_round(net, group, await locate_known(net, ids, known))
-    rounds = [first]
-    if _live(ids, first.proven) < n:
-        rounds.append(await _audit_round(net, group, await locate(net, ids)))
-    proven: dict[bytes, set[NodeId]] = {}
-    for result in rounds:
-        for identifier, holders in result.proven.items():
-            proven.setdefault(identifier, set()).update(holders)
+    wanted = n if enough is None else min(n, enough)
+    rounds: list[_Round] = []
+    if known:
+        located = [list(known.get(identifier, ())) for identifier in ids]
+        rounds.append(await _audit_round(net, group, located))
+    if not rounds or _live(ids, _merged(rounds)) < wanted:
+        rounds.append(await _audit_round(net, group, await locate_known(net, ids)))
+        if _live(ids, _merged(rounds)) < wanted:
+            rounds.append(await _audit_round(net, group, await locate(net, ids)))
+    proven = _merged(rounds)
     lying = set().union(*(result.lying for result in rounds))
     live = _live(ids, proven)
     contacts = {c.node_id: c for result in rounds for c in result.contacts.values()}
@@ -229,6 +236,15 @@ async def audit_group(
         },
         frozenset(set().union(*(result.lied_about for result in rounds))),
     )
+
+
+def _merged(rounds: Sequence[_Round]) -> dict[bytes, set[NodeId]]:
+    """Each chunk id, and the holders any of `rounds` proved."""
+    proven: dict[bytes, set[NodeId]] = {}
+    for result in rounds:
+        for identifier, holders in result.proven.items():
+            proven.setdefault(identifier, set()).update(holders)
+    return proven
 
 
 def _live(ids: Sequence[bytes], proven: dict[bytes, set[NodeId]]) -> int:
@@ -393,20 +409,25 @@ async def prove_whole(net: FileNetwork, identifier: bytes, data: bytes) -> list[
 
 
 async def audit_whole(
-    net: FileNetwork, identifier: bytes, data: bytes
+    net: FileNetwork,
+    identifier: bytes,
+    data: bytes,
+    *,
+    known: Sequence[Contact] = (),
+    enough: int | None = None,
 ) -> tuple[list[Contact], list[Contact]]:
     """Audit the holders of a chunk stored whole against `data`, its verified bytes:
-    (those proven, those caught lying, who are recorded as liars)."""
+    (those proven, those caught lying, who are recorded as liars). With `enough`,
+    `known` (who proved it last time) are audited first, with no lookup, then those our
+    routing table knows near it, and a lookup and the provider records look for more
+    only while fewer than `enough` are proven; without, every provider is looked up at
+    once."""
     length = min(AUDIT_LENGTH, len(data))
     offsets = choose_offsets(net.random_bytes, len(data), length=length)
     expected = stripe(data, offsets, length)
-    holders = [
-        contact
-        for contact in (await locate(net, [identifier], every_provider=True))[0]
-        if not net.liars.avoided(contact.node_id)
-    ]
     proven: list[Contact] = []
     lying: list[Contact] = []
+    asked: set[NodeId] = set()
 
     async def ask(contact: Contact) -> None:
         try:
@@ -420,9 +441,21 @@ async def audit_whole(
             lying.append(contact)
             net.liars.caught(contact.node_id, "failed an audit of a manifest")
 
-    async with trio.open_nursery() as nursery:
-        for contact in holders:
-            nursery.start_soon(ask, contact)
+    async def audit(found: Sequence[Contact]) -> None:
+        async with trio.open_nursery() as nursery:
+            for contact in found:
+                if contact.node_id not in asked and not net.liars.avoided(contact.node_id):
+                    asked.add(contact.node_id)
+                    nursery.start_soon(ask, contact)
+
+    if enough is not None:
+        await audit(known)
+        if len(proven) >= enough:
+            return proven, lying
+        await audit((await locate_known(net, [identifier]))[0])
+        if len(proven) >= enough:
+            return proven, lying
+    await audit((await locate(net, [identifier], every_provider=True))[0])
     return proven, lying
 
 

@@ -104,11 +104,11 @@ def test_a_holder_ranked_above_that_never_repairs_does_not_hold_the_repair_up() 
     assert plan.groups[KEY].turn_at is None
 
 
-def test_an_audit_by_a_peer_puts_ours_off_but_never_past_the_backstop() -> None:
+def test_an_audit_by_a_peer_puts_ours_off_but_never_past_n_intervals() -> None:
     """Each audit of our chunk by a peer moves our own audit to about an interval
-    later; a peer that keeps auditing us cannot keep us quiet beyond `backstop`
-    intervals after our own last audit (rule 5)."""
-    settings = StewardSettings(audit_interval=100.0, repair_delay=10.0, backstop=3.0)
+    later; a peer that keeps auditing us cannot keep us quiet beyond n intervals after
+    our own last audit (rule 5)."""
+    settings = StewardSettings(audit_interval=100.0, repair_delay=10.0)
     plan = Stewardship(node(0x40), settings, random.Random(5))
     plan.watch(GroupRecord(3, 10, 0, IDS), 1000, now=0.0)
     plan.audited(KEY, proven=range(10), lied_about=(), holders=[node(0x40)], now=50.0)
@@ -116,10 +116,10 @@ def test_an_audit_by_a_peer_puts_ours_off_but_never_past_the_backstop() -> None:
     assert 125.0 <= first <= 175.0
     plan.audited_by_peer(KEY, now=100.0)
     assert 175.0 <= plan.deadline <= 225.0 and plan.deadline >= first
-    for now in range(150, 600, 50):
+    for now in range(150, 1500, 50):
         plan.audited_by_peer(KEY, now=float(now))
-    assert plan.deadline == 50.0 + 3 * 100.0
-    plan.audited_by_peer(bytes(32), now=600.0)  # a group we do not watch: ignored
+    assert plan.deadline == 50.0 + 10 * 100.0
+    plan.audited_by_peer(bytes(32), now=1500.0)  # a group we do not watch: ignored
 
 
 def test_a_group_at_its_threshold_is_not_put_off_by_peers() -> None:
