@@ -26,6 +26,7 @@ __all__ = ["SCENARIOS", "main", "run_scenario"]
 
 def _scenarios() -> dict[str, tuple[Scenario, str]]:
     from simulations.scenarios.churn import run_churn
+    from simulations.scenarios.durability import run_durability
     from simulations.scenarios.eclipse import run_eclipse
     from simulations.scenarios.failure import run_failure
     from simulations.scenarios.files import run_files
@@ -37,10 +38,11 @@ def _scenarios() -> dict[str, tuple[Scenario, str]]:
         "failure": (run_failure, "a fraction of nodes fails at once: success and recovery"),
         "files": (run_files, "files put, nodes churn: share still readable after a day, a week"),
         "eclipse": (run_eclipse, "Sybils answer lookups with each other only"),
+        "durability": (run_durability, "a year of churn: files kept by repair, and its cost"),
     }
 
 
-SCENARIOS = ("lookup", "churn", "failure", "files", "eclipse")
+SCENARIOS = ("lookup", "churn", "failure", "files", "eclipse", "durability")
 
 
 def run_scenario(name: str, options: ScenarioOptions) -> Any:

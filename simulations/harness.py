@@ -30,15 +30,18 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
+from dht.config import DhtConfig
 from dht.contact import Contact
 from dht.errors import DhtError
 from node.config import NodeConfig
+from node.health import HealthBook
 from node.node import Node
-from node.transport import MemoryNetwork
+from node.store import ChunkStore, MemoryChunkStore, StoreConfig
+from node.transport import MemoryNetwork, TransportConfig
 from node.transport.memory import Intercept
 from protocol.identity import Identity, NodeId
 
@@ -113,7 +116,13 @@ class SimNode:
     node: Node
     scope: trio.CancelScope
     started_at: float
+    store: ChunkStore
+    health: HealthBook
+    seed: int
     alive: bool = True
+    """False once gone for good (`kill`)."""
+    online: bool = True
+    """False while stopped for a while (`take_offline`), its store kept for its return."""
 
     @property
     def node_id(self) -> NodeId:
@@ -136,11 +145,14 @@ class SimNetwork:
     rng: random.Random
     nursery: trio.Nursery
     node_config: NodeConfig
+    dht_config: DhtConfig | None = None
+    transport_config: TransportConfig | None = None
     nodes: list[SimNode] = field(default_factory=list)
     wall_started: float = field(default_factory=time.perf_counter)
 
     def alive(self) -> list[SimNode]:
-        return [node for node in self.nodes if node.alive]
+        """The nodes running now: not gone for good, not offline for a while."""
+        return [node for node in self.nodes if node.alive and node.online]
 
     async def add_node(
         self, *, join: bool = True, node_config: NodeConfig | None = None
@@ -160,17 +172,39 @@ class SimNetwork:
         host = f"10.{index // 256 % 256}.{index % 256}.1"
         if index >= 65536:
             host = f"11.{index // 65536}.{index // 256 % 256}.{index % 256}"
+        config = replace(node_config or self.node_config, listen=(host, PORT))
+        store = MemoryChunkStore(StoreConfig(capacity=config.capacity, in_memory=True))
+        # A database in memory, so that the health survives the node's restarts.
+        health = HealthBook(Path(":memory:"))
         seed = self.rng.getrandbits(64)
-        node = Node(
-            replace(node_config or self.node_config, listen=(host, PORT)),
-            identity=identity,
-            link_layer=self.network.link_layer(
+        node = Node(config, **self._node_parts(identity, host, store, health, seed))
+        simulated = SimNode(
+            index, host, identity, node, trio.CancelScope(), 0.0, store, health, seed
+        )
+        await self._run(simulated)
+        self.nodes.append(simulated)
+        return simulated
+
+    def _node_parts(
+        self, identity: Identity, host: str, store: ChunkStore, health: HealthBook, seed: int
+    ) -> dict[str, Any]:
+        """What a simulated node is made of besides its config."""
+        return {
+            "identity": identity,
+            "link_layer": self.network.link_layer(
                 identity, host, random_bytes=random.Random(seed ^ 0xC0FFEE).randbytes
             ),
-            rng=random.Random(seed),
-            random_bytes=random.Random(seed ^ 0x5EED).randbytes,
-            wall_clock=trio.current_time,
-        )
+            "store": store,
+            "health": health,
+            "dht_config": self.dht_config,
+            "transport_config": self.transport_config,
+            "rng": random.Random(seed),
+            "random_bytes": random.Random(seed ^ 0x5EED).randbytes,
+            "wall_clock": trio.current_time,
+        }
+
+    async def _run(self, simulated: SimNode) -> None:
+        node = simulated.node
         scope = trio.CancelScope()
 
         async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -178,9 +212,42 @@ class SimNetwork:
                 await node.run(task_status=task_status)
 
         await self.nursery.start(run)
-        simulated = SimNode(index, host, identity, node, scope, trio.current_time())
-        self.nodes.append(simulated)
-        return simulated
+        simulated.scope = scope
+        simulated.started_at = trio.current_time()
+
+    def take_offline(self, simulated: SimNode) -> None:
+        """Stop a node for a while, as a machine switched off: its tasks stop, what is
+        sent to it is lost, and its store and health record wait for `bring_back`."""
+        simulated.online = False
+        simulated.scope.cancel()
+        self._partition()
+
+    async def bring_back(self, simulated: SimNode) -> bool:
+        """Start an offline node again, as its owner does: the same identity, store
+        and health record, a fresh process (its DHT tables were in memory, so it joins
+        again through a live node). Whether it joined."""
+        assert simulated.alive and not simulated.online
+        simulated.seed = self.rng.getrandbits(64)
+        simulated.node = Node(
+            simulated.node.config,
+            **self._node_parts(
+                simulated.identity,
+                simulated.host,
+                simulated.store,
+                simulated.health,
+                simulated.seed,
+            ),
+        )
+        simulated.online = True
+        self._partition()
+        await self._run(simulated)
+        return await self.join(simulated)
+
+    def _partition(self) -> None:
+        """Cut off every node that is gone or offline."""
+        self.network.partition(
+            [node.host for node in self.nodes if not (node.alive and node.online)]
+        )
 
     async def join(self, simulated: SimNode, introducers: Sequence[SimNode] | None = None) -> bool:
         """Bootstrap `simulated` through a random one of `introducers` (default: the
@@ -189,7 +256,7 @@ class SimNetwork:
         pool = [
             node
             for node in (introducers if introducers is not None else self.alive())
-            if node is not simulated and node.alive
+            if node is not simulated and node.alive and node.online
         ]
         dht = simulated.node.dht
         assert dht is not None
@@ -210,7 +277,7 @@ class SimNetwork:
         for simulated in victims:
             simulated.alive = False
             simulated.scope.cancel()
-        self.network.partition([node.host for node in self.nodes if not node.alive])
+        self._partition()
 
     def true_closest(
         self, target: NodeId, count: int, *, exclude: NodeId | None = None
@@ -246,6 +313,8 @@ async def open_network(
     loss: float = 0.0,
     secure: bool = True,
     node_config: NodeConfig = SIMULATED_NODE,
+    dht_config: DhtConfig | None = None,
+    transport_config: TransportConfig | None = None,
     join_wave: float = JOIN_WAVE,
     intercept: Intercept | None = None,
 ) -> AsyncIterator[SimNetwork]:
@@ -255,7 +324,8 @@ async def open_network(
     adds up to `join_wave` times the nodes already in (at least one), all joining at
     once, each through a random node of the earlier waves. With `secure` (the default)
     every connection runs the real Noise handshake and encrypts its frames. `intercept`
-    sees every message sent (node/transport/memory.py): a benchmark counts bytes."""
+    sees every message sent (node/transport/memory.py): a benchmark counts bytes.
+    `dht_config` and `transport_config` replace the nodes' defaults."""
     rng = random.Random(seed)
     network = MemoryNetwork(
         seed=seed,
@@ -266,7 +336,7 @@ async def open_network(
         intercept=intercept,
     )
     async with trio.open_nursery() as nursery:
-        simulation = SimNetwork(network, rng, nursery, node_config)
+        simulation = SimNetwork(network, rng, nursery, node_config, dht_config, transport_config)
         first = await simulation.start_node()
         joined = [first]
         while len(joined) < count:

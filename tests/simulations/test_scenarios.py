@@ -124,6 +124,27 @@ def test_eclipse_without_sybils_finds_everyone() -> None:
     assert attacked["recall_%"] <= 100.0
 
 
+def test_durability_keeps_every_file_through_departures_and_outages() -> None:
+    """Twelve days of churn (five departures for good, 150 outages): both thresholds
+    keep every file, read back whole at the end; both configurations saw the same
+    churn; the higher threshold repairs, the lower never reaches its own, and repair
+    traffic is compared with the oracle's."""
+    low, high = run("durability", 30).summary
+    assert (low["threshold"], high["threshold"]) == (5, 8)
+    for row in (low, high):
+        assert row["files"] == 3
+        assert row["lost"] == 0
+        assert row["read_%"] == 100.0
+        assert row["departures"] >= 3
+        assert row["outages"] > 50
+        assert row["min_live"] >= 3
+        assert row["oracle_MiB"] > 0
+    assert (low["departures"], low["outages"]) == (high["departures"], high["outages"])
+    assert high["rebuilt"] > 0 and high["repair_MiB"] > 0
+    assert high["ratio"] > 0
+    assert low["repair_MiB"] <= high["repair_MiB"]
+
+
 def test_command_line_writes_json_and_plots(tmp_path: Path) -> None:
     """`python -m simulations lookup --out DIR` prints the seed and the table and writes
     the JSON of every metric and a PNG per plot."""
