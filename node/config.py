@@ -171,8 +171,8 @@ class NodeConfig:
     # the chunk store's disk work; 0 runs it all inline (simulations under MockClock).
     workers: int = 2
     # Stewardship (node/stewardship.py): how often the holders of a segment audit it,
-    # when they repair it (this many chunks of n left, or fewer; by default n - 3, at
-    # least k: 7 of 10), how long a missing
+    # when they repair it (this many chunks of n left, or fewer; by default n - 4, at
+    # least k: 6 of 10, chosen by `python -m simulations durability`), how long a missing
     # holder has to come back before its chunk counts as lost, how long the other
     # holders wait per rank for the elected one, and the repair traffic's share of
     # bandwidth in bytes per second.
@@ -218,10 +218,10 @@ class NodeConfig:
 
     @property
     def repair_at(self) -> int:
-        """The repair threshold in force: the configured one, else n - 3 (at least k)."""
+        """The repair threshold in force: the configured one, else n - 4 (at least k)."""
         if self.repair_threshold is not None:
             return self.repair_threshold
-        return max(self.k, self.n - 3)
+        return max(self.k, self.n - 4)
 
     @property
     def control_path(self) -> Path:

@@ -77,7 +77,7 @@ class StewardSettings:
     """How holders watch and repair their segments (node/config.py's keys)."""
 
     audit_interval: float = DAY
-    repair_threshold: int = 7
+    repair_threshold: int = 6
     """Repair when this many chunks of `n`, or fewer, are not lost (rule 3)."""
     n: int = 10
     repair_grace: float = DAY

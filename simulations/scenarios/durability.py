@@ -94,6 +94,7 @@ THRESHOLDS: Final = "4,5,6,7,8"
 QUICK_THRESHOLDS: Final = "5,8"
 GRACES_HOURS: Final = "6,72"
 QUICK_GRACES_HOURS: Final = ""
+# The threshold at which grace periods are compared (the default before this table).
 DEFAULT_THRESHOLD: Final = 7
 DEFAULT_GRACE_HOURS: Final = 24.0
 CENSUS_HOURS: Final = 6.0

@@ -252,7 +252,7 @@ def test_parse_duration_refuses_what_is_not_a_duration(text: str | float) -> Non
 
 def test_stewardship_keys_from_the_file_and_the_flags(tmp_path: Path) -> None:
     """The keys that say how a node keeps files alive read from config.toml with units,
-    flags win, and the threshold defaults to n - 3 (at least k)."""
+    flags win, and the threshold defaults to n - 4 (at least k)."""
     write_config(
         tmp_path,
         'audit_interval = "6h"\nrepair_grace = 3600\nrepair_delay = "90s"\n'
@@ -267,7 +267,7 @@ def test_stewardship_keys_from_the_file_and_the_flags(tmp_path: Path) -> None:
     assert (config.repair_bandwidth, config.repair_at) == (256 * 1024, 6)
     flagged = load_config(tmp_path, {"audit_interval": "2s", "repair_threshold": 8})
     assert (flagged.audit_interval, flagged.repair_at) == (2.0, 8)
-    assert NodeConfig(data_dir=tmp_path).repair_at == 7
+    assert NodeConfig(data_dir=tmp_path).repair_at == 6
     assert NodeConfig(data_dir=tmp_path, k=3, n=4, happy=3).repair_at == 3
 
 

@@ -13,7 +13,9 @@ from protocol.identity import NodeId
 
 IDS = tuple(bytes([number]) * 32 for number in range(10))
 KEY = IDS[0]
-SETTINGS = StewardSettings(audit_interval=100.0, repair_grace=50.0, repair_delay=10.0)
+SETTINGS = StewardSettings(
+    audit_interval=100.0, repair_threshold=7, repair_grace=50.0, repair_delay=10.0
+)
 
 
 def node(first_byte: int) -> NodeId:
