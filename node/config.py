@@ -120,6 +120,18 @@ def format_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def capacity_warning(capacity: int, used: int, free: int, where: Path) -> str | None:
+    """What to tell the owner if the capacity promised is more than the disk can give:
+    the chunks held (`used`) plus the disk's `free` bytes at `where`. None if it fits."""
+    if capacity <= used + free:
+        return None
+    return (
+        f"capacity {format_size(capacity)} is more than the disk can give: "
+        f"{format_size(used)} of chunks held and {format_size(free)} free in {where}; "
+        "stores will fail once the disk is full (lower --capacity, or free some space)"
+    )
+
+
 def parse_address(text: str, *, default_port: int | None = None) -> Address:
     """`(host, port)` from `HOST:PORT` or `[IPv6]:PORT` (or HOST alone with a default)."""
     text = text.strip()

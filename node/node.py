@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -27,7 +28,7 @@ from dht.errors import DhtError
 from dht.service import DhtService
 from dht.storage import DhtStorage
 from node.chunks import ChunkService, in_thread, in_threads, inline
-from node.config import NodeConfig
+from node.config import NodeConfig, capacity_warning
 from node.dht_transport import DhtTransportAdapter
 from node.errors import NodeError
 from node.files import ChunkClient, FileNetwork, FileSettings
@@ -134,6 +135,10 @@ class Node:
             store = MemoryChunkStore(store_config)
         else:
             store = await trio.to_thread.run_sync(open_chunk_store, config.data_dir, store_config)
+            free = (await trio.to_thread.run_sync(shutil.disk_usage, config.data_dir)).free
+            warning = capacity_warning(config.capacity, store.used_bytes, free, config.data_dir)
+            if warning is not None:
+                logger.warning("%s", warning)
         dht_storage = self._dht_storage
         if dht_storage is None and not in_memory:
             dht_storage = DhtStorage.open(config.data_dir / "dht.sqlite3")

@@ -3,6 +3,7 @@ that the caller's services (the control socket) stop with it, before its store c
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from node.config import NodeConfig
+from node.config import NodeConfig, capacity_warning
 from node.errors import ConfigError
 from node.node import Node
 from node.transport import MemoryNetwork
@@ -124,3 +125,37 @@ def test_peers_prints_the_liars(
     assert lines[0] == f"* {liar} 10.0.0.2:4410  (caught lying: avoided)"
     assert lines[1] == f"  {'cd' * 32} 10.0.0.3:4410"
     assert lines[2:] == ["caught lying:", f"  {liar} 2x, avoided: failed an audit"]
+
+
+async def test_a_capacity_beyond_the_free_disk_is_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node on disk promising a petabyte says at start that the disk cannot give it;
+    one promising a megabyte says nothing."""
+    for capacity, warned in ((1024**5, True), (1024**2, False)):
+        caplog.clear()
+        identity = Identity.generate(random.Random(capacity).randbytes)
+        network = MemoryNetwork(seed=3)
+        data_dir = tmp_path / str(capacity)
+        node = Node(
+            replace(CONFIG, data_dir=data_dir, storage="disk", capacity=capacity),
+            identity=identity,
+            link_layer=network.link_layer(identity, "10.0.0.1"),
+        )
+        with caplog.at_level(logging.WARNING, logger="node.node"):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                node.stop()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("is more than the disk can give" in w for w in warnings) is warned, warnings
+        if warned:
+            assert "1024.0 TiB" in warnings[0] and str(data_dir) in warnings[0]
+
+
+def test_the_capacity_warning_counts_the_chunks_held_as_available() -> None:
+    """Chunks already held count with the free space: a full store on a full disk is
+    within its capacity."""
+    where = Path("/data")
+    assert capacity_warning(100, used=60, free=40, where=where) is None
+    message = capacity_warning(101, used=60, free=40, where=where)
+    assert message is not None and "60 B of chunks held and 40 B free in /data" in message
