@@ -138,8 +138,8 @@ class ChunkService:
         self._provisions = provisions
         self.on_stored: Callable[[GroupRecord, int], None] | None = None
         """Told of each chunk stored (its group record and size): the steward."""
-        self.on_audited: Callable[[NodeId, Sequence[bytes]], None] | None = None
-        """Told of each audit a peer made of chunks we hold (who, which): the steward,
+        self.on_audited: Callable[[Sequence[bytes]], None] | None = None
+        """Told of the chunks we hold that each peer's audit asked for: the steward,
         which then need not audit those groups itself for a while."""
         self._jobs = trio.Semaphore(MAX_CHUNK_JOBS)
         self._per_peer: Counter[NodeId] = Counter()
@@ -277,7 +277,7 @@ class ChunkService:
         if self.on_audited is not None:
             held = [c for c, answer in zip(message.chunk_ids, answers, strict=True) if answer]
             if held:
-                self.on_audited(peer.node_id, held)
+                self.on_audited(held)
         return ChunksAudited(answers)
 
     def audit(

@@ -16,7 +16,7 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 __all__ = ["check", "get", "peers", "put", "repair", "status", "stop", "stop_on_sigterm"]
 
@@ -207,13 +207,16 @@ def _fetch_into(data_dir: Path, capability: str, fd: int, write: Callable[[bytes
             _drain(client, bar, write)
 
 
+NO_MANIFEST: Final = (
+    "no node holds a manifest under this id: either no file was ever stored under it, "
+    "or every copy of its manifest is gone"
+)
+
+
 def check(arguments: argparse.Namespace, data_dir: Path) -> int:
     result = _command(data_dir, "check", capability=arguments.capability, full=arguments.full)
     if not result["found"]:
-        print(
-            "no node holds a manifest under this id: either no file was ever stored under "
-            "it, or every copy of its manifest is gone"
-        )
+        print(NO_MANIFEST)
         return CHECK_FAILED
     k, n = result["k"], result["n"]
     segments = result["segments"]
@@ -248,10 +251,7 @@ def check(arguments: argparse.Namespace, data_dir: Path) -> int:
 def repair(arguments: argparse.Namespace, data_dir: Path) -> int:
     result = _command(data_dir, "repair", capability=arguments.capability)
     if not result["found"]:
-        print(
-            "no node holds a manifest under this id: either no file was ever stored under "
-            "it, or every copy of its manifest is gone"
-        )
+        print(NO_MANIFEST)
         return CHECK_FAILED
     k, n = result["k"], result["n"]
     if result["manifest_copies_added"]:

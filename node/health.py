@@ -26,7 +26,7 @@ from typing import Final
 import msgpack
 
 from node.errors import StoreError
-from node.stewardship import GroupHealth, Slot
+from node.stewardship import GroupHealth, Slot, Stewardship
 from protocol.identity import NODE_ID_SIZE, NodeId
 
 __all__ = ["HEALTH_FILE", "HealthBook", "SavedHealth"]
@@ -158,6 +158,19 @@ class HealthBook:
         except sqlite3.Error as exc:
             logger.error("cannot read the record of segment health: %s", exc)
         return saved
+
+    def restore(self, plan: Stewardship, *, to_wall: float) -> None:
+        """Give `plan` back what was saved of the groups it watches (the others' rows
+        are deleted); `to_wall` is what to add to the plan's clock to make it wall-clock."""
+        for key, saved in self.load(plan.groups).items():
+            plan.restore(
+                key,
+                live=saved.live,
+                repairs=saved.repairs,
+                missing_since={slot: t - to_wall for slot, t in saved.missing_since.items()},
+                lied_about=saved.lied_about,
+                proven=saved.proven,
+            )
 
     def save(self, group_key: bytes, health: GroupHealth, *, to_wall: float) -> None:
         """Record `health` (its times plus `to_wall` are wall-clock seconds)."""

@@ -33,7 +33,6 @@ from node.stewardship import Repair, Stewardship
 from node.store import ChunkStore
 from protocol.chunk import GroupRecord
 from protocol.errors import ProtocolError
-from protocol.identity import NodeId
 
 __all__ = ["StewardService"]
 
@@ -77,8 +76,8 @@ class StewardService:
         self._group_of[record.chunk_id] = record.chunk_ids[0]
         self._wake.set()
 
-    def audited_by_peer(self, peer: NodeId, chunk_ids: Sequence[bytes]) -> None:
-        """`peer` audited chunks we hold: their groups are being watched (plan rule 5)."""
+    def audited_by_peer(self, chunk_ids: Sequence[bytes]) -> None:
+        """A peer audited chunks we hold: their groups are being watched (plan rule 5)."""
         now = trio.current_time()
         for chunk_id in chunk_ids:
             group_key = self._group_of.get(chunk_id)
@@ -109,16 +108,7 @@ class StewardService:
 
     def _restore(self) -> None:
         """Give the plan back what the health book knew before we stopped."""
-        to_wall = self._to_wall()
-        for key, saved in self._book.load(self.plan.groups).items():
-            self.plan.restore(
-                key,
-                live=saved.live,
-                repairs=saved.repairs,
-                missing_since={slot: t - to_wall for slot, t in saved.missing_since.items()},
-                lied_about=saved.lied_about,
-                proven=saved.proven,
-            )
+        self._book.restore(self.plan, to_wall=self._to_wall())
         counters = self.files.repairs
         for name, value in self._book.totals().items():
             if name in RepairCounters.__dataclass_fields__:
@@ -150,9 +140,7 @@ class StewardService:
         if health is None:
             return
         if not await self._offload(self._store.has, health.record.chunk_id):
-            self.plan.forget(group_key)  # our chunk is gone (deleted): not ours to watch
-            self._last_holders.pop(group_key, None)
-            self._last_copies.pop(group_key, None)
+            self._forget(group_key)  # our chunk is gone (deleted): not ours to watch
             return
         if health.copies:
             await self._look_after_copies(group_key, health.wanted)
@@ -214,8 +202,7 @@ class StewardService:
             logger.info(
                 "our copy of manifest chunk %s is unreadable: %s", identifier.hex()[:16], exc
             )
-            self.plan.forget(identifier)
-            self._last_copies.pop(identifier, None)
+            self._forget(identifier)
             return
         try:
             proven, lying = await audit_whole(
@@ -255,6 +242,15 @@ class StewardService:
             logger.info("manifest chunk %s: %d copies added", identifier.hex()[:16], added)
         self.plan.repaired(identifier, rebuilt=added, now=trio.current_time())
         self._save_totals()
+
+    def _forget(self, group_key: bytes) -> None:
+        """Stop watching a group, and drop what we kept about it."""
+        health = self.plan.groups.get(group_key)
+        if health is not None:
+            self._group_of.pop(health.record.chunk_id, None)
+        self.plan.forget(group_key)
+        self._last_holders.pop(group_key, None)
+        self._last_copies.pop(group_key, None)
 
     def _decisive(self, wanted: int, k: int) -> int:
         """Live slots beyond which an audit need not look further: one above the

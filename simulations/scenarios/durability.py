@@ -53,8 +53,9 @@ import multiprocessing
 import random
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 import trio
@@ -112,6 +113,40 @@ SIMULATED_TRANSPORT: Final = TransportConfig(idle_timeout=2 * DAY)
 
 
 @dataclass(frozen=True, slots=True)
+class _Settings:
+    """The scenario's parameters, read once from the options (defaults above)."""
+
+    days: float
+    files: int
+    file_kib: int
+    segment_kib: int
+    departures_share: float
+    online_days: float
+    offline_hours: float
+    census_hours: float
+
+    @classmethod
+    def of(cls, options: ScenarioOptions) -> _Settings:
+        quick = options.quick
+        return cls(
+            days=float(options.get("days", QUICK_DAYS if quick else DAYS)),
+            files=int(options.get("files", QUICK_FILES if quick else FILES)),
+            file_kib=int(options.get("file_kib", FILE_KIB)),
+            segment_kib=int(options.get("segment_kib", SEGMENT_KIB)),
+            departures_share=float(
+                options.get(
+                    "departures_share", QUICK_DEPARTURES_SHARE if quick else DEPARTURES_SHARE
+                )
+            ),
+            online_days=float(
+                options.get("online_days", QUICK_ONLINE_DAYS if quick else ONLINE_DAYS)
+            ),
+            offline_hours=float(options.get("offline_hours", OFFLINE_HOURS)),
+            census_hours=float(options.get("census_hours", CENSUS_HOURS)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Config:
     threshold: int
     grace_hours: float
@@ -135,7 +170,7 @@ class _Tally:
     unreadable_checks: int = 0
     min_live: int | None = None
     min_held: int | None = None
-    lost: set[bytes] | None = None
+    lost: set[bytes] = field(default_factory=set)
     oracle_bytes: float = 0.0
     departures: int = 0
     outages: int = 0
@@ -158,27 +193,18 @@ def _configs(options: ScenarioOptions) -> list[_Config]:
     return configs
 
 
-def _departures_share(options: ScenarioOptions) -> float:
-    default = QUICK_DEPARTURES_SHARE if options.quick else DEPARTURES_SHARE
-    return float(options.get("departures_share", default))
-
-
 class _Churn:
     """Departures for good and outages, drawn from a generator of their own."""
 
-    def __init__(self, network: SimNetwork, rng: random.Random, options: ScenarioOptions) -> None:
-        quick = options.quick
-        days = float(options.get("days", QUICK_DAYS if quick else DAYS))
-        share = _departures_share(options)
+    def __init__(self, network: SimNetwork, rng: random.Random, settings: _Settings) -> None:
+        share = settings.departures_share
         self.network = network
         self.rng = rng
         # 1 - exp(-year / mean) = share: `share` of the nodes leave within a year.
         self.mean_lifetime = 365 * DAY / -math.log(1 - share) if share > 0 else math.inf
-        self.mean_online = DAY * float(
-            options.get("online_days", QUICK_ONLINE_DAYS if quick else ONLINE_DAYS)
-        )
-        self.mean_offline = HOUR * float(options.get("offline_hours", OFFLINE_HOURS))
-        self.until = days * DAY
+        self.mean_online = DAY * settings.online_days
+        self.mean_offline = HOUR * settings.offline_hours
+        self.until = settings.days * DAY
         self._events: list[tuple[float, int, str, int]] = []
         self._sequence = 0
 
@@ -192,7 +218,9 @@ class _Churn:
         self._push(now + exponential(self.rng, self.mean_lifetime * math.log(2)), "leave", index)
         self._push(now + exponential(self.rng, self.mean_online * math.log(2)), "off", index)
 
-    async def run(self, started: float, on_departure: Any, tally: _Tally) -> None:
+    async def run(
+        self, started: float, on_departure: Callable[[SimNode], None], tally: _Tally
+    ) -> None:
         network = self.network
         while self._events:
             at, _, kind, index = heapq.heappop(self._events)
@@ -232,7 +260,6 @@ def _check(network: SimNetwork, files: list[_File], tally: _Tally) -> None:
     held = _holdings(network)
     tally.checks += 1
     unreadable = False
-    assert tally.lost is not None
     for file in files:
         copies = held.get(file.manifest_id, [])
         gone = not copies
@@ -327,14 +354,12 @@ async def _read_all(network: SimNetwork, files: list[_File], rng: random.Random)
 
 async def _run_one(options: ScenarioOptions, config: _Config) -> dict[str, Any]:
     """One configuration: its row of the table."""
-    quick = options.quick
-    days = float(options.get("days", QUICK_DAYS if quick else DAYS))
-    count = int(options.get("files", QUICK_FILES if quick else FILES))
-    size = 1024 * int(options.get("file_kib", FILE_KIB))
-    census = HOUR * float(options.get("census_hours", CENSUS_HOURS))
+    settings = _Settings.of(options)
+    days = settings.days
+    census = HOUR * settings.census_hours
     node_config = replace(
         SIMULATED_NODE,
-        segment_size=1024 * int(options.get("segment_kib", SEGMENT_KIB)),
+        segment_size=1024 * settings.segment_kib,
         repair_threshold=config.threshold,
         repair_grace=config.grace_hours * HOUR,
     )
@@ -346,9 +371,11 @@ async def _run_one(options: ScenarioOptions, config: _Config) -> dict[str, Any]:
         dht_config=SIMULATED_DHT,
         transport_config=SIMULATED_TRANSPORT,
     ) as network:
-        files = await _put_all(network, count, size, random.Random(options.seed ^ 0xF11E))
-        tally = _Tally(lost=set())
-        churn = _Churn(network, random.Random(options.seed ^ 0xC4A2), options)
+        files = await _put_all(
+            network, settings.files, 1024 * settings.file_kib, random.Random(options.seed ^ 0xF11E)
+        )
+        tally = _Tally()
+        churn = _Churn(network, random.Random(options.seed ^ 0xC4A2), settings)
         started = trio.current_time()
         for node in network.nodes:
             churn.begin(node.index, 0.0)
@@ -365,11 +392,11 @@ async def _run_one(options: ScenarioOptions, config: _Config) -> dict[str, Any]:
                 await trio.sleep_until(at)
                 _check(network, files, tally)
                 day = (at - started) / DAY
-                if not quick and day - reported >= PROGRESS_DAYS:
+                if not options.quick and day - reported >= PROGRESS_DAYS:
                     reported = day
                     print(
                         f"  threshold {config.threshold}, grace {config.grace_hours:g} h: "
-                        f"day {day:.0f} of {days:g}, {len(tally.lost or ())} lost, "
+                        f"day {day:.0f} of {days:g}, {len(tally.lost)} lost, "
                         f"{time.perf_counter() - wall:.0f} s",
                         file=sys.stderr,
                         flush=True,
@@ -383,7 +410,7 @@ async def _run_one(options: ScenarioOptions, config: _Config) -> dict[str, Any]:
         "threshold": config.threshold,
         "grace_h": config.grace_hours,
         "files": len(files),
-        "lost": len(tally.lost or ()),
+        "lost": len(tally.lost),
         "read_%": percent(intact, len(files)),
         "unreadable_%": percent(tally.unreadable_checks, tally.checks),
         "min_live": tally.min_live if tally.min_live is not None else -1,
@@ -439,18 +466,7 @@ async def run_durability(options: ScenarioOptions) -> ScenarioResult:
         rows = [row for row, _ in outcomes]
         peak = max(memory for _, memory in outcomes)
     metrics = {
-        "parameters": {
-            "days": float(options.get("days", QUICK_DAYS if options.quick else DAYS)),
-            "files": int(options.get("files", QUICK_FILES if options.quick else FILES)),
-            "file_kib": int(options.get("file_kib", FILE_KIB)),
-            "segment_kib": int(options.get("segment_kib", SEGMENT_KIB)),
-            "departures_share": _departures_share(options),
-            "online_days": float(
-                options.get("online_days", QUICK_ONLINE_DAYS if options.quick else ONLINE_DAYS)
-            ),
-            "offline_hours": float(options.get("offline_hours", OFFLINE_HOURS)),
-            "census_hours": float(options.get("census_hours", CENSUS_HOURS)),
-        },
+        "parameters": asdict(_Settings.of(options)),
         "configurations": rows,
     }
     return ScenarioResult(

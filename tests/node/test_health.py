@@ -50,16 +50,7 @@ def test_a_restart_keeps_when_each_slot_went_missing(tmp_path: Path) -> None:
     # Started again 40 s later (wall) on a clock that reads 5.
     again = watching(own)
     book = HealthBook(tmp_path / "health.sqlite3")
-    to_wall = 1_000_020.0 + 40.0 - 5.0
-    for key, saved in book.load([IDS[0], MANIFEST]).items():
-        again.restore(
-            key,
-            live=saved.live,
-            repairs=saved.repairs,
-            missing_since={slot: t - to_wall for slot, t in saved.missing_since.items()},
-            lied_about=saved.lied_about,
-            proven=saved.proven,
-        )
+    book.restore(again, to_wall=1_000_020.0 + 40.0 - 5.0)
     segment = again.groups[IDS[0]]
     assert segment.live == 6 and segment.lied_about == {9}
     assert segment.missing_since == {number: pytest.approx(-35.0) for number in range(6, 10)}
