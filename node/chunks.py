@@ -25,7 +25,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
@@ -33,6 +33,7 @@ from node.errors import (
     ChunkMismatch,
     ChunkNotFound,
     ChunkTooLarge,
+    OverQuota,
     RequestRejected,
     StoreError,
     StoreFull,
@@ -53,6 +54,9 @@ from protocol.messages import (
     Message,
     StoreChunk,
 )
+
+if TYPE_CHECKING:
+    from node.keeper import LeaseKeeper
 
 __all__ = [
     "MAX_CHUNK_JOBS",
@@ -138,6 +142,9 @@ class ChunkService:
         self._provisions = provisions
         self.on_stored: Callable[[GroupRecord, int], None] | None = None
         """Told of each chunk stored (its group record and size): the steward."""
+        self.keeper: LeaseKeeper | None = None
+        """The lease keeper (node/keeper.py): quotas before a store, the upload's
+        lease after; None keeps every chunk for ever (tests of the handlers alone)."""
         self.on_audited: Callable[[Sequence[bytes]], None] | None = None
         """Told of the chunks we hold that each peer's audit asked for: the steward,
         which then need not audit those groups itself for a while."""
@@ -210,7 +217,12 @@ class ChunkService:
 
     async def store_local(self, data: bytes, group: GroupRecord) -> None:
         """Store a chunk of our own upload (same checks as a peer's) and announce it."""
+        keeper = self.keeper
+        if keeper is not None:
+            keeper.admit(keeper.own, None, len(data), group.n, group.chunk_id)
         await self._offload(self.store.put, group.chunk_id, data, group)
+        if keeper is not None:
+            keeper.stored(keeper.own, None, len(data), group.n, group.chunk_id)
         self._stored(group, len(data))
 
     def _stored(self, group: GroupRecord, size: int) -> None:
@@ -225,9 +237,18 @@ class ChunkService:
     async def handle_store_chunk(self, peer: Peer, message: Message) -> Message:
         assert isinstance(message, StoreChunk)
         async with self._job(peer):
+            group = message.group
+            size, host = len(message.data), peer.address[0]
             try:
-                group = message.group
+                keeper = self.keeper
+                if keeper is not None and not await self._offload(self.store.has, group.chunk_id):
+                    keeper.admit(peer.node_id, host, size, group.n, group.chunk_id)
                 await self._offload(self.store.put, group.chunk_id, message.data, group)
+                if keeper is not None:
+                    keeper.stored(peer.node_id, host, size, group.n, group.chunk_id)
+            except OverQuota as exc:
+                self.refused += 1
+                raise RequestRejected(ErrorCode.OVER_QUOTA, str(exc)) from None
             except StoreFull as exc:
                 self.refused += 1
                 raise RequestRejected(ErrorCode.REFUSED, f"full: {exc}") from None

@@ -103,11 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair.add_argument("capability", help="a read or verify capability")
 
+    keep = commands.add_parser(
+        "keep",
+        help="lease a file (anyone's: the verify capability is enough), charged to this "
+        "node, and keep renewing it",
+    )
+    keep.add_argument("capability", help="a read or verify capability")
+    forget = commands.add_parser(
+        "forget", help="give up this node's lease of a file and drop it from `ls`"
+    )
+    forget.add_argument("capability", help="a read or verify capability")
+    commands.add_parser(
+        "ls", help="the files this node put or keeps: name, size, date, lease, capability"
+    )
     commands.add_parser("status", help="what the node holds and whom it knows")
     commands.add_parser("peers", help="the nodes in the node's routing table")
     commands.add_parser("stop", help="stop the node")
     # `freehold put --data-dir DIR FILE` works as well as `freehold --data-dir DIR put`.
-    for name in ("put", "get", "check", "repair", "status", "peers", "stop"):
+    for name in (
+        "put",
+        "get",
+        "check",
+        "repair",
+        "keep",
+        "forget",
+        "ls",
+        "status",
+        "peers",
+        "stop",
+    ):
         commands.choices[name].add_argument(
             "--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
@@ -162,6 +186,9 @@ def _run(arguments: argparse.Namespace) -> int:
         "get": cli_client.get,
         "check": cli_client.check,
         "repair": cli_client.repair,
+        "keep": cli_client.keep,
+        "forget": cli_client.forget,
+        "ls": cli_client.ls,
         "status": cli_client.status,
         "peers": cli_client.peers,
         "stop": cli_client.stop,

@@ -289,8 +289,20 @@ def status(arguments: argparse.Namespace, data_dir: Path) -> int:
     print(f"contacts:    {result['contacts']} ({result['connections']} connected)")
     print(
         f"stored:      {result['chunks']} chunks, {format_size(result['used_bytes'])} of "
-        f"{format_size(result['capacity'])}"
+        f"{format_size(result['capacity'])} used on disk (files, index rows and group "
+        "records)"
     )
+    others = result["used_bytes"] - result["owner_bytes"] - result["trash_bytes"]
+    print(
+        f"space:       {format_size(result['donated_bytes'])} donated to others, "
+        f"{format_size(max(0, others))} of it used; "
+        f"{format_size(result['owner_bytes'])} leased by you"
+    )
+    print(
+        f"trash:       {result['trash_chunks']} chunks nobody leases, "
+        f"{format_size(result['trash_bytes'])}; {result['chunks_deleted']} deleted since start"
+    )
+    print(f"leases:      {result['leases']} held here; {result['files_kept']} files of yours kept")
     print(
         f"repair:      {result['segments_watched']} segments watched, "
         f"{result['segments_checked_for_repair']} checked, "
@@ -312,6 +324,56 @@ def peers(arguments: argparse.Namespace, data_dir: Path) -> int:
         for liar in result["liars"]:
             state = "avoided" if liar["avoided"] else "forgiven"
             print(f"  {liar['node_id']} {liar['times']}x, {state}: {liar['reason']}")
+    return 0
+
+
+def ls(arguments: argparse.Namespace, data_dir: Path) -> int:
+    import time
+
+    from node.config import format_size
+
+    files = _command(data_dir, "ls")["files"]
+    if not files:
+        print("no files: this node has put or kept none (or forgot them)")
+        return 0
+    for entry in files:
+        size = format_size(entry["size"]) if entry["size"] is not None else "?"
+        put_at = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["put_at"]))
+        if entry["lease_expires"]:
+            until = time.strftime("%Y-%m-%d", time.localtime(entry["lease_expires"]))
+        else:
+            until = "not yet leased"
+        pending = " (lease reached some holders only; retrying)" if entry["pending"] else ""
+        name = entry["name"] or "-"
+        print(f"{name}\t{size}\t{put_at}\tleased until {until}{pending}")
+        print(f"  {entry['capability']}")
+    return 0
+
+
+def keep(arguments: argparse.Namespace, data_dir: Path) -> int:
+    import time
+
+    result = _command(data_dir, "keep", capability=arguments.capability)
+    line = f"leased {result['leased']} of {result['chunks']} chunks at {result['holders']} holders"
+    if result["lease_expires"]:
+        line += time.strftime(" until %Y-%m-%d", time.localtime(result["lease_expires"]))
+    print(line)
+    if result["leased"] < result["chunks"]:
+        print("some chunks were not reached; the node tries again within the hour")
+    return 0 if result["leased"] else 1
+
+
+def forget(arguments: argparse.Namespace, data_dir: Path) -> int:
+    result = _command(data_dir, "forget", capability=arguments.capability)
+    if not result["known"]:
+        print("this file was not in the node's list; any lease of ours on it is given up")
+    if result["reachable"]:
+        print(
+            f"released our lease at the holders of {result['released']} of "
+            f"{result['chunks']} chunks; other keys' leases, if any, still keep it"
+        )
+    else:
+        print("the file's manifest was not found: no holder told; our lease simply runs out")
     return 0
 
 

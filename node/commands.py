@@ -1,4 +1,5 @@
-"""The control socket's commands: `freehold put`, `get`, `check`, `status`, `peers`, `stop`.
+"""The control socket's commands: `freehold put`, `get`, `check`, `repair`, `keep`,
+`forget`, `ls`, `status`, `peers`, `stop`.
 
 Each handler turns a command's arguments (node/control.py's frames) into a call on the
 node's `Owner` (node/owner.py), and its result into the map the CLI prints. The files
@@ -55,6 +56,9 @@ def command_handlers(owner: Owner) -> Mapping[str, CommandHandler]:
         "get": partial(_get, owner),
         "check": partial(_check, owner),
         "repair": partial(_repair, owner),
+        "keep": partial(_keep, owner),
+        "forget": partial(_forget, owner),
+        "ls": partial(_ls, owner),
         "status": partial(_status, owner),
         "peers": partial(_peers, owner),
         "stop": partial(_stop, owner),
@@ -166,6 +170,36 @@ async def _repair(
         "readable": report.readable,
         "healthy": report.healthy,
     }
+
+
+async def _keep(
+    owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
+) -> Mapping[str, Any]:
+    text = arguments.get("capability")
+    if not isinstance(text, str):
+        raise NodeError("keep needs a capability")
+    return await owner.keep(parse_capability(text))
+
+
+async def _forget(
+    owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
+) -> Mapping[str, Any]:
+    text = arguments.get("capability")
+    if not isinstance(text, str):
+        raise NodeError("forget needs a capability")
+    released = await owner.forget(parse_capability(text))
+    return {
+        "known": released.known,
+        "reachable": released.reachable,
+        "chunks": released.chunks,
+        "released": released.released,
+    }
+
+
+async def _ls(
+    owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
+) -> Mapping[str, Any]:
+    return {"files": owner.files()}
 
 
 async def _status(

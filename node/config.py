@@ -21,9 +21,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from node.errors import ConfigError
+
+if TYPE_CHECKING:  # imported when used: the CLI loads this module and must start fast
+    from node.leases import LeaseSettings
+    from node.quota import QuotaSettings
 
 __all__ = [
     "ADDRESS_FILE",
@@ -193,6 +197,22 @@ class NodeConfig:
     repair_grace: float = 24 * 3600.0
     repair_delay: float = 600.0
     repair_bandwidth: int = 1024 * 1024
+    # Leases (node/leases.py, docs/PROTOCOL.md#leases): how long the leases of the
+    # owner's files last, how much of one is left when it is renewed, the longest this
+    # node counts anyone's lease, how long a chunk stays without one after its upload,
+    # and how long an unleased chunk waits in the trash (in running time).
+    lease_length: float = 90 * 24 * 3600.0
+    lease_renew_at: float = 30 * 24 * 3600.0
+    lease_max: float = 365 * 24 * 3600.0
+    upload_lease: float = 24 * 3600.0
+    trash_grace: float = 7 * 24 * 3600.0
+    # Quotas (node/quota.py): the most of the donated space one key, and one network
+    # prefix (/24, /48), may keep here (unset: 0.25, or 1.0 on a node listening on
+    # loopback, whose peers are all its own user's: a testnet); the share of capacity
+    # kept for the owner's own.
+    key_share: float | None = None
+    prefix_share: float | None = None
+    owner_reserve: float = 0.10
     log_level: str = "INFO"
     # "disk": chunks under <data-dir>/chunks/, SQLite files, the key file, the control
     # socket. "memory": nothing touches the disk (tests and simulations run thousands
@@ -221,8 +241,42 @@ class NodeConfig:
             )
         if self.repair_bandwidth < 1:
             raise ConfigError("repair_bandwidth must be at least 1 byte a second")
+        if not 0 < self.lease_renew_at < self.lease_length <= self.lease_max:
+            raise ConfigError("need 0 < lease_renew_at < lease_length <= lease_max")
+        if not self.upload_lease > 0 or self.trash_grace < 0:
+            raise ConfigError("upload_lease must be positive and trash_grace not negative")
+        for name in ("key_share", "prefix_share", "owner_reserve"):
+            if not 0.0 <= (getattr(self, name) or 0.0) <= 1.0:
+                raise ConfigError(f"{name} must be a fraction between 0 and 1")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
+
+    def lease_settings(self) -> LeaseSettings:
+        """The lease lengths this node uses and accepts."""
+        from node.leases import LeaseSettings
+
+        return LeaseSettings(
+            length=self.lease_length,
+            renew_at=self.lease_renew_at,
+            max_length=self.lease_max,
+            upload_length=self.upload_lease,
+            trash_grace=self.trash_grace,
+        )
+
+    def quota_settings(self) -> QuotaSettings:
+        """The shares of donated space this node gives each key and prefix."""
+        from node.quota import DEFAULT_SHARE, QuotaSettings
+
+        default = (
+            1.0
+            if self.listen[0] in ("localhost", "::1") or self.listen[0].startswith("127.")
+            else DEFAULT_SHARE
+        )
+        return QuotaSettings(
+            key_share=default if self.key_share is None else self.key_share,
+            prefix_share=default if self.prefix_share is None else self.prefix_share,
+            owner_reserve=self.owner_reserve,
+        )
 
     @property
     def config_path(self) -> Path:
@@ -281,8 +335,21 @@ def _convert(key: str, value: Any) -> Any:
         return tuple(parse_address(_text(item), default_port=DEFAULT_PORT) for item in items)
     if key in ("capacity", "segment_size"):
         return parse_size(value)
-    if key in ("audit_interval", "repair_grace", "repair_delay"):
+    if key in (
+        "audit_interval",
+        "repair_grace",
+        "repair_delay",
+        "lease_length",
+        "lease_renew_at",
+        "lease_max",
+        "upload_lease",
+        "trash_grace",
+    ):
         return parse_duration(value)
+    if key in ("key_share", "prefix_share", "owner_reserve"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"expected a fraction between 0 and 1, got {value!r}")
+        return float(value)
     if key == "repair_bandwidth":
         return parse_size(value)
     if key in ("k", "n", "happy", "workers", "repair_threshold"):

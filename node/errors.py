@@ -24,11 +24,13 @@ __all__ = [
     "ConnectionFailed",
     "ControlError",
     "KeyFileError",
+    "LeaseRefused",
     "LinkClosed",
     "MessageTooLarge",
     "NoRoom",
     "NodeError",
     "NodeNotRunning",
+    "OverQuota",
     "PlacementFailed",
     "RemoteError",
     "RequestRejected",
@@ -153,6 +155,15 @@ class StoreError(NodeError):
 class StoreFull(StoreError):
     """A new chunk was refused: it would exceed the configured capacity, or the disk (or
     the user's quota) is full. Nothing of the chunk is left behind."""
+
+
+class OverQuota(StoreError):
+    """A chunk or a lease was refused: the key or the network prefix it would be charged
+    to already keeps its fair share of this node (node/quota.py)."""
+
+
+class LeaseRefused(NodeError):
+    """A lease was refused: forged, expired, or from the future of this node's clock."""
 
 
 class ChunkTooLarge(StoreError):

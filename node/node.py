@@ -34,8 +34,12 @@ from node.errors import NodeError
 from node.files import ChunkClient, FileNetwork, FileSettings
 from node.health import HEALTH_FILE, HealthBook
 from node.isal import best_parity
+from node.keeper import LeaseKeeper
 from node.keyfile import load_or_create_identity
+from node.leases import LEASES_FILE, LeaseBook
 from node.liars import Liars
+from node.library import LIBRARY_FILE, Library
+from node.renewal import Leaser
 from node.steward import StewardService
 from node.stewardship import StewardSettings, Stewardship
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
@@ -74,6 +78,8 @@ class Node:
         store: ChunkStore | None = None,
         dht_storage: DhtStorage | None = None,
         health: HealthBook | None = None,
+        leases: LeaseBook | None = None,
+        library: Library | None = None,
         dht_config: DhtConfig | None = None,
         transport_config: TransportConfig | None = None,
         rng: random.Random | None = None,
@@ -81,8 +87,9 @@ class Node:
         wall_clock: Callable[[], float] = time.time,
         services: Sequence[Service] = (),
     ) -> None:
-        """`identity`, `link_layer`, `store`, `dht_storage` and `health` replace what
-        `config` would make (a simulated node that restarts keeps them);
+        """`identity`, `link_layer`, `store`, `dht_storage`, `health`, `leases` and
+        `library` replace what `config` would make (a simulated node that restarts
+        keeps them);
         `dht_config` and `transport_config` replace the defaults (a simulation of a year
         lengthens the DHT's upkeep intervals and keeps idle connections open); `rng`
         (the DHT's choices), `random_bytes` (file keys) and `wall_clock` (record
@@ -100,6 +107,8 @@ class Node:
         self._store = store
         self._dht_storage = dht_storage
         self._health = health
+        self._leases = leases
+        self._library = library
         self._dht_config = dht_config
         self._transport_config = transport_config
         self._cancel_scope = trio.CancelScope()
@@ -108,6 +117,9 @@ class Node:
         self.chunks: ChunkService | None = None
         self.files: FileNetwork | None = None
         self.steward: StewardService | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.leaser: Leaser | None = None
+        self.identity: Identity | None = identity
         self.joined = trio.Event()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -144,10 +156,24 @@ class Node:
             dht_storage = DhtStorage.open(config.data_dir / "dht.sqlite3")
         liars = Liars(None if in_memory else config.data_dir / LIARS_FILE, clock=self._wall_clock)
         health = self._health or HealthBook(None if in_memory else config.data_dir / HEALTH_FILE)
+        leases = self._leases or LeaseBook(
+            None if in_memory else config.data_dir / LEASES_FILE,
+            identity.node_id,
+            config.lease_settings(),
+            config.quota_settings(),
+        )
+        library = self._library or Library(None if in_memory else config.data_dir / LIBRARY_FILE)
+        self.identity = identity
         try:
             with self._cancel_scope:
-                await self._serve(identity, store, dht_storage, liars, health, task_status)
+                await self._serve(
+                    identity, store, dht_storage, liars, health, leases, library, task_status
+                )
         finally:
+            if self._library is None:
+                library.close()
+            if self._leases is None:
+                leases.close()
             if self._health is None:
                 health.close()
             liars.close()
@@ -163,6 +189,8 @@ class Node:
         dht_storage: DhtStorage | None,
         liars: Liars,
         health: HealthBook,
+        leases: LeaseBook,
+        library: Library,
         task_status: trio.TaskStatus[None],
     ) -> None:
         config = self.config
@@ -201,7 +229,18 @@ class Node:
             offload = in_thread if config.workers else inline
             codec = in_threads(config.workers) if config.workers else inline
             chunks = ChunkService(store, transport, dht.provide, provisions=dht, offload=offload)
+            keeper = LeaseKeeper(
+                leases,
+                store,
+                transport=transport,
+                offload=offload,
+                wall_clock=self._wall_clock,
+                withdraw=dht.withdraw,
+            )
+            chunks.keeper = keeper
+            self.keeper = keeper
             await nursery.start(dht.run)
+            await nursery.start(keeper.run)
             await nursery.start(chunks.run)
             own = Contact(identity.node_id, address) if config.capacity > 0 else None
             self.transport, self.dht, self.chunks = transport, dht, chunks
@@ -237,10 +276,13 @@ class Node:
                 offload=offload,
                 book=health,
                 wall_clock=self._wall_clock,
+                keeper=keeper,
             )
             chunks.on_stored = self.steward.hold
             chunks.on_audited = self.steward.audited_by_peer
             await nursery.start(self.steward.run)
+            self.leaser = Leaser(self.files, identity, library, config.lease_settings(), keeper.now)
+            await nursery.start(self.leaser.run)
             if config.bootstrap:
                 nursery.start_soon(self._join)
             else:

@@ -20,7 +20,10 @@ from node.files import (
     put_file,
     repair_file,
 )
+from node.files.placement import Placement
 from node.node import Node
+from node.quota import open_capacity
+from node.renewal import Leaser, Released
 from protocol.capability import ReadCapability, VerifyCapability
 from protocol.manifest import FileInfo
 
@@ -35,6 +38,11 @@ class Owner:
     def __init__(self, node: Node) -> None:
         self.node = node
 
+    def _leaser(self) -> Leaser:
+        if self.node.leaser is None:
+            raise NodeError("the node is not running")
+        return self.node.leaser
+
     def _files(self) -> FileNetwork:
         if self.node.files is None:
             raise NodeError("the node is not running")
@@ -48,8 +56,44 @@ class Owner:
         name: str = "",
         progress: Progress | None = None,
     ) -> ReadCapability:
-        """Put a file (a binary file object, or an async iterable of blocks)."""
-        return await put_file(self._files(), source, size=size, name=name, progress=progress)
+        """Put a file (a binary file object, or an async iterable of blocks), lease it at
+        the nodes that took its chunks, and add it to the node's list of files."""
+        placement = Placement()
+        capability = await put_file(
+            self._files(), source, size=size, name=name, progress=progress, placement=placement
+        )
+        await self._leaser().leased_after_put(capability, placement, name=name, size=size)
+        return capability
+
+    async def keep(self, capability: VerifyCapability | ReadCapability) -> dict[str, Any]:
+        """Lease a file of anyone's (the verify capability is enough), charged to this
+        node, and keep renewing it."""
+        result = await self._leaser().keep(capability)
+        entry = self._leaser().library.get(capability.manifest_id)
+        return {
+            "chunks": result.chunks,
+            "leased": len(result.covered),
+            "holders": result.holders,
+            "lease_expires": entry.lease_expires if entry is not None else None,
+        }
+
+    async def forget(self, capability: VerifyCapability | ReadCapability) -> Released:
+        """Give up this node's lease of a file and drop it from the list."""
+        return await self._leaser().forget(capability)
+
+    def files(self) -> list[dict[str, Any]]:
+        """The files this node put or keeps (node/library.py), oldest first."""
+        return [
+            {
+                "name": entry.name,
+                "size": entry.size,
+                "put_at": entry.put_at,
+                "lease_expires": entry.lease_expires,
+                "pending": entry.pending,
+                "capability": entry.capability,
+            }
+            for entry in self._leaser().library.files()
+        ]
 
     async def get(
         self,
@@ -80,6 +124,8 @@ class Owner:
             raise NodeError("the node is not running")
         statistics = chunks.store.statistics()
         address = transport.address
+        keeper = node.keeper
+        leases = keeper.book.summary(keeper.now()) if keeper is not None else None
         return {
             "node_id": transport.node_id.hex(),
             "listen": f"{address[0]}:{address[1]}" if address else None,
@@ -90,6 +136,17 @@ class Owner:
             "used_bytes": statistics.used_bytes,
             "capacity": statistics.capacity,
             "free_bytes": statistics.free_bytes,
+            "owner_bytes": leases.owner_bytes if leases else 0,
+            "donated_bytes": open_capacity(
+                node.config.quota_settings(),
+                statistics.capacity,
+                leases.owner_bytes if leases else 0,
+            ),
+            "trash_chunks": leases.trash_chunks if leases else 0,
+            "trash_bytes": leases.trash_bytes if leases else 0,
+            "leases": leases.leases if leases else 0,
+            "chunks_deleted": keeper.deleted if keeper else 0,
+            "files_kept": len(self._leaser().library.files()),
             "chunks_served": chunks.served,
             "chunks_stored": chunks.stored,
             "announcements_pending": chunks.announcements_pending,

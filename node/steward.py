@@ -11,6 +11,11 @@ node's n copies (keep_whole). Repairs go no faster
 than `repair_bandwidth` bytes a second on average (a token bucket of the chunk bytes a
 repair fetches and stores). Every failure is logged and the group looked at again
 later: nothing a peer does stops the service.
+
+Leases (node/keeper.py): a group whose chunk no lease keeps any more (in the trash) is
+neither audited nor repaired, since nobody wants the data; a repair carries the leases
+of our chunk to the nodes that take the rebuilt chunks or the new copies, so that they
+keep them under the same leases (and charge the same keys).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from node.files.checking import Group, audit_group, audit_whole
 from node.files.network import FileNetwork, RepairCounters
 from node.files.repair import keep_whole, repair_group
 from node.health import HealthBook
+from node.keeper import LeaseKeeper
 from node.stewardship import Repair, Stewardship
 from node.store import ChunkStore
 from protocol.chunk import GroupRecord
 from protocol.errors import ProtocolError
+from protocol.lease import Lease
 
 __all__ = ["StewardService"]
 
@@ -52,11 +59,13 @@ class StewardService:
         offload: Offload,
         book: HealthBook | None = None,
         wall_clock: Callable[[], float] | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self.files = files
         self.plan = plan
         self._book = book or HealthBook()
         self._wall_clock = wall_clock
+        self._keeper = keeper
         self._store = store
         self._offload = offload
         self._bandwidth = bandwidth
@@ -142,8 +151,13 @@ class StewardService:
         if not await self._offload(self._store.has, health.record.chunk_id):
             self._forget(group_key)  # our chunk is gone (deleted): not ours to watch
             return
+        if self._keeper is not None and not self._keeper.kept(health.record.chunk_id):
+            # Nobody leases it any more: expired data is neither audited nor repaired.
+            health.next_audit = trio.current_time() + self.plan.settings.audit_interval
+            return
+        leases = self._keeper.leases_for(health.record.chunk_id) if self._keeper else []
         if health.copies:
-            await self._look_after_copies(group_key, health.wanted)
+            await self._look_after_copies(group_key, health.wanted, leases)
             return
         group = Group.of_record(health.record, health.block_size)
         try:
@@ -176,7 +190,7 @@ class StewardService:
             return
         await self._spend((group.k + report.missing) * group.block_size)
         try:
-            result = await repair_group(self.files, group, report)
+            result = await repair_group(self.files, group, report, leases=leases)
         except (NodeError, ProtocolError) as exc:
             logger.info("repairing group %s failed: %s", group_key.hex()[:16], exc)
             return
@@ -194,7 +208,9 @@ class StewardService:
         self.plan.repaired(group_key, rebuilt=result.rebuilt, now=trio.current_time())
         self._save_totals()
 
-    async def _look_after_copies(self, identifier: bytes, copies: int) -> None:
+    async def _look_after_copies(
+        self, identifier: bytes, copies: int, leases: Sequence[Lease]
+    ) -> None:
         """Audit the copies of a manifest chunk against ours; top them up if the plan says."""
         try:
             data = await self._offload(self._store.get, identifier)
@@ -230,7 +246,7 @@ class StewardService:
             return
         await self._spend((copies - len(holders)) * len(data))
         try:
-            added = await keep_whole(self.files, identifier, data, copies)
+            added = await keep_whole(self.files, identifier, data, copies, leases=leases)
         except (NodeError, ProtocolError) as exc:
             logger.info("copying manifest chunk %s failed: %s", identifier.hex()[:16], exc)
             return

@@ -51,6 +51,7 @@ import msgpack
 
 from protocol.chunk import MAX_CHUNK_SIZE, MAX_SHARES, ChunkId, GroupRecord
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.lease import Lease
 from protocol.schema import (
     CONSTRAINTS,
     Bytes,
@@ -69,11 +70,13 @@ __all__ = [
     "MAX_AUDIT_RANGES",
     "MAX_CHUNKS_PER_QUERY",
     "MAX_CONTACTS",
+    "MAX_LEASE_CHUNKS",
     "MAX_PROVIDERS",
     "MAX_REQUEST_ID",
     "MAX_TYPE_CODE",
     "MESSAGES",
     "PROTOCOL_VERSION",
+    "AddLease",
     "AddProvider",
     "AuditChunks",
     "Bytes",
@@ -92,6 +95,7 @@ __all__ = [
     "Int",
     "Items",
     "Kind",
+    "LeaseAdded",
     "MalformedMessage",
     "Message",
     "MessageTable",
@@ -775,6 +779,7 @@ class ErrorCode(enum.IntEnum):
     NOT_FOUND = 5
     TOO_LARGE = 6
     REFUSED = 7
+    OVER_QUOTA = 8
 
 
 @message(type_code=1)
@@ -977,6 +982,33 @@ class ChunksAudited(Message):
         tuple[Annotated[bytes, Bytes(max_len=MAX_AUDIT_RANGES * MAX_AUDIT_LENGTH)] | None, ...],
         Items(max_items=MAX_AUDIT_CHUNKS),
     ]
+
+
+# ------------------------------------------------------------------------- leases
+# docs/PROTOCOL.md#leases. protocol/lease.py says what a lease is and when a holder
+# takes one.
+
+MAX_LEASE_CHUNKS: Final = MAX_SHARES
+"""Most chunk ids one ADD_LEASE names; a holder of more of the file gets several."""
+
+
+@message(type_code=28)
+@dataclass(frozen=True, slots=True)
+class AddLease(Message):
+    """Keep these chunks, which are the file `lease.manifest_id`'s, under `lease` (or,
+    for a release, stop keeping them under that key). Answered by LEASE_ADDED."""
+
+    lease: Lease
+    chunk_ids: Annotated[tuple[ChunkId, ...], Items(min_items=1, max_items=MAX_LEASE_CHUNKS)]
+
+
+@message(type_code=29)
+@dataclass(frozen=True, slots=True)
+class LeaseAdded(Message):
+    """Answer to ADD_LEASE: one flag per id asked, in the same order: whether the
+    receiver holds that chunk (and so now keeps it under the lease, or released it)."""
+
+    held: Annotated[tuple[bool, ...], Items(max_items=MAX_LEASE_CHUNKS)]
 
 
 # -------------------------------------------------------------------------- codec

@@ -1,4 +1,5 @@
-"""The one client of the chunk RPCs: STORE_CHUNK, FETCH_CHUNK, HAS_CHUNKS, AUDIT_CHUNKS.
+"""The one client of the chunk RPCs: STORE_CHUNK, FETCH_CHUNK, HAS_CHUNKS, AUDIT_CHUNKS,
+and ADD_LEASE.
 
 docs/PROTOCOL.md#chunk-messages. Every request of the file layer to a holder goes
 through `ChunkClient`, and so does the short cut for the one holder that is this node:
@@ -27,7 +28,9 @@ from node.errors import ChunkNotFound, TransportError
 from node.transport import Transport
 from protocol.audit import stripe
 from protocol.chunk import GroupRecord, chunk_id
+from protocol.lease import Lease
 from protocol.messages import (
+    AddLease,
     AuditChunks,
     ChunkData,
     ChunksAudited,
@@ -35,6 +38,7 @@ from protocol.messages import (
     ChunkStored,
     FetchChunk,
     HasChunks,
+    LeaseAdded,
     StoreChunk,
 )
 
@@ -150,4 +154,22 @@ class ChunkClient:
         )
         if not isinstance(answer, ChunksHeld) or len(answer.held) != len(ids):
             raise TransportError(f"{contact.node_id.short()} answered HAS_CHUNKS wrongly")
+        return list(answer.held)
+
+    async def add_lease(self, contact: Contact, lease: Lease, ids: Sequence[bytes]) -> list[bool]:
+        """Ask `contact` to keep `ids` under `lease` (at most MAX_LEASE_CHUNKS); which of
+        them it holds, and so now keeps."""
+        if self.is_self(contact):
+            keeper = self._local().keeper
+            if keeper is None:
+                return [False] * len(ids)
+            return await keeper.add_lease(lease, tuple(ids), None)
+        answer = await self.transport.request(
+            contact.address,
+            AddLease(lease, tuple(ids)),
+            node_id=contact.node_id,
+            timeout=QUERY_TIMEOUT,
+        )
+        if not isinstance(answer, LeaseAdded) or len(answer.held) != len(ids):
+            raise TransportError(f"{contact.node_id.short()} answered ADD_LEASE wrongly")
         return list(answer.held)

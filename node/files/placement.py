@@ -80,6 +80,13 @@ class Placement:
     refusals: list[str] = field(default_factory=list)
     # Every node that answered, once a lookup showed the network has fewer than k.
     everyone: list[Contact] = field(default_factory=list)
+    # What each node took: where the uploader sends the file's lease once it is placed.
+    stored_on: dict[NodeId, tuple[Contact, list[bytes]]] = field(default_factory=dict)
+
+    def took(self, contact: Contact, chunk_id: bytes) -> None:
+        """`contact` acknowledged `chunk_id`."""
+        self.holders.add(contact.node_id)
+        self.stored_on.setdefault(contact.node_id, (contact, []))[1].append(chunk_id)
 
     def reasons(self) -> str:
         """The most common reasons nodes gave for not taking chunks, for a message."""
@@ -147,10 +154,12 @@ async def put_file(
     size: int,
     name: str = "",
     progress: Progress | None = None,
+    placement: Placement | None = None,
 ) -> ReadCapability:
     """Encode `source` of `size` bytes, place its chunks and manifest, and return the
     capability. `source` is a binary file object with `readinto` (read in a worker
-    thread) or an async iterable of byte blocks."""
+    thread) or an async iterable of byte blocks. `placement`, if given, is filled with
+    who took what (the owner sends them the file's lease: node/files/leasing.py)."""
     if not isinstance(source, AsyncIterable) and not hasattr(source, "readinto"):
         raise TypeError("put_file reads a file object with readinto, or an async iterable")
     settings = net.settings
@@ -162,7 +171,7 @@ async def put_file(
         parity=net.parity,
         manifest_part_size=settings.manifest_part_size,
     )
-    placement = Placement()
+    placement = placement if placement is not None else Placement()
     # The channel is closed in trio's thread (by _encode's task), never from a worker
     # thread: that would wake the receiving task from outside trio (a 0-byte file, which
     # has no segment, crashed the node with TrioInternalError that way).
@@ -262,7 +271,7 @@ async def place_segment(
                 continue
             pending[number] = None
             stored += 1
-            placement.holders.add(contact.node_id)
+            placement.took(contact, ids[number])
             placement.chunks_stored += 1
             return
 
@@ -316,7 +325,7 @@ async def _place_whole(
             logger.info("%s did not take %s: %s", contact.node_id.short(), what, exc)
             return
         stored += 1
-        placement.holders.add(contact.node_id)
+        placement.took(contact, identifier)
 
     async with trio.open_nursery() as nursery:
         for contact in nearby:

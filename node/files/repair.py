@@ -37,6 +37,7 @@ from protocol.chunk import GroupRecord
 from protocol.encoding import rebuild_group
 from protocol.errors import ProtocolError
 from protocol.identity import NodeId
+from protocol.lease import Lease
 from protocol.manifest import Manifest
 from protocol.manifest_index import ManifestIndex, join_parts, read_root
 
@@ -136,9 +137,11 @@ async def keep_whole(
     data: bytes,
     copies: int,
     moved: _Moved | None = None,
+    *,
+    leases: Sequence[Lease] = (),
 ) -> int:
     """Store `data` (a manifest chunk) on more nodes near its id until `copies` prove
-    it; the number of copies added."""
+    it; the number of copies added. Each new holder is sent `leases` for it."""
     moved = moved if moved is not None else _Moved()
     before = moved.manifest_copies
     proven = await prove_whole(net, identifier, data)
@@ -157,6 +160,7 @@ async def keep_whole(
         holding.add(contact.node_id)
         moved.manifest_copies += 1
         moved.stored += len(data)
+        await carry_leases(net, contact, leases, identifier)
     return moved.manifest_copies - before
 
 
@@ -177,11 +181,32 @@ async def _repair_segment(
     return await repair_group(net, group, await audit_group(net, group), moved)
 
 
+async def carry_leases(
+    net: FileNetwork, contact: Contact, leases: Sequence[Lease], chunk_id: bytes
+) -> None:
+    """Send the new holder of `chunk_id` the leases it is kept under (a repairer's are
+    those of its own chunk of the group: the same file's). A refusal is logged: the
+    owner's next renewal reaches the new holder anyway."""
+    for lease in leases:
+        try:
+            await net.client.add_lease(contact, lease, [chunk_id])
+        except NodeError as exc:
+            logger.info(
+                "%s did not take a lease a repair carried: %s", contact.node_id.short(), exc
+            )
+
+
 async def repair_group(
-    net: FileNetwork, group: Group, report: SegmentReport, moved: _Moved | None = None
+    net: FileNetwork,
+    group: Group,
+    report: SegmentReport,
+    moved: _Moved | None = None,
+    *,
+    leases: Sequence[Lease] = (),
 ) -> SegmentRepair:
     """Rebuild what `report` (an audit of `group`) found missing, and place it (module
-    rule 3). Works from a group record as well as from a manifest: no key either way."""
+    rule 3). Works from a group record as well as from a manifest: no key either way.
+    Each new holder is sent `leases` for its chunk."""
     moved = moved if moved is not None else _Moved()
     k, n, ids, index = group.k, group.n, group.chunk_ids, group.index
     if report.live >= n:
@@ -222,6 +247,7 @@ async def repair_group(
                 continue
             placed += 1
             moved.stored += len(chunk.data)
+            await carry_leases(net, contact, leases, chunk.chunk_id)
             break
     problem = "" if placed == len(missing) else "no node near the group key took every chunk"
     return SegmentRepair(index, report.live, placed, report.live + placed, problem)

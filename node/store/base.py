@@ -64,7 +64,9 @@ class ChunkInfo:
 
 @dataclass(frozen=True, slots=True)
 class StoreStatistics:
-    """Counters of a chunk store. `free_bytes` is what the capacity still allows."""
+    """Counters of a chunk store. Bytes are costs on disk (node/quota.py's `chunk_cost`:
+    blocks, index row, group record), not chunk lengths; `free_bytes` is what the
+    capacity still allows."""
 
     chunks: int
     used_bytes: int
@@ -84,7 +86,7 @@ class ChunkStore(Protocol):
 
     @property
     def used_bytes(self) -> int:
-        """Bytes of acknowledged chunks held."""
+        """What the acknowledged chunks held cost on disk (node/quota.py)."""
         ...
 
     def put(self, chunk_id: bytes, data: bytes, group: GroupRecord) -> None:

@@ -54,6 +54,7 @@ from types import TracebackType
 from typing import Final
 
 from node.errors import ChunkDamaged, ChunkNotFound, StoreError, StoreFull
+from node.quota import chunk_cost
 from node.store.base import (
     ChunkInfo,
     StoreStatistics,
@@ -209,7 +210,7 @@ class DiskChunkStore:
 
     @property
     def used_bytes(self) -> int:
-        """Bytes of acknowledged chunks held."""
+        """What the acknowledged chunks held cost on disk (node/quota.py)."""
         with self._guard:
             return self._used
 
@@ -217,6 +218,7 @@ class DiskChunkStore:
         """Store `data` under `chunk_id` with its group record; durable on return."""
         check_chunk(chunk_id, data, group, self._config)  # hashes; outside the lock
         size = len(data)
+        cost = chunk_cost(size, group.n)
         with self._guard:
             while chunk_id in self._in_flight:
                 self._guard.wait()
@@ -224,8 +226,8 @@ class DiskChunkStore:
             if row is not None:
                 warn_if_other_group(chunk_id, row.group, group)
                 return
-            refuse_if_full(self._used + self._reserved, size, self._config.capacity, chunk_id)
-            self._reserved += size
+            refuse_if_full(self._used + self._reserved, cost, self._config.capacity, chunk_id)
+            self._reserved += cost
             self._in_flight.add(chunk_id)
         acknowledged = False
         try:
@@ -233,9 +235,9 @@ class DiskChunkStore:
             try:
                 with self._guard:
                     self._opened_index().insert(chunk_id, size, group, self._clock())
-                    self._used += size
+                    self._used += cost
                     self._chunks += 1
-                    self._reserved -= size
+                    self._reserved -= cost
                     acknowledged = True
             finally:
                 if not acknowledged:
@@ -243,7 +245,7 @@ class DiskChunkStore:
         finally:
             with self._guard:
                 if not acknowledged:
-                    self._reserved -= size
+                    self._reserved -= cost
                 self._in_flight.discard(chunk_id)
                 self._guard.notify_all()
 
@@ -299,7 +301,7 @@ class DiskChunkStore:
             try:
                 return os.open(path, os.O_RDONLY), size, path
             except FileNotFoundError:
-                self._drop(chunk_id, size, "its file is missing")
+                self._drop(chunk_id, "its file is missing")
                 raise ChunkDamaged(
                     f"chunk {chunk_id.hex()} was lost: its file {path} is missing; "
                     "it has been dropped from the index"
@@ -327,11 +329,11 @@ class DiskChunkStore:
     def delete(self, chunk_id: bytes) -> None:
         """Forget the chunk and free its space; `ChunkNotFound` if it is not held."""
         with self._guard:
-            size = self._size(chunk_id)
+            cost = self._cost(chunk_id)
             # The row goes first: a crash in between leaves a file without a row, which
             # `open` removes, never a row without its file.
             self._opened_index().delete([chunk_id], f"deleting chunk {chunk_id.hex()}")
-            self._used -= size
+            self._used -= cost
             self._chunks -= 1
             remove_quietly(self._path(chunk_id))
 
@@ -408,11 +410,12 @@ class DiskChunkStore:
             )
         return StoreError(f"{doing}: {exc}")
 
-    def _drop(self, chunk_id: bytes, size: int, problem: str) -> None:
-        """Forget a chunk found damaged: its row, its file, its bytes in the counters."""
+    def _drop(self, chunk_id: bytes, problem: str) -> None:
+        """Forget a chunk found damaged: its row, its file, its cost in the counters."""
         logger.warning("dropping chunk %s from %s: %s", chunk_id.hex(), self._root, problem)
+        cost = self._cost(chunk_id)
         self._opened_index().delete([chunk_id], f"dropping corrupt chunk {chunk_id.hex()}")
-        self._used -= size
+        self._used -= cost
         self._chunks -= 1
         self._corrupt_dropped += 1
         remove_quietly(self._path(chunk_id))
@@ -433,7 +436,7 @@ class DiskChunkStore:
             opened.st_ino,
         ):
             return
-        self._drop(chunk_id, row.size, problem)
+        self._drop(chunk_id, problem)
 
     # ------------------------------------------------------------------ recovery
 
@@ -454,6 +457,14 @@ class DiskChunkStore:
     def _row(self, chunk_id: bytes) -> ChunkInfo | None:
         """The chunk's row, or None. Call with the lock held."""
         return self._opened_index().row(chunk_id)
+
+    def _cost(self, chunk_id: bytes) -> int:
+        """The held chunk's cost on disk (node/quota.py); `ChunkNotFound` if it is not
+        held. Lock held."""
+        row = self._row(chunk_id)
+        if row is None:
+            raise ChunkNotFound(f"chunk {describe_chunk_id(chunk_id)} is not in this store")
+        return chunk_cost(row.size, row.group.n)
 
     def _size(self, chunk_id: bytes) -> int:
         """The held chunk's size; `ChunkNotFound` if it is not held. Lock held."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from node.errors import StoreError, StoreFull
+from node.quota import chunk_cost
 from node.store.base import ChunkInfo
 from node.store.layout import INDEX_NAME
 from protocol.chunk import CHUNK_ID_SIZE, MAX_SHARES, GroupRecord
@@ -208,10 +209,13 @@ class ChunkIndex:
         return {_stored_id(chunk_id): size for chunk_id, size in rows}
 
     def totals(self) -> tuple[int, int]:
-        """How many chunks the index holds, and their bytes."""
-        ((count, used),) = self._query(
-            "counting chunks", "SELECT count(*), coalesce(sum(size), 0) FROM chunks", ()
-        )
+        """How many chunks the index holds, and their cost on disk (node/quota.py)."""
+        rows = self._query("counting chunks", "SELECT size, n FROM chunks", ())
+        count = len(rows)
+        used = 0
+        for size, n in rows:
+            assert isinstance(size, int) and isinstance(n, int)
+            used += chunk_cost(size, n)
         assert isinstance(count, int) and isinstance(used, int)
         return count, used
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 from node.errors import ChunkNotFound, StoreError
+from node.quota import chunk_cost
 from node.store.base import (
     ChunkInfo,
     StoreStatistics,
@@ -68,7 +69,7 @@ class MemoryChunkStore:
 
     @property
     def used_bytes(self) -> int:
-        """Bytes of chunks held."""
+        """What the chunks held cost on disk (node/quota.py)."""
         with self._guard:
             return self._used
 
@@ -81,10 +82,11 @@ class MemoryChunkStore:
             if held is not None:
                 warn_if_other_group(chunk_id, held[1].group, group)
                 return
-            refuse_if_full(self._used, len(data), self._config.capacity, chunk_id)
+            cost = chunk_cost(len(data), group.n)
+            refuse_if_full(self._used, cost, self._config.capacity, chunk_id)
             info = ChunkInfo(chunk_id, len(data), group, float(self._clock()))
             self._chunks[chunk_id] = (bytes(data), info)
-            self._used += len(data)
+            self._used += cost
 
     def get(self, chunk_id: bytes) -> bytes:
         """The chunk's bytes."""
@@ -115,9 +117,9 @@ class MemoryChunkStore:
     def delete(self, chunk_id: bytes) -> None:
         """Forget the chunk; `ChunkNotFound` if it is not held."""
         with self._guard:
-            data, _ = self._held(chunk_id)
+            data, info = self._held(chunk_id)
             del self._chunks[chunk_id]
-            self._used -= len(data)
+            self._used -= chunk_cost(len(data), info.group.n)
 
     def chunk_ids(self) -> Iterator[bytes]:
         """The ids held when iteration starts, in increasing order."""

@@ -15,6 +15,7 @@ import trio
 
 from node.chunks import MAX_CHUNK_JOBS_PER_PEER, ChunkService
 from node.errors import RemoteError
+from node.quota import chunk_cost
 from node.store import MemoryChunkStore, StoreConfig
 from node.transport import MemoryNetwork, TcpLinkLayer, Transport, open_transport
 from protocol.chunk import GroupRecord
@@ -122,7 +123,7 @@ async def test_stored_chunk_is_served_and_announced(network: Network) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with open_holder(network, store) as holder, network.transport() as client:
             answer = await holder.ask(client, StoreChunk(group, data))
-            assert answer == ChunkStored(100_000 - 5000)
+            assert answer == ChunkStored(100_000 - chunk_cost(5000, group.n))
             assert await holder.ask(client, FetchChunk(group.chunk_id)) == ChunkData(group, data)
             with trio.fail_after(REQUEST_TIMEOUT):  # announcements wait for a quiet moment
                 await holder.first_announced.wait()
@@ -165,17 +166,18 @@ async def test_full_store_refuses_saying_it_is_full(network: Network) -> None:
     rng = random.Random(4)
     first, first_group = make_chunk(rng, 600)
     second, second_group = make_chunk(rng, 600)
-    store = MemoryChunkStore(StoreConfig(capacity=1000, in_memory=True))
+    capacity = chunk_cost(600, first_group.n) + 1000
+    store = MemoryChunkStore(StoreConfig(capacity=capacity, in_memory=True))
     with trio.fail_after(TEST_TIMEOUT):
         async with open_holder(network, store) as holder, network.transport() as client:
-            assert await holder.ask(client, StoreChunk(first_group, first)) == ChunkStored(400)
+            assert await holder.ask(client, StoreChunk(first_group, first)) == ChunkStored(1000)
             error = await refused(holder, client, StoreChunk(second_group, second))
             assert error.code == ErrorCode.REFUSED
             assert "full" in error.message
             assert store.has(first_group.chunk_id)
             assert not store.has(second_group.chunk_id)
             again = await holder.ask(client, StoreChunk(first_group, first))
-            assert again == ChunkStored(400)
+            assert again == ChunkStored(1000)
             assert store.statistics().chunks == 1
 
 

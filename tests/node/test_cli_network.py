@@ -217,13 +217,27 @@ def test_status_and_peers_describe_the_node(network: Testnet) -> None:
     node = network.nodes[3]
     status = succeeds(node.data_dir, "status").decode()
     fields = dict(line.split(":", 1) for line in status.splitlines())
-    assert set(fields) == {"node id", "listening", "data dir", "contacts", "stored", "repair"}
+    assert set(fields) == {
+        "node id",
+        "listening",
+        "data dir",
+        "contacts",
+        "stored",
+        "space",
+        "trash",
+        "leases",
+        "repair",
+    }
     own_id = fields["node id"].strip()
     assert re.fullmatch(r"[0-9a-f]{64}", own_id)
     assert fields["listening"].strip() == node.address
     assert fields["data dir"].strip() == str(node.data_dir)
     assert re.fullmatch(rf" +{NODES - 1} \(\d+ connected\)", fields["contacts"])
-    assert re.fullmatch(r" +\d+ chunks, .+ of 10(\.0)? GiB", fields["stored"])
+    assert re.fullmatch(r" +\d+ chunks, .+ of 10(\.0)? GiB used on disk .*", fields["stored"])
+    # A tenth of the capacity is the owner's reserve: 9 GiB donated.
+    assert re.fullmatch(r" +9\.0 GiB donated to others, .+ used; .+ leased by you", fields["space"])
+    assert re.fullmatch(r" +0 chunks nobody leases, 0 B; 0 deleted since start", fields["trash"])
+    assert re.fullmatch(r" +\d+ held here; \d+ files of yours kept", fields["leases"])
     assert re.fullmatch(
         r" +\d+ segments watched, 0 checked, 0 repaired \(0 chunks rebuilt\), 0 B moved",
         fields["repair"],

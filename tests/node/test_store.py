@@ -43,6 +43,7 @@ from node.store import (
     StoreConfig,
     open_chunk_store,
 )
+from node.quota import chunk_cost
 from node.store.base import format_size
 from node.store.disk import WriteFunction
 from protocol.chunk import GroupRecord
@@ -56,6 +57,8 @@ KiB = 1024
 MiB = 1024 * KiB
 STORED_AT = 1_700_000_000.5  # the stores' clock in these tests
 SIZE = 4 * KiB  # most chunks here; small, so that tests stay fast
+# What a chunk of SIZE bytes in a group of 10 costs on disk, which capacities count.
+COST = chunk_cost(SIZE, 10)
 
 DETERMINISTIC = settings(
     derandomize=True,
@@ -171,18 +174,18 @@ def test_statistics_count_chunks_and_bytes(
     open_store: Callable[..., ChunkStore], rng: random.Random
 ) -> None:
     """statistics() and used_bytes count what is held against the capacity."""
-    store = open_store(StoreConfig(capacity=10 * SIZE))
+    store = open_store(StoreConfig(capacity=10 * COST))
     for _ in range(3):
         put(store, make_chunk(rng))
     statistics = store.statistics()
     assert (statistics.chunks, statistics.used_bytes, statistics.capacity) == (
         3,
-        3 * SIZE,
-        10 * SIZE,
+        3 * COST,
+        10 * COST,
     )
-    assert statistics.free_bytes == 7 * SIZE
+    assert statistics.free_bytes == 7 * COST
     assert statistics.corrupt_dropped == 0
-    assert store.used_bytes == 3 * SIZE
+    assert store.used_bytes == 3 * COST
 
 
 def test_chunk_ids_are_listed_in_order_across_pages(
@@ -202,7 +205,7 @@ def test_duplicate_put_is_idempotent(store: ChunkStore, rng: random.Random) -> N
     put(store, chunk)
     put(store, chunk)
     assert list(store.chunk_ids()) == [chunk.chunk_id]
-    assert store.used_bytes == SIZE
+    assert store.used_bytes == COST
     if isinstance(store, DiskChunkStore):
         assert len(files_under(store.root)) == 1
 
@@ -218,7 +221,7 @@ def test_duplicate_with_another_group_keeps_the_first(
         store.put(chunk.chunk_id, chunk.data, other)
     assert store.group(chunk.chunk_id) == chunk.group
     assert "keeping that record" in caplog.text
-    assert store.used_bytes == SIZE
+    assert store.used_bytes == COST
 
 
 def test_bytes_that_do_not_match_the_id_are_refused(store: ChunkStore, rng: random.Random) -> None:
@@ -258,7 +261,7 @@ def test_capacity_refusal_leaves_nothing_behind(
 ) -> None:
     """Chunks fill the capacity exactly; one more is refused with the figures, changing
     nothing; a delete makes room again."""
-    store = open_store(StoreConfig(capacity=3 * SIZE))
+    store = open_store(StoreConfig(capacity=3 * COST))
     chunks = [make_chunk(rng) for _ in range(4)]
     for chunk in chunks[:3]:
         put(store, chunk)
@@ -266,27 +269,28 @@ def test_capacity_refusal_leaves_nothing_behind(
     with pytest.raises(StoreFull) as refusal:
         put(store, chunks[3])
     assert str(refusal.value) == (
-        f"capacity 12 KiB reached: 12 KiB used, chunk {chunks[3].chunk_id.hex()} needs 4 KiB"
+        f"capacity {format_size(3 * COST)} reached: {format_size(3 * COST)} used, "
+        f"chunk {chunks[3].chunk_id.hex()} needs {format_size(COST)}"
     )
     assert not store.has(chunks[3].chunk_id)
-    assert store.used_bytes == 3 * SIZE
+    assert store.used_bytes == 3 * COST
     assert store.statistics().free_bytes == 0
     if isinstance(store, DiskChunkStore):
         assert files_under(store.root) == files
     store.delete(chunks[0].chunk_id)
     put(store, chunks[3])
-    assert store.used_bytes == 3 * SIZE
+    assert store.used_bytes == 3 * COST
 
 
 def test_delete_frees_the_space(store: ChunkStore, rng: random.Random) -> None:
     """A deleted chunk is gone and its bytes are free; deleting it again is not found."""
-    kept, deleted = make_chunk(rng), make_chunk(rng, 2 * SIZE)
+    kept, deleted = make_chunk(rng), make_chunk(rng, 2 * COST)
     put(store, kept)
     put(store, deleted)
     store.delete(deleted.chunk_id)
     assert not store.has(deleted.chunk_id)
     assert list(store.chunk_ids()) == [kept.chunk_id]
-    assert store.used_bytes == SIZE
+    assert store.used_bytes == COST
     with pytest.raises(ChunkNotFound):
         store.get(deleted.chunk_id)
     with pytest.raises(ChunkNotFound):
@@ -326,7 +330,7 @@ def test_concurrent_puts_never_exceed_the_capacity(
 ) -> None:
     """Puts racing from many threads fill the capacity exactly; the rest are refused,
     and racing puts of one chunk store it once."""
-    store = open_store(StoreConfig(capacity=5 * SIZE))
+    store = open_store(StoreConfig(capacity=5 * COST))
     chunks = [make_chunk(rng) for _ in range(12)]
     same = make_chunk(rng, 100)
     barrier = threading.Barrier(len(chunks))
@@ -342,7 +346,7 @@ def test_concurrent_puts_never_exceed_the_capacity(
     with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
         outcomes = list(pool.map(attempt, chunks))
     assert sorted(outcomes) == ["full"] * 7 + ["stored"] * 5
-    assert store.used_bytes == 5 * SIZE
+    assert store.used_bytes == 5 * COST
     for chunk, outcome in zip(chunks, outcomes, strict=True):
         assert store.has(chunk.chunk_id) == (outcome == "stored")
         if outcome == "stored":
@@ -351,7 +355,7 @@ def test_concurrent_puts_never_exceed_the_capacity(
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda _: put(store, same), range(8)))
     assert store.statistics().chunks == 5
-    assert store.used_bytes == 4 * SIZE + 100
+    assert store.used_bytes == 4 * COST + chunk_cost(100, 10)
 
 
 async def test_usable_from_trio_worker_threads(store: ChunkStore, rng: random.Random) -> None:
@@ -392,7 +396,7 @@ def test_reopened_with_a_smaller_capacity_keeps_chunks_and_refuses_new_ones(
             put(store, chunk)
     with DiskChunkStore.open(tmp_path, StoreConfig(capacity=SIZE)) as store:
         assert store.statistics().free_bytes == 0
-        with pytest.raises(StoreFull, match="8 KiB used"):
+        with pytest.raises(StoreFull, match=f"{format_size(2 * COST)} used"):
             put(store, chunks[2])
         assert [store.get(chunk.chunk_id) for chunk in chunks[:2]] == [
             chunk.data for chunk in chunks[:2]
@@ -453,7 +457,7 @@ def test_damaged_file_is_reported_and_dropped(
     assert not disk_store.has(chunk.chunk_id)
     assert not path.exists()
     statistics = disk_store.statistics()
-    assert (statistics.chunks, statistics.used_bytes, statistics.corrupt_dropped) == (1, SIZE, 1)
+    assert (statistics.chunks, statistics.used_bytes, statistics.corrupt_dropped) == (1, COST, 1)
     with pytest.raises(ChunkNotFound, match="not in this store"):
         disk_store.get(chunk.chunk_id)
     assert disk_store.get(other.chunk_id) == other.data
@@ -499,7 +503,7 @@ def test_write_failure_leaves_no_partial_file(
         put(store, held)
         put(store, refused)
         assert_index_matches_files(store)
-        assert store.used_bytes == 2 * SIZE
+        assert store.used_bytes == 2 * COST
 
 
 def test_short_writes_are_completed(tmp_path: Path, rng: random.Random) -> None:
@@ -552,7 +556,7 @@ def test_rows_without_a_sound_file_are_dropped_at_open(
     with caplog.at_level(logging.WARNING), DiskChunkStore.open(tmp_path) as store:
         assert store.recovery == RecoveryReport(damaged_rows_dropped=2)
         assert list(store.chunk_ids()) == [kept.chunk_id]
-        assert store.used_bytes == SIZE
+        assert store.used_bytes == COST
         assert_index_matches_files(store)
     assert "file is missing" in caplog.text
     assert "holds 100 bytes" in caplog.text
