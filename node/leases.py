@@ -282,8 +282,12 @@ class LeaseBook:
         rows = self._read(
             "SELECT issued, prefix FROM leases WHERE public_key = ? AND manifest_id = ?", key
         )
-        if rows and rows[0][0] >= lease.issued:
+        newer = not rows or lease.issued > rows[0][0]
+        was_running = bool(rows) and not self._lease_ended(key, now)
+        if not newer and (lease.is_release or not was_running):
             return held  # rule 1: a record as new or newer is kept; this one changes nothing
+        # A record no newer than the one kept, while that one runs (a repairer carrying
+        # the lease to a new holder of the file's chunks): it covers those chunks too.
         charged_prefix = rows[0][1] if rows else prefix
         holder = lease.holder
         covered = {
@@ -292,7 +296,6 @@ class LeaseBook:
                 "SELECT chunk_id FROM covers WHERE public_key = ? AND manifest_id = ?", key
             )
         }
-        was_running = bool(rows) and not self._lease_ended(key, now)
         new = (
             {}
             if lease.is_release
@@ -316,8 +319,11 @@ class LeaseBook:
         with self._write("taking a lease"):
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT OR REPLACE INTO leases (public_key, manifest_id, holder, issued, "
-                "expires, signature, until, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO leases (public_key, manifest_id, holder, issued, "
+                "expires, signature, until, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (public_key, manifest_id) DO UPDATE SET issued = excluded.issued, "
+                "expires = excluded.expires, signature = excluded.signature, "
+                "until = excluded.until WHERE excluded.issued > leases.issued",
                 (
                     *key,
                     holder.value,

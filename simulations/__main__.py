@@ -25,6 +25,7 @@ __all__ = ["SCENARIOS", "main", "run_scenario"]
 
 
 def _scenarios() -> dict[str, tuple[Scenario, str]]:
+    from simulations.scenarios.abuse import run_abuse
     from simulations.scenarios.churn import run_churn
     from simulations.scenarios.durability import run_durability
     from simulations.scenarios.eclipse import run_eclipse
@@ -39,10 +40,11 @@ def _scenarios() -> dict[str, tuple[Scenario, str]]:
         "files": (run_files, "files put, nodes churn: share still readable after a day, a week"),
         "eclipse": (run_eclipse, "Sybils answer lookups with each other only"),
         "durability": (run_durability, "a year of churn: files kept by repair, and its cost"),
+        "abuse": (run_abuse, "an attacker in one /24 tries to fill the disks: quotas, expiry"),
     }
 
 
-SCENARIOS = ("lookup", "churn", "failure", "files", "eclipse", "durability")
+SCENARIOS = ("lookup", "churn", "failure", "files", "eclipse", "durability", "abuse")
 
 
 def run_scenario(name: str, options: ScenarioOptions) -> Any:

@@ -23,6 +23,7 @@ limits behave as on the Internet.
 from __future__ import annotations
 
 import gc
+import io
 import math
 import random
 import time
@@ -39,10 +40,13 @@ from dht.contact import Contact
 from dht.errors import DhtError
 from node.config import NodeConfig
 from node.health import HealthBook
+from node.leases import LeaseBook
+from node.library import Library
 from node.node import Node
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig
 from node.transport import MemoryNetwork, TransportConfig
 from node.transport.memory import Intercept
+from protocol.capability import ReadCapability
 from protocol.identity import Identity, NodeId
 
 __all__ = [
@@ -64,6 +68,14 @@ SIMULATED_NODE: Final = NodeConfig(
     storage="memory",
     workers=0,
 )
+
+
+async def put(simulated: SimNode, data: bytes, *, name: str = "") -> ReadCapability:
+    """Put `data` as the node's owner does (`freehold put`): placed, leased at the
+    nodes that took it, and kept in the node's list for renewal."""
+    from node.owner import Owner
+
+    return await Owner(simulated.node).put(io.BytesIO(data), size=len(data), name=name)
 
 
 def seed_scheduler(seed: int) -> None:
@@ -119,6 +131,8 @@ class SimNode:
     store: ChunkStore
     health: HealthBook
     seed: int
+    leases: LeaseBook
+    library: Library
     alive: bool = True
     """False once gone for good (`kill`)."""
     online: bool = True
@@ -135,6 +149,19 @@ class SimNode:
     @property
     def contact(self) -> Contact:
         return Contact(self.node_id, self.address)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What a simulated node keeps across its restarts."""
+
+    identity: Identity
+    host: str
+    store: ChunkStore
+    health: HealthBook
+    leases: LeaseBook
+    library: Library
+    seed: int
 
 
 @dataclass
@@ -165,37 +192,57 @@ class SimNetwork:
             await self.join(simulated)
         return simulated
 
-    async def start_node(self, *, node_config: NodeConfig | None = None) -> SimNode:
-        """Start one more node, not yet joined."""
+    async def start_node(
+        self, *, node_config: NodeConfig | None = None, host: str | None = None
+    ) -> SimNode:
+        """Start one more node, not yet joined: at `host`, or by default at a /24 of
+        its own (10.x.y.1)."""
         index = len(self.nodes)
         identity = Identity.generate(self.rng.randbytes)
-        host = f"10.{index // 256 % 256}.{index % 256}.1"
-        if index >= 65536:
-            host = f"11.{index // 65536}.{index // 256 % 256}.{index % 256}"
+        if host is None:
+            host = f"10.{index // 256 % 256}.{index % 256}.1"
+            if index >= 65536:
+                host = f"11.{index // 65536}.{index // 256 % 256}.{index % 256}"
         config = replace(node_config or self.node_config, listen=(host, PORT))
         store = MemoryChunkStore(StoreConfig(capacity=config.capacity, in_memory=True))
-        # A database in memory, so that the health survives the node's restarts.
+        # Databases in memory, so that the health and the leases survive restarts.
         health = HealthBook(Path(":memory:"))
+        leases = LeaseBook(None, identity.node_id, config.lease_settings(), config.quota_settings())
+        library = Library(None)
         seed = self.rng.getrandbits(64)
-        node = Node(config, **self._node_parts(identity, host, store, health, seed))
+        parts = _Parts(identity, host, store, health, leases, library, seed)
+        node = Node(config, **self._node_parts(parts))
         simulated = SimNode(
-            index, host, identity, node, trio.CancelScope(), 0.0, store, health, seed
+            index,
+            host,
+            identity,
+            node,
+            trio.CancelScope(),
+            0.0,
+            store,
+            health,
+            seed,
+            leases,
+            library,
         )
         await self._run(simulated)
         self.nodes.append(simulated)
         return simulated
 
-    def _node_parts(
-        self, identity: Identity, host: str, store: ChunkStore, health: HealthBook, seed: int
-    ) -> dict[str, Any]:
+    def _node_parts(self, simulated: SimNode | _Parts) -> dict[str, Any]:
         """What a simulated node is made of besides its config."""
+        seed = simulated.seed
         return {
-            "identity": identity,
+            "identity": simulated.identity,
             "link_layer": self.network.link_layer(
-                identity, host, random_bytes=random.Random(seed ^ 0xC0FFEE).randbytes
+                simulated.identity,
+                simulated.host,
+                random_bytes=random.Random(seed ^ 0xC0FFEE).randbytes,
             ),
-            "store": store,
-            "health": health,
+            "store": simulated.store,
+            "health": simulated.health,
+            "leases": simulated.leases,
+            "library": simulated.library,
             "dht_config": self.dht_config,
             "transport_config": self.transport_config,
             "rng": random.Random(seed),
@@ -228,16 +275,7 @@ class SimNetwork:
         again through a live node). Whether it joined."""
         assert simulated.alive and not simulated.online
         simulated.seed = self.rng.getrandbits(64)
-        simulated.node = Node(
-            simulated.node.config,
-            **self._node_parts(
-                simulated.identity,
-                simulated.host,
-                simulated.store,
-                simulated.health,
-                simulated.seed,
-            ),
-        )
+        simulated.node = Node(simulated.node.config, **self._node_parts(simulated))
         simulated.online = True
         self._partition()
         await self._run(simulated)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import io
 import math
 import multiprocessing
 import random
@@ -62,7 +61,7 @@ import trio
 
 from dht.config import DhtConfig
 from node.errors import single_error
-from node.files import fetch_manifest, get_file, put_file
+from node.files import fetch_manifest, get_file
 from node.transport import TransportConfig
 from protocol.capability import ReadCapability
 from simulations.harness import (
@@ -71,6 +70,7 @@ from simulations.harness import (
     SimNode,
     memory_high_water_mib,
     open_network,
+    put,
 )
 from simulations.scenario import ScenarioOptions, ScenarioResult
 from simulations.scenarios.files import UNREADABLE
@@ -307,9 +307,7 @@ async def _put_all(network: SimNetwork, count: int, size: int, rng: random.Rando
         uploaders = network.alive()
         uploader = uploaders[rng.randrange(len(uploaders))]
         assert uploader.node.files is not None
-        capability = await put_file(
-            uploader.node.files, io.BytesIO(data), size=size, name=f"file-{number}"
-        )
+        capability = await put(uploader, data, name=f"file-{number}")
         manifest = await fetch_manifest(uploader.node.files, capability.manifest_id)
         files.append(
             _File(
@@ -362,6 +360,12 @@ async def _run_one(options: ScenarioOptions, config: _Config) -> dict[str, Any]:
         segment_size=1024 * settings.segment_kib,
         repair_threshold=config.threshold,
         repair_grace=config.grace_hours * HOUR,
+        # Leases outlast the run: the uploaders are random nodes that churn takes
+        # away, and this scenario measures repair, not owners who leave
+        # (`python -m simulations abuse` runs leases out).
+        lease_length=(days + 30) * DAY,
+        lease_renew_at=(days + 30) * DAY / 3,
+        lease_max=(days + 30) * DAY,
     )
     wall = time.perf_counter()
     async with open_network(

@@ -28,7 +28,6 @@ so `alive_%` can stray far from `expected_%` in one run.
 from __future__ import annotations
 
 import hashlib
-import io
 import random
 import time
 from dataclasses import dataclass, replace
@@ -39,10 +38,10 @@ import trio
 
 from dht.errors import DhtError
 from node.errors import NodeError, single_error
-from node.files import fetch_manifest, get_file, put_file
+from node.files import fetch_manifest, get_file
 from protocol.capability import ReadCapability
 from protocol.errors import ProtocolError
-from simulations.harness import SimNetwork, SimNode, memory_high_water_mib, open_network
+from simulations.harness import SimNetwork, SimNode, memory_high_water_mib, open_network, put
 from simulations.scenario import Plot, ScenarioOptions, ScenarioResult
 from simulations.scenarios.probes import choose, mean, parse_list, percent
 from simulations.scenarios.sessions import Sessions
@@ -171,9 +170,7 @@ async def _put_all(
             data = rng.randbytes(size)
             try:
                 assert uploader.node.files is not None
-                capability = await put_file(
-                    uploader.node.files, io.BytesIO(data), size=size, name=f"{code.name}-{number}"
-                )
+                capability = await put(uploader, data, name=f"{code.name}-{number}")
             except (NodeError, ProtocolError, DhtError):
                 failed[code.name] += 1
                 continue

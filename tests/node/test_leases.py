@@ -225,3 +225,23 @@ def test_an_owner_lease_is_counted_as_the_owners() -> None:
     take(leases, lease(OWNER), range(1, 2))
     assert leases.summary(NOW).owner_bytes == MIN_CHARGE
     assert leases.usage(NodeId(bytes(32)), None, 0).owner == MIN_CHARGE
+
+
+def test_the_same_lease_sent_again_covers_more_chunks() -> None:
+    """A repairer carries the record the holder may already keep, for a chunk new to
+    it: the chunk is covered (and charged) though the record is not newer."""
+    leases = book()
+    upload(leases, 1)
+    upload(leases, 2, MALLORY)
+    take(leases, lease(ALICE), range(1, 2))
+    assert take(leases, lease(ALICE), range(2, 3)) == [True]
+    assert leases.leases_for(chunk(2), NOW) == [lease(ALICE)]
+    assert leases.charges()[0][ALICE.node_id.value] == 2 * MIN_CHARGE
+    # An older record of a lease that runs covers too; nothing covers after a release.
+    upload(leases, 3, MALLORY)
+    take(leases, lease(ALICE, issued=NOW - 10), range(3, 4))
+    assert leases.leases_for(chunk(3), NOW) == [lease(ALICE)]
+    take(leases, make_lease(ALICE, MANIFEST, int(NOW + 5), int(NOW + 5)), range(1, 2), now=NOW + 5)
+    upload(leases, 4, MALLORY)
+    take(leases, lease(ALICE), range(4, 5), now=NOW + 6)
+    assert leases.leases_for(chunk(4), NOW + 6) == []

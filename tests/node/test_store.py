@@ -35,6 +35,7 @@ from node.errors import (
     StoreError,
     StoreFull,
 )
+from node.quota import chunk_cost
 from node.store import (
     ChunkStore,
     DiskChunkStore,
@@ -43,7 +44,6 @@ from node.store import (
     StoreConfig,
     open_chunk_store,
 )
-from node.quota import chunk_cost
 from node.store.base import format_size
 from node.store.disk import WriteFunction
 from protocol.chunk import GroupRecord
