@@ -16,6 +16,7 @@ from benchmarks.audit import run_audit_benchmark
 from benchmarks.dht import run_dht_benchmark
 from benchmarks.encoding import run_encoding_benchmark
 from benchmarks.network import run_network_benchmark
+from benchmarks.quota import run_quota_benchmark
 from benchmarks.transport import run_transport_benchmark
 
 __all__ = ["BENCHMARKS", "main"]
@@ -36,6 +37,10 @@ BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
     "network": (
         run_network_benchmark,
         "put and get through a 10-node testnet of real processes, RSS and idle CPU",
+    ),
+    "quota": (
+        run_quota_benchmark,
+        "a chunk's real cost on disk vs its quota charge, and vs counting bytes alone",
     ),
     "transport": (
         run_transport_benchmark,

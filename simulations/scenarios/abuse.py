@@ -71,13 +71,13 @@ class _Settings:
             honest=int(options.nodes),
             attackers=int(options.get("attackers", 4 if quick else 10)),
             uploaders=int(options.get("uploaders", 2 if quick else 5)),
-            capacity_mib=float(options.get("capacity_mib", 4)),
+            capacity_mib=float(options.get("capacity_mib", 2 if quick else 4)),
             honest_kib=int(options.get("honest_kib", 128)),
             attack_kib=int(options.get("attack_kib", 512)),
             segment_kib=int(options.get("segment_kib", 64)),
-            attack_days=int(options.get("attack_days", 5 if quick else 20)),
-            lease_days=float(options.get("lease_days", 10 if quick else 30)),
-            grace_days=float(options.get("grace_days", 2 if quick else 7)),
+            attack_days=int(options.get("attack_days", 4 if quick else 20)),
+            lease_days=float(options.get("lease_days", 5 if quick else 30)),
+            grace_days=float(options.get("grace_days", 1 if quick else 7)),
         )
 
 

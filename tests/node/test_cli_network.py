@@ -211,6 +211,29 @@ def test_check_of_a_healthy_file_exits_0(network: Testnet, directory: Path) -> N
         ]
 
 
+def test_ls_keep_and_forget(network: Testnet, directory: Path) -> None:
+    """`ls` lists what a node put, with its lease and capability, from a database only
+    its user can read; another node `keep`s the file with the verify capability;
+    `forget` drops it from the first node's list and says what it released."""
+    owner, keeper = network.nodes[5].data_dir, network.nodes[6].data_dir
+    path = random_file(directory, 3000, seed=21)
+    capability = put(owner, path)
+    lines = succeeds(owner, "ls").decode().splitlines()
+    entry = lines.index(f"  {capability}") - 1
+    name, size, date, lease = lines[entry].split("\t")
+    assert (name, size) == (path.name, "2.9 KiB")  # 3,000 bytes
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", date)
+    assert re.fullmatch(r"leased until \d{4}-\d\d-\d\d", lease)
+    assert (owner / "files.sqlite3").stat().st_mode & 0o777 == 0o600
+    verify = capability.split("#")[0]
+    kept = succeeds(keeper, "keep", verify).decode()
+    assert re.match(r"leased (\d+) of \1 chunks at \d+ holders until ", kept), kept
+    assert f"  {verify}" in succeeds(keeper, "ls").decode().splitlines()
+    released = succeeds(owner, "forget", capability).decode()
+    assert re.match(r"released our lease at the holders of (\d+) of \1 chunks", released)
+    assert capability not in succeeds(owner, "ls").decode()
+
+
 def test_status_and_peers_describe_the_node(network: Testnet) -> None:
     """`status` shows the node's id, address, data dir and contacts; `peers` lists the
     other nine nodes, one a line."""

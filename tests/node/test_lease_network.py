@@ -219,3 +219,28 @@ async def test_repair_carries_the_leases_to_new_holders(clock: MockClock) -> Non
                     keys = [x.public_key for x in node.node.keeper.leases_for(identifier)]
                     assert keys == [owner.identity.public_key], node.index
         network.nursery.cancel_scope.cancel()
+
+
+async def test_expired_data_is_not_repaired(clock: MockClock) -> None:
+    """A file whose only lease was released is in the holders' trash: when half its
+    holders go, nobody rebuilds it (the same loss is repaired while it is leased:
+    test_repair_carries_the_leases_to_new_holders)."""
+    config = dataclasses.replace(
+        LEASED, repair_grace=3600.0, audit_interval=6 * 3600.0, repair_delay=600.0
+    )
+    async with open_network(16, seed=15, node_config=config, **QUIET) as network:
+        owner = network.nodes[0]
+        capability = await put(owner, random.Random(7).randbytes(5000))
+        segment = await chunk_ids(network, capability) - {capability.manifest_id}
+        await Owner(owner.node).forget(capability)
+        await trio.sleep(2 * 3600)  # a sweep: in the trash
+        gone = [
+            node
+            for node in network.alive()
+            if node is not owner and any(node.store.has(i) for i in segment)
+        ][:5]
+        network.kill(gone)
+        await trio.sleep(1.5 * DAY)
+        rebuilt = sum(node.node.files.repairs.chunks_rebuilt for node in network.alive())  # type: ignore[union-attr]
+        assert rebuilt == 0
+        network.nursery.cancel_scope.cancel()

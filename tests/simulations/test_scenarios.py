@@ -145,6 +145,21 @@ def test_durability_keeps_every_file_through_departures_and_outages() -> None:
     assert low["repair_MiB"] <= high["repair_MiB"]
 
 
+def test_abuse_quotas_keep_honest_puts_going_and_expiry_frees_the_space() -> None:
+    """An attacker with four identities in one /24 puts large files for four days. With
+    quotas every honest put succeeds and the attacker keeps at most its prefix's share of
+    any node; without them (the baseline, same run) honest puts fail. Once the attacker
+    is gone its space comes back within its lease plus the grace."""
+    on, off = run("abuse", 12).summary
+    assert (on["quotas"], off["quotas"]) == ("on", "off")
+    assert on["honest_ok_%"] == 100.0
+    assert on["attacker_max_%"] <= 25.0 + 2.0  # the share, and a chunk's rounding
+    assert off["honest_ok_%"] < 100.0
+    assert off["attacker_MiB"] > 2 * on["attacker_MiB"]
+    for row in (on, off):
+        assert row["freed_after_days"] <= row["expected_days"] + 1
+
+
 def test_command_line_writes_json_and_plots(tmp_path: Path) -> None:
     """`python -m simulations lookup --out DIR` prints the seed and the table and writes
     the JSON of every metric and a PNG per plot."""
