@@ -217,13 +217,25 @@ class ChunkService:
 
     async def store_local(self, data: bytes, group: GroupRecord) -> None:
         """Store a chunk of our own upload (same checks as a peer's) and announce it."""
-        keeper = self.keeper
-        if keeper is not None:
-            keeper.admit(keeper.own, None, len(data), group.n, group.chunk_id)
-        await self._offload(self.store.put, group.chunk_id, data, group)
-        if keeper is not None:
-            keeper.stored(keeper.own, None, len(data), group.n, group.chunk_id)
+        await self._put(data, group, None, None)
         self._stored(group, len(data))
+
+    async def _put(
+        self, data: bytes, group: GroupRecord, sender: NodeId | None, host: str | None
+    ) -> None:
+        """Store the chunk under the keeper's rules (node/keeper.py): quotas before,
+        the upload's lease after, never while the collector deletes it."""
+        keeper = self.keeper
+        if keeper is None:
+            await self._offload(self.store.put, group.chunk_id, data, group)
+            return
+        store = keeper.begin_store(sender or keeper.own, host, len(data), group.n, group.chunk_id)
+        stored = False
+        try:
+            await self._offload(self.store.put, group.chunk_id, data, group)
+            stored = True
+        finally:
+            keeper.end_store(store, stored=stored)
 
     def _stored(self, group: GroupRecord, size: int) -> None:
         self._last_store = trio.current_time()
@@ -238,14 +250,8 @@ class ChunkService:
         assert isinstance(message, StoreChunk)
         async with self._job(peer):
             group = message.group
-            size, host = len(message.data), peer.address[0]
             try:
-                keeper = self.keeper
-                if keeper is not None and not await self._offload(self.store.has, group.chunk_id):
-                    keeper.admit(peer.node_id, host, size, group.n, group.chunk_id)
-                await self._offload(self.store.put, group.chunk_id, message.data, group)
-                if keeper is not None:
-                    keeper.stored(peer.node_id, host, size, group.n, group.chunk_id)
+                await self._put(message.data, group, peer.node_id, peer.address[0])
             except OverQuota as exc:
                 self.refused += 1
                 raise RequestRejected(ErrorCode.OVER_QUOTA, str(exc)) from None

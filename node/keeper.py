@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -44,7 +46,7 @@ from node.errors import (
     StoreError,
     StoreFull,
 )
-from node.leases import LeaseBook
+from node.leases import LeaseBook, Reservation
 from node.quota import chunk_cost, network_prefix
 from node.store import ChunkStore
 from node.transport import Peer, Transport
@@ -53,6 +55,18 @@ from protocol.lease import Lease
 from protocol.messages import AddLease, ErrorCode, LeaseAdded, Message
 
 __all__ = ["LeaseKeeper"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """A store in progress, between `begin_store` and `end_store`."""
+
+    chunk_id: bytes
+    cost: int
+    sender: NodeId
+    prefix: str | None
+    reservation: Reservation | None
+
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +94,7 @@ class LeaseKeeper:
         self._withdraw = withdraw
         self._anchor = wall_clock() - trio.current_time()
         self.deleting: set[bytes] = set()
+        self._storing: Counter[bytes] = Counter()
         self.deleted = 0
         self.refused = 0
         self.on_deleted: Callable[[bytes], None] | None = None
@@ -97,26 +112,49 @@ class LeaseKeeper:
 
     # ------------------------------------------------------------------ stores
 
-    def admit(self, holder: NodeId, host: str | None, size: int, n: int, chunk_id: bytes) -> None:
-        """Raise unless a chunk of `size` in a group of `n` may be stored for `holder`
-        at `host` (None: the owner's own): `RequestRejected` BUSY while the chunk is
-        being deleted, `StoreFull` or `OverQuota` past the rules of node/quota.py."""
+    def begin_store(
+        self, sender: NodeId, host: str | None, size: int, n: int, chunk_id: bytes
+    ) -> _Store:
+        """Before a chunk of `size` in a group of `n` is stored for `sender` at `host`
+        (None: the owner's own): `RequestRejected` BUSY while the collector deletes
+        it; unless a lease keeps it already, the quota rules of node/quota.py
+        (`StoreFull`, `OverQuota`), with the bytes set aside until `end_store`. The
+        collector leaves a chunk alone while a store of it is in progress."""
         if chunk_id in self.deleting:
             raise RequestRejected(ErrorCode.BUSY, "that chunk is being deleted; try again")
         prefix = network_prefix(host) if host is not None else None
-        statistics = self.store.statistics()
-        self.book.admit(
-            holder, prefix, chunk_cost(size, n), statistics.used_bytes, statistics.capacity
-        )
+        cost = chunk_cost(size, n)
+        reservation = None
+        if not self.book.kept(chunk_id, self.now()):
+            statistics = self.store.statistics()
+            reservation = self.book.admit(
+                sender, prefix, cost, statistics.used_bytes, statistics.capacity
+            )
+        self._storing[chunk_id] += 1
+        return _Store(chunk_id, cost, sender, prefix, reservation)
 
-    def stored(self, holder: NodeId, host: str | None, size: int, n: int, chunk_id: bytes) -> None:
-        """The chunk is stored: it is kept for a while under its upload."""
-        prefix = network_prefix(host) if host is not None else None
-        self.book.add_upload(chunk_id, chunk_cost(size, n), holder, prefix, self.now())
+    def end_store(self, store: _Store, *, stored: bool) -> None:
+        """The store is over: if the chunk was stored, it is kept for a while under
+        its upload; what `begin_store` set aside is given back."""
+        self._storing[store.chunk_id] -= 1
+        if self._storing[store.chunk_id] <= 0:
+            del self._storing[store.chunk_id]
+        if stored:
+            self.book.add_upload(
+                store.chunk_id,
+                store.cost,
+                store.sender,
+                store.prefix,
+                self.now(),
+                store.reservation,
+            )
+        else:
+            self.book.release(store.reservation)
 
-    def kept(self, chunk_id: bytes) -> bool:
-        """Whether a lease keeps the chunk now (the steward repairs only those)."""
-        return self.book.kept(chunk_id, self.now())
+    def leased(self, chunk_id: bytes) -> bool:
+        """Whether a signed lease keeps the chunk now (the steward repairs only
+        those: not expired data, nor an upload that was never leased)."""
+        return self.book.leased(chunk_id, self.now())
 
     def leases_for(self, chunk_id: bytes) -> list[Lease]:
         """The running leases of a chunk, for a repairer to carry to new holders."""
@@ -125,7 +163,7 @@ class LeaseKeeper:
     # ------------------------------------------------------------------ leases
 
     async def add_lease(
-        self, lease: Lease, chunk_ids: tuple[bytes, ...], host: str | None
+        self, lease: Lease, chunk_ids: tuple[bytes, ...], sender: NodeId | None, host: str | None
     ) -> list[bool]:
         """Take `lease` for the chunks of `chunk_ids` held here; one flag per id.
         Raises `LeaseRefused`, `OverQuota` or `StoreFull` (node/leases.py)."""
@@ -136,6 +174,7 @@ class LeaseKeeper:
         taken = self.book.add_lease(
             lease,
             wanted,
+            sender,
             prefix,
             self.now(),
             used=statistics.used_bytes,
@@ -147,7 +186,9 @@ class LeaseKeeper:
     async def handle_add_lease(self, peer: Peer, message: Message) -> Message:
         assert isinstance(message, AddLease)
         try:
-            held = await self.add_lease(message.lease, message.chunk_ids, peer.address[0])
+            held = await self.add_lease(
+                message.lease, message.chunk_ids, peer.node_id, peer.address[0]
+            )
         except LeaseRefused as exc:
             self.refused += 1
             raise RequestRejected(ErrorCode.REFUSED, str(exc)) from None
@@ -209,15 +250,15 @@ class LeaseKeeper:
         due = self.book.sweep(self.now(), elapsed)
         deleted = 0
         for chunk_id in due:
-            if self.book.kept(chunk_id, self.now()):
-                continue  # a lease came back while we deleted others
+            if self.book.kept(chunk_id, self.now()) or chunk_id in self._storing:
+                continue  # a lease came back, or a store is under way: not now
             self.deleting.add(chunk_id)
             try:
                 with contextlib.suppress(ChunkNotFound):  # gone already: as good
                     await self._offload(self.store.delete, chunk_id)
             finally:
                 self.deleting.discard(chunk_id)
-            self.book.forget([chunk_id])
+            self.book.forget([chunk_id], self.now())
             if self._withdraw is not None:
                 self._withdraw(NodeId(chunk_id))
             if self.on_deleted is not None:

@@ -3,8 +3,8 @@
 Every chunk in the store is kept under at least one lease (protocol/lease.py), or,
 for `upload_length` after it arrived, under the upload that brought it: an upload that
 never completes leaves nothing behind for long. The book records, beside each chunk's
-cost (node/quota.py), who keeps it and until when, charges each party's key and
-network prefix, and says which chunks nobody keeps any more.
+cost (node/quota.py), who keeps it and until when, who pays for it, and which chunks
+nobody keeps any more.
 
 | state     | what it means                                  | leaves it when                   |
 |-----------|------------------------------------------------|----------------------------------|
@@ -17,14 +17,24 @@ The rules:
 1. A lease is taken only if `protocol.lease.problem` finds nothing wrong, and counts
    for at most `max_length` after it was issued. Per (key, manifest) the book keeps
    the record issued last; an older one changes nothing, so a replayed lease cannot
-   undo a release. A release ends its key's lease and nobody else's.
-2. A lease covers the chunks it was sent with that this node holds. The upload lease
-   of a chunk ends once a lease of the same node covers it (no double charge).
-3. Time in trash is counted in the node's running time (`sweep`'s `elapsed`), never
+   undo a release. A release ends its key's lease and nobody else's. A record that is
+   no newer than the one kept still covers the chunks it names while that one runs (a
+   repairer carrying the lease to a rebuilt chunk); otherwise it is ignored, and its
+   answer says no chunk was taken.
+2. A lease covers the chunks it was sent with that this node holds, and each cover has
+   a payer: the lease's own key when that key's node sent it, else the node that sent
+   it (a repairer carrying the lease, or anyone who saw it). Nobody can charge a key
+   for chunks its own node did not name; a cover the key's node sends takes the charge
+   over. A payer's upload lease on a chunk ends when it covers the chunk.
+3. Charges: a payer (and the prefix of the request that made the charge) is charged a
+   chunk's cost while its lease or upload lease of it runs, and, once nobody's runs
+   any more, until the chunk is deleted: the trash is charged to those who last kept
+   it, so that letting data lapse frees no quota before it frees the disk.
+4. Time in trash is counted in the node's running time (`sweep`'s `elapsed`), never
    from the wall clock: a clock that jumps a year ahead sends chunks to the trash, but
    deletes nothing until `trash_grace` of real running has passed, in which a renewal
    brings them back.
-4. A chunk is deleted only by `sweep` naming it: trash for `trash_grace`, and no lease
+5. A chunk is deleted only by `sweep` naming it: trash for `trash_grace`, and no lease
    running at that moment. The caller deletes it from the store, then `forget`s it; a
    kill in between leaves a row for a chunk the store no longer has, which `reconcile`
    drops at the next start. A chunk the store has and the book does not (killed
@@ -33,13 +43,17 @@ The rules:
    (an upgrade), every chunk gets a lease of `length`, so that owners have time to
    renew.
 
-Counters: what each key and prefix keeps is counted exactly by `recount` (at open and
-after each sweep) and kept up to date in between as leases come: between sweeps a
-lease that ended still counts, which errs on the side of refusing.
+Counters: what each payer and prefix is charged is counted exactly by `recount` (at
+open and after each sweep) and, between sweeps, changed by exactly what each write
+changes, measured in its own transaction (`_charged` before and after, for the chunks
+it touches); a write that would take its payer or prefix past a share is rolled back.
+Between sweeps a lease that ended still counts, which errs on the side of refusing.
+Stores in flight are reserved (`admit` and `release`), so that concurrent stores
+cannot pass a share together.
 
-With a path, the book is `<data-dir>/leases.sqlite3` (WAL; a commit per change, synced
-with the WAL, so a lease acknowledged is a lease kept); without, SQLite in memory, for
-simulations. Times are the node's lease clock (node/keeper.py), wall-clock seconds.
+With a path, the book is `<data-dir>/leases.sqlite3` (WAL, synchronous = FULL: a lease
+acknowledged is a lease kept); without, SQLite in memory, for simulations. Times are
+the node's lease clock (node/keeper.py), wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -57,7 +71,7 @@ from node.quota import QuotaSettings, Usage, over_quota, room_for_others
 from protocol.identity import NodeId
 from protocol.lease import Lease, effective_expiry, problem
 
-__all__ = ["LEASES_FILE", "LeaseBook", "LeaseSettings", "LeaseSummary"]
+__all__ = ["LEASES_FILE", "LeaseBook", "LeaseSettings", "LeaseSummary", "Reservation"]
 
 LEASES_FILE: Final = "leases.sqlite3"
 
@@ -65,6 +79,8 @@ DAY: Final = 24 * 3600.0
 
 _APPLICATION_ID: Final = 0x46484C42  # "FHLB"
 _VERSION: Final = 1
+# A payer no key stands for: chunks found in the store without a record (rule 5).
+_NOBODY: Final = b""
 
 _SCHEMA: Final = """
 CREATE TABLE chunks (
@@ -75,45 +91,65 @@ CREATE TABLE chunks (
 ) WITHOUT ROWID;
 CREATE TABLE uploads (
     chunk_id BLOB PRIMARY KEY,
-    holder BLOB NOT NULL,
+    payer BLOB NOT NULL,
     prefix TEXT,
     until REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX uploads_by_payer ON uploads (payer);
 CREATE TABLE leases (
     public_key BLOB NOT NULL,
     manifest_id BLOB NOT NULL,
-    holder BLOB NOT NULL,
     issued INTEGER NOT NULL,
-    expires INTEGER NOT NULL,
-    signature BLOB NOT NULL,
     until REAL NOT NULL,
-    prefix TEXT,
+    -- The record as signed: its signed bytes, then its signature.
+    record BLOB NOT NULL,
     PRIMARY KEY (public_key, manifest_id)
 ) WITHOUT ROWID;
 CREATE TABLE covers (
     chunk_id BLOB NOT NULL,
     public_key BLOB NOT NULL,
     manifest_id BLOB NOT NULL,
+    payer BLOB NOT NULL,
+    prefix TEXT,
     PRIMARY KEY (chunk_id, public_key, manifest_id)
 ) WITHOUT ROWID;
 CREATE INDEX covers_by_lease ON covers (public_key, manifest_id);
 """
 
-# Whether a chunk (column `chunk_id` of the outer query) is kept at :now.
+# Every lease or upload lease of a chunk: (chunk_id, payer, prefix, until).
+_KEEPS: Final = """
+    SELECT v.chunk_id AS chunk_id, v.payer AS payer, v.prefix AS prefix, l.until AS until
+    FROM covers v JOIN leases l USING (public_key, manifest_id)
+    UNION ALL
+    SELECT chunk_id, payer, prefix, until FROM uploads
+"""
+
+# Whether a chunk (column or parameter `{c}`) is kept at :now.
 _KEPT: Final = """(
     EXISTS (SELECT 1 FROM uploads u WHERE u.chunk_id = {c} AND u.until > :now)
     OR EXISTS (SELECT 1 FROM covers v JOIN leases l USING (public_key, manifest_id)
                WHERE v.chunk_id = {c} AND l.until > :now)
 )"""
 
-# Every running charge: (holder, prefix, cost) per kept chunk and party.
-_CHARGES: Final = """
-    SELECT u.holder AS holder, u.prefix AS prefix, c.cost AS cost
-    FROM uploads u JOIN chunks c USING (chunk_id) WHERE u.until > :now
-    UNION ALL
-    SELECT l.holder, l.prefix, c.cost
-    FROM covers v JOIN leases l USING (public_key, manifest_id) JOIN chunks c USING (chunk_id)
-    WHERE l.until > :now
+# What is charged (rule 3): (chunk_id, payer, prefix, cost) rows.
+_CHARGED: Final = f"""
+    SELECT k.chunk_id AS chunk_id, k.payer AS payer, k.prefix AS prefix, c.cost AS cost
+    FROM ({_KEEPS}) k JOIN chunks c USING (chunk_id)
+    WHERE k.until > :now OR NOT {_KEPT.format(c="k.chunk_id")}
+"""
+
+# The same for one chunk (:chunk), with every lookup by key.
+_CHARGED_ONE: Final = """
+    WITH k AS (
+        SELECT v.payer AS payer, v.prefix AS prefix, l.until AS until
+        FROM covers v JOIN leases l USING (public_key, manifest_id)
+        WHERE v.chunk_id = :chunk
+        UNION ALL
+        SELECT payer, prefix, until FROM uploads WHERE chunk_id = :chunk
+    )
+    SELECT k.payer, k.prefix, c.cost FROM k, chunks c
+    WHERE c.chunk_id = :chunk
+      AND (k.until > :now OR NOT EXISTS (SELECT 1 FROM k AS r WHERE r.until > :now))
 """
 
 
@@ -148,6 +184,15 @@ class LeaseSummary:
     leases: int
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Bytes set aside by `admit` for a store in flight; given back by `release`."""
+
+    payer: bytes
+    prefix: str | None
+    cost: int
+
+
 class LeaseBook:
     """The lease book of one holder (the module docstring states its rules)."""
 
@@ -180,95 +225,177 @@ class LeaseBook:
                 self._db.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the lease book {where}: {exc}") from exc
-        self._by_holder: Counter[bytes] = Counter()
+        self._by_payer: Counter[bytes] = Counter()
         self._by_prefix: Counter[str] = Counter()
+        self._reserved_payer: Counter[bytes] = Counter()
+        self._reserved_prefix: Counter[str] = Counter()
+        self._reserved = 0
 
     def close(self) -> None:
         self._db.close()
 
     # ------------------------------------------------------------------ charges
 
-    def usage(self, holder: NodeId, prefix: str | None, used: int) -> Usage:
-        """What the quota rules read for a party, beside the store's `used` bytes."""
+    def usage(self, payer: NodeId, prefix: str | None, used: int) -> Usage:
+        """What the quota rules read for a party (stores in flight included), beside
+        the store's `used` bytes."""
         return Usage(
-            used=used,
-            owner=self._by_holder[self.own],
-            key=self._by_holder[holder.value],
-            prefix=self._by_prefix[prefix] if prefix is not None else 0,
+            used=used + self._reserved,
+            owner=self._by_payer[self.own],
+            key=self._by_payer[payer.value] + self._reserved_payer[payer.value],
+            prefix=(self._by_prefix[prefix] + self._reserved_prefix[prefix])
+            if prefix is not None
+            else 0,
         )
 
     def admit(
-        self, holder: NodeId, prefix: str | None, cost: int, used: int, capacity: int
-    ) -> None:
-        """Raise unless `cost` more bytes may be charged to `holder` and `prefix` (the
-        rules of node/quota.py): `StoreFull` for the owner's reserve, `OverQuota` for a
-        share. The owner's own are bounded by the store's capacity alone."""
-        if holder.value == self.own or cost <= 0:
-            return
-        usage = self.usage(holder, prefix, used)
+        self, payer: NodeId, prefix: str | None, cost: int, used: int, capacity: int
+    ) -> Reservation | None:
+        """Set `cost` bytes aside for a store charged to `payer` and `prefix`, or
+        raise: `StoreFull` for the owner's reserve, `OverQuota` for a share (node/quota.py).
+        The owner's own are bounded by the store's capacity alone (None: nothing set
+        aside). Give the reservation back with `release` once the store is done."""
+        if payer.value == self.own:
+            return None
+        usage = self.usage(payer, prefix, used)
         if not room_for_others(self.quota, capacity, usage, cost):
             raise StoreFull("full: the rest of this node is its owner's reserve")
         reason = over_quota(self.quota, capacity, usage, cost, has_prefix=prefix is not None)
         if reason is not None:
             raise OverQuota(f"over quota: {reason}")
-
-    def _charge(self, holder: bytes, prefix: str | None, cost: int) -> None:
-        self._by_holder[holder] += cost
+        self._reserved += cost
+        self._reserved_payer[payer.value] += cost
         if prefix is not None:
-            self._by_prefix[prefix] += cost
+            self._reserved_prefix[prefix] += cost
+        return Reservation(payer.value, prefix, cost)
+
+    def release(self, reservation: Reservation | None) -> None:
+        """Give back what `admit` set aside."""
+        if reservation is None:
+            return
+        self._reserved -= reservation.cost
+        self._reserved_payer[reservation.payer] -= reservation.cost
+        if reservation.prefix is not None:
+            self._reserved_prefix[reservation.prefix] -= reservation.cost
 
     def recount(self, now: float) -> None:
-        """Count every running charge again, exactly."""
-        self._by_holder.clear()
+        """Count every charge again, exactly (rule 3)."""
+        self._by_payer.clear()
         self._by_prefix.clear()
-        rows = self._read(
-            f"SELECT holder, prefix, sum(cost) FROM ({_CHARGES}) GROUP BY holder, prefix",
+        for payer, cost in self._read(
+            f"SELECT payer, sum(cost) FROM (SELECT DISTINCT chunk_id, payer, cost "
+            f"FROM ({_CHARGED})) GROUP BY payer",
             {"now": now},
-        )
-        for holder, prefix, cost in rows:
-            self._charge(bytes(holder), prefix, int(cost))
+        ):
+            self._by_payer[bytes(payer)] = int(cost)
+        for prefix, cost in self._read(
+            f"SELECT prefix, sum(cost) FROM (SELECT DISTINCT chunk_id, prefix, cost "
+            f"FROM ({_CHARGED}) WHERE prefix IS NOT NULL) GROUP BY prefix",
+            {"now": now},
+        ):
+            self._by_prefix[str(prefix)] = int(cost)
+
+    def _charged(
+        self, chunk_ids: Iterable[bytes], now: float
+    ) -> tuple[Counter[bytes], Counter[str]]:
+        """What these chunks charge, per payer and per prefix (rule 3)."""
+        payers: Counter[bytes] = Counter()
+        prefixes: Counter[str] = Counter()
+        for chunk_id in chunk_ids:
+            rows = self._read(_CHARGED_ONE, {"now": now, "chunk": chunk_id})
+            for payer in {bytes(row[0]) for row in rows}:
+                payers[payer] += int(rows[0][2])
+            for prefix in {row[1] for row in rows if row[1] is not None}:
+                prefixes[prefix] += int(rows[0][2])
+        return payers, prefixes
+
+    @contextmanager
+    def _charging(
+        self,
+        doing: str,
+        chunk_ids: list[bytes],
+        now: float,
+        *,
+        check: tuple[NodeId, str | None, int, int] | None = None,
+    ) -> Iterator[None]:
+        """One write transaction over `chunk_ids`: the counters change by exactly what
+        it changes; with `check` (payer, prefix, used, capacity), a write that takes the
+        payer or the prefix past its share is rolled back (`OverQuota`)."""
+        with self._write(doing):
+            self._db.execute("BEGIN IMMEDIATE")
+            payers_before, prefixes_before = self._charged(chunk_ids, now)
+            yield
+            payers, prefixes = self._charged(chunk_ids, now)
+            payers.subtract(payers_before)
+            prefixes.subtract(prefixes_before)
+            if check is not None:
+                payer, prefix, used, capacity = check
+                if payer.value != self.own:
+                    reason = over_quota(
+                        self.quota,
+                        capacity,
+                        self.usage(payer, prefix, used),
+                        payers[payer.value],
+                        prefix_cost=prefixes[prefix] if prefix is not None else 0,
+                        has_prefix=prefix is not None,
+                    )
+                    if reason is not None:
+                        self._db.execute("ROLLBACK")
+                        raise OverQuota(f"over quota: {reason}")
+            self._db.execute("COMMIT")
+        self._by_payer.update(payers)
+        self._by_prefix.update(prefixes)
 
     # ------------------------------------------------------------------ chunks
 
     def add_upload(
-        self, chunk_id: bytes, cost: int, holder: NodeId, prefix: str | None, now: float
+        self,
+        chunk_id: bytes,
+        cost: int,
+        payer: NodeId,
+        prefix: str | None,
+        now: float,
+        reservation: Reservation | None = None,
     ) -> None:
-        """A chunk arrived from `holder` (at `prefix`): kept `upload_length` under its
-        upload unless a lease already keeps it (a store again changes nothing then)."""
+        """A chunk arrived from `payer` (at `prefix`): kept `upload_length` under its
+        upload, unless something already keeps it (a store again then changes nothing,
+        and renews nothing). Gives back `reservation`."""
         until = now + self.settings.upload_length
-        with self._write("recording an upload"):
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO chunks (chunk_id, cost, trash) VALUES (?, ?, NULL) "
-                "ON CONFLICT (chunk_id) DO NOTHING",
-                (chunk_id, cost),
-            )
-            if self._kept(chunk_id, now):
-                self._db.execute("COMMIT")
-                return
-            self._db.execute(
-                "INSERT OR REPLACE INTO uploads (chunk_id, holder, prefix, until) "
-                "VALUES (?, ?, ?, ?)",
-                (chunk_id, holder.value, prefix, until),
-            )
-            self._db.execute("UPDATE chunks SET trash = NULL WHERE chunk_id = ?", (chunk_id,))
-            self._db.execute("COMMIT")
-        self._charge(holder.value, prefix, self._cost(chunk_id))
+        try:
+            with self._charging("recording an upload", [chunk_id], now):
+                self._db.execute(
+                    "INSERT INTO chunks (chunk_id, cost, trash) VALUES (?, ?, NULL) "
+                    "ON CONFLICT (chunk_id) DO NOTHING",
+                    (chunk_id, cost),
+                )
+                if not self._kept(chunk_id, now):
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO uploads (chunk_id, payer, prefix, until) "
+                        "VALUES (?, ?, ?, ?)",
+                        (chunk_id, payer.value, prefix, until),
+                    )
+                    self._db.execute(
+                        "UPDATE chunks SET trash = NULL WHERE chunk_id = ?", (chunk_id,)
+                    )
+        finally:
+            self.release(reservation)
 
     def add_lease(
         self,
         lease: Lease,
         chunk_ids: Iterable[bytes],
+        sender: NodeId | None,
         prefix: str | None,
         now: float,
         *,
         used: int,
         capacity: int,
     ) -> list[bool]:
-        """Take `lease` for those of `chunk_ids` this node holds (rules 1 and 2); one
-        flag per id, whether it is held. Raises `LeaseRefused` for a lease that breaks
-        a rule, `OverQuota`/`StoreFull` when its new charges do not fit (nothing changes
-        then)."""
+        """Take `lease`, sent by `sender` (None: this node) from `prefix`, for those of
+        `chunk_ids` this node holds (rules 1 and 2); one flag per id: whether the lease
+        now keeps it here (for a release: whether it is held). Raises `LeaseRefused`
+        for a lease that breaks a rule, `OverQuota` when the charges it adds do not fit
+        (nothing changes then)."""
         reason = problem(lease, now, skew=self.settings.skew)
         until = effective_expiry(lease, self.settings.max_length)
         if reason is None and not lease.is_release and until <= now:
@@ -276,101 +403,66 @@ class LeaseBook:
         if reason is not None:
             raise LeaseRefused(f"lease refused: {reason}")
         ids = list(chunk_ids)
-        costs = self._costs(ids)
-        held = [chunk_id in costs for chunk_id in ids]
+        held = [chunk_id for chunk_id in dict.fromkeys(ids) if self._known(chunk_id)]
         key = (lease.public_key, lease.manifest_id)
         rows = self._read(
-            "SELECT issued, prefix FROM leases WHERE public_key = ? AND manifest_id = ?", key
+            "SELECT issued, until FROM leases WHERE public_key = ? AND manifest_id = ?", key
         )
         newer = not rows or lease.issued > rows[0][0]
-        was_running = bool(rows) and not self._lease_ended(key, now)
-        if not newer and (lease.is_release or not was_running):
-            return held  # rule 1: a record as new or newer is kept; this one changes nothing
-        # A record no newer than the one kept, while that one runs (a repairer carrying
-        # the lease to a new holder of the file's chunks): it covers those chunks too.
-        charged_prefix = rows[0][1] if rows else prefix
+        running = bool(rows) and rows[0][1] > now
+        if not newer and (lease.is_release or not running):
+            return [False] * len(ids)  # rule 1: ignored
+        if not rows and not held:
+            return [False] * len(ids)  # a record that would keep nothing is not kept
         holder = lease.holder
-        covered = {
+        sender = sender if sender is not None else NodeId(self.own)
+        payer = holder if sender == holder else sender
+        covered = [
             bytes(chunk_id)
             for (chunk_id,) in self._read(
                 "SELECT chunk_id FROM covers WHERE public_key = ? AND manifest_id = ?", key
             )
-        }
-        new = (
-            {}
-            if lease.is_release
-            else {c: cost for c, cost in costs.items() if not (was_running and c in covered)}
-        )
-        if not lease.is_release:
-            self.admit(holder, charged_prefix, sum(new.values()), used, capacity)
-        # Rule 2: the same node's upload lease on these chunks has done its job.
-        uploads = (
-            [
-                (bytes(c), prefix_of_upload, costs[bytes(c)])
-                for c in costs
-                for (prefix_of_upload,) in self._read(
-                    "SELECT prefix FROM uploads WHERE chunk_id = ? AND holder = ? AND until > ?",
-                    (c, holder.value, now),
+        ]
+        scope = list(dict.fromkeys(held + (covered if newer else [])))
+        check = None if lease.is_release else (payer, prefix, used, capacity)
+        with self._charging("taking a lease", scope, now, check=check):
+            if newer:
+                self._db.execute(
+                    "INSERT INTO leases (public_key, manifest_id, issued, until, record) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (public_key, manifest_id) DO UPDATE "
+                    "SET issued = excluded.issued, until = excluded.until, "
+                    "record = excluded.record",
+                    (*key, lease.issued, until, lease.signed_bytes() + lease.signature),
                 )
-            ]
-            if not lease.is_release
-            else []
-        )
-        with self._write("taking a lease"):
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO leases (public_key, manifest_id, holder, issued, "
-                "expires, signature, until, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (public_key, manifest_id) DO UPDATE SET issued = excluded.issued, "
-                "expires = excluded.expires, signature = excluded.signature, "
-                "until = excluded.until WHERE excluded.issued > leases.issued",
-                (
-                    *key,
-                    holder.value,
-                    lease.issued,
-                    lease.expires,
-                    lease.signature,
-                    until,
-                    charged_prefix,
-                ),
-            )
-            if lease.is_release:
-                self._db.execute("DELETE FROM covers WHERE public_key = ? AND manifest_id = ?", key)
-            else:
+            if not lease.is_release:
+                # Rule 2: a cover the key's node sends takes the charge over.
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO covers (chunk_id, public_key, manifest_id) "
-                    "VALUES (?, ?, ?)",
-                    [(chunk_id, *key) for chunk_id in costs],
+                    "INSERT INTO covers (chunk_id, public_key, manifest_id, payer, prefix) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (chunk_id, public_key, manifest_id) "
+                    "DO UPDATE SET payer = excluded.payer, prefix = excluded.prefix "
+                    "WHERE excluded.payer = ?",
+                    [(chunk_id, *key, payer.value, prefix, holder.value) for chunk_id in held],
                 )
                 self._db.executemany(
-                    "DELETE FROM uploads WHERE chunk_id = ? AND holder = ?",
-                    [(chunk_id, holder.value) for chunk_id, _, _ in uploads],
+                    "DELETE FROM uploads WHERE chunk_id = ? AND payer = ?",
+                    [(chunk_id, payer.value) for chunk_id in held],
                 )
                 self._db.executemany(
                     "UPDATE chunks SET trash = NULL WHERE chunk_id = ?",
-                    [(chunk_id,) for chunk_id in costs],
+                    [(chunk_id,) for chunk_id in held],
                 )
-            self._db.execute("COMMIT")
-        if lease.is_release:
-            self.recount(now)
-            return held
-        self._charge(holder.value, charged_prefix, sum(new.values()))
-        for _, upload_prefix, cost in uploads:
-            self._charge(holder.value, upload_prefix, -cost)
-        return held
+        taken = set(held)
+        return [chunk_id in taken for chunk_id in ids]
 
-    def _lease_ended(self, key: tuple[bytes, bytes], now: float) -> bool:
-        rows = self._read("SELECT until FROM leases WHERE public_key = ? AND manifest_id = ?", key)
-        return not rows or rows[0][0] <= now
-
-    def forget(self, chunk_ids: Iterable[bytes]) -> None:
-        """Drop every row of these chunks: the store deleted them (rule 4)."""
-        ids = [(chunk_id,) for chunk_id in chunk_ids]
-        with self._write("forgetting chunks"):
-            self._db.execute("BEGIN IMMEDIATE")
+    def forget(self, chunk_ids: Iterable[bytes], now: float) -> None:
+        """Drop every row of these chunks: the store deleted them (rule 5). Their
+        charges end."""
+        ids = list(chunk_ids)
+        if not ids:
+            return
+        with self._charging("forgetting chunks", ids, now):
             for table in ("chunks", "uploads", "covers"):
-                self._db.executemany(f"DELETE FROM {table} WHERE chunk_id = ?", ids)
-            self._db.execute("COMMIT")
+                self._db.executemany(f"DELETE FROM {table} WHERE chunk_id = ?", [(c,) for c in ids])
 
     def known(self) -> set[bytes]:
         """The chunks the book has rows for: read before listing the store, for
@@ -381,13 +473,19 @@ class LeaseBook:
         self, known: set[bytes], held: Iterable[tuple[bytes, int]], now: float
     ) -> tuple[int, int]:
         """Make the book agree with the store, whose chunks (id, cost) are `held`
-        (rule 4), listed after `known` was read: a chunk stored in between is in both
+        (rule 5), listed after `known` was read: a chunk stored in between is in both
         or only in `held`, never taken for gone. How many rows were dropped and how
         many chunks were given a lease."""
         held_costs = dict(held)
         gone = known - held_costs.keys()
         fresh = [c for c in held_costs if c not in known]
-        self.forget(gone)
+        with self._write("dropping chunks no longer held"):
+            self._db.execute("BEGIN IMMEDIATE")
+            for table in ("chunks", "uploads", "covers"):
+                self._db.executemany(
+                    f"DELETE FROM {table} WHERE chunk_id = ?", [(c,) for c in gone]
+                )
+            self._db.execute("COMMIT")
         # An upgrade (a new book beside chunks) gives owners a whole lease to renew; a
         # chunk the book missed (a kill) is as if it had just arrived.
         length = self.settings.length if self.created else self.settings.upload_length
@@ -398,9 +496,9 @@ class LeaseBook:
                 [(c, held_costs[c]) for c in fresh],
             )
             self._db.executemany(
-                "INSERT OR IGNORE INTO uploads (chunk_id, holder, prefix, until) "
+                "INSERT OR IGNORE INTO uploads (chunk_id, payer, prefix, until) "
                 "VALUES (?, ?, NULL, ?)",
-                [(c, b"", now + length) for c in fresh],
+                [(c, _NOBODY, now + length) for c in fresh],
             )
             self._db.execute("COMMIT")
         self.created = False
@@ -409,34 +507,43 @@ class LeaseBook:
 
     def sweep(self, now: float, elapsed: float) -> list[bytes]:
         """Move chunks nobody keeps to the trash and kept ones out of it, add `elapsed`
-        running seconds to the trash's clock (rule 3), and name the chunks whose grace
-        is over (rule 4): the caller deletes them, then `forget`s them."""
+        running seconds to the trash's clock (rule 4), drop what no longer charges
+        anyone, and name the chunks whose grace is over (rule 5): the caller deletes
+        them, then `forget`s them."""
         kept = _KEPT.format(c="chunks.chunk_id")
+        parameters = {"now": now, "elapsed": max(0.0, elapsed)}
         with self._write("sweeping the lease book"):
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                f"UPDATE chunks SET trash = NULL WHERE trash IS NOT NULL AND {kept}",
-                {"now": now},
+                f"UPDATE chunks SET trash = NULL WHERE trash IS NOT NULL AND {kept}", parameters
             )
             self._db.execute(
-                "UPDATE chunks SET trash = trash + :elapsed WHERE trash IS NOT NULL",
-                {"elapsed": max(0.0, elapsed)},
+                "UPDATE chunks SET trash = trash + :elapsed WHERE trash IS NOT NULL", parameters
             )
             self._db.execute(
-                f"UPDATE chunks SET trash = 0 WHERE trash IS NULL AND NOT {kept}", {"now": now}
+                f"UPDATE chunks SET trash = 0 WHERE trash IS NULL AND NOT {kept}", parameters
             )
-            # Leases long over are dropped with their covers; releases are kept as long
-            # as an older record could still be replayed (rule 1).
+            # Leases and upload leases that ended on chunks still kept by others charge
+            # nobody any more (rule 3); on chunks in the trash they charge until the end.
             self._db.execute(
-                "DELETE FROM covers WHERE (public_key, manifest_id) IN "
+                "DELETE FROM covers WHERE chunk_id IN (SELECT chunk_id FROM chunks "
+                "WHERE trash IS NULL) AND (public_key, manifest_id) IN "
                 "(SELECT public_key, manifest_id FROM leases WHERE until <= :now)",
-                {"now": now},
+                parameters,
             )
             self._db.execute(
-                "DELETE FROM leases WHERE issued + :max < :now AND until <= :now",
-                {"now": now, "max": self.settings.max_length},
+                "DELETE FROM uploads WHERE until <= :now AND chunk_id IN "
+                "(SELECT chunk_id FROM chunks WHERE trash IS NULL)",
+                parameters,
             )
-            self._db.execute("DELETE FROM uploads WHERE until <= :now", {"now": now})
+            # A record with no cover left, that any older one would also have ended by
+            # now, protects nothing (rule 1): dropped.
+            self._db.execute(
+                "DELETE FROM leases WHERE until <= :now AND issued + :max < :now AND NOT "
+                "EXISTS (SELECT 1 FROM covers v WHERE v.public_key = leases.public_key "
+                "AND v.manifest_id = leases.manifest_id)",
+                {**parameters, "max": self.settings.max_length},
+            )
             self._db.execute("COMMIT")
         self.recount(now)
         due = self._read(
@@ -451,20 +558,28 @@ class LeaseBook:
         """Whether some lease (or the upload's) keeps the chunk at `now`."""
         return self._kept(chunk_id, now)
 
+    def leased(self, chunk_id: bytes, now: float) -> bool:
+        """Whether a signed lease (not only its upload's) keeps the chunk at `now`."""
+        rows = self._read(
+            "SELECT 1 FROM covers v JOIN leases l USING (public_key, manifest_id) "
+            "WHERE v.chunk_id = ? AND l.until > ? LIMIT 1",
+            (chunk_id, now),
+        )
+        return bool(rows)
+
     def in_trash(self, chunk_id: bytes) -> bool:
         rows = self._read("SELECT trash FROM chunks WHERE chunk_id = ?", (chunk_id,))
         return bool(rows) and rows[0][0] is not None
 
     def leases_for(self, chunk_id: bytes, now: float) -> list[Lease]:
-        """The running leases that cover the chunk: what a repairer carries to the holders
-        of the chunks it rebuilds."""
+        """The running leases that cover the chunk: what a repairer carries to the
+        holders of the chunks it rebuilds."""
         rows = self._read(
-            "SELECT l.manifest_id, l.public_key, l.issued, l.expires, l.signature "
-            "FROM covers v JOIN leases l USING (public_key, manifest_id) "
+            "SELECT l.record FROM covers v JOIN leases l USING (public_key, manifest_id) "
             "WHERE v.chunk_id = ? AND l.until > ? ORDER BY l.public_key",
             (chunk_id, now),
         )
-        return [Lease(bytes(m), bytes(k), i, e, bytes(s)) for m, k, i, e, s in rows]
+        return [_parse(bytes(record)) for (record,) in rows]
 
     def summary(self, now: float) -> LeaseSummary:
         ((trash_chunks, trash_bytes),) = self._read(
@@ -473,7 +588,7 @@ class LeaseBook:
         ((chunks,),) = self._read("SELECT count(*) FROM chunks", {})
         ((leases,),) = self._read("SELECT count(*) FROM leases WHERE until > :now", {"now": now})
         return LeaseSummary(
-            owner_bytes=self._by_holder[self.own],
+            owner_bytes=self._by_payer[self.own],
             kept_chunks=chunks - trash_chunks,
             trash_chunks=trash_chunks,
             trash_bytes=trash_bytes,
@@ -481,8 +596,11 @@ class LeaseBook:
         )
 
     def charges(self) -> tuple[dict[bytes, int], dict[str, int]]:
-        """What each key (node id) and each prefix is charged now."""
-        return dict(self._by_holder), dict(self._by_prefix)
+        """What each payer (node id) and each prefix is charged now."""
+        return (
+            {payer: cost for payer, cost in self._by_payer.items() if cost},
+            {prefix: cost for prefix, cost in self._by_prefix.items() if cost},
+        )
 
     # ------------------------------------------------------------------ SQLite
 
@@ -490,17 +608,8 @@ class LeaseBook:
         rows = self._read(f"SELECT {_KEPT.format(c=':chunk')}", {"chunk": chunk_id, "now": now})
         return bool(rows[0][0])
 
-    def _cost(self, chunk_id: bytes) -> int:
-        rows = self._read("SELECT cost FROM chunks WHERE chunk_id = ?", (chunk_id,))
-        return int(rows[0][0]) if rows else 0
-
-    def _costs(self, chunk_ids: list[bytes]) -> dict[bytes, int]:
-        costs: dict[bytes, int] = {}
-        for chunk_id in chunk_ids:
-            rows = self._read("SELECT cost FROM chunks WHERE chunk_id = ?", (chunk_id,))
-            if rows:
-                costs[chunk_id] = int(rows[0][0])
-        return costs
+    def _known(self, chunk_id: bytes) -> bool:
+        return bool(self._read("SELECT 1 FROM chunks WHERE chunk_id = ?", (chunk_id,)))
 
     def _read(self, sql: str, parameters: object) -> list[tuple[Any, ...]]:
         try:
@@ -520,3 +629,18 @@ class LeaseBook:
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"{doing} in the lease book {self._where}: {exc}") from exc
+
+
+def _parse(record: bytes) -> Lease:
+    """A lease from its stored record: the signed bytes (domain, manifest id, key,
+    issued, expires), then the signature."""
+    from protocol.lease import LEASE_DOMAIN
+
+    body = record[len(LEASE_DOMAIN) :]
+    return Lease(
+        manifest_id=body[:32],
+        public_key=body[32:64],
+        issued=int.from_bytes(body[64:72], "big"),
+        expires=int.from_bytes(body[72:80], "big"),
+        signature=body[80:144],
+    )

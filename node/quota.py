@@ -12,9 +12,11 @@ they take on disk (12.9 KiB each by `du`; charged 12.5 KiB), not 24 KB.
 The store's capacity counts costs too (node/store/base.py).
 
 **Parties.** Every kept chunk is charged in full to each party that keeps it there:
-the key of every lease on it (node/leases.py), or, for a day after an upload and until
-a lease comes, the node that stored it. Each charge is also made to the network prefix
-the request came from: /24 for IPv4, /48 for IPv6 (`network_prefix`). Thousands of
+the payer of every lease on it (the lease's key when the key's own node named the
+chunk, else the node that did: node/leases.py rule 2), or, for a day after an upload
+and until a lease comes, the node that stored it; and, once nobody keeps it, to those
+who last did, until it is deleted. Each charge is also made to the network prefix the
+request came from: /24 for IPv4, /48 for IPv6 (`network_prefix`). Thousands of
 identities cost microseconds; thousands of prefixes do not. Loopback addresses have no
 prefix: a testnet on one machine is many honest nodes behind 127.0.0.1.
 
@@ -142,15 +144,18 @@ def over_quota(
     cost: int,
     *,
     has_prefix: bool,
+    prefix_cost: int | None = None,
     earned: int = 0,
 ) -> str | None:
-    """Rules 3 and 4: why `cost` more bytes for this key and prefix are over their
-    share, or None."""
+    """Rules 3 and 4: why `cost` more bytes for this key (and `prefix_cost`, by default
+    the same, for its prefix) are over their share, or None. Nothing added is never
+    over: a share that shrank refuses more, it takes nothing back."""
     donated = open_capacity(settings, capacity, usage.owner)
     key_limit = int(settings.key_share * donated) + earned
-    if usage.key + cost > key_limit:
+    if cost > 0 and usage.key + cost > key_limit:
         return f"this key keeps {usage.key} bytes here; its share is {key_limit}"
     prefix_limit = int(settings.prefix_share * donated)
-    if has_prefix and usage.prefix + cost > prefix_limit:
+    prefix_cost = cost if prefix_cost is None else prefix_cost
+    if has_prefix and prefix_cost > 0 and usage.prefix + prefix_cost > prefix_limit:
         return f"this network prefix keeps {usage.prefix} bytes here; its share is {prefix_limit}"
     return None

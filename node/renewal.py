@@ -75,17 +75,24 @@ class Leaser:
         self.settings = settings
         self.now = now
         self.renewed = 0
+        # The last `issued` signed per file since start, forgotten files included: a
+        # keep right after a forget must not sign in the same second as the release.
+        self._issued: dict[bytes, int] = {}
 
-    def _next_issue(self, entry: OwnFile | None) -> int:
+    def _next_issue(self, manifest_id: bytes, entry: OwnFile | None) -> int:
         issued = int(self.now())
-        return issued if entry is None else max(issued, entry.lease_issued + 1)
+        if entry is not None:
+            issued = max(issued, entry.lease_issued + 1)
+        issued = max(issued, self._issued.get(manifest_id, -1) + 1)
+        self._issued[manifest_id] = issued
+        return issued
 
     async def leased_after_put(
         self, capability: ReadCapability, placement: Placement, *, name: str, size: int
     ) -> LeaseRound:
         """Lease a file just put, at the nodes that took its chunks, and record it."""
         manifest_id = capability.manifest_id
-        issued = self._next_issue(self.library.get(manifest_id))
+        issued = self._next_issue(manifest_id, self.library.get(manifest_id))
         expires = int(issued + self.settings.length)
         lease = make_lease(self.identity, manifest_id, issued, expires)
         result = await send_lease(self.net, lease, placement.stored_on)
@@ -122,7 +129,7 @@ class Leaser:
         entry = self.library.get(manifest_id)
         if entry is None:
             raise NodeError("that file is not in this node's list")
-        issued = self._next_issue(entry)
+        issued = self._next_issue(manifest_id, entry)
         expires = int(issued + self.settings.length)
         lease = make_lease(self.identity, manifest_id, issued, expires)
         try:
@@ -143,7 +150,7 @@ class Leaser:
         """Give up our lease of a file and drop it from the library."""
         manifest_id = capability.manifest_id
         entry = self.library.get(manifest_id)
-        issued = self._next_issue(entry)
+        issued = self._next_issue(manifest_id, entry)
         release = make_lease(self.identity, manifest_id, issued, issued)
         try:
             result = await lease_file(self.net, manifest_id, release)

@@ -151,7 +151,7 @@ class StewardService:
         if not await self._offload(self._store.has, health.record.chunk_id):
             self._forget(group_key)  # our chunk is gone (deleted): not ours to watch
             return
-        if self._keeper is not None and not self._keeper.kept(health.record.chunk_id):
+        if self._keeper is not None and not self._keeper.leased(health.record.chunk_id):
             # Nobody leases it any more: expired data is neither audited nor repaired.
             health.next_audit = trio.current_time() + self.plan.settings.audit_interval
             return

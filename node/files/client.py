@@ -163,7 +163,7 @@ class ChunkClient:
             keeper = self._local().keeper
             if keeper is None:
                 return [False] * len(ids)
-            return await keeper.add_lease(lease, tuple(ids), None)
+            return await keeper.add_lease(lease, tuple(ids), None, None)
         answer = await self.transport.request(
             contact.address,
             AddLease(lease, tuple(ids)),

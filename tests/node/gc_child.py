@@ -75,7 +75,7 @@ def main(arguments: list[str]) -> None:
         store.put(identifier, data, GroupRecord.single(identifier))
         book.add_upload(identifier, chunk_cost(len(data), 1), OWNER.node_id, None, START)
         if number < leased:
-            book.add_lease(lease, [identifier], None, START, used=0, capacity=10**9)
+            book.add_lease(lease, [identifier], None, None, START, used=0, capacity=10**9)
             kept.append(identifier)
     for identifier in kept:
         print(identifier.hex(), flush=True)

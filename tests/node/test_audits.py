@@ -28,13 +28,13 @@ from node.files import (
     check_file,
     fetch_manifest,
     get_file,
-    put_file,
     repair_file,
 )
 from node.files.checking import FileReport, prove_whole
 from node.files.placement import Placement, place_manifest
 from node.files.retrieval import fetch_stored
 from node.node import Node
+from node.owner import Owner
 from node.store import DiskChunkStore, MemoryChunkStore, StoreConfig
 from node.transport import MemoryNetwork, Peer
 from protocol.capability import ReadCapability, VerifyCapability
@@ -137,8 +137,10 @@ def files(node: Node) -> FileNetwork:
 
 
 async def put(node: Node, seed: int = 1, size: int = SIZE) -> tuple[bytes, ReadCapability]:
+    """Put as the owner does (`freehold put`): placed, and leased at its holders, who
+    look after only what a lease keeps."""
     data = random.Random(seed).randbytes(size)
-    capability = await put_file(files(node), io.BytesIO(data), size=size)
+    capability = await Owner(node).put(io.BytesIO(data), size=size)
     await trio.sleep(5)  # holders announce what they took
     return data, capability
 

@@ -14,9 +14,10 @@ import trio
 from trio.testing import MockClock
 
 from node.chunks import inline
+from node.errors import OverQuota
 from node.keeper import LeaseKeeper
 from node.leases import DAY, LEASES_FILE, LeaseBook, LeaseSettings
-from node.quota import chunk_cost
+from node.quota import QuotaSettings, chunk_cost
 from node.store import DiskChunkStore, MemoryChunkStore, StoreConfig
 from protocol.chunk import GroupRecord, chunk_id
 from protocol.identity import Identity
@@ -88,7 +89,7 @@ def keeper_with(
         store.put(identifier, data, GroupRecord.single(identifier))
         book.add_upload(identifier, chunk_cost(len(data), 1), ALICE.node_id, "10.0.0.0/24", START)
         ids.append(identifier)
-    book.add_lease(lease, ids, "10.0.0.0/24", START, used=0, capacity=10**9)
+    book.add_lease(lease, ids, ALICE.node_id, "10.0.0.0/24", START, used=0, capacity=10**9)
     keeper = LeaseKeeper(book, store, transport=None, offload=inline, wall_clock=lambda: wall[0])
     return keeper, store, ids
 
@@ -126,8 +127,83 @@ async def test_a_clock_wrong_at_start_trashes_but_waits_the_grace(
         assert sorted(store.chunk_ids()) == sorted(ids)
         now = int(keeper.now())
         renewal = make_lease(ALICE, bytes(32), now, now + int(90 * DAY))
-        assert await keeper.add_lease(renewal, tuple(ids), "10.0.0.0/24") == [True] * 4
+        assert (
+            await keeper.add_lease(renewal, tuple(ids), ALICE.node_id, "10.0.0.0/24") == [True] * 4
+        )
         await trio.sleep(5 * DAY)
         assert sorted(store.chunk_ids()) == sorted(ids)
         assert keeper.book.summary(keeper.now()).trash_chunks == 0
         nursery.cancel_scope.cancel()
+
+
+class _NoTransport:
+    def add_handler(self, *arguments: object) -> None:
+        pass
+
+
+async def test_a_store_racing_the_collector_is_refused_or_kept(
+    autojump_clock: MockClock,
+) -> None:
+    """A STORE_CHUNK of a chunk the collector is deleting is answered BUSY (never
+    acknowledged, then deleted); a chunk whose store is in progress is not deleted."""
+    from node.chunks import ChunkService
+    from node.errors import RequestRejected
+    from node.transport.handler import Peer
+    from protocol.messages import ErrorCode, StoreChunk
+
+    deleting = trio.Event()
+
+    async def slow(function: object, *arguments: object) -> object:
+        if getattr(function, "__name__", "") == "delete":
+            deleting.set()
+            await trio.sleep(1)
+        await trio.lowlevel.checkpoint()
+        return function(*arguments)  # type: ignore[operator]
+
+    store = MemoryChunkStore(StoreConfig(capacity=10**9, in_memory=True))
+    book = LeaseBook(None, OWNER.node_id, LeaseSettings(trash_grace=0))
+    keeper = LeaseKeeper(book, store, transport=None, offload=slow, wall_clock=lambda: START)
+
+    async def provide(key: object) -> int:
+        return 0
+
+    service = ChunkService(store, _NoTransport(), provide, offload=slow)  # type: ignore[arg-type]
+    service.keeper = keeper
+    data = b"abandoned" * 10
+    group = GroupRecord.single(chunk_id(data))
+    mallory = Peer(ALICE.node_id, ("203.0.113.5", 1))
+    await service.handle_store_chunk(mallory, StoreChunk(group, data))
+    await trio.sleep(2 * DAY)  # the upload lease is over
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keeper.sweep, 3600.0)
+        await deleting.wait()
+        with pytest.raises(RequestRejected) as refused:
+            await service.handle_store_chunk(mallory, StoreChunk(group, data))
+        assert refused.value.code == ErrorCode.BUSY
+    assert not store.has(group.chunk_id) and group.chunk_id not in book.known()
+    # Stored anew, its upload lease over again, but a store of it under way: kept.
+    await service.handle_store_chunk(mallory, StoreChunk(group, data))
+    await trio.sleep(2 * DAY)
+    pending = keeper.begin_store(ALICE.node_id, "203.0.113.5", len(data), 1, group.chunk_id)
+    assert await keeper.sweep(3600.0) == 0
+    keeper.end_store(pending, stored=True)
+    assert store.has(group.chunk_id) and book.kept(group.chunk_id, keeper.now())
+
+
+async def test_storing_again_is_no_free_renewal(autojump_clock: MockClock) -> None:
+    """A chunk whose upload lease ran out, stored again, is a new upload: admitted under
+    the quotas like any, not renewed for free."""
+    store = MemoryChunkStore(StoreConfig(capacity=10**9, in_memory=True))
+    book = LeaseBook(None, OWNER.node_id, LeaseSettings(), QuotaSettings(key_share=0.0))
+    keeper = LeaseKeeper(book, store, transport=None, offload=inline, wall_clock=lambda: START)
+    data = b"x" * 1000
+    identifier = chunk_id(data)
+    store.put(identifier, data, GroupRecord.single(identifier))
+    book.add_upload(identifier, chunk_cost(len(data), 1), ALICE.node_id, None, START)
+    # While its upload lease runs, a store again changes nothing and costs nothing.
+    keeper.end_store(
+        keeper.begin_store(ALICE.node_id, "203.0.113.5", len(data), 1, identifier), stored=True
+    )
+    await trio.sleep(2 * DAY)
+    with pytest.raises(OverQuota):
+        keeper.begin_store(ALICE.node_id, "203.0.113.5", len(data), 1, identifier)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import LeaseRefused, OverQuota, StoreFull
-from node.leases import DAY, LeaseBook, LeaseSettings
+from node.leases import DAY, LeaseBook, LeaseSettings, Reservation
 from node.quota import MIN_CHARGE, QuotaSettings, chunk_cost, network_prefix
 from protocol.identity import Identity, NodeId
 from protocol.lease import Lease, make_lease
@@ -32,13 +32,35 @@ def lease(identity: Identity, issued: float = NOW, length: float = 90 * DAY) -> 
     return make_lease(identity, MANIFEST, int(issued), int(issued + length))
 
 
-def upload(leases: LeaseBook, number: int, who: Identity = ALICE, prefix: str = "10.0.0.0/24"):
-    leases.add_upload(chunk(number), MIN_CHARGE, who.node_id, prefix, NOW)
+def upload(
+    leases: LeaseBook,
+    number: int,
+    who: Identity = ALICE,
+    prefix: str = "10.0.0.0/24",
+    reservation: Reservation | None = None,
+) -> None:
+    leases.add_upload(chunk(number), MIN_CHARGE, who.node_id, prefix, NOW, reservation)
 
 
-def take(leases: LeaseBook, record: Lease, numbers: range, *, now: float = NOW) -> list[bool]:
+def take(
+    leases: LeaseBook,
+    record: Lease,
+    numbers: range,
+    *,
+    now: float = NOW,
+    sender: NodeId | None = None,
+    prefix: str = "10.0.0.0/24",
+) -> list[bool]:
+    """ADD_LEASE of `record` for chunks `numbers`, sent by the lease's own node unless
+    `sender` says otherwise."""
     return leases.add_lease(
-        record, [chunk(n) for n in numbers], "10.0.0.0/24", now, used=0, capacity=CAPACITY
+        record,
+        [chunk(n) for n in numbers],
+        sender or record.holder,
+        prefix,
+        now,
+        used=0,
+        capacity=CAPACITY,
     )
 
 
@@ -77,7 +99,7 @@ def test_an_upload_is_kept_a_day_then_trashed_then_deleted_after_the_grace() -> 
     for day in range(6):
         assert leases.sweep(NOW + (2 + day) * DAY, DAY) == []
     assert leases.sweep(NOW + 9 * DAY, DAY) == [chunk(1)]
-    leases.forget([chunk(1)])
+    leases.forget([chunk(1)], NOW + 9 * DAY)
     assert leases.summary(NOW + 9 * DAY).trash_chunks == 0
 
 
@@ -151,14 +173,14 @@ def test_quota_per_key_and_per_prefix() -> None:
     leases = book(key_share=0.1, prefix_share=0.15, owner_reserve=0.0)
     share = CAPACITY // 10
     for number in range(share // MIN_CHARGE):
-        leases.admit(ALICE.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
-        upload(leases, number)
+        taken = leases.admit(ALICE.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
+        upload(leases, number, reservation=taken)
     with pytest.raises(OverQuota, match="this key"):
         leases.admit(ALICE.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
     # Another key in the same prefix has room until the prefix's share is used.
     for number in range(1000, 1000 + share // MIN_CHARGE // 2):
-        leases.admit(MALLORY.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
-        upload(leases, number, MALLORY)
+        taken = leases.admit(MALLORY.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
+        upload(leases, number, MALLORY, reservation=taken)
     with pytest.raises(OverQuota, match="prefix"):
         leases.admit(MALLORY.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
     # A third identity in that prefix is refused too; one elsewhere is not.
@@ -245,3 +267,105 @@ def test_the_same_lease_sent_again_covers_more_chunks() -> None:
     upload(leases, 4, MALLORY)
     take(leases, lease(ALICE), range(4, 5), now=NOW + 6)
     assert leases.leases_for(chunk(4), NOW + 6) == []
+
+
+# ------------------------------------------------- what a hostile peer tried (review)
+
+
+def test_a_lease_seen_by_others_cannot_charge_its_key_for_their_chunks() -> None:
+    """Mallory saw Alice's lease (she holds a chunk of Alice's file) and sends it with
+    her own junk's ids: the junk is kept, but charged to Mallory, not to Alice. Once
+    Alice's own node names a chunk, the charge is Alice's."""
+    leases = book()
+    for number in range(5):
+        upload(leases, number, MALLORY, prefix="203.0.113.0/24")
+    take(leases, lease(ALICE), range(5), sender=MALLORY.node_id, prefix="203.0.113.0/24")
+    by_payer, by_prefix = leases.charges()
+    assert ALICE.node_id.value not in by_payer
+    assert by_payer[MALLORY.node_id.value] == 5 * MIN_CHARGE
+    assert by_prefix == {"203.0.113.0/24": 5 * MIN_CHARGE}
+    take(leases, lease(ALICE), range(1), prefix="10.0.0.0/24")  # Alice's own node
+    by_payer, by_prefix = leases.charges()
+    assert by_payer[ALICE.node_id.value] == MIN_CHARGE
+    assert by_payer[MALLORY.node_id.value] == 4 * MIN_CHARGE
+    leases.recount(NOW)
+    assert leases.charges() == (by_payer, by_prefix)
+
+
+def test_the_trash_stays_charged_until_it_is_deleted() -> None:
+    """Letting uploads lapse frees no quota until the disk is freed: a key cannot fill
+    a node by uploading a share a day."""
+    leases = book(key_share=0.1, prefix_share=1.0, owner_reserve=0.0)
+    share = CAPACITY // 10 // MIN_CHARGE
+    for number in range(share):
+        upload(
+            leases,
+            number,
+            MALLORY,
+            reservation=leases.admit(MALLORY.node_id, "203.0.113.0/24", MIN_CHARGE, 0, CAPACITY),
+        )
+    leases.sweep(NOW + 2 * DAY, 3600)  # expired: in the trash
+    assert leases.summary(NOW + 2 * DAY).trash_chunks == share
+    with pytest.raises(OverQuota):
+        leases.admit(MALLORY.node_id, "203.0.113.0/24", MIN_CHARGE, 0, CAPACITY)
+    due = leases.sweep(NOW + 10 * DAY, 8 * DAY)
+    leases.forget(due, NOW + 10 * DAY)
+    assert leases.charges()[0].get(MALLORY.node_id.value, 0) == 0
+    leases.admit(MALLORY.node_id, "203.0.113.0/24", MIN_CHARGE, 0, CAPACITY)
+
+
+def test_a_revived_lease_is_charged_for_everything_it_keeps_again() -> None:
+    """A lease that ended, whose chunks wait for the sweep, and is renewed: its chunks
+    stay charged throughout (ended: the trash's charge; renewed: the lease's), the
+    counters stay exact, and the key gets no room it did not have."""
+    leases = book(key_share=0.05, prefix_share=1.0, owner_reserve=0.0)
+    share = CAPACITY // 20 // MIN_CHARGE
+    for number in range(share):
+        upload(leases, number, ALICE)
+    take(leases, lease(ALICE, length=DAY), range(share))
+    later = NOW + 2 * DAY
+    leases.recount(later)
+    assert leases.charges()[0][ALICE.node_id.value] == share * MIN_CHARGE
+    take(leases, lease(ALICE, issued=later), range(1), now=later)
+    counted = leases.charges()
+    leases.recount(later)
+    assert leases.charges() == counted
+    assert counted[0][ALICE.node_id.value] == share * MIN_CHARGE
+    with pytest.raises(OverQuota):
+        leases.admit(ALICE.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
+
+
+def test_an_owner_can_lease_a_whole_share_it_uploaded() -> None:
+    """Uploads then their lease: the lease replaces the upload charge, it does not add
+    to it, so a key can lease as much as its share holds."""
+    leases = book(key_share=0.1, prefix_share=1.0, owner_reserve=0.0)
+    share = CAPACITY // 10 // MIN_CHARGE
+    for number in range(share):
+        upload(leases, number, ALICE)
+    assert take(leases, lease(ALICE), range(share)) == [True] * share
+    assert leases.charges()[0][ALICE.node_id.value] == share * MIN_CHARGE
+
+
+def test_a_lease_of_the_largest_expiry_is_kept_whole() -> None:
+    """`expires` up to 2**64 - 1 is valid on the wire: taken, counted for at most the
+    longest lease, and given back intact (a repairer re-sends it)."""
+    leases = book()
+    upload(leases, 1)
+    huge = make_lease(ALICE, MANIFEST, int(NOW), 2**64 - 1)
+    assert take(leases, huge, range(1, 2)) == [True]
+    assert leases.leases_for(chunk(1), NOW) == [huge]
+    assert not leases.kept(chunk(1), NOW + 366 * DAY)
+
+
+def test_records_that_keep_nothing_are_not_stored_and_stale_ones_take_nothing() -> None:
+    leases = book()
+    for number in range(100):
+        other = make_lease(MALLORY, number.to_bytes(32, "big"), int(NOW), int(NOW))
+        assert take(leases, other, range(1, 2)) == [False]
+    assert leases._read("SELECT count(*) FROM leases", {}) == [(0,)]
+    upload(leases, 1)
+    take(leases, lease(ALICE), range(1, 2))
+    release = make_lease(ALICE, MANIFEST, int(NOW + 1), int(NOW + 1))
+    take(leases, release, range(1, 2), now=NOW + 1)
+    # The record the release replaced, replayed: nothing taken, and the answer says so.
+    assert take(leases, lease(ALICE), range(1, 2), now=NOW + 2) == [False]
