@@ -296,13 +296,16 @@ def status(arguments: argparse.Namespace, data_dir: Path) -> int:
     print(
         f"space:       {format_size(result['donated_bytes'])} donated to others, "
         f"{format_size(max(0, others))} of it used; "
-        f"{format_size(result['owner_bytes'])} leased by you"
+        f"{format_size(result['owner_bytes'])} leased by you here"
     )
     print(
         f"trash:       {result['trash_chunks']} chunks nobody leases, "
         f"{format_size(result['trash_bytes'])}; {result['chunks_deleted']} deleted since start"
     )
-    print(f"leases:      {result['leases']} held here; {result['files_kept']} files of yours kept")
+    print(
+        f"leases:      {result['leases']} held here; {result['files_kept']} files of yours "
+        f"kept ({format_size(result['files_kept_bytes'])}), renewed by this node"
+    )
     print(
         f"repair:      {result['segments_watched']} segments watched, "
         f"{result['segments_checked_for_repair']} checked, "

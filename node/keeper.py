@@ -18,7 +18,7 @@ started, advanced by the event loop's clock since. A wall clock stepped while th
 runs (by hand, by NTP after a long drift) does not move it: a jump of a year neither
 expires every lease at once nor extends any. A restart reads the wall clock again;
 even then, a chunk expired by a wrong clock only goes to the trash, where it waits
-`trash_grace` of running time before anything is deleted (node/leases.py rule 3).
+`trash_grace` of running time before anything is deleted (node/leases.py rule 4).
 
 Everything here runs on the event loop; only the store's reads and deletes go to
 `offload`. The book's writes are small SQLite transactions (one per stored chunk, one
@@ -66,6 +66,9 @@ class _Store:
     sender: NodeId
     prefix: str | None
     reservation: Reservation | None
+    admitted: bool
+    """Whether the quotas admitted it: a chunk kept when its store began is not given
+    an upload lease, even if what kept it ends meanwhile."""
 
 
 logger = logging.getLogger(__name__)
@@ -125,13 +128,14 @@ class LeaseKeeper:
         prefix = network_prefix(host) if host is not None else None
         cost = chunk_cost(size, n)
         reservation = None
-        if not self.book.kept(chunk_id, self.now()):
+        admitted = not self.book.kept(chunk_id, self.now())
+        if admitted:
             statistics = self.store.statistics()
             reservation = self.book.admit(
                 sender, prefix, cost, statistics.used_bytes, statistics.capacity
             )
         self._storing[chunk_id] += 1
-        return _Store(chunk_id, cost, sender, prefix, reservation)
+        return _Store(chunk_id, cost, sender, prefix, reservation, admitted)
 
     def end_store(self, store: _Store, *, stored: bool) -> None:
         """The store is over: if the chunk was stored, it is kept for a while under
@@ -147,6 +151,7 @@ class LeaseKeeper:
                 store.prefix,
                 self.now(),
                 store.reservation,
+                admitted=store.admitted,
             )
         else:
             self.book.release(store.reservation)
@@ -222,7 +227,7 @@ class LeaseKeeper:
 
     async def reconcile(self) -> None:
         """Give the book every chunk the store holds and drop what it does not
-        (node/leases.py rule 4)."""
+        (node/leases.py rule 5)."""
 
         def held() -> list[tuple[bytes, int]]:
             found = []

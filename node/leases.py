@@ -27,13 +27,16 @@ The rules:
    for chunks its own node did not name; a cover the key's node sends takes the charge
    over. A payer's upload lease on a chunk ends when it covers the chunk.
 3. Charges: a payer (and the prefix of the request that made the charge) is charged a
-   chunk's cost while its lease or upload lease of it runs, and, once nobody's runs
-   any more, until the chunk is deleted: the trash is charged to those who last kept
-   it, so that letting data lapse frees no quota before it frees the disk.
+   chunk's cost, once however many leases it keeps it under, plus `COVER_COST` per
+   lease, for as long as its row exists: the sweep removes the rows of leases and
+   upload leases that ended on chunks someone else still keeps, and the rows of a
+   chunk in the trash go only with the chunk. So a charge never changes but by a write
+   or a sweep, and letting data lapse frees no quota before it frees the disk.
 4. Time in trash is counted in the node's running time (`sweep`'s `elapsed`), never
    from the wall clock: a clock that jumps a year ahead sends chunks to the trash, but
    deletes nothing until `trash_grace` of real running has passed, in which a renewal
-   brings them back.
+   brings them back. Only a sweep takes a chunk out of the trash, if a lease then
+   runs: a lease that ends between two sweeps does not reset the grace.
 5. A chunk is deleted only by `sweep` naming it: trash for `trash_grace`, and no lease
    running at that moment. The caller deletes it from the store, then `forget`s it; a
    kill in between leaves a row for a chunk the store no longer has, which `reconcile`
@@ -47,7 +50,8 @@ Counters: what each payer and prefix is charged is counted exactly by `recount` 
 open and after each sweep) and, between sweeps, changed by exactly what each write
 changes, measured in its own transaction (`_charged` before and after, for the chunks
 it touches); a write that would take its payer or prefix past a share is rolled back.
-Between sweeps a lease that ended still counts, which errs on the side of refusing.
+Charges do not depend on the time (rule 3), so the counters and `recount` agree at
+every moment.
 Stores in flight are reserved (`admit` and `release`), so that concurrent stores
 cannot pass a share together.
 
@@ -67,7 +71,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.errors import LeaseRefused, OverQuota, StoreError, StoreFull
-from node.quota import QuotaSettings, Usage, over_quota, room_for_others
+from node.quota import COVER_COST, QuotaSettings, Usage, over_quota, room_for_others
 from protocol.identity import NodeId
 from protocol.lease import Lease, effective_expiry, problem
 
@@ -79,6 +83,8 @@ DAY: Final = 24 * 3600.0
 
 _APPLICATION_ID: Final = 0x46484C42  # "FHLB"
 _VERSION: Final = 1
+# The most leases a repairer carries for one chunk (`leases_for`).
+MAX_CARRIED: Final = 8
 # A payer no key stands for: chunks found in the store without a record (rule 5).
 _NOBODY: Final = b""
 
@@ -116,14 +122,6 @@ CREATE TABLE covers (
 CREATE INDEX covers_by_lease ON covers (public_key, manifest_id);
 """
 
-# Every lease or upload lease of a chunk: (chunk_id, payer, prefix, until).
-_KEEPS: Final = """
-    SELECT v.chunk_id AS chunk_id, v.payer AS payer, v.prefix AS prefix, l.until AS until
-    FROM covers v JOIN leases l USING (public_key, manifest_id)
-    UNION ALL
-    SELECT chunk_id, payer, prefix, until FROM uploads
-"""
-
 # Whether a chunk (column or parameter `{c}`) is kept at :now.
 _KEPT: Final = """(
     EXISTS (SELECT 1 FROM uploads u WHERE u.chunk_id = {c} AND u.until > :now)
@@ -131,25 +129,26 @@ _KEPT: Final = """(
                WHERE v.chunk_id = {c} AND l.until > :now)
 )"""
 
-# What is charged (rule 3): (chunk_id, payer, prefix, cost) rows.
-_CHARGED: Final = f"""
-    SELECT k.chunk_id AS chunk_id, k.payer AS payer, k.prefix AS prefix, c.cost AS cost
-    FROM ({_KEEPS}) k JOIN chunks c USING (chunk_id)
-    WHERE k.until > :now OR NOT {_KEPT.format(c="k.chunk_id")}
+# What is charged (rule 3), whatever the time: every row that exists. A row that ended
+# charges until the sweep removes it (on a chunk someone still keeps) or the chunk is
+# deleted (in the trash), so no charge comes back with no write, nor goes.
+# (chunk_id, payer, prefix, cost, covers): covers is 1 for a cover row (it costs a row
+# of the book besides), 0 for an upload row.
+_CHARGED: Final = """
+    SELECT v.chunk_id AS chunk_id, v.payer AS payer, v.prefix AS prefix, c.cost AS cost,
+           1 AS covers
+    FROM covers v JOIN chunks c USING (chunk_id)
+    UNION ALL
+    SELECT u.chunk_id, u.payer, u.prefix, c.cost, 0 FROM uploads u JOIN chunks c USING (chunk_id)
 """
 
 # The same for one chunk (:chunk), with every lookup by key.
 _CHARGED_ONE: Final = """
-    WITH k AS (
-        SELECT v.payer AS payer, v.prefix AS prefix, l.until AS until
-        FROM covers v JOIN leases l USING (public_key, manifest_id)
-        WHERE v.chunk_id = :chunk
-        UNION ALL
-        SELECT payer, prefix, until FROM uploads WHERE chunk_id = :chunk
-    )
-    SELECT k.payer, k.prefix, c.cost FROM k, chunks c
-    WHERE c.chunk_id = :chunk
-      AND (k.until > :now OR NOT EXISTS (SELECT 1 FROM k AS r WHERE r.until > :now))
+    SELECT v.payer, v.prefix, c.cost, 1 FROM covers v JOIN chunks c USING (chunk_id)
+    WHERE v.chunk_id = :chunk
+    UNION ALL
+    SELECT u.payer, u.prefix, c.cost, 0 FROM uploads u JOIN chunks c USING (chunk_id)
+    WHERE u.chunk_id = :chunk
 """
 
 
@@ -282,32 +281,18 @@ class LeaseBook:
         """Count every charge again, exactly (rule 3)."""
         self._by_payer.clear()
         self._by_prefix.clear()
-        for payer, cost in self._read(
-            f"SELECT payer, sum(cost) FROM (SELECT DISTINCT chunk_id, payer, cost "
-            f"FROM ({_CHARGED})) GROUP BY payer",
-            {"now": now},
-        ):
-            self._by_payer[bytes(payer)] = int(cost)
-        for prefix, cost in self._read(
-            f"SELECT prefix, sum(cost) FROM (SELECT DISTINCT chunk_id, prefix, cost "
-            f"FROM ({_CHARGED}) WHERE prefix IS NOT NULL) GROUP BY prefix",
-            {"now": now},
-        ):
-            self._by_prefix[str(prefix)] = int(cost)
+        payers, prefixes = _tally(self._read(_CHARGED, {}))
+        self._by_payer.update(payers)
+        self._by_prefix.update(prefixes)
 
     def _charged(
         self, chunk_ids: Iterable[bytes], now: float
     ) -> tuple[Counter[bytes], Counter[str]]:
         """What these chunks charge, per payer and per prefix (rule 3)."""
-        payers: Counter[bytes] = Counter()
-        prefixes: Counter[str] = Counter()
+        rows: list[tuple[Any, ...]] = []
         for chunk_id in chunk_ids:
-            rows = self._read(_CHARGED_ONE, {"now": now, "chunk": chunk_id})
-            for payer in {bytes(row[0]) for row in rows}:
-                payers[payer] += int(rows[0][2])
-            for prefix in {row[1] for row in rows if row[1] is not None}:
-                prefixes[prefix] += int(rows[0][2])
-        return payers, prefixes
+            rows += [(chunk_id, *row) for row in self._read(_CHARGED_ONE, {"chunk": chunk_id})]
+        return _tally(rows)
 
     @contextmanager
     def _charging(
@@ -356,10 +341,13 @@ class LeaseBook:
         prefix: str | None,
         now: float,
         reservation: Reservation | None = None,
+        *,
+        admitted: bool = True,
     ) -> None:
         """A chunk arrived from `payer` (at `prefix`): kept `upload_length` under its
         upload, unless something already keeps it (a store again then changes nothing,
-        and renews nothing). Gives back `reservation`."""
+        and renews nothing) or it was not `admitted` under the quotas (it was kept
+        when its store began: as if stored then). Gives back `reservation`."""
         until = now + self.settings.upload_length
         try:
             with self._charging("recording an upload", [chunk_id], now):
@@ -368,14 +356,11 @@ class LeaseBook:
                     "ON CONFLICT (chunk_id) DO NOTHING",
                     (chunk_id, cost),
                 )
-                if not self._kept(chunk_id, now):
+                if admitted and not self._kept(chunk_id, now):
                     self._db.execute(
                         "INSERT OR REPLACE INTO uploads (chunk_id, payer, prefix, until) "
                         "VALUES (?, ?, ?, ?)",
                         (chunk_id, payer.value, prefix, until),
-                    )
-                    self._db.execute(
-                        "UPDATE chunks SET trash = NULL WHERE chunk_id = ?", (chunk_id,)
                     )
         finally:
             self.release(reservation)
@@ -412,20 +397,15 @@ class LeaseBook:
         running = bool(rows) and rows[0][1] > now
         if not newer and (lease.is_release or not running):
             return [False] * len(ids)  # rule 1: ignored
-        if not rows and not held:
-            return [False] * len(ids)  # a record that would keep nothing is not kept
+        if not rows and (not held or lease.is_release):
+            return [False] * len(ids)  # a record that would keep or end nothing here
         holder = lease.holder
         sender = sender if sender is not None else NodeId(self.own)
         payer = holder if sender == holder else sender
-        covered = [
-            bytes(chunk_id)
-            for (chunk_id,) in self._read(
-                "SELECT chunk_id FROM covers WHERE public_key = ? AND manifest_id = ?", key
-            )
-        ]
-        scope = list(dict.fromkeys(held + (covered if newer else [])))
         check = None if lease.is_release else (payer, prefix, used, capacity)
-        with self._charging("taking a lease", scope, now, check=check):
+        # Charges do not depend on time (rule 3): a record's new expiry changes no
+        # charge, only the covers this one adds do.
+        with self._charging("taking a lease", held, now, check=check):
             if newer:
                 self._db.execute(
                     "INSERT INTO leases (public_key, manifest_id, issued, until, record) "
@@ -446,10 +426,6 @@ class LeaseBook:
                 self._db.executemany(
                     "DELETE FROM uploads WHERE chunk_id = ? AND payer = ?",
                     [(chunk_id, payer.value) for chunk_id in held],
-                )
-                self._db.executemany(
-                    "UPDATE chunks SET trash = NULL WHERE chunk_id = ?",
-                    [(chunk_id,) for chunk_id in held],
                 )
         taken = set(held)
         return [chunk_id in taken for chunk_id in ids]
@@ -571,15 +547,24 @@ class LeaseBook:
         rows = self._read("SELECT trash FROM chunks WHERE chunk_id = ?", (chunk_id,))
         return bool(rows) and rows[0][0] is not None
 
-    def leases_for(self, chunk_id: bytes, now: float) -> list[Lease]:
-        """The running leases that cover the chunk: what a repairer carries to the
-        holders of the chunks it rebuilds."""
+    def leases_on(self, chunk_id: bytes, now: float) -> list[tuple[Lease, bytes]]:
+        """Every running lease that covers the chunk, with the payer of its cover."""
         rows = self._read(
-            "SELECT l.record FROM covers v JOIN leases l USING (public_key, manifest_id) "
-            "WHERE v.chunk_id = ? AND l.until > ? ORDER BY l.public_key",
+            "SELECT l.record, v.payer FROM covers v JOIN leases l USING (public_key, manifest_id) "
+            "WHERE v.chunk_id = ? AND l.until > ? ORDER BY l.until DESC, l.public_key",
             (chunk_id, now),
         )
-        return [_parse(bytes(record)) for (record,) in rows]
+        return [(_parse(bytes(record)), bytes(payer)) for record, payer in rows]
+
+    def leases_for(self, chunk_id: bytes, now: float) -> list[Lease]:
+        """The running leases that cover the chunk, as named by their keys' own nodes,
+        at most `MAX_CARRIED`, the longest first: what a repairer carries to the
+        holders of the chunks it rebuilds (a lease only someone else named here may
+        be anyone's, and would be charged to the repairer there)."""
+        own = [
+            lease for lease, payer in self.leases_on(chunk_id, now) if lease.holder.value == payer
+        ]
+        return own[:MAX_CARRIED]
 
     def summary(self, now: float) -> LeaseSummary:
         ((trash_chunks, trash_bytes),) = self._read(
@@ -644,3 +629,23 @@ def _parse(record: bytes) -> Lease:
         expires=int.from_bytes(body[72:80], "big"),
         signature=body[80:144],
     )
+
+
+def _tally(rows: Iterable[tuple[Any, ...]]) -> tuple[Counter[bytes], Counter[str]]:
+    """Charges per payer and per prefix from (chunk_id, payer, prefix, cost, covers)
+    rows: a chunk's cost once per payer (and per prefix) that keeps it, and
+    `COVER_COST` for every cover row (rule 3)."""
+    payers: Counter[bytes] = Counter()
+    prefixes: Counter[str] = Counter()
+    by_payer: set[tuple[bytes, bytes]] = set()
+    by_prefix: set[tuple[bytes, str]] = set()
+    for chunk_id, payer, prefix, cost, covers in rows:
+        payer = bytes(payer)
+        chunk_id = bytes(chunk_id)
+        extra = COVER_COST if covers else 0
+        payers[payer] += extra + (cost if (chunk_id, payer) not in by_payer else 0)
+        by_payer.add((chunk_id, payer))
+        if prefix is not None:
+            prefixes[prefix] += extra + (cost if (chunk_id, prefix) not in by_prefix else 0)
+            by_prefix.add((chunk_id, prefix))
+    return payers, prefixes

@@ -147,6 +147,7 @@ class Owner:
             "leases": leases.leases if leases else 0,
             "chunks_deleted": keeper.deleted if keeper else 0,
             "files_kept": len(self._leaser().library.files()),
+            "files_kept_bytes": sum(entry.size or 0 for entry in self._leaser().library.files()),
             "chunks_served": chunks.served,
             "chunks_stored": chunks.stored,
             "announcements_pending": chunks.announcements_pending,

@@ -49,6 +49,7 @@ from typing import Final
 
 __all__ = [
     "BLOCK_SIZE",
+    "COVER_COST",
     "DEFAULT_SHARE",
     "MIN_CHARGE",
     "QuotaSettings",
@@ -67,6 +68,11 @@ ROW_COST: Final = 512
 
 ID_COST: Final = 32
 """Each sibling id of the group record (kept whole in the index row)."""
+
+COVER_COST: Final = 256
+"""Each lease a chunk is kept under costs a row of the lease book: charged to the lease's
+payer on top of the chunk, so that naming one chunk under a thousand throwaway keys is
+not free."""
 
 MIN_CHARGE: Final = BLOCK_SIZE
 """No chunk costs less: even an empty one takes a block, a directory entry and rows."""

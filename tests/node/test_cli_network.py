@@ -258,9 +258,14 @@ def test_status_and_peers_describe_the_node(network: Testnet) -> None:
     assert re.fullmatch(rf" +{NODES - 1} \(\d+ connected\)", fields["contacts"])
     assert re.fullmatch(r" +\d+ chunks, .+ of 10(\.0)? GiB used on disk .*", fields["stored"])
     # A tenth of the capacity is the owner's reserve: 9 GiB donated.
-    assert re.fullmatch(r" +9\.0 GiB donated to others, .+ used; .+ leased by you", fields["space"])
+    assert re.fullmatch(
+        r" +9\.0 GiB donated to others, .+ used; .+ leased by you here", fields["space"]
+    )
     assert re.fullmatch(r" +0 chunks nobody leases, 0 B; 0 deleted since start", fields["trash"])
-    assert re.fullmatch(r" +\d+ held here; \d+ files of yours kept", fields["leases"])
+    assert re.fullmatch(
+        r" +\d+ held here; \d+ files of yours kept \(.+\), renewed by this node",
+        fields["leases"],
+    )
     assert re.fullmatch(
         r" +\d+ segments watched, 0 checked, 0 repaired \(0 chunks rebuilt\), 0 B moved",
         fields["repair"],

@@ -165,7 +165,12 @@ async def test_bad_leases_are_refused_over_the_wire(clock: MockClock) -> None:
             holder.contact, good, [capability.manifest_id, bytes(32)]
         )
         assert held == [True, False]
-        assert len(holder.node.keeper.leases_for(capability.manifest_id)) == 2
+        on = holder.node.keeper.book.leases_on(capability.manifest_id, holder.node.keeper.now())
+        # Node 5 named the chunk under Mallory's lease: node 5 pays for it, not Mallory.
+        assert {(lease.public_key, payer) for lease, payer in on} == {
+            (owner.identity.public_key, owner.node_id.value),
+            (mallory.public_key, network.nodes[5].node_id.value),
+        }
         network.nursery.cancel_scope.cancel()
 
 
@@ -216,8 +221,10 @@ async def test_repair_carries_the_leases_to_new_holders(clock: MockClock) -> Non
             assert node.node.keeper is not None
             for identifier in ids:
                 if node.store.has(identifier):
-                    keys = [x.public_key for x in node.node.keeper.leases_for(identifier)]
-                    assert keys == [owner.identity.public_key], node.index
+                    on = node.node.keeper.book.leases_on(identifier, node.node.keeper.now())
+                    assert [lease.public_key for lease, _ in on] == [owner.identity.public_key], (
+                        node.index
+                    )
         network.nursery.cancel_scope.cancel()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from node.errors import LeaseRefused, OverQuota, StoreFull
 from node.leases import DAY, LeaseBook, LeaseSettings, Reservation
-from node.quota import MIN_CHARGE, QuotaSettings, chunk_cost, network_prefix
+from node.quota import COVER_COST, MIN_CHARGE, QuotaSettings, chunk_cost, network_prefix
 from protocol.identity import Identity, NodeId
 from protocol.lease import Lease, make_lease
 
@@ -18,6 +18,8 @@ ALICE = Identity(bytes([2]) * 32)
 MALLORY = Identity(bytes([3]) * 32)
 MANIFEST = bytes([7]) * 32
 CAPACITY = 1000 * MIN_CHARGE
+# What a chunk under one lease is charged: itself, and its cover row.
+LEASED = MIN_CHARGE + COVER_COST
 
 
 def chunk(number: int) -> bytes:
@@ -110,11 +112,11 @@ def test_a_lease_keeps_its_chunks_and_ends_the_upload_charge() -> None:
     assert leases.charges()[0][ALICE.node_id.value] == 3 * MIN_CHARGE
     held = take(leases, lease(ALICE), range(4))  # chunk 3 is not held here
     assert held == [True, True, True, False]
-    assert leases.charges()[0][ALICE.node_id.value] == 3 * MIN_CHARGE  # not twice
+    assert leases.charges()[0][ALICE.node_id.value] == 3 * LEASED  # not the upload too
     assert leases.sweep(NOW + 80 * DAY, 3600) == []
     assert leases.kept(chunk(0), NOW + 80 * DAY)
     leases.recount(NOW + 80 * DAY)
-    assert leases.charges()[0][ALICE.node_id.value] == 3 * MIN_CHARGE
+    assert leases.charges()[0][ALICE.node_id.value] == 3 * LEASED
     assert leases.leases_for(chunk(0), NOW + 80 * DAY) == [lease(ALICE)]
 
 
@@ -238,15 +240,15 @@ def test_leases_survive_a_restart(tmp_path: Path) -> None:
     second = book(path)
     second.recount(NOW)
     assert second.leases_for(chunk(1), NOW) == [lease(ALICE)]
-    assert second.charges()[0][ALICE.node_id.value] == MIN_CHARGE
+    assert second.charges()[0][ALICE.node_id.value] == LEASED
 
 
 def test_an_owner_lease_is_counted_as_the_owners() -> None:
     leases = book()
     leases.add_upload(chunk(1), MIN_CHARGE, OWNER.node_id, None, NOW)
     take(leases, lease(OWNER), range(1, 2))
-    assert leases.summary(NOW).owner_bytes == MIN_CHARGE
-    assert leases.usage(NodeId(bytes(32)), None, 0).owner == MIN_CHARGE
+    assert leases.summary(NOW).owner_bytes == LEASED
+    assert leases.usage(NodeId(bytes(32)), None, 0).owner == LEASED
 
 
 def test_the_same_lease_sent_again_covers_more_chunks() -> None:
@@ -258,7 +260,7 @@ def test_the_same_lease_sent_again_covers_more_chunks() -> None:
     take(leases, lease(ALICE), range(1, 2))
     assert take(leases, lease(ALICE), range(2, 3)) == [True]
     assert leases.leases_for(chunk(2), NOW) == [lease(ALICE)]
-    assert leases.charges()[0][ALICE.node_id.value] == 2 * MIN_CHARGE
+    assert leases.charges()[0][ALICE.node_id.value] == 2 * LEASED
     # An older record of a lease that runs covers too; nothing covers after a release.
     upload(leases, 3, MALLORY)
     take(leases, lease(ALICE, issued=NOW - 10), range(3, 4))
@@ -282,12 +284,12 @@ def test_a_lease_seen_by_others_cannot_charge_its_key_for_their_chunks() -> None
     take(leases, lease(ALICE), range(5), sender=MALLORY.node_id, prefix="203.0.113.0/24")
     by_payer, by_prefix = leases.charges()
     assert ALICE.node_id.value not in by_payer
-    assert by_payer[MALLORY.node_id.value] == 5 * MIN_CHARGE
-    assert by_prefix == {"203.0.113.0/24": 5 * MIN_CHARGE}
+    assert by_payer[MALLORY.node_id.value] == 5 * LEASED
+    assert by_prefix == {"203.0.113.0/24": 5 * LEASED}
     take(leases, lease(ALICE), range(1), prefix="10.0.0.0/24")  # Alice's own node
     by_payer, by_prefix = leases.charges()
-    assert by_payer[ALICE.node_id.value] == MIN_CHARGE
-    assert by_payer[MALLORY.node_id.value] == 4 * MIN_CHARGE
+    assert by_payer[ALICE.node_id.value] == LEASED
+    assert by_payer[MALLORY.node_id.value] == 4 * LEASED
     leases.recount(NOW)
     assert leases.charges() == (by_payer, by_prefix)
 
@@ -319,31 +321,31 @@ def test_a_revived_lease_is_charged_for_everything_it_keeps_again() -> None:
     stay charged throughout (ended: the trash's charge; renewed: the lease's), the
     counters stay exact, and the key gets no room it did not have."""
     leases = book(key_share=0.05, prefix_share=1.0, owner_reserve=0.0)
-    share = CAPACITY // 20 // MIN_CHARGE
+    share = CAPACITY // 20 // LEASED
     for number in range(share):
         upload(leases, number, ALICE)
     take(leases, lease(ALICE, length=DAY), range(share))
     later = NOW + 2 * DAY
     leases.recount(later)
-    assert leases.charges()[0][ALICE.node_id.value] == share * MIN_CHARGE
+    assert leases.charges()[0][ALICE.node_id.value] == share * LEASED
     take(leases, lease(ALICE, issued=later), range(1), now=later)
     counted = leases.charges()
     leases.recount(later)
     assert leases.charges() == counted
-    assert counted[0][ALICE.node_id.value] == share * MIN_CHARGE
+    assert counted[0][ALICE.node_id.value] == share * LEASED
     with pytest.raises(OverQuota):
         leases.admit(ALICE.node_id, "10.0.0.0/24", MIN_CHARGE, 0, CAPACITY)
 
 
 def test_an_owner_can_lease_a_whole_share_it_uploaded() -> None:
     """Uploads then their lease: the lease replaces the upload charge, it does not add
-    to it, so a key can lease as much as its share holds."""
+    to it, so a key can lease as much as its share holds (chunks and cover rows)."""
     leases = book(key_share=0.1, prefix_share=1.0, owner_reserve=0.0)
-    share = CAPACITY // 10 // MIN_CHARGE
+    share = CAPACITY // 10 // LEASED
     for number in range(share):
         upload(leases, number, ALICE)
     assert take(leases, lease(ALICE), range(share)) == [True] * share
-    assert leases.charges()[0][ALICE.node_id.value] == share * MIN_CHARGE
+    assert leases.charges()[0][ALICE.node_id.value] == share * LEASED
 
 
 def test_a_lease_of_the_largest_expiry_is_kept_whole() -> None:
