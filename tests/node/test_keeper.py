@@ -14,7 +14,7 @@ import trio
 from trio.testing import MockClock
 
 from node.chunks import inline
-from node.errors import OverQuota
+from node.errors import OverQuota, StoreFull
 from node.keeper import LeaseKeeper
 from node.leases import DAY, LEASES_FILE, LeaseBook, LeaseSettings
 from node.quota import QuotaSettings, chunk_cost
@@ -207,3 +207,33 @@ async def test_storing_again_is_no_free_renewal(autojump_clock: MockClock) -> No
     await trio.sleep(2 * DAY)
     with pytest.raises(OverQuota):
         keeper.begin_store(ALICE.node_id, "203.0.113.5", len(data), 1, identifier)
+
+
+async def test_others_never_crowd_out_the_owner(autojump_clock: MockClock) -> None:
+    """Peers, even with every share open to them, fill a node only up to its owner's
+    reserve: the owner's own chunks still fit after them."""
+    capacity = 100 * chunk_cost(32, 1)  # each chunk below costs this much
+    store = MemoryChunkStore(StoreConfig(capacity=capacity, in_memory=True))
+    quota = QuotaSettings(key_share=1.0, prefix_share=1.0, owner_reserve=0.2)
+    book = LeaseBook(None, OWNER.node_id, LeaseSettings(), quota)
+    keeper = LeaseKeeper(book, store, transport=None, offload=inline, wall_clock=lambda: START)
+    refused = None
+    for number in range(100):
+        data = number.to_bytes(4, "big") * 8
+        identifier = chunk_id(data)
+        try:
+            pending = keeper.begin_store(ALICE.node_id, "203.0.113.5", len(data), 1, identifier)
+        except StoreFull as exc:
+            refused = number
+            assert "owner's reserve" in str(exc)
+            break
+        store.put(identifier, data, GroupRecord.single(identifier))
+        keeper.end_store(pending, stored=True)
+    assert refused == 80
+    for number in range(20):
+        data = b"own" + number.to_bytes(4, "big")
+        identifier = chunk_id(data)
+        pending = keeper.begin_store(OWNER.node_id, None, len(data), 1, identifier)
+        store.put(identifier, data, GroupRecord.single(identifier))
+        keeper.end_store(pending, stored=True)
+    assert store.statistics().free_bytes == 0
