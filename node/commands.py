@@ -146,10 +146,8 @@ async def _check(
 async def _repair(
     owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
 ) -> Mapping[str, Any]:
-    text = arguments.get("capability")
-    if not isinstance(text, str):
-        raise NodeError("repair needs a capability")
-    report = await owner.repair(parse_capability(text))
+    capability = _capability(arguments, "repair")
+    report = await owner.repair(capability)
     return {
         "k": report.k,
         "n": report.n,
@@ -175,19 +173,15 @@ async def _repair(
 async def _keep(
     owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
 ) -> Mapping[str, Any]:
-    text = arguments.get("capability")
-    if not isinstance(text, str):
-        raise NodeError("keep needs a capability")
-    return await owner.keep(parse_capability(text))
+    capability = _capability(arguments, "keep")
+    return await owner.keep(capability)
 
 
 async def _forget(
     owner: Owner, channel: ControlChannel, arguments: dict[str, Any]
 ) -> Mapping[str, Any]:
-    text = arguments.get("capability")
-    if not isinstance(text, str):
-        raise NodeError("forget needs a capability")
-    released = await owner.forget(parse_capability(text))
+    capability = _capability(arguments, "forget")
+    released = await owner.forget(capability)
     return {
         "known": released.known,
         "reachable": released.reachable,
@@ -222,6 +216,14 @@ async def _stop(
     owner.node.stop()
     await trio.lowlevel.checkpoint()
     return {"stopping": True}
+
+
+def _capability(arguments: dict[str, Any], command: str) -> ReadCapability | VerifyCapability:
+    """The command's `capability` argument, read or verify."""
+    text = arguments.get("capability")
+    if not isinstance(text, str):
+        raise NodeError(f"{command} needs a capability")
+    return parse_capability(text)
 
 
 def _read_capability(text: object) -> ReadCapability:

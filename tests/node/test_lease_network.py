@@ -196,27 +196,38 @@ async def test_a_node_over_quota_is_passed_over_and_the_owner_is_not(clock: Mock
         network.nursery.cancel_scope.cancel()
 
 
+# Stewards that audit every 6 hours and count a silent holder lost after one.
+REPAIRING = dataclasses.replace(
+    LEASED, repair_grace=3600.0, audit_interval=6 * 3600.0, repair_delay=600.0
+)
+
+
+def kill_half(network: SimNetwork, owner: SimNode, segment: set[bytes]) -> None:
+    """Five of the segment's ten holders (not the owner) gone for good: 5 left, under
+    the repair threshold of 6."""
+    holders = [
+        node
+        for node in network.alive()
+        if node is not owner and any(node.store.has(i) for i in segment)
+    ]
+    network.kill(holders[:5])
+
+
+def rebuilt(network: SimNetwork) -> int:
+    return sum(node.node.files.repairs.chunks_rebuilt for node in network.alive())  # type: ignore[union-attr]
+
+
 async def test_repair_carries_the_leases_to_new_holders(clock: MockClock) -> None:
     """When holders are gone for good, the chunks rebuilt on new nodes are kept under
     the file's lease there, not just their upload's."""
-    config = dataclasses.replace(
-        LEASED, repair_grace=3600.0, audit_interval=6 * 3600.0, repair_delay=600.0
-    )
-    async with open_network(16, seed=15, node_config=config, **QUIET) as network:
+    async with open_network(16, seed=15, node_config=REPAIRING, **QUIET) as network:
         owner = network.nodes[0]
         capability = await put(owner, random.Random(7).randbytes(5000))
         ids = await chunk_ids(network, capability)
         segment = ids - {capability.manifest_id}
-        # Five of the segment's ten holders gone: 5 left, under the threshold of 6.
-        gone = [
-            node
-            for node in network.alive()
-            if node is not owner and any(node.store.has(i) for i in segment)
-        ][:5]
-        network.kill(gone)
+        kill_half(network, owner, segment)
         await trio.sleep(2 * DAY)
-        rebuilt = sum(node.node.files.repairs.chunks_rebuilt for node in network.alive())  # type: ignore[union-attr]
-        assert rebuilt >= 4  # back to at least 9 of 10
+        assert rebuilt(network) >= 4  # back to at least 9 of 10
         for node in network.alive():
             assert node.node.keeper is not None
             for identifier in ids:
@@ -232,22 +243,13 @@ async def test_expired_data_is_not_repaired(clock: MockClock) -> None:
     """A file whose only lease was released is in the holders' trash: when half its
     holders go, nobody rebuilds it (the same loss is repaired while it is leased:
     test_repair_carries_the_leases_to_new_holders)."""
-    config = dataclasses.replace(
-        LEASED, repair_grace=3600.0, audit_interval=6 * 3600.0, repair_delay=600.0
-    )
-    async with open_network(16, seed=15, node_config=config, **QUIET) as network:
+    async with open_network(16, seed=15, node_config=REPAIRING, **QUIET) as network:
         owner = network.nodes[0]
         capability = await put(owner, random.Random(7).randbytes(5000))
         segment = await chunk_ids(network, capability) - {capability.manifest_id}
         await Owner(owner.node).forget(capability)
         await trio.sleep(2 * 3600)  # a sweep: in the trash
-        gone = [
-            node
-            for node in network.alive()
-            if node is not owner and any(node.store.has(i) for i in segment)
-        ][:5]
-        network.kill(gone)
+        kill_half(network, owner, segment)
         await trio.sleep(1.5 * DAY)
-        rebuilt = sum(node.node.files.repairs.chunks_rebuilt for node in network.alive())  # type: ignore[union-attr]
-        assert rebuilt == 0
+        assert rebuilt(network) == 0
         network.nursery.cancel_scope.cancel()
