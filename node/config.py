@@ -206,6 +206,9 @@ class NodeConfig:
     lease_max: float = 365 * 24 * 3600.0
     upload_lease: float = 24 * 3600.0
     trash_grace: float = 7 * 24 * 3600.0
+    # How often the lease book is swept: expired chunks to the trash, the trash's grace
+    # counted, what is due deleted.
+    sweep_interval: float = 3600.0
     # Quotas (node/quota.py): the most of the donated space one key, and one network
     # prefix (/24, /48), may keep here (unset: 0.25, or 1.0 on a node listening on
     # loopback, whose peers are all its own user's: a testnet); the share of capacity
@@ -243,8 +246,10 @@ class NodeConfig:
             raise ConfigError("repair_bandwidth must be at least 1 byte a second")
         if not 0 < self.lease_renew_at < self.lease_length <= self.lease_max:
             raise ConfigError("need 0 < lease_renew_at < lease_length <= lease_max")
-        if not self.upload_lease > 0 or self.trash_grace < 0:
-            raise ConfigError("upload_lease must be positive and trash_grace not negative")
+        if not self.upload_lease > 0 or self.trash_grace < 0 or not self.sweep_interval > 0:
+            raise ConfigError(
+                "upload_lease and sweep_interval must be positive, trash_grace not negative"
+            )
         for name in ("key_share", "prefix_share", "owner_reserve"):
             if not 0.0 <= (getattr(self, name) or 0.0) <= 1.0:
                 raise ConfigError(f"{name} must be a fraction between 0 and 1")
@@ -261,6 +266,7 @@ class NodeConfig:
             max_length=self.lease_max,
             upload_length=self.upload_lease,
             trash_grace=self.trash_grace,
+            sweep_interval=self.sweep_interval,
         )
 
     def quota_settings(self) -> QuotaSettings:
@@ -344,6 +350,7 @@ def _convert(key: str, value: Any) -> Any:
         "lease_max",
         "upload_lease",
         "trash_grace",
+        "sweep_interval",
     ):
         return parse_duration(value)
     if key in ("key_share", "prefix_share", "owner_reserve"):

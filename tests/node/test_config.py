@@ -287,3 +287,40 @@ def test_bad_stewardship_values_say_what_is_wrong(tmp_path: Path, text: str, mes
     write_config(tmp_path, text + "\n")
     with pytest.raises(ConfigError, match=message):
         load_config(tmp_path)
+
+
+def test_lease_and_quota_keys(tmp_path: Path) -> None:
+    """The lease and quota keys take durations and fractions, and refuse what makes no
+    sense with one line."""
+    (tmp_path / "config.toml").write_text(
+        'lease_length = "60d"\nlease_renew_at = "20d"\ntrash_grace = "2d"\n'
+        "key_share = 0.5\nprefix_share = 1\nsweep_interval = 600\n"
+    )
+    config = load_config(tmp_path)
+    settings = config.lease_settings()
+    assert (settings.length, settings.renew_at, settings.trash_grace) == (
+        60 * 86400.0,
+        20 * 86400.0,
+        2 * 86400.0,
+    )
+    assert settings.sweep_interval == 600.0
+    quota = config.quota_settings()
+    assert (quota.key_share, quota.prefix_share, quota.owner_reserve) == (0.5, 1.0, 0.1)
+    for text, problem in [
+        ('lease_renew_at = "100d"', "lease_renew_at < lease_length"),
+        ("key_share = 1.5", "key_share must be a fraction"),
+        ('key_share = "half"', "fraction"),
+        ("sweep_interval = 0", "sweep_interval must be positive"),
+    ]:
+        (tmp_path / "config.toml").write_text(text + "\n")
+        with pytest.raises(ConfigError, match=problem):
+            load_config(tmp_path)
+
+
+def test_quotas_default_to_the_whole_space_on_loopback(tmp_path: Path) -> None:
+    """A node listening on loopback (a testnet: all its peers are its user's) gives
+    every key and prefix the whole donated space unless told otherwise."""
+    loopback = load_config(tmp_path, {"listen": "127.0.0.1:0"}).quota_settings()
+    public = load_config(tmp_path, {"listen": "0.0.0.0:4410"}).quota_settings()
+    assert (loopback.key_share, loopback.prefix_share) == (1.0, 1.0)
+    assert (public.key_share, public.prefix_share) == (0.25, 0.25)
