@@ -35,6 +35,8 @@ __all__ = [
     "DATA_DIR_ENVIRONMENT",
     "DEFAULT_PORT",
     "EXIT_WITH_PARENT_ENVIRONMENT",
+    "MAX_DURATION",
+    "MAX_SIZE",
     "NodeConfig",
     "default_data_dir",
     "format_size",
@@ -76,14 +78,23 @@ _SIZE_PATTERN: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 Address = tuple[str, int]
 
 
+MAX_SIZE: Final = 1024**6
+"""The largest size any setting takes: 1 EiB, far beyond any disk, and well inside the
+64-bit integers the wire and the control socket carry."""
+
+MAX_DURATION: Final = 100 * 365 * 86400.0
+"""The longest duration any setting takes: a century (a lease's expiry must fit 64 bits)."""
+
+
 def parse_size(text: str | int) -> int:
-    """Bytes from `1048576`, `"100 MiB"`, `"2.5GB"` (SI and IEC units, case-insensitive)."""
+    """Bytes from `1048576`, `"100 MiB"`, `"2.5GB"` (SI and IEC units, case-insensitive),
+    at most `MAX_SIZE`."""
     if isinstance(text, bool):
         raise ConfigError(f"not a size: {text!r}")
     if isinstance(text, int):
         if text < 0:
             raise ConfigError(f"a size cannot be negative: {text}")
-        return text
+        return _at_most_max_size(text, str(text))
     match = _SIZE_PATTERN.match(text)
     if match is None:
         raise ConfigError(f"not a size: {text!r} (try e.g. 500MB or 20GiB)")
@@ -91,7 +102,13 @@ def parse_size(text: str | int) -> int:
     factor = _UNITS.get(unit.lower())
     if factor is None:
         raise ConfigError(f"unknown size unit {unit!r} in {text!r} (use B, KB, MB, GB, KiB, ...)")
-    return int(float(number) * factor)
+    return _at_most_max_size(int(float(number) * factor), text)
+
+
+def _at_most_max_size(size: int, text: str) -> int:
+    if size > MAX_SIZE:
+        raise ConfigError(f"{text!r} is more than the largest size a setting takes, 1 EiB")
+    return size
 
 
 _DURATION_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -112,6 +129,10 @@ def parse_duration(text: str | float) -> float:
         seconds = float(match.group(1)) * factor
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ConfigError(f"a duration must be a finite number of seconds, got {text!r}")
+    if seconds > MAX_DURATION:
+        raise ConfigError(
+            f"{text!r} is longer than the longest duration a setting takes, 100 years"
+        )
     return seconds
 
 
@@ -231,6 +252,9 @@ class NodeConfig:
             raise ConfigError(f"happy must be 1..n ({self.n}), got {self.happy}")
         if self.capacity < 0:
             raise ConfigError("capacity cannot be negative")
+        for name in ("capacity", "segment_size", "repair_bandwidth"):
+            if getattr(self, name) > MAX_SIZE:
+                raise ConfigError(f"{name} is more than the largest size a setting takes, 1 EiB")
         if self.workers < 0:
             raise ConfigError("workers cannot be negative")
         if not self.audit_interval > 0 or not self.repair_delay > 0:

@@ -324,3 +324,23 @@ def test_quotas_default_to_the_whole_space_on_loopback(tmp_path: Path) -> None:
     public = load_config(tmp_path, {"listen": "0.0.0.0:4410"}).quota_settings()
     assert (loopback.key_share, loopback.prefix_share) == (1.0, 1.0)
     assert (public.key_share, public.prefix_share) == (0.25, 0.25)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "problem"),
+    [
+        ("capacity", "99999999999999999999TiB", "largest size a setting takes, 1 EiB"),
+        ("capacity", 2**70, "largest size"),
+        ("repair_bandwidth", "2000000 TiB", "largest size"),
+        ("lease_length", "99999999999999999999d", "longest duration a setting takes"),
+        ("repair_grace", "5300w", "100 years"),
+    ],
+)
+def test_sizes_and_durations_out_of_range_are_one_line_errors(
+    tmp_path: Path, flag: str, value: object, problem: str
+) -> None:
+    """A size past 1 EiB or a duration past a century is refused when read, with one
+    line, not an OverflowError later (in the control socket's answer, or a lease's
+    64-bit expiry)."""
+    with pytest.raises(ConfigError, match=problem):
+        load_config(tmp_path, {flag: value})
