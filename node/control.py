@@ -49,7 +49,9 @@ import msgpack
 from node.errors import CommandFailed, ControlError, NodeError, NodeNotRunning, single_error
 
 __all__ = [
+    "COMMAND_TIMEOUT",
     "DATA_PIECE",
+    "MAX_CONTROL_CLIENTS",
     "MAX_CONTROL_FRAME",
     "ControlChannel",
     "ControlClient",
@@ -60,6 +62,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_CONTROL_FRAME: Final = 8 * 1024 * 1024
+MAX_CONTROL_CLIENTS: Final = 32
+"""Control connections served at once; one more is told so and closed."""
+COMMAND_TIMEOUT: Final = 30.0
+"""Seconds a control connection has to send its command; one that does not is closed
+(the CLI sends it at once)."""
 _HEADER: Final = struct.Struct(">I")
 # The header bit that marks a data frame (raw file bytes, not msgpack).
 _DATA_FRAME: Final = 0x8000_0000
@@ -230,6 +237,12 @@ class ControlServer:
         self.path = path
         self._handlers = dict(handlers)
         self._allowed_uids = frozenset((os.getuid(), 0) if allowed_uids is None else allowed_uids)
+        self.clients = 0
+        """Control connections being served now."""
+        self.refused = 0
+        """Connections turned away: too many at once, or another user's."""
+        self.timed_out = 0
+        """Connections closed for not sending their command in time."""
 
     async def run(self, *, task_status: Any = None) -> None:
         import trio
@@ -248,6 +261,11 @@ class ControlServer:
                             await trio.sleep(0.1)
                             continue
                         raise
+                    if self.clients >= MAX_CONTROL_CLIENTS:
+                        self.refused += 1
+                        nursery.start_soon(self._turn_away, connection)
+                        continue
+                    self.clients += 1
                     nursery.start_soon(self._serve, connection)
         finally:
             listener.close()
@@ -281,7 +299,24 @@ class ControlServer:
         sock.listen(16)
         return sock
 
+    async def _turn_away(self, sock: Any) -> None:
+        """Tell a connection over `MAX_CONTROL_CLIENTS` so, and close it."""
+        import trio
+
+        stream = trio.SocketStream(sock)
+        async with stream:
+            with trio.move_on_after(1), contextlib.suppress(ControlError):
+                await ControlChannel(stream).send(
+                    {"error": f"the node is busy: {MAX_CONTROL_CLIENTS} control connections open"}
+                )
+
     async def _serve(self, sock: Any) -> None:
+        try:
+            await self._serve_one(sock)
+        finally:
+            self.clients -= 1
+
+    async def _serve_one(self, sock: Any) -> None:
         import trio
 
         from protocol.errors import ProtocolError
@@ -289,11 +324,28 @@ class ControlServer:
         stream = trio.SocketStream(sock)
         async with stream:
             if not _peer_allowed(sock, self._allowed_uids):
+                self.refused += 1
                 logger.warning("control socket: refused a connection from another user")
                 return
             channel = ControlChannel(stream)
             try:
-                request = await channel.receive()
+                request: dict[str, Any] | None = None
+                with trio.move_on_after(COMMAND_TIMEOUT):
+                    try:
+                        request = await channel.receive()
+                    except ControlError as exc:
+                        # Garbage, not a hang-up: say so before closing.
+                        if "malformed" in str(exc) or "over the limit" in str(exc):
+                            with trio.move_on_after(1), contextlib.suppress(ControlError):
+                                await channel.send({"error": f"bad request: {exc}"})
+                        raise
+                if request is None:
+                    self.timed_out += 1
+                    with trio.move_on_after(1), contextlib.suppress(ControlError):
+                        await channel.send(
+                            {"error": f"no command within {COMMAND_TIMEOUT:.0f} s; closing"}
+                        )
+                    return
                 name = request.get("command")
                 arguments = request.get("arguments", {})
                 handler = self._handlers.get(name) if isinstance(name, str) else None

@@ -20,9 +20,11 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from node.control import (
     DATA_PIECE,
+    MAX_CONTROL_CLIENTS,
     MAX_CONTROL_FRAME,
     ControlChannel,
     ControlClient,
@@ -238,16 +240,16 @@ async def test_unknown_command_gives_an_error_frame(directory: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "answered"),
     [
-        frame(b"\xc1"),  # never valid msgpack
-        frame(msgpack.packb([1, 2, 3])),  # msgpack, but not a map
-        frame(msgpack.packb({1: 2})),  # a map with a non-string key
-        struct.pack(">I", MAX_CONTROL_FRAME + 1),  # over the limit, before any body
-        b"\x00\x00",  # half a header
-        struct.pack(">I", 10) + b"\x81",  # a header promising more than is sent
-        struct.pack(">I", 0x8000_0000 | (MAX_CONTROL_FRAME + 1)),  # an oversized data frame
-        struct.pack(">I", 0x8000_0000 | 10) + b"abc",  # a data frame cut short
+        (frame(b"\xc1"), True),  # never valid msgpack
+        (frame(msgpack.packb([1, 2, 3])), True),  # msgpack, but not a map
+        (frame(msgpack.packb({1: 2})), True),  # a map with a non-string key
+        (struct.pack(">I", MAX_CONTROL_FRAME + 1), True),  # over the limit, before any body
+        (b"\x00\x00", False),  # half a header
+        (struct.pack(">I", 10) + b"\x81", False),  # a header promising more than is sent
+        (struct.pack(">I", 0x8000_0000 | (MAX_CONTROL_FRAME + 1)), True),  # oversized data
+        (struct.pack(">I", 0x8000_0000 | 10) + b"abc", False),  # a data frame cut short
     ],
     ids=[
         "not-msgpack",
@@ -260,15 +262,66 @@ async def test_unknown_command_gives_an_error_frame(directory: Path) -> None:
         "short-data",
     ],
 )
-async def test_malformed_frame_closes_only_that_connection(directory: Path, data: bytes) -> None:
-    """A malformed or oversized frame closes its connection without an answer; the
+async def test_malformed_frame_closes_only_that_connection(
+    directory: Path, data: bytes, answered: bool
+) -> None:
+    """A malformed or oversized frame is answered with one error frame saying so, and
+    its connection closed (a frame cut short by a hang-up has nobody to answer); the
     server keeps serving other connections."""
     path = directory / "control.sock"
     with trio.fail_after(TEST_TIMEOUT):
         async with serving(path):
             answer = await trio.to_thread.run_sync(send_raw_and_read_until_closed, path, data)
-            assert answer == b""
+            if answered:
+                (size,) = struct.unpack(">I", answer[:4])
+                reply = msgpack.unpackb(answer[4 : 4 + size])
+                assert len(answer) == 4 + size
+                assert reply["error"].startswith("bad request: ")
+            else:
+                assert answer == b""
             assert await command(path, "echo") == [{"result": {"echo": {}}}]
+
+
+async def idle_connection(path: Path) -> trio.SocketStream:
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.connect(str(path))
+    return trio.SocketStream(sock)
+
+
+async def read_to_end(stream: trio.SocketStream) -> bytes:
+    received = b""
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return received
+
+
+def only_error(data: bytes) -> str:
+    (size,) = struct.unpack(">I", data[:4])
+    assert len(data) == 4 + size
+    error: str = msgpack.unpackb(data[4:])["error"]
+    return error
+
+
+async def test_idle_and_surplus_connections_are_closed_saying_why(
+    directory: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Connections that send no command are closed after COMMAND_TIMEOUT, with an error
+    frame; past MAX_CONTROL_CLIENTS at once, one more is told the node is busy; both
+    are counted, and the server serves again once they are gone."""
+    path = directory / "control.sock"
+    async with serving(path) as server:
+        idle = [await idle_connection(path) for _ in range(MAX_CONTROL_CLIENTS)]
+        await trio.sleep(1)
+        assert server.clients == MAX_CONTROL_CLIENTS
+        surplus = await idle_connection(path)
+        assert "busy" in only_error(await read_to_end(surplus))
+        assert server.refused == 1
+        for stream in idle:
+            assert "no command within" in only_error(await read_to_end(stream))
+        assert (server.clients, server.timed_out) == (0, MAX_CONTROL_CLIENTS)
+        answer = await idle_connection(path)
+        await answer.send_all(frame(msgpack.packb({"command": "echo", "arguments": {}})))
+        assert msgpack.unpackb((await read_to_end(answer))[4:]) == {"result": {"echo": {}}}
 
 
 async def test_client_rejects_an_oversized_frame_from_the_node(directory: Path) -> None:
