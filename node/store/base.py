@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from node.errors import ChunkMismatch, ChunkTooLarge, StoreFull
+from node.ratelog import RateLimitedLog
 from node.store.config import StoreConfig
 from protocol import chunk
 from protocol.chunk import CHUNK_ID_SIZE, GroupRecord
@@ -45,6 +46,7 @@ __all__ = [
     "check_chunk",
     "describe_chunk_id",
     "format_size",
+    "other_group_log",
     "refuse_if_full",
     "warn_if_other_group",
 ]
@@ -176,11 +178,20 @@ def refuse_if_full(used: int, size: int, capacity: int, chunk_id: bytes) -> None
         )
 
 
-def warn_if_other_group(chunk_id: bytes, held: GroupRecord, offered: GroupRecord) -> None:
+def other_group_log() -> RateLimitedLog:
+    """A store's own budget for `warn_if_other_group`: a peer can offer a held chunk
+    with another record as often as it likes, and gets a line a minute."""
+    return RateLimitedLog(logger)
+
+
+def warn_if_other_group(
+    chunk_id: bytes, held: GroupRecord, offered: GroupRecord, log: RateLimitedLog
+) -> None:
     """Log that a put of a chunk already held came with another group record, which is
     ignored (the module docstring says why)."""
     if held != offered:
-        logger.warning(
+        log.warning(
+            "other group",
             "chunk %s is already held in group %d-of-%d at index %d; keeping that record "
             "and ignoring another (%d-of-%d at index %d)",
             chunk_id.hex(),

@@ -61,6 +61,7 @@ from node.store.base import (
     check_chunk,
     describe_chunk_id,
     format_size,
+    other_group_log,
     refuse_if_full,
     warn_if_other_group,
 )
@@ -117,6 +118,7 @@ class DiskChunkStore:
         self._lock_descriptor = lock_descriptor
         self._write = write
         self._clock = clock
+        self._other_group_log = other_group_log()
         # Guards everything below, and the index.
         self._guard = threading.Condition()
         self._used = 0
@@ -224,7 +226,7 @@ class DiskChunkStore:
                 self._guard.wait()
             row = self._row(chunk_id)
             if row is not None:
-                warn_if_other_group(chunk_id, row.group, group)
+                warn_if_other_group(chunk_id, row.group, group, self._other_group_log)
                 return
             refuse_if_full(self._used + self._reserved, cost, self._config.capacity, chunk_id)
             self._reserved += cost

@@ -20,6 +20,7 @@ from node.store.base import (
     StoreStatistics,
     check_chunk,
     describe_chunk_id,
+    other_group_log,
     refuse_if_full,
     warn_if_other_group,
 )
@@ -39,6 +40,7 @@ class MemoryChunkStore:
         """An empty store; `clock` gives the stored time of new chunks."""
         self._config = config or StoreConfig(in_memory=True)
         self._clock = clock
+        self._other_group_log = other_group_log()
         self._guard = threading.Lock()
         self._chunks: dict[bytes, tuple[bytes, ChunkInfo]] = {}
         self._used = 0
@@ -80,7 +82,7 @@ class MemoryChunkStore:
             self._check_open()
             held = self._chunks.get(chunk_id)
             if held is not None:
-                warn_if_other_group(chunk_id, held[1].group, group)
+                warn_if_other_group(chunk_id, held[1].group, group, self._other_group_log)
                 return
             cost = chunk_cost(len(data), group.n)
             refuse_if_full(self._used, cost, self._config.capacity, chunk_id)

@@ -446,8 +446,12 @@ class Connection:
         statistics.peers_cut_off += 1
         key = reason.split(":")[0]
         statistics.cut_off_reasons[key] = statistics.cut_off_reasons.get(key, 0) + 1
-        logger.warning(
-            "cutting off %s at %s:%s: %s", self.peer.node_id.short(), *self.peer.address, reason
+        self.transport.peer_log.warning(
+            "cut off",
+            "cutting off %s at %s:%s: %s",
+            self.peer.node_id.short(),
+            *self.peer.address,
+            reason,
         )
         await self.close(reason)
 

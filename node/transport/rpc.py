@@ -27,6 +27,7 @@ from typing import cast
 import trio
 
 from node.errors import ConnectionFailed, LinkClosed, RequestTimeout, TransportError
+from node.ratelog import RateLimitedLog
 from node.transport.config import TransportConfig
 from node.transport.connection import Connection
 from node.transport.handler import AsyncHandler, Handler, InlineHandler, Peer
@@ -103,6 +104,8 @@ class Transport:
         self._inbound_count = 0
         self._outbound_count = 0
         self._statistics = TransportStatistics()
+        # What peers cause (refusals, cut-offs): a line a minute of each kind.
+        self.peer_log = RateLimitedLog(logger)
         self._nursery: trio.Nursery | None = None
         self._ping_count = 0
 
@@ -275,7 +278,9 @@ class Transport:
                     refusal = f"connection limit ({self.config.max_connections}) reached"
                 if refusal is not None:
                     self._statistics.connections_refused += 1
-                    logger.warning("refusing %s:%s: %s", *pending.remote_address, refusal)
+                    self.peer_log.warning(
+                        "refusing", "refusing %s:%s: %s", *pending.remote_address, refusal
+                    )
                     await pending.aclose()
                     continue
                 self._handshaking += 1
@@ -295,7 +300,12 @@ class Transport:
                     self._statistics.handshakes_failed += 1
                     if exc.misbehaved:
                         self._statistics.peers_cut_off += 1
-                        logger.warning("cutting off %s:%s: %s", *pending.remote_address, exc.reason)
+                        self.peer_log.warning(
+                            "handshake",
+                            "cutting off %s:%s: %s",
+                            *pending.remote_address,
+                            exc.reason,
+                        )
                     else:  # it went away (a dialler that gave up): nothing to hold against it
                         logger.debug(
                             "handshake with %s:%s ended: %s", *pending.remote_address, exc.reason
@@ -304,7 +314,8 @@ class Transport:
             if scope.cancelled_caught:
                 self._statistics.handshakes_failed += 1
                 self._statistics.peers_cut_off += 1
-                logger.warning(
+                self.peer_log.warning(
+                    "handshake",
                     "cutting off %s:%s: no handshake within %g s",
                     *pending.remote_address,
                     self.config.handshake_timeout,

@@ -311,7 +311,8 @@ async def test_connection_flood(
     clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Connections beyond the limit are closed at once, the ones within it at the handshake
-    timeout; the established honest peer is served throughout, and newcomers get in after."""
+    timeout; the established honest peer is served throughout, and newcomers get in after.
+    The log says so in one line of each kind, not one per connection."""
     async with server_and_honest_client(rng) as (server, finish):
         flood = [await raw_connection(server) for _ in range(3 * CONFIG.max_connections)]
         closed_at: list[float] = []
@@ -338,6 +339,8 @@ async def test_connection_flood(
             assert server.address is not None
             peer, _ = await newcomer.ping(server.address, node_id=server.node_id)
             assert peer == server.node_id
+    # Logged at most once a minute of each kind (node/ratelog.py): the flood is one
+    # line, not 17; the counters above have the numbers.
     lines = caplog.records
-    assert sum("connection limit" in r.getMessage() for r in lines) == len(immediately)
-    assert sum("no handshake within" in r.getMessage() for r in lines) == len(at_timeout)
+    assert sum("connection limit" in r.getMessage() for r in lines) == 1
+    assert sum("no handshake within" in r.getMessage() for r in lines) == 1
