@@ -44,6 +44,9 @@ class DhtConfig:
     # 22 h; quotas bound what one peer can make us store.
     provider_ttl: float = 48 * HOUR
     republish_interval: float = 22 * HOUR
+    # Republish lookups in flight at once: keys announced together (a restart announces
+    # every held chunk) come due together, and go out as a stream, not one burst.
+    republish_concurrency: int = 8
     max_records_per_peer: int = 100_000
     max_providers_per_key: int = MAX_PROVIDERS
     # Buckets with no lookup for this long are refreshed with a random-id lookup.
@@ -73,6 +76,8 @@ class DhtConfig:
                 raise ValueError(f"DhtConfig.{name} must be >= 1 or None")
         if not 0 < self.min_query_timeout <= self.initial_query_timeout <= self.max_query_timeout:
             raise ValueError("need 0 < min_query_timeout <= initial <= max_query_timeout")
+        if self.republish_concurrency < 1:
+            raise ValueError("republish_concurrency must be at least 1")
         if not 0 < self.republish_interval < self.provider_ttl:
             raise ValueError("republish_interval must be positive and below provider_ttl")
         if not 1 <= self.max_providers_per_key <= MAX_PROVIDERS:

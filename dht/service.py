@@ -10,7 +10,7 @@ Public API: `bootstrap(addresses)`, `find_node(target)`, `provide(key)`,
 | refresh      | every bucket_refresh_interval          | a random-id lookup in each bucket |
 |              |                                        | with no lookup for that long      |
 | republish    | at each provision's last publish +     | ADD_PROVIDER to the k closest     |
-|              | republish_interval (22 h)              |                                   |
+|              | republish_interval (22 h)              | (republish_concurrency at a time) |
 | expiry       | every expiry_sweep_interval            | drop expired provider records     |
 | persistence  | every persist_interval and at the end  | save records, provisions, table   |
 | eviction     | when the table asks (PingOldest)       | ping the oldest contact of a full |
@@ -461,9 +461,13 @@ class DhtService:
             due = self.provisions.due_for_republish(
                 trio.current_time(), self.config.republish_interval
             )
+            # At most `republish_concurrency` lookups at once: a burst of keys due
+            # together goes out as a stream.
+            limit = trio.Semaphore(self.config.republish_concurrency)
             async with trio.open_nursery() as nursery:
                 for key in due:
-                    nursery.start_soon(self._republish, key)
+                    await limit.acquire()
+                    nursery.start_soon(self._republish, key, limit)
             retry_at = -math.inf
             now = trio.current_time()
             still_due = set(due) & set(
@@ -475,12 +479,14 @@ class DhtService:
                 # while this round ran are not failures: they go next, at once.
                 retry_at = now + self.config.bucket_refresh_interval
 
-    async def _republish(self, key: NodeId) -> None:
+    async def _republish(self, key: NodeId, limit: trio.Semaphore) -> None:
         try:
             if await self._publish(key):
                 self._statistics.republished += 1
         except DhtError as exc:
             logger.warning("republishing %s failed: %s", key.short(), exc)
+        finally:
+            limit.release()
 
     async def _expiry_loop(self) -> None:
         while True:

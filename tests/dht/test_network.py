@@ -270,3 +270,33 @@ async def test_records_expire_and_are_republished_on_schedule(clock: MockClock) 
         await trio.sleep_until(last_publish + 48 * HOUR + 1)
         found = {c.node_id for c in await seeker.dht.find_providers(key)}
         assert found == {other.node_id}  # expired; the live one was republished
+
+
+async def test_keys_due_together_are_republished_a_few_at_a_time(clock: MockClock) -> None:
+    """Forty keys announced at once come due at once: their republish lookups go out at
+    most `republish_concurrency` at a time, and all are republished (issue 18, row 7)."""
+    rng = random.Random(9)
+    async with open_swarm(8, seed=9) as swarm:
+        provider = swarm.nodes[2]
+        keys = [random_key(rng) for _ in range(40)]
+        for key in keys:
+            provider.dht.provisions.provide(key)
+            provider.dht.provisions.published(key, trio.current_time())
+        in_flight = 0
+        most = 0
+        publish = provider.dht._publish
+
+        async def counted(key: NodeId) -> int:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await publish(key)
+            finally:
+                in_flight -= 1
+
+        provider.dht._publish = counted  # type: ignore[method-assign]
+        provider.dht._wake_republisher(trio.current_time() + 22 * HOUR)
+        await trio.sleep(22 * HOUR + 600)
+        assert provider.dht.statistics().republished == 40
+        assert most == provider.dht.config.republish_concurrency
