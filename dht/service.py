@@ -29,13 +29,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from dht.config import DhtConfig
 from dht.contact import Address, Contact, ContactCache
+from dht.dial import DialPolicy
 from dht.errors import DhtError, RpcFailed, StorageError
 from dht.lookup import CANDIDATE_FACTOR, Lookup
 from dht.providers import LocalProvisions, ProviderStore
@@ -52,6 +53,7 @@ from protocol.messages import (
     Nodes,
     ProviderAdded,
     Providers,
+    WireContact,
 )
 
 __all__ = ["DhtService", "DhtStatistics"]
@@ -102,8 +104,13 @@ class DhtService:
         storage: DhtStorage | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        dial_policy: DialPolicy | None = None,
     ) -> None:
+        """`dial_policy` says which addresses named in peers' answers are dialled
+        (dht/dial.py); None dials any (tests of the DHT alone)."""
         self.config = config or DhtConfig()
+        self.dial_policy = dial_policy
+        self.refused_addresses = 0
         self.node_id = transport.node_id
         self._transport = transport
         # 0 means we do not listen: peers then keep us out of their tables.
@@ -339,13 +346,18 @@ class DhtService:
 
     def _parse_answer(self, lookup: Lookup, answer: Message) -> tuple[list[Contact], list[Contact]]:
         if lookup.want_providers and isinstance(answer, Providers):
-            return (
-                [self._contacts.from_wire(wire) for wire in answer.closer],
-                [self._contacts.from_wire(wire) for wire in answer.providers],
-            )
+            return self._dialable(answer.closer), self._dialable(answer.providers)
         if not lookup.want_providers and isinstance(answer, Nodes):
-            return [self._contacts.from_wire(wire) for wire in answer.contacts], []
+            return self._dialable(answer.contacts), []
         raise RpcFailed(f"answered {type(answer).__name__} to a lookup")
+
+    def _dialable(self, wires: Sequence[WireContact]) -> list[Contact]:
+        """The contacts of an answer this node will dial (dht/dial.py): at most k, and
+        none at an address the dial policy refuses."""
+        policy = self.dial_policy
+        allowed = [wire for wire in wires if policy is None or policy.allows(wire.host)]
+        self.refused_addresses += len(wires) - len(allowed)
+        return [self._contacts.from_wire(wire) for wire in allowed[: self.config.k]]
 
     # -- publishing -------------------------------------------------------------------
 

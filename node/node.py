@@ -24,6 +24,7 @@ import trio
 
 from dht.config import DhtConfig
 from dht.contact import Contact
+from dht.dial import DialPolicy
 from dht.errors import DhtError
 from dht.service import DhtService
 from dht.storage import DhtStorage
@@ -223,6 +224,11 @@ class Node:
                 storage=dht_storage,
                 rng=self._rng,
                 wall_clock=self._wall_clock,
+                # Peers' answers name addresses to dial: only public ones, and loopback
+                # or private ones if this node lives on such a network (dht/dial.py).
+                dial_policy=DialPolicy.for_node(
+                    [address[0], config.listen[0], *(host for host, _ in config.bootstrap)]
+                ),
             )
             # workers = 0: everything inline (simulations, under a mock clock); else the
             # disk in worker threads, and coding in at most `workers` of them.
