@@ -19,11 +19,13 @@ What the store promises:
   sender" is enforced there, not here.
 - Limits bound what peers can make us store. A peer holding `max_records_per_peer`
   records gets `QuotaExceeded` for a new one. A key with `max_providers_per_key` live
-  providers refuses newcomers with `KeyFull` and keeps the providers it has until they
-  expire. Evicting the provider expiring soonest would let anyone with a few hundred ids
-  push honest providers out of a key in one burst; refusing newcomers means an attacker
-  can only take slots that are free, and an honest provider keeps its slot for as long
-  as it republishes. Both refusals leave the store unchanged.
+  providers prefers diversity: a newcomer from an address prefix (/24, /64) with fewer
+  providers of the key than the most crowded prefix has takes the slot of that prefix's
+  provider expiring soonest; a newcomer from a prefix as crowded as any gets `KeyFull`.
+  So identities from one host or /24 cannot hold a key against honest providers
+  elsewhere (they keep at most their fair part of its slots), and an honest provider
+  from a prefix of its own is never pushed out by one that already has more. Both
+  refusals leave the store unchanged.
 - Expired records stop being returned at once; `expire(now)` frees their memory. It
   costs O(r log n) for r records removed (a heap ordered by expiry, so the sweep does not
   walk every record), and the store also sweeps by itself before refusing a record, so
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from dht.config import DhtConfig
 from dht.contact import Contact
 from dht.errors import KeyFull, QuotaExceeded
+from dht.routing import address_prefix
 from protocol.identity import NodeId
 
 __all__ = [
@@ -97,6 +100,7 @@ class ProviderStore:
         self._expired = 0
         self._rejected_over_quota = 0
         self._rejected_key_full = 0
+        self._displaced = 0
 
     def add(self, key: NodeId, provider: Contact, now: float) -> float:
         """Record that `provider` provides `key`; return when the record expires.
@@ -125,10 +129,15 @@ class ProviderStore:
                 f"{self._config.max_records_per_peer} provider records here"
             )
         if self._key_full(key):
-            self._rejected_key_full += 1
-            raise KeyFull(
-                f"key {key.short()} already has {self._config.max_providers_per_key} providers"
-            )
+            crowded = self._most_crowded(key, address_prefix(provider.address[0]))
+            if crowded is None:
+                self._rejected_key_full += 1
+                raise KeyFull(
+                    f"key {key.short()} already has {self._config.max_providers_per_key} "
+                    "providers, none from a prefix with more of them than this one's"
+                )
+            self._remove(key, crowded)
+            self._displaced += 1
         self._insert(ProviderRecord(key, provider, expires_at))
         self._added += 1
         return expires_at
@@ -211,6 +220,20 @@ class ProviderStore:
     def _over_quota(self, provider_id: NodeId) -> bool:
         keys = self._keys_by_provider.get(provider_id)
         return keys is not None and len(keys) >= self._config.max_records_per_peer
+
+    def _most_crowded(self, key: NodeId, prefix: str) -> NodeId | None:
+        """The provider to make room for a newcomer from `prefix` on a full key: the
+        one expiring soonest in the prefix with the most providers of the key, if that
+        prefix has more of them than the newcomer's would have with it; else None."""
+        providers = self._by_key[key]
+        by_prefix: dict[str, list[ProviderRecord]] = {}
+        for record in providers.values():
+            by_prefix.setdefault(address_prefix(record.provider.address[0]), []).append(record)
+        crowded_prefix = max(by_prefix, key=lambda name: (len(by_prefix[name]), name))
+        if len(by_prefix[crowded_prefix]) <= len(by_prefix.get(prefix, [])) + 1:
+            return None
+        soonest = min(by_prefix[crowded_prefix], key=lambda r: (r.expires_at, r.provider.node_id))
+        return soonest.provider.node_id
 
     def _key_full(self, key: NodeId) -> bool:
         providers = self._by_key.get(key)

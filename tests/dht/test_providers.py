@@ -296,3 +296,28 @@ def test_a_provision_is_due_at_exactly_the_deadline_the_timer_waits_for() -> Non
     provisions.provide(key)
     provisions.published(key, last)
     assert provisions.due_for_republish(last + interval, interval) == [key]
+
+
+def test_a_full_key_prefers_diversity_over_one_crowded_prefix() -> None:
+    """64 identities from one /24 fill a key (issue 18, row 3): an honest provider from
+    another /24 still gets in, taking the slot of the crowded prefix's provider expiring
+    soonest; one more identity of the crowded /24 is refused; and a provider from a
+    prefix of its own is never pushed out by one from a prefix with more."""
+    providers = store(max_providers_per_key=64)
+    sybils = [
+        Contact(NodeId.from_int(1000 + i), (f"198.51.100.{i % 250}", 4000)) for i in range(64)
+    ]
+    for number, sybil in enumerate(sybils):
+        providers.add(key(1), sybil, float(number))
+    honest = Contact(NodeId.from_int(7), ("203.0.113.7", 4000))
+    providers.add(key(1), honest, 100.0)
+    live = providers.get(key(1), 100.0, 100)
+    assert honest in live and sybils[0] not in live and len(live) == 64
+    with pytest.raises(KeyFull):
+        providers.add(key(1), Contact(NodeId.from_int(5000), ("198.51.100.99", 4000)), 101.0)
+    for number in range(30):  # more honest providers, each from a /24 of its own
+        other = Contact(NodeId.from_int(20 + number), (f"192.0.{number}.1", 4000))
+        providers.add(key(1), other, 102.0 + number)
+    live = providers.get(key(1), 200.0, 100)
+    assert honest in live and len(live) == 64
+    assert sum(contact.address[0].startswith("198.51.100.") for contact in live) == 33
