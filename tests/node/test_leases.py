@@ -371,3 +371,23 @@ def test_records_that_keep_nothing_are_not_stored_and_stale_ones_take_nothing() 
     take(leases, release, range(1, 2), now=NOW + 1)
     # The record the release replaced, replayed: nothing taken, and the answer says so.
     assert take(leases, lease(ALICE), range(1, 2), now=NOW + 2) == [False]
+
+
+def test_short_leases_between_sweeps_do_not_reset_the_grace() -> None:
+    """A 5-second lease right after each sweep, once every few days, does not keep a
+    released chunk in the trash for ever: only a sweep revives, if a lease runs then."""
+    leases = book()
+    upload(leases, 1)
+    take(leases, lease(ALICE), range(1, 2))
+    now = NOW + 10
+    take(leases, make_lease(ALICE, MANIFEST, int(now), int(now)), range(1, 2), now=now)
+    deleted_at = None
+    for hour in range(1, 20 * 24):
+        now = NOW + hour * 3600
+        if leases.sweep(now, 3600):
+            deleted_at = hour
+            break
+        if hour % 72 == 0:  # just after a sweep: a lease that ends before the next one
+            short = make_lease(MALLORY, bytes([8]) * 32, int(now + 1), int(now + 6))
+            take(leases, short, range(1, 2), now=now + 1)
+    assert deleted_at is not None and deleted_at <= 7 * 24 + 2
