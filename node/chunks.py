@@ -5,7 +5,10 @@ docs/PROTOCOL.md#chunk-messages. What it promises:
 
 - A chunk is acknowledged (CHUNK_STORED) only once the store has it durably; bytes that
   do not hash to the id, an inconsistent group record, a chunk over the size limit or a
-  full store are refused with an ERROR the sender can act on, and never stored.
+  full store are refused with an ERROR the sender can act on, and never stored. With a
+  lease keeper (node/keeper.py) a store also passes the quotas (OVER_QUOTA past a key's
+  or a prefix's share), gets its upload lease once stored, and is answered BUSY while
+  the garbage collector deletes that chunk.
 - The disk work runs in worker threads (`trio.to_thread`; `inline` for simulations),
   so a slow disk never stalls the node's event loop; at most `MAX_CHUNK_JOBS` chunk
   requests are served at once, and at most `MAX_CHUNK_JOBS_PER_PEER` for one peer

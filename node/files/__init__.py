@@ -10,6 +10,7 @@
 | retrieval       | `get_file`: the manifest, then each segment, decoded in order  |
 | checking        | `check_file`: which chunks holders prove they have (audits)    |
 | repair          | `repair_file`: lost chunks rebuilt, no key, and placed anew     |
+| leasing         | `send_lease`, `lease_file`: a file's lease to its holders      |
 
 docs/PROTOCOL.md#placing-a-file and #finding-and-fetching-a-file say what goes on the
 wire; each module's header says what it promises.
