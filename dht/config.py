@@ -47,6 +47,10 @@ class DhtConfig:
     # Republish lookups in flight at once: keys announced together (a restart announces
     # every held chunk) come due together, and go out as a stream, not one burst.
     republish_concurrency: int = 8
+    # Each key is republished up to this share of the interval early, by an amount of
+    # its own (`DhtConfig.republish_offset`): keys announced together drift apart, so
+    # that their republishing spreads over the interval instead of coming in bursts.
+    republish_spread: float = 0.1
     max_records_per_peer: int = 100_000
     max_providers_per_key: int = MAX_PROVIDERS
     # Buckets with no lookup for this long are refreshed with a random-id lookup.
@@ -78,6 +82,8 @@ class DhtConfig:
             raise ValueError("need 0 < min_query_timeout <= initial <= max_query_timeout")
         if self.republish_concurrency < 1:
             raise ValueError("republish_concurrency must be at least 1")
+        if not 0.0 <= self.republish_spread < 1.0:
+            raise ValueError("republish_spread must be in [0, 1)")
         if not 0 < self.republish_interval < self.provider_ttl:
             raise ValueError("republish_interval must be positive and below provider_ttl")
         if not 1 <= self.max_providers_per_key <= MAX_PROVIDERS:
@@ -85,3 +91,10 @@ class DhtConfig:
         for name in ("max_records_per_peer", "bucket_refresh_interval", "expiry_sweep_interval"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DhtConfig.{name} must be positive")
+
+    def republish_offset(self, key: bytes) -> float:
+        """How much earlier than `republish_interval` the key `key` is republished each
+        time: a fraction of `republish_spread` of the interval, fixed by the key's own
+        bytes, so that keys announced at one moment come due at different ones."""
+        fraction = int.from_bytes(key[:4], "big") / 2**32
+        return self.republish_spread * self.republish_interval * fraction

@@ -10,7 +10,8 @@ Public API: `bootstrap(addresses)`, `find_node(target)`, `provide(key)`,
 | refresh      | every bucket_refresh_interval          | a random-id lookup in each bucket |
 |              |                                        | with no lookup for that long      |
 | republish    | at each provision's last publish +     | ADD_PROVIDER to the k closest     |
-|              | republish_interval (22 h)              | (republish_concurrency at a time) |
+|              | republish_interval (22 h), less the    | (republish_concurrency at a time) |
+|              | key's own offset (republish_spread)    |                                   |
 | expiry       | every expiry_sweep_interval            | drop expired provider records     |
 | persistence  | every persist_interval and at the end  | save records, provisions, table   |
 | eviction     | when the table asks (PingOldest)       | ping the oldest contact of a full |
@@ -386,8 +387,11 @@ class DhtService:
             for contact in closest:
                 nursery.start_soon(store, contact)
         if stored:
-            self.provisions.published(key, trio.current_time())
-            self._wake_republisher(trio.current_time() + self.config.republish_interval)
+            # Recorded a little early, by the key's own offset: keys published together
+            # drift apart and their republishing spreads over the interval.
+            published = trio.current_time() - self.config.republish_offset(key.value)
+            self.provisions.published(key, published)
+            self._wake_republisher(published + self.config.republish_interval)
         return stored
 
     def _local_providers(self, key: NodeId) -> list[Contact]:
