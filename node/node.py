@@ -196,8 +196,15 @@ class Node:
     ) -> None:
         config = self.config
         link_layer = self._link_layer or TcpLinkLayer(identity)
+        transport_config = self._transport_config
+        if transport_config is None and is_loopback(config.listen[0]):
+            # Every peer of a loopback node shares 127.0.0.0/24: the per-prefix limits
+            # would hold a testnet of more than a few nodes to one prefix's slots.
+            transport_config = TransportConfig(
+                max_connections_per_prefix=None, max_handshakes_per_prefix=None
+            )
         transport = Transport(
-            identity, link_layer, listen_address=config.listen, config=self._transport_config
+            identity, link_layer, listen_address=config.listen, config=transport_config
         )
         async with trio.open_nursery() as nursery:
             try:

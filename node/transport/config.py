@@ -25,6 +25,12 @@ class TransportConfig:
     # Inbound handshakes in progress at once: a flood of half-open connections is
     # refused beyond this without touching established ones.
     max_handshakes: int = 64
+    # The same two limits for one address prefix (/24 IPv4, /64 IPv6): identities cost
+    # microseconds, so no single host or subnet may hold more than its part of the
+    # slots, and a newcomer from elsewhere always finds one. None: no such limit (a
+    # node on loopback, whose peers all share 127.0.0.0/24).
+    max_connections_per_prefix: int | None = 32
+    max_handshakes_per_prefix: int | None = 8
     # A dial or an inbound handshake that takes longer is abandoned.
     handshake_timeout: float = 10.0
     # Default wait for an answer, and the longest a handler may take to give one.
@@ -45,6 +51,10 @@ class TransportConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"TransportConfig.{name} must be at least 1")
+        for name in ("max_connections_per_prefix", "max_handshakes_per_prefix"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"TransportConfig.{name} must be at least 1, or None")
         if self.max_frame_size > 64 * 1024 * 1024:
             raise ValueError("TransportConfig.max_frame_size is capped at 64 MiB")
         for name in ("handshake_timeout", "request_timeout", "idle_timeout", "send_timeout"):

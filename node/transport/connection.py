@@ -114,6 +114,8 @@ class Connection:
     """One authenticated link and the requests multiplexed on it."""
 
     def __init__(self, transport: Transport, link: Link, *, outbound: bool) -> None:
+        self.prefix = ""
+        """The address prefix an inbound connection counts against (rpc.py's limits)."""
         self.transport = transport
         self.link = link
         self.outbound = outbound

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import cast
 
 import trio
 
+from dht.routing import address_prefix
 from node.errors import ConnectionFailed, LinkClosed, RequestTimeout, TransportError
 from node.ratelog import RateLimitedLog
 from node.transport.config import TransportConfig
@@ -102,6 +104,9 @@ class Transport:
         # stop us from dialling out, nor the other way round.
         self._handshaking = 0
         self._inbound_count = 0
+        # Inbound connections and handshakes per address prefix (the per-prefix limits).
+        self._inbound_by_prefix: Counter[str] = Counter()
+        self._handshaking_by_prefix: Counter[str] = Counter()
         self._outbound_count = 0
         self._statistics = TransportStatistics()
         # What peers cause (refusals, cut-offs): a line a minute of each kind.
@@ -272,10 +277,28 @@ class Transport:
                 except trio.ClosedResourceError:
                     return
                 refusal = None
-                if self._handshaking >= self.config.max_handshakes:
-                    refusal = f"handshake limit ({self.config.max_handshakes}) reached"
-                elif self._inbound_count >= self.config.max_connections:
-                    refusal = f"connection limit ({self.config.max_connections}) reached"
+                config = self.config
+                prefix = address_prefix(str(pending.remote_address[0]))
+                if self._handshaking >= config.max_handshakes:
+                    refusal = f"handshake limit ({config.max_handshakes}) reached"
+                elif self._inbound_count >= config.max_connections:
+                    refusal = f"connection limit ({config.max_connections}) reached"
+                elif (
+                    config.max_handshakes_per_prefix is not None
+                    and self._handshaking_by_prefix[prefix] >= config.max_handshakes_per_prefix
+                ):
+                    refusal = (
+                        f"handshake limit of its prefix {prefix} "
+                        f"({config.max_handshakes_per_prefix}) reached"
+                    )
+                elif (
+                    config.max_connections_per_prefix is not None
+                    and self._inbound_by_prefix[prefix] >= config.max_connections_per_prefix
+                ):
+                    refusal = (
+                        f"connection limit of its prefix {prefix} "
+                        f"({config.max_connections_per_prefix}) reached"
+                    )
                 if refusal is not None:
                     self._statistics.connections_refused += 1
                     self.peer_log.warning(
@@ -285,12 +308,14 @@ class Transport:
                     continue
                 self._handshaking += 1
                 self._inbound_count += 1
-                nursery.start_soon(self._handshake_inbound, pending)
+                self._handshaking_by_prefix[prefix] += 1
+                self._inbound_by_prefix[prefix] += 1
+                nursery.start_soon(self._handshake_inbound, pending, prefix)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
-    async def _handshake_inbound(self, pending: PendingLink) -> None:
+    async def _handshake_inbound(self, pending: PendingLink, prefix: str) -> None:
         registered = False
         try:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
@@ -322,17 +347,19 @@ class Transport:
                 )
                 await pending.aclose()
                 return
-            await self._register(link, outbound=False)
+            await self._register(link, outbound=False, prefix=prefix)
             registered = True
             self._statistics.connections_inbound += 1
         finally:
             self._handshaking -= 1
+            _decrement(self._handshaking_by_prefix, prefix)
             if not registered:
                 self._inbound_count -= 1
+                _decrement(self._inbound_by_prefix, prefix)
 
     # -- the pool ---------------------------------------------------------------------
 
-    async def _register(self, link: Link, *, outbound: bool) -> Connection:
+    async def _register(self, link: Link, *, outbound: bool, prefix: str = "") -> Connection:
         nursery = self._nursery
         if nursery is None:
             # Stopped while the handshake ran: nobody will serve this link.
@@ -340,6 +367,7 @@ class Transport:
                 await link.aclose()
             raise ConnectionFailed("the transport stopped")
         connection = Connection(self, link, outbound=outbound)
+        connection.prefix = prefix
         nursery.start_soon(connection.run)
         # One connection per peer identity serves requests; another one finishes what
         # it carries and retires, so that one identity cannot hold many of our slots.
@@ -367,6 +395,7 @@ class Transport:
             self._outbound_count -= 1
         else:
             self._inbound_count -= 1
+            _decrement(self._inbound_by_prefix, connection.prefix)
         if self._connections.get(connection.peer.node_id) is connection:
             del self._connections[connection.peer.node_id]
         address = connection.dialled_address
@@ -393,3 +422,9 @@ async def open_transport(
             yield transport
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]

@@ -3,6 +3,7 @@ honest peer, served at the same time, keeps getting its answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import socket
@@ -344,3 +345,40 @@ async def test_connection_flood(
     lines = caplog.records
     assert sum("connection limit" in r.getMessage() for r in lines) == 1
     assert sum("no handshake within" in r.getMessage() for r in lines) == 1
+
+
+async def test_one_subnet_cannot_hold_every_slot(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections from one /24 (127.0.5.0/24 here, all of loopback being local) get at
+    most `max_connections_per_prefix` slots; beyond it they are closed at once, and a
+    newcomer from another prefix (127.0.0.1) is served while they hold theirs (issue 18,
+    rows 1-2)."""
+    config = dataclasses.replace(
+        CONFIG, max_connections=8, max_connections_per_prefix=3, max_handshakes_per_prefix=3
+    )
+    server_identity = seeded_identity(rng)
+    async with open_transport(
+        server_identity,
+        TcpLinkLayer(server_identity, random_bytes=rng.randbytes),
+        listen_address=("127.0.0.1", 0),
+        config=config,
+    ) as server:
+        assert server.address is not None
+        flood = []
+        for _ in range(10):  # more than every slot
+            sock = trio.socket.socket()
+            await sock.bind(("127.0.5.1", 0))
+            await sock.connect(server.address)
+            flood.append(trio.SocketStream(sock))
+        await trio.sleep(0.5)
+        assert server.statistics().connections_refused == 7
+        newcomer_identity = seeded_identity(rng)
+        async with open_transport(
+            newcomer_identity, TcpLinkLayer(newcomer_identity, random_bytes=rng.randbytes)
+        ) as newcomer:
+            peer, _ = await newcomer.ping(server.address, node_id=server.node_id)
+            assert peer == server.node_id
+        for stream in flood:
+            await stream.aclose()
+    assert any("prefix 127.0.5.0/24" in r.getMessage() for r in caplog.records)
