@@ -100,7 +100,6 @@ class ProviderStore:
         self._expired = 0
         self._rejected_over_quota = 0
         self._rejected_key_full = 0
-        self._displaced = 0
 
     def add(self, key: NodeId, provider: Contact, now: float) -> float:
         """Record that `provider` provides `key`; return when the record expires.
@@ -137,7 +136,6 @@ class ProviderStore:
                     "providers, none from a prefix with more of them than this one's"
                 )
             self._remove(key, crowded)
-            self._displaced += 1
         self._insert(ProviderRecord(key, provider, expires_at))
         self._added += 1
         return expires_at

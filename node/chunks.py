@@ -36,6 +36,8 @@ from node.errors import (
     ChunkMismatch,
     ChunkNotFound,
     ChunkTooLarge,
+    LeaseRefused,
+    NodeError,
     OverQuota,
     RequestRejected,
     StoreError,
@@ -69,6 +71,7 @@ __all__ = [
     "in_thread",
     "in_threads",
     "inline",
+    "refusal",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,6 +102,25 @@ class Provisions(Protocol):
 
 Offload = Callable[..., Awaitable[Any]]
 """How blocking work (disk, hashing, coding) is run: `in_thread`, or `inline`."""
+
+
+# The ERROR a peer gets for a request our rules refuse (a store, a lease), by the error
+# that refused it: its code, and what goes before the error's own words.
+_REFUSALS: Final[tuple[tuple[type[NodeError], ErrorCode, str], ...]] = (
+    (OverQuota, ErrorCode.OVER_QUOTA, ""),
+    (StoreFull, ErrorCode.REFUSED, "full: "),
+    (ChunkTooLarge, ErrorCode.TOO_LARGE, ""),
+    (ChunkMismatch, ErrorCode.BAD_REQUEST, ""),
+    (LeaseRefused, ErrorCode.REFUSED, ""),
+)
+
+
+def refusal(exc: NodeError) -> RequestRejected:
+    """The ERROR for a request refused with `exc` (one of `_REFUSALS`' errors)."""
+    for kind, code, before in _REFUSALS:
+        if isinstance(exc, kind):
+            return RequestRejected(code, f"{before}{exc}")
+    raise AssertionError(f"{type(exc).__name__} is not a refusal")
 
 
 async def in_thread(function: Callable[..., Any], *arguments: Any) -> Any:
@@ -255,18 +277,9 @@ class ChunkService:
             group = message.group
             try:
                 await self._put(message.data, group, peer.node_id, peer.address[0])
-            except OverQuota as exc:
+            except (OverQuota, StoreFull, ChunkTooLarge, ChunkMismatch) as exc:
                 self.refused += 1
-                raise RequestRejected(ErrorCode.OVER_QUOTA, str(exc)) from None
-            except StoreFull as exc:
-                self.refused += 1
-                raise RequestRejected(ErrorCode.REFUSED, f"full: {exc}") from None
-            except ChunkTooLarge as exc:
-                self.refused += 1
-                raise RequestRejected(ErrorCode.TOO_LARGE, str(exc)) from None
-            except ChunkMismatch as exc:
-                self.refused += 1
-                raise RequestRejected(ErrorCode.BAD_REQUEST, str(exc)) from None
+                raise refusal(exc) from None
             except StoreError as exc:
                 logger.error("storing a chunk failed: %s", exc)
                 raise RequestRejected(ErrorCode.INTERNAL, "the store failed") from None

@@ -36,7 +36,7 @@ from typing import Final
 
 import trio
 
-from node.chunks import Offload
+from node.chunks import Offload, refusal
 from node.errors import (
     ChunkNotFound,
     LeaseRefused,
@@ -44,7 +44,6 @@ from node.errors import (
     OverQuota,
     RequestRejected,
     StoreError,
-    StoreFull,
 )
 from node.leases import LeaseBook, Reservation
 from node.quota import chunk_cost, network_prefix
@@ -194,15 +193,9 @@ class LeaseKeeper:
             held = await self.add_lease(
                 message.lease, message.chunk_ids, peer.node_id, peer.address[0]
             )
-        except LeaseRefused as exc:
+        except (LeaseRefused, OverQuota) as exc:
             self.refused += 1
-            raise RequestRejected(ErrorCode.REFUSED, str(exc)) from None
-        except OverQuota as exc:
-            self.refused += 1
-            raise RequestRejected(ErrorCode.OVER_QUOTA, str(exc)) from None
-        except StoreFull as exc:
-            self.refused += 1
-            raise RequestRejected(ErrorCode.REFUSED, str(exc)) from None
+            raise refusal(exc) from None
         except StoreError as exc:
             logger.error("taking a lease failed: %s", exc)
             raise RequestRejected(ErrorCode.INTERNAL, "the lease book failed") from None
@@ -263,7 +256,7 @@ class LeaseKeeper:
                     await self._offload(self.store.delete, chunk_id)
             finally:
                 self.deleting.discard(chunk_id)
-            self.book.forget([chunk_id], self.now())
+            self.book.forget([chunk_id])
             if self._withdraw is not None:
                 self._withdraw(NodeId(chunk_id))
             if self.on_deleted is not None:

@@ -177,7 +177,6 @@ class LeaseSummary:
     """The book's totals for `freehold status`: bytes by cost."""
 
     owner_bytes: int
-    kept_chunks: int
     trash_chunks: int
     trash_bytes: int
     leases: int
@@ -277,17 +276,15 @@ class LeaseBook:
         if reservation.prefix is not None:
             self._reserved_prefix[reservation.prefix] -= reservation.cost
 
-    def recount(self, now: float) -> None:
-        """Count every charge again, exactly (rule 3)."""
+    def recount(self) -> None:
+        """Count every charge again, exactly (rule 3: charges do not depend on time)."""
         self._by_payer.clear()
         self._by_prefix.clear()
         payers, prefixes = _tally(self._read(_CHARGED, {}))
         self._by_payer.update(payers)
         self._by_prefix.update(prefixes)
 
-    def _charged(
-        self, chunk_ids: Iterable[bytes], now: float
-    ) -> tuple[Counter[bytes], Counter[str]]:
+    def _charged(self, chunk_ids: Iterable[bytes]) -> tuple[Counter[bytes], Counter[str]]:
         """What these chunks charge, per payer and per prefix (rule 3)."""
         rows: list[tuple[Any, ...]] = []
         for chunk_id in chunk_ids:
@@ -299,7 +296,6 @@ class LeaseBook:
         self,
         doing: str,
         chunk_ids: list[bytes],
-        now: float,
         *,
         check: tuple[NodeId, str | None, int, int] | None = None,
     ) -> Iterator[None]:
@@ -308,9 +304,9 @@ class LeaseBook:
         payer or the prefix past its share is rolled back (`OverQuota`)."""
         with self._write(doing):
             self._db.execute("BEGIN IMMEDIATE")
-            payers_before, prefixes_before = self._charged(chunk_ids, now)
+            payers_before, prefixes_before = self._charged(chunk_ids)
             yield
-            payers, prefixes = self._charged(chunk_ids, now)
+            payers, prefixes = self._charged(chunk_ids)
             payers.subtract(payers_before)
             prefixes.subtract(prefixes_before)
             if check is not None:
@@ -350,7 +346,7 @@ class LeaseBook:
         when its store began: as if stored then). Gives back `reservation`."""
         until = now + self.settings.upload_length
         try:
-            with self._charging("recording an upload", [chunk_id], now):
+            with self._charging("recording an upload", [chunk_id]):
                 self._db.execute(
                     "INSERT INTO chunks (chunk_id, cost, trash) VALUES (?, ?, NULL) "
                     "ON CONFLICT (chunk_id) DO NOTHING",
@@ -405,7 +401,7 @@ class LeaseBook:
         check = None if lease.is_release else (payer, prefix, used, capacity)
         # Charges do not depend on time (rule 3): a record's new expiry changes no
         # charge, only the covers this one adds do.
-        with self._charging("taking a lease", held, now, check=check):
+        with self._charging("taking a lease", held, check=check):
             if newer:
                 self._db.execute(
                     "INSERT INTO leases (public_key, manifest_id, issued, until, record) "
@@ -430,15 +426,14 @@ class LeaseBook:
         taken = set(held)
         return [chunk_id in taken for chunk_id in ids]
 
-    def forget(self, chunk_ids: Iterable[bytes], now: float) -> None:
+    def forget(self, chunk_ids: Iterable[bytes]) -> None:
         """Drop every row of these chunks: the store deleted them (rule 5). Their
         charges end."""
         ids = list(chunk_ids)
         if not ids:
             return
-        with self._charging("forgetting chunks", ids, now):
-            for table in ("chunks", "uploads", "covers"):
-                self._db.executemany(f"DELETE FROM {table} WHERE chunk_id = ?", [(c,) for c in ids])
+        with self._charging("forgetting chunks", ids):
+            self._delete_rows(ids)
 
     def known(self) -> set[bytes]:
         """The chunks the book has rows for: read before listing the store, for
@@ -455,18 +450,12 @@ class LeaseBook:
         held_costs = dict(held)
         gone = known - held_costs.keys()
         fresh = [c for c in held_costs if c not in known]
-        with self._write("dropping chunks no longer held"):
-            self._db.execute("BEGIN IMMEDIATE")
-            for table in ("chunks", "uploads", "covers"):
-                self._db.executemany(
-                    f"DELETE FROM {table} WHERE chunk_id = ?", [(c,) for c in gone]
-                )
-            self._db.execute("COMMIT")
         # An upgrade (a new book beside chunks) gives owners a whole lease to renew; a
         # chunk the book missed (a kill) is as if it had just arrived.
         length = self.settings.length if self.created else self.settings.upload_length
-        with self._write("recording chunks found in the store"):
+        with self._write("making the lease book agree with the store"):
             self._db.execute("BEGIN IMMEDIATE")
+            self._delete_rows(gone)
             self._db.executemany(
                 "INSERT OR IGNORE INTO chunks (chunk_id, cost, trash) VALUES (?, ?, NULL)",
                 [(c, held_costs[c]) for c in fresh],
@@ -478,7 +467,7 @@ class LeaseBook:
             )
             self._db.execute("COMMIT")
         self.created = False
-        self.recount(now)
+        self.recount()
         return len(gone), len(fresh)
 
     def sweep(self, now: float, elapsed: float) -> list[bytes]:
@@ -521,7 +510,7 @@ class LeaseBook:
                 {**parameters, "max": self.settings.max_length},
             )
             self._db.execute("COMMIT")
-        self.recount(now)
+        self.recount()
         due = self._read(
             "SELECT chunk_id FROM chunks WHERE trash >= ? ORDER BY chunk_id",
             (self.settings.trash_grace,),
@@ -570,11 +559,9 @@ class LeaseBook:
         ((trash_chunks, trash_bytes),) = self._read(
             "SELECT count(*), coalesce(sum(cost), 0) FROM chunks WHERE trash IS NOT NULL", {}
         )
-        ((chunks,),) = self._read("SELECT count(*) FROM chunks", {})
         ((leases,),) = self._read("SELECT count(*) FROM leases WHERE until > :now", {"now": now})
         return LeaseSummary(
             owner_bytes=self._by_payer[self.own],
-            kept_chunks=chunks - trash_chunks,
             trash_chunks=trash_chunks,
             trash_bytes=trash_bytes,
             leases=leases,
@@ -588,6 +575,12 @@ class LeaseBook:
         )
 
     # ------------------------------------------------------------------ SQLite
+
+    def _delete_rows(self, chunk_ids: Iterable[bytes]) -> None:
+        """Every row of these chunks, in the transaction the caller holds."""
+        rows = [(chunk_id,) for chunk_id in chunk_ids]
+        for table in ("chunks", "uploads", "covers"):
+            self._db.executemany(f"DELETE FROM {table} WHERE chunk_id = ?", rows)
 
     def _kept(self, chunk_id: bytes, now: float) -> bool:
         rows = self._read(f"SELECT {_KEPT.format(c=':chunk')}", {"chunk": chunk_id, "now": now})

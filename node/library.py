@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -148,17 +150,9 @@ class Library:
         with self._errors():
             self._db.execute(sql, parameters)
 
-    def _errors(self) -> _Errors:
-        return _Errors(self._where)
-
-
-class _Errors:
-    def __init__(self, where: str) -> None:
-        self._where = where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, traceback: object) -> None:
-        if isinstance(exc, sqlite3.Error):
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
             raise StoreError(f"the file list {self._where}: {exc}") from exc

@@ -126,6 +126,7 @@ class Owner:
         address = transport.address
         keeper = node.keeper
         leases = keeper.book.summary(keeper.now()) if keeper is not None else None
+        kept = self._leaser().library.files()
         return {
             "node_id": transport.node_id.hex(),
             "listen": f"{address[0]}:{address[1]}" if address else None,
@@ -146,8 +147,8 @@ class Owner:
             "trash_bytes": leases.trash_bytes if leases else 0,
             "leases": leases.leases if leases else 0,
             "chunks_deleted": keeper.deleted if keeper else 0,
-            "files_kept": len(self._leaser().library.files()),
-            "files_kept_bytes": sum(entry.size or 0 for entry in self._leaser().library.files()),
+            "files_kept": len(kept),
+            "files_kept_bytes": sum(entry.size or 0 for entry in kept),
             "chunks_served": chunks.served,
             "chunks_stored": chunks.stored,
             "announcements_pending": chunks.announcements_pending,

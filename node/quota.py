@@ -7,7 +7,7 @@ node/keeper.py ask them before storing a chunk or taking a lease.
 system's block, an index row, and its group record (32 bytes per sibling, kept in
 SQLite, whose pages are not full). `chunk_cost` counts all of it, and at least
 `MIN_CHARGE`, so that 1,500 chunks of 16 bytes with a 256-id record are charged what
-they take on disk (12.9 KiB each by `du`; charged 12.5 KiB), not 24 KB.
+they take on disk (12,886 bytes each by `du`; charged 12,800), not 24 KB.
 `python -m benchmarks.quota` measures a store on disk against these charges.
 The store's capacity counts costs too (node/store/base.py).
 

@@ -155,9 +155,8 @@ class StewardService:
             # Nobody leases it any more: expired data is neither audited nor repaired.
             health.next_audit = trio.current_time() + self.plan.settings.audit_interval
             return
-        leases = self._keeper.leases_for(health.record.chunk_id) if self._keeper else []
         if health.copies:
-            await self._look_after_copies(group_key, health.wanted, leases)
+            await self._look_after_copies(group_key, health.wanted)
             return
         group = Group.of_record(health.record, health.block_size)
         try:
@@ -190,7 +189,9 @@ class StewardService:
             return
         await self._spend((group.k + report.missing) * group.block_size)
         try:
-            result = await repair_group(self.files, group, report, leases=leases)
+            result = await repair_group(
+                self.files, group, report, leases=self._leases(health.record.chunk_id)
+            )
         except (NodeError, ProtocolError) as exc:
             logger.info("repairing group %s failed: %s", group_key.hex()[:16], exc)
             return
@@ -208,9 +209,7 @@ class StewardService:
         self.plan.repaired(group_key, rebuilt=result.rebuilt, now=trio.current_time())
         self._save_totals()
 
-    async def _look_after_copies(
-        self, identifier: bytes, copies: int, leases: Sequence[Lease]
-    ) -> None:
+    async def _look_after_copies(self, identifier: bytes, copies: int) -> None:
         """Audit the copies of a manifest chunk against ours; top them up if the plan says."""
         try:
             data = await self._offload(self._store.get, identifier)
@@ -246,7 +245,9 @@ class StewardService:
             return
         await self._spend((copies - len(holders)) * len(data))
         try:
-            added = await keep_whole(self.files, identifier, data, copies, leases=leases)
+            added = await keep_whole(
+                self.files, identifier, data, copies, leases=self._leases(identifier)
+            )
         except (NodeError, ProtocolError) as exc:
             logger.info("copying manifest chunk %s failed: %s", identifier.hex()[:16], exc)
             return
@@ -258,6 +259,10 @@ class StewardService:
             logger.info("manifest chunk %s: %d copies added", identifier.hex()[:16], added)
         self.plan.repaired(identifier, rebuilt=added, now=trio.current_time())
         self._save_totals()
+
+    def _leases(self, chunk_id: bytes) -> list[Lease]:
+        """The leases a repair carries to new holders: those of our own chunk."""
+        return self._keeper.leases_for(chunk_id) if self._keeper is not None else []
 
     def _forget(self, group_key: bytes) -> None:
         """Stop watching a group, and drop what we kept about it."""

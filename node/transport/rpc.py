@@ -276,29 +276,8 @@ class Transport:
                     pending = await listener.accept()
                 except trio.ClosedResourceError:
                     return
-                refusal = None
-                config = self.config
                 prefix = address_prefix(str(pending.remote_address[0]))
-                if self._handshaking >= config.max_handshakes:
-                    refusal = f"handshake limit ({config.max_handshakes}) reached"
-                elif self._inbound_count >= config.max_connections:
-                    refusal = f"connection limit ({config.max_connections}) reached"
-                elif (
-                    config.max_handshakes_per_prefix is not None
-                    and self._handshaking_by_prefix[prefix] >= config.max_handshakes_per_prefix
-                ):
-                    refusal = (
-                        f"handshake limit of its prefix {prefix} "
-                        f"({config.max_handshakes_per_prefix}) reached"
-                    )
-                elif (
-                    config.max_connections_per_prefix is not None
-                    and self._inbound_by_prefix[prefix] >= config.max_connections_per_prefix
-                ):
-                    refusal = (
-                        f"connection limit of its prefix {prefix} "
-                        f"({config.max_connections_per_prefix}) reached"
-                    )
+                refusal = self._inbound_refusal(prefix)
                 if refusal is not None:
                     self._statistics.connections_refused += 1
                     self.peer_log.warning(
@@ -314,6 +293,29 @@ class Transport:
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
+
+    def _inbound_refusal(self, prefix: str) -> str | None:
+        """Why a new inbound connection from `prefix` is refused, or None: the
+        node-wide limits on handshakes and connections, then the same per prefix."""
+        config = self.config
+        limits = (
+            ("handshake limit", self._handshaking, config.max_handshakes),
+            ("connection limit", self._inbound_count, config.max_connections),
+            (
+                f"handshake limit of its prefix {prefix}",
+                self._handshaking_by_prefix[prefix],
+                config.max_handshakes_per_prefix,
+            ),
+            (
+                f"connection limit of its prefix {prefix}",
+                self._inbound_by_prefix[prefix],
+                config.max_connections_per_prefix,
+            ),
+        )
+        for what, count, limit in limits:
+            if limit is not None and count >= limit:
+                return f"{what} ({limit}) reached"
+        return None
 
     async def _handshake_inbound(self, pending: PendingLink, prefix: str) -> None:
         registered = False

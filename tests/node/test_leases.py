@@ -101,7 +101,7 @@ def test_an_upload_is_kept_a_day_then_trashed_then_deleted_after_the_grace() -> 
     for day in range(6):
         assert leases.sweep(NOW + (2 + day) * DAY, DAY) == []
     assert leases.sweep(NOW + 9 * DAY, DAY) == [chunk(1)]
-    leases.forget([chunk(1)], NOW + 9 * DAY)
+    leases.forget([chunk(1)])
     assert leases.summary(NOW + 9 * DAY).trash_chunks == 0
 
 
@@ -115,7 +115,7 @@ def test_a_lease_keeps_its_chunks_and_ends_the_upload_charge() -> None:
     assert leases.charges()[0][ALICE.node_id.value] == 3 * LEASED  # not the upload too
     assert leases.sweep(NOW + 80 * DAY, 3600) == []
     assert leases.kept(chunk(0), NOW + 80 * DAY)
-    leases.recount(NOW + 80 * DAY)
+    leases.recount()
     assert leases.charges()[0][ALICE.node_id.value] == 3 * LEASED
     assert leases.leases_for(chunk(0), NOW + 80 * DAY) == [lease(ALICE)]
 
@@ -238,7 +238,7 @@ def test_leases_survive_a_restart(tmp_path: Path) -> None:
     take(first, lease(ALICE), range(1, 2))
     first.close()
     second = book(path)
-    second.recount(NOW)
+    second.recount()
     assert second.leases_for(chunk(1), NOW) == [lease(ALICE)]
     assert second.charges()[0][ALICE.node_id.value] == LEASED
 
@@ -290,7 +290,7 @@ def test_a_lease_seen_by_others_cannot_charge_its_key_for_their_chunks() -> None
     by_payer, by_prefix = leases.charges()
     assert by_payer[ALICE.node_id.value] == LEASED
     assert by_payer[MALLORY.node_id.value] == 4 * LEASED
-    leases.recount(NOW)
+    leases.recount()
     assert leases.charges() == (by_payer, by_prefix)
 
 
@@ -311,7 +311,7 @@ def test_the_trash_stays_charged_until_it_is_deleted() -> None:
     with pytest.raises(OverQuota):
         leases.admit(MALLORY.node_id, "203.0.113.0/24", MIN_CHARGE, 0, CAPACITY)
     due = leases.sweep(NOW + 10 * DAY, 8 * DAY)
-    leases.forget(due, NOW + 10 * DAY)
+    leases.forget(due)
     assert leases.charges()[0].get(MALLORY.node_id.value, 0) == 0
     leases.admit(MALLORY.node_id, "203.0.113.0/24", MIN_CHARGE, 0, CAPACITY)
 
@@ -326,11 +326,11 @@ def test_a_revived_lease_is_charged_for_everything_it_keeps_again() -> None:
         upload(leases, number, ALICE)
     take(leases, lease(ALICE, length=DAY), range(share))
     later = NOW + 2 * DAY
-    leases.recount(later)
+    leases.recount()
     assert leases.charges()[0][ALICE.node_id.value] == share * LEASED
     take(leases, lease(ALICE, issued=later), range(1), now=later)
     counted = leases.charges()
-    leases.recount(later)
+    leases.recount()
     assert leases.charges() == counted
     assert counted[0][ALICE.node_id.value] == share * LEASED
     with pytest.raises(OverQuota):
