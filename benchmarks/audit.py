@@ -280,6 +280,7 @@ def _check_traffic(segments: int) -> dict[str, float]:
             listen=SIMULATED_NODE.listen,
             storage="memory",
             workers=0,
+            id_difficulty=0,
             segment_size=64 * 1024,
         )
         async with open_network(CHECK_NODES, seed=5, node_config=config, intercept=count) as net:

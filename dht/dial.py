@@ -17,7 +17,9 @@ for an address that came from a peer (never for what the operator configured):
 A node "lives on" loopback or a private network when the address it listens on, or one
 of its bootstrap addresses, is of that kind: a testnet on one machine, a test network
 on a LAN, a simulation. And from one answer a node takes at most `k` contacts (honest
-nodes send k = 20; the wire allows 32).
+nodes send k = 20; the wire allows 32), none whose NodeId misses the network's proof of
+work (`id_difficulty`, protocol/identity.py): the handshake would refuse it anyway, so
+it is not worth a dial, nor a place in a lookup.
 
 Sans-I/O: pure functions of strings.
 """
@@ -28,6 +30,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+
+from protocol.identity import NodeId, meets_difficulty
 
 __all__ = ["DialPolicy", "Scope", "scope_of"]
 
@@ -68,17 +72,22 @@ def scope_of(host: str) -> Scope:
 
 @dataclass(frozen=True, slots=True)
 class DialPolicy:
-    """The rules above for a node that lives in `home` scopes."""
+    """The rules above for a node that lives in `home` scopes, on a network whose
+    NodeIds carry `id_difficulty` bits of proof of work."""
 
     home: frozenset[Scope]
+    id_difficulty: int = 0
 
     @classmethod
-    def for_node(cls, hosts: Iterable[str]) -> DialPolicy:
+    def for_node(cls, hosts: Iterable[str], *, id_difficulty: int = 0) -> DialPolicy:
         """The policy of a node listening on, and bootstrapping through, `hosts`."""
-        return cls(frozenset(scope_of(host) for host in hosts))
+        return cls(frozenset(scope_of(host) for host in hosts), id_difficulty)
 
-    def allows(self, host: str) -> bool:
-        """Whether a contact at `host`, named by a peer, may be dialled."""
+    def allows(self, host: str, node_id: bytes | None = None) -> bool:
+        """Whether a contact at `host` (with id `node_id`, if given), named by a peer,
+        may be dialled."""
+        if node_id is not None and not meets_difficulty(NodeId(node_id), self.id_difficulty):
+            return False
         scope = scope_of(host)
         if scope is Scope.PUBLIC:
             return True

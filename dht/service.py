@@ -356,7 +356,9 @@ class DhtService:
         """The contacts of an answer this node will dial (dht/dial.py): at most k, and
         none at an address the dial policy refuses."""
         policy = self.dial_policy
-        allowed = [wire for wire in wires if policy is None or policy.allows(wire.host)]
+        allowed = [
+            wire for wire in wires if policy is None or policy.allows(wire.host, wire.node_id)
+        ]
         self.refused_addresses += len(wires) - len(allowed)
         return [self._contacts.from_wire(wire) for wire in allowed[: self.config.k]]
 

@@ -33,6 +33,7 @@ __all__ = [
     "ADDRESS_FILE",
     "CONFIG_FILE_NAME",
     "DATA_DIR_ENVIRONMENT",
+    "DEFAULT_ID_DIFFICULTY",
     "DEFAULT_PORT",
     "EXIT_WITH_PARENT_ENVIRONMENT",
     "MAX_DURATION",
@@ -40,6 +41,7 @@ __all__ = [
     "NodeConfig",
     "default_data_dir",
     "format_size",
+    "is_loopback",
     "load_config",
     "parse_address",
     "parse_duration",
@@ -55,6 +57,11 @@ DATA_DIR_ENVIRONMENT: Final = "FREEHOLD_DATA_DIR"
 EXIT_WITH_PARENT_ENVIRONMENT: Final = "FREEHOLD_EXIT_WITH_PARENT"
 DEFAULT_PORT: Final = 4410
 DEFAULT_CAPACITY: Final = 10 * 1024**3
+# The proof of work on NodeIds of a network not on loopback, in bits
+# (docs/PROTOCOL.md#proof-of-work says why 20): about 2**20 key generations, some 17 s
+# of one core, once, when a node first starts; one hash to check.
+DEFAULT_ID_DIFFICULTY: Final = 20
+MAX_ID_DIFFICULTY: Final = 32
 
 _UNITS: Final = {
     "": 1,
@@ -180,6 +187,11 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
     return host, int(port_text)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (as configured) is this machine's loopback."""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def default_data_dir() -> Path:
     """`$FREEHOLD_DATA_DIR`, else the platform's user data directory (platformdirs)."""
     from_environment = os.environ.get(DATA_DIR_ENVIRONMENT)
@@ -237,6 +249,11 @@ class NodeConfig:
     key_share: float | None = None
     prefix_share: float | None = None
     owner_reserve: float = 0.10
+    # The network's proof of work on NodeIds, in bits: a node refuses peers (and their
+    # contacts) whose id misses it, and makes its own id to meet it. Every node of a
+    # network must use the same value. Unset: 20, or 0 on a node listening on loopback
+    # (a testnet, whose nodes are all one user's).
+    id_difficulty: int | None = None
     log_level: str = "INFO"
     # "disk": chunks under <data-dir>/chunks/, SQLite files, the key file, the control
     # socket. "memory": nothing touches the disk (tests and simulations run thousands
@@ -277,6 +294,8 @@ class NodeConfig:
         for name in ("key_share", "prefix_share", "owner_reserve"):
             if not 0.0 <= (getattr(self, name) or 0.0) <= 1.0:
                 raise ConfigError(f"{name} must be a fraction between 0 and 1")
+        if self.id_difficulty is not None and not 0 <= self.id_difficulty <= MAX_ID_DIFFICULTY:
+            raise ConfigError(f"id_difficulty must be 0..{MAX_ID_DIFFICULTY} bits")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
 
@@ -293,15 +312,24 @@ class NodeConfig:
             sweep_interval=self.sweep_interval,
         )
 
+    @property
+    def on_loopback(self) -> bool:
+        """Whether this node listens on loopback: a testnet, all of it one user's."""
+        return is_loopback(self.listen[0])
+
+    @property
+    def network_difficulty(self) -> int:
+        """The proof of work in force on NodeIds: the configured one, else 20 bits (0 on
+        loopback)."""
+        if self.id_difficulty is not None:
+            return self.id_difficulty
+        return 0 if self.on_loopback else DEFAULT_ID_DIFFICULTY
+
     def quota_settings(self) -> QuotaSettings:
         """The shares of donated space this node gives each key and prefix."""
         from node.quota import DEFAULT_SHARE, QuotaSettings
 
-        default = (
-            1.0
-            if self.listen[0] in ("localhost", "::1") or self.listen[0].startswith("127.")
-            else DEFAULT_SHARE
-        )
+        default = 1.0 if self.on_loopback else DEFAULT_SHARE
         return QuotaSettings(
             key_share=default if self.key_share is None else self.key_share,
             prefix_share=default if self.prefix_share is None else self.prefix_share,
@@ -383,7 +411,7 @@ def _convert(key: str, value: Any) -> Any:
         return float(value)
     if key == "repair_bandwidth":
         return parse_size(value)
-    if key in ("k", "n", "happy", "workers", "repair_threshold"):
+    if key in ("k", "n", "happy", "workers", "repair_threshold", "id_difficulty"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"expected an integer, got {value!r}")
         return value

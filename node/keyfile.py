@@ -3,10 +3,17 @@
 The format (magic line plus 32-byte seed) is defined in protocol.identity; this module
 does the file I/O. The file is written atomically (temp file, fsync, rename) so that a
 crash while creating it never leaves a half key behind.
+
+A new key is made to meet the network's proof of work (`difficulty` bits: about 2**d
+key generations). A key made before the network asked for it, whose id misses it,
+would be refused by every peer: it is moved aside (to `node.key.<id>.weak`, still
+0600, never deleted) and a new one is made in its place. What the old key signed stays
+valid until it runs out: leases the node renews are signed by the new key from then on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -15,9 +22,11 @@ import nacl.utils
 
 from node.errors import KeyFileError
 from protocol.errors import ProtocolError
-from protocol.identity import Identity
+from protocol.identity import Identity, meets_difficulty
 
 __all__ = ["load_identity", "load_or_create_identity", "save_identity"]
+
+logger = logging.getLogger(__name__)
 
 
 def save_identity(identity: Identity, path: Path) -> None:
@@ -54,9 +63,28 @@ def load_identity(path: Path) -> Identity:
 
 
 def load_or_create_identity(path: Path, *, difficulty: int = 0) -> Identity:
-    """The identity at `path`, made (and saved) on first use."""
+    """The identity at `path`, made (and saved) on first use, or remade if its id
+    misses `difficulty` bits of proof of work (the old key kept beside it)."""
     if path.exists():
-        return load_identity(path)
+        identity = load_identity(path)
+        if meets_difficulty(identity.node_id, difficulty):
+            return identity
+        weak = path.with_name(f"{path.name}.{identity.node_id.short()}.weak")
+        logger.warning(
+            "this node's id %s… does not meet the network's proof of work (%d bits), so "
+            "peers would refuse it: making a new identity; the old key is kept at %s",
+            identity.node_id.short(),
+            difficulty,
+            weak,
+        )
+        os.replace(path, weak)
+    elif difficulty:
+        logger.info(
+            "making this node's identity: %d bits of proof of work, about 2**%d tries "
+            "(usually under a minute), once",
+            difficulty,
+            difficulty,
+        )
     identity = Identity.generate(nacl.utils.random, difficulty=difficulty)
     save_identity(identity, path)
     return identity

@@ -12,11 +12,13 @@ beside the node by `freehold node`, is node/commands.py's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Final
 
 import nacl.utils
@@ -29,7 +31,7 @@ from dht.errors import DhtError
 from dht.service import DhtService
 from dht.storage import DhtStorage
 from node.chunks import ChunkService, in_thread, in_threads, inline
-from node.config import NodeConfig, capacity_warning
+from node.config import NodeConfig, capacity_warning, is_loopback
 from node.dht_transport import DhtTransportAdapter
 from node.errors import NodeError
 from node.files import ChunkClient, FileNetwork, FileSettings
@@ -45,7 +47,7 @@ from node.steward import StewardService
 from node.stewardship import StewardSettings, Stewardship
 from node.store import ChunkStore, MemoryChunkStore, StoreConfig, open_chunk_store
 from node.transport import LinkLayer, TcpLinkLayer, Transport, TransportConfig
-from protocol.identity import Identity, RandomBytes
+from protocol.identity import Identity, RandomBytes, meets_difficulty
 from protocol.manifest import EncodingParams
 
 __all__ = ["Node", "Service", "is_loopback"]
@@ -61,10 +63,6 @@ LIARS_FILE: Final = "peers.sqlite3"
 
 JOIN_RETRY_INITIAL: Final = 1.0
 JOIN_RETRY_MAX: Final = 60.0
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class Node:
@@ -139,7 +137,18 @@ class Node:
             if in_memory:
                 raise NodeError("a node with storage = memory needs its identity given")
             config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            identity = load_or_create_identity(config.key_path)
+            identity = await trio.to_thread.run_sync(
+                partial(
+                    load_or_create_identity,
+                    config.key_path,
+                    difficulty=config.network_difficulty,
+                )
+            )
+        if not meets_difficulty(identity.node_id, config.network_difficulty):
+            raise NodeError(
+                f"this node's id {identity.node_id.short()}… does not meet the network's "
+                f"proof of work ({config.network_difficulty} bits): peers would refuse it"
+            )
         store: ChunkStore
         store_config = StoreConfig(capacity=config.capacity, in_memory=in_memory)
         if self._store is not None:
@@ -203,6 +212,10 @@ class Node:
             transport_config = TransportConfig(
                 max_connections_per_prefix=None, max_handshakes_per_prefix=None
             )
+        # The proof of work is the network's, so the node's setting rules.
+        transport_config = dataclasses.replace(
+            transport_config or TransportConfig(), id_difficulty=config.network_difficulty
+        )
         transport = Transport(
             identity, link_layer, listen_address=config.listen, config=transport_config
         )
@@ -234,7 +247,8 @@ class Node:
                 # Peers' answers name addresses to dial: only public ones, and loopback
                 # or private ones if this node lives on such a network (dht/dial.py).
                 dial_policy=DialPolicy.for_node(
-                    [address[0], config.listen[0], *(host for host, _ in config.bootstrap)]
+                    [address[0], config.listen[0], *(host for host, _ in config.bootstrap)],
+                    id_difficulty=config.network_difficulty,
                 ),
             )
             # workers = 0: everything inline (simulations, under a mock clock); else the

@@ -24,9 +24,12 @@ frames each message with a 2-byte big-endian length. Transitions, by role:
 ("id" is the identity payload above, encrypted by Noise.)
 
 The initiator checks the responder's identity (and `expected_node_id`) before it sends
-its own, so a dialer reaching the wrong node never reveals who it is. Any error from the
-peer's bytes raises RemoteProtocolError (WrongPeerIdentity for the wrong node) and leaves
-the handshake dead: every later call raises LocalProtocolError.
+its own, so a dialer reaching the wrong node never reveals who it is. Both sides check
+that the peer's NodeId meets the network's proof of work (`difficulty` bits,
+protocol/identity.py's `meets_difficulty`): an id that costs nothing to make gets no
+connection. Any error from the peer's bytes raises RemoteProtocolError
+(WrongPeerIdentity for the wrong node, WeakPeerIdentity for an id without the work) and
+leaves the handshake dead: every later call raises LocalProtocolError.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from protocol.identity import (
     Identity,
     NodeId,
     RandomBytes,
+    check_difficulty,
+    meets_difficulty,
     verify_signature,
 )
 from protocol.noise import DH_SIZE, BytesLike, HandshakeState, TransportState
@@ -49,6 +54,7 @@ __all__ = [
     "PROLOGUE",
     "SIGNATURE_DOMAIN",
     "SecureHandshake",
+    "WeakPeerIdentity",
     "WrongPeerIdentity",
     "decode_identity_payload",
     "encode_identity_payload",
@@ -68,6 +74,18 @@ class WrongPeerIdentity(RemoteProtocolError):
     def __init__(self, expected: NodeId, actual: NodeId) -> None:
         super().__init__(f"expected peer {expected.short()}…, reached {actual.short()}…")
         self.expected = expected
+        self.actual = actual
+
+
+class WeakPeerIdentity(RemoteProtocolError):
+    """The peer proved an identity whose NodeId lacks the network's proof of work."""
+
+    def __init__(self, actual: NodeId, difficulty: int) -> None:
+        super().__init__(
+            f"peer {actual.short()}… has no proof of work: its id does not meet "
+            f"the network's difficulty of {difficulty} bits"
+        )
+        self.difficulty = difficulty
         self.actual = actual
 
 
@@ -99,10 +117,12 @@ class SecureHandshake:
     `noise_static_private` and `ephemeral_private` are 32 fresh random bytes each, drawn
     by the caller for this connection. `expected_node_id`, if given (a dialer usually
     knows whom it dials), must be the peer's NodeId or the handshake fails with
-    WrongPeerIdentity.
+    WrongPeerIdentity; `difficulty` is the network's proof of work on NodeIds, which
+    the peer's id must meet or the handshake fails with WeakPeerIdentity.
     """
 
     __slots__ = (
+        "_difficulty",
         "_expected_node_id",
         "_failed",
         "_messages_read",
@@ -120,6 +140,7 @@ class SecureHandshake:
         noise_static_private: bytes,
         ephemeral_private: bytes,
         expected_node_id: NodeId | None = None,
+        difficulty: int = 0,
         prologue: bytes = PROLOGUE,
     ) -> None:
         self._noise = HandshakeState(
@@ -133,6 +154,7 @@ class SecureHandshake:
         assert static_public is not None  # XX always has a local static key
         self._our_payload = encode_identity_payload(identity, static_public)
         self._expected_node_id = expected_node_id
+        self._difficulty = check_difficulty(difficulty)
         self._remote_public_key: bytes | None = None
         self._messages_read = 0
         self._started = False
@@ -146,6 +168,7 @@ class SecureHandshake:
         *,
         initiator: bool,
         expected_node_id: NodeId | None = None,
+        difficulty: int = 0,
     ) -> SecureHandshake:
         """A handshake with a fresh Noise static key and ephemeral key from
         `random_bytes`: the Ed25519 signature in the payload binds the static key to
@@ -156,6 +179,7 @@ class SecureHandshake:
             noise_static_private=random_bytes(DH_SIZE),
             ephemeral_private=random_bytes(DH_SIZE),
             expected_node_id=expected_node_id,
+            difficulty=difficulty,
         )
 
     # -- queries --
@@ -237,4 +261,6 @@ class SecureHandshake:
         actual = NodeId.from_public_key(public_key)
         if self._expected_node_id is not None and actual != self._expected_node_id:
             raise WrongPeerIdentity(self._expected_node_id, actual)
+        if not meets_difficulty(actual, self._difficulty):
+            raise WeakPeerIdentity(actual, self._difficulty)
         self._remote_public_key = public_key

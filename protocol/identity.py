@@ -5,9 +5,12 @@ public key, so ids are uniform in the 256-bit keyspace and nobody can pick one w
 a key that hashes to it. Distance between ids is their XOR read as a big-endian
 integer (Kademlia §2.1).
 
-An optional proof-of-work condition (the S/Kademlia static puzzle, simplified) makes
-mass id generation costly: with difficulty d, BLAKE2b-256 of the NodeId must start with
-d zero bits. Difficulty 0, the default, accepts every id.
+A proof-of-work condition (the S/Kademlia static puzzle, simplified) makes mass id
+generation costly: with difficulty d, BLAKE2b-256 of the NodeId must start with d zero
+bits, so an id takes 2**d key generations on average to make and one hash to check.
+The difficulty is a network parameter: the handshake refuses a peer whose id misses it
+(protocol/handshake.py), and so does a node told of such a contact (dht/dial.py). Here
+0, the default, accepts every id; a node's default is docs/PROTOCOL.md#proof-of-work's.
 
 Sans-I/O: randomness comes in as a parameter and the key file format is given as bytes;
 reading and writing the file (with its 0600 mode) is node/'s job.
@@ -34,6 +37,7 @@ __all__ = [
     "Identity",
     "NodeId",
     "RandomBytes",
+    "check_difficulty",
     "meets_difficulty",
     "verify_signature",
 ]
@@ -111,11 +115,16 @@ class NodeId:
         return f"NodeId({self.short()}…)"
 
 
+def check_difficulty(difficulty: int) -> int:
+    """`difficulty` if it is a number of bits a puzzle can ask for; else LocalProtocolError."""
+    if isinstance(difficulty, bool) or not 0 <= difficulty <= NODE_ID_BITS:
+        raise LocalProtocolError(f"difficulty must be 0..{NODE_ID_BITS} bits")
+    return difficulty
+
+
 def meets_difficulty(node_id: NodeId, difficulty: int) -> bool:
     """True if BLAKE2b-256(node_id) starts with `difficulty` zero bits."""
-    if difficulty < 0 or difficulty > NODE_ID_BITS:
-        raise LocalProtocolError(f"difficulty must be 0..{NODE_ID_BITS} bits")
-    if difficulty == 0:
+    if check_difficulty(difficulty) == 0:
         return True
     puzzle = hashlib.blake2b(node_id.value, digest_size=NODE_ID_SIZE).digest()
     return int.from_bytes(puzzle, "big") >> (NODE_ID_BITS - difficulty) == 0
@@ -148,7 +157,7 @@ class Identity:
     @classmethod
     def generate(cls, random_bytes: RandomBytes, *, difficulty: int = 0) -> Identity:
         """A new identity whose id meets `difficulty` bits of proof of work."""
-        meets_difficulty(NodeId(bytes(NODE_ID_SIZE)), difficulty)  # validates the range
+        check_difficulty(difficulty)
         for _ in range(MAX_GENERATE_ATTEMPTS):
             identity = cls(random_bytes(SEED_SIZE))
             if meets_difficulty(identity.node_id, difficulty):

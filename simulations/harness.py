@@ -67,6 +67,7 @@ SIMULATED_NODE: Final = NodeConfig(
     listen=("0.0.0.0", PORT),
     storage="memory",
     workers=0,
+    id_difficulty=0,  # the simulated network's: ids as cheap as in tests
 )
 
 

@@ -31,6 +31,9 @@ class TransportConfig:
     # node on loopback, whose peers all share 127.0.0.0/24).
     max_connections_per_prefix: int | None = 32
     max_handshakes_per_prefix: int | None = 8
+    # The network's proof of work on NodeIds, in bits (protocol/identity.py): the
+    # handshake refuses a peer whose id does not meet it. 0 accepts every id.
+    id_difficulty: int = 0
     # A dial or an inbound handshake that takes longer is abandoned.
     handshake_timeout: float = 10.0
     # Default wait for an answer, and the longest a handler may take to give one.
@@ -55,6 +58,8 @@ class TransportConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TransportConfig.{name} must be at least 1, or None")
+        if not 0 <= self.id_difficulty <= 64:
+            raise ValueError("TransportConfig.id_difficulty must be 0..64 bits")
         if self.max_frame_size > 64 * 1024 * 1024:
             raise ValueError("TransportConfig.max_frame_size is capped at 64 MiB")
         for name in ("handshake_timeout", "request_timeout", "idle_timeout", "send_timeout"):

@@ -55,7 +55,7 @@ from node.transport.memory_link import (
     run_handshake,
 )
 from protocol.handshake import SecureHandshake
-from protocol.identity import Identity, NodeId, RandomBytes
+from protocol.identity import Identity, NodeId, RandomBytes, meets_difficulty
 
 __all__ = ["Intercept", "MemoryLinkLayer", "MemoryNetwork"]
 
@@ -159,14 +159,21 @@ class MemoryPendingLink(PendingLink):
     """The listener's end before it accepts; the dialer waits for the verdict, as a TCP
     dialer waits for the handshake the listener may refuse."""
 
-    def __init__(self, link: MemoryLink) -> None:
+    def __init__(self, link: MemoryLink, config: TransportConfig) -> None:
         self.remote_address = link.remote_address
         self._link = link
+        self._config = config
         self.accepted = False
         self.decided = trio.Event()
 
     async def handshake(self) -> Link:
-        # The dialer spends the handshake's round trip; the responder has nothing to do.
+        # The dialer spends the handshake's round trip; the responder checks the
+        # dialer's proof of work, as the real handshake does.
+        if not meets_difficulty(self._link.remote_node_id, self._config.id_difficulty):
+            self.decided.set()
+            raise LinkClosed(
+                f"{self._link.remote_node_id.short()} has no proof of work", misbehaved=True
+            )
         self.accepted = True
         self.decided.set()
         await trio.lowlevel.checkpoint()
@@ -180,13 +187,16 @@ class MemoryPendingLink(PendingLink):
 class SecureMemoryPendingLink(PendingLink):
     """The listener's end of a secure link: its message 1 is on the way or there."""
 
-    def __init__(self, link: SecureMemoryLink, layer: MemoryLinkLayer) -> None:
+    def __init__(
+        self, link: SecureMemoryLink, layer: MemoryLinkLayer, config: TransportConfig
+    ) -> None:
         self.remote_address = link.remote_address
         self._link = link
         self._layer = layer
+        self._config = config
 
     async def handshake(self) -> Link:
-        handshake = self._layer._new_handshake(initiator=False, expected_node_id=None)
+        handshake = self._layer._new_handshake(self._config, initiator=False, expected_node_id=None)
         try:
             await run_handshake(self._link, handshake)
         except BaseException:
@@ -246,13 +256,14 @@ class MemoryLinkLayer(LinkLayer):
         self._random_bytes = random_bytes
 
     def _new_handshake(
-        self, *, initiator: bool, expected_node_id: NodeId | None
+        self, config: TransportConfig, *, initiator: bool, expected_node_id: NodeId | None
     ) -> SecureHandshake:
         return SecureHandshake.fresh(
             self.identity,
             self._random_bytes,
             initiator=initiator,
             expected_node_id=expected_node_id,
+            difficulty=config.id_difficulty,
         )
 
     async def open_listener(self, address: Address, config: TransportConfig) -> LinkListener:
@@ -302,7 +313,10 @@ class MemoryLinkLayer(LinkLayer):
             from_local,
             listener.config,
         )
-        pending = MemoryPendingLink(theirs)
+        if not meets_difficulty(listener.node_id, config.id_difficulty):
+            await trio.sleep(latency)  # its answer shows who it is
+            raise LinkClosed(f"{listener.node_id.short()} has no proof of work", misbehaved=True)
+        pending = MemoryPendingLink(theirs, listener.config)
         if not listener._offer(pending):
             raise LinkClosed(f"{address[0]}:{address[1]} refused the connection (backlog full)")
         try:
@@ -324,7 +338,7 @@ class MemoryLinkLayer(LinkLayer):
         self, address: Address, expected_node_id: NodeId | None, config: TransportConfig
     ) -> Link:
         network = self.network
-        handshake = self._new_handshake(initiator=True, expected_node_id=expected_node_id)
+        handshake = self._new_handshake(config, initiator=True, expected_node_id=expected_node_id)
         outbound, inbound = Pipe(), Pipe()
         ours = SecureMemoryLink(network, self.host, address, outbound, inbound, config)
         try:
@@ -336,7 +350,8 @@ class MemoryLinkLayer(LinkLayer):
             theirs = SecureMemoryLink(
                 network, address[0], (self.host, 0), inbound, outbound, listener.config
             )
-            if not listener._offer(SecureMemoryPendingLink(theirs, listener._layer)):
+            pending = SecureMemoryPendingLink(theirs, listener._layer, listener.config)
+            if not listener._offer(pending):
                 raise LinkClosed(f"{address[0]}:{address[1]} refused the connection (backlog full)")
             await run_handshake(ours, handshake)
         except BaseException:

@@ -75,7 +75,7 @@ class TcpPendingLink(PendingLink):
         self.remote_address = address
 
     async def handshake(self) -> Link:
-        handshake = self._layer._new_handshake(initiator=False, expected_node_id=None)
+        handshake = self._layer._new_handshake(self._config, initiator=False, expected_node_id=None)
         try:
             return await _run_handshake(
                 self._records, handshake, self.remote_address, self._config, None
@@ -162,13 +162,14 @@ class TcpLinkLayer(LinkLayer):
         self._random_bytes = random_bytes
 
     def _new_handshake(
-        self, *, initiator: bool, expected_node_id: NodeId | None
+        self, config: TransportConfig, *, initiator: bool, expected_node_id: NodeId | None
     ) -> SecureHandshake:
         return SecureHandshake.fresh(
             self.identity,
             self._random_bytes,
             initiator=initiator,
             expected_node_id=expected_node_id,
+            difficulty=config.id_difficulty,
         )
 
     async def open_listener(self, address: Address, config: TransportConfig) -> LinkListener:
@@ -210,7 +211,9 @@ class TcpLinkLayer(LinkLayer):
             if code != 0:
                 reason = errno.errorcode.get(code, str(code))
                 raise LinkClosed(f"cannot connect to {host}:{port}: {reason}")
-            handshake = self._new_handshake(initiator=True, expected_node_id=expected_node_id)
+            handshake = self._new_handshake(
+                config, initiator=True, expected_node_id=expected_node_id
+            )
             return await _run_handshake(records, handshake, address, config, handshake.start())
         except BaseException:
             records.close()

@@ -74,3 +74,24 @@ async def test_a_node_takes_from_an_answer_only_what_it_may_dial(
         many = [WireContact(rng.randbytes(32), "8.8.8.8", 1000 + i) for i in range(32)]
         assert len(dht._dialable(many)) == dht.config.k
         network.nursery.cancel_scope.cancel()
+
+
+def test_contacts_whose_id_lacks_the_proof_of_work_are_not_dialled() -> None:
+    """On a network with a difficulty, a contact whose NodeId misses it is not worth a
+    dial (the handshake would refuse it) nor a place in a lookup (issue 18, row 1)."""
+    import random
+
+    from protocol.identity import Identity, meets_difficulty
+
+    rng = random.Random(5)
+    worked = Identity.generate(rng.randbytes, difficulty=6).node_id.value
+    weak = next(
+        identity.node_id.value
+        for identity in (Identity(rng.randbytes(32)) for _ in range(100))
+        if not meets_difficulty(identity.node_id, 6)
+    )
+    policy = DialPolicy.for_node(["0.0.0.0"], id_difficulty=6)
+    assert policy.allows("8.8.8.8", worked)
+    assert not policy.allows("8.8.8.8", weak)
+    assert not policy.allows("10.0.0.1", worked)  # the address rules still hold
+    assert DialPolicy.for_node(["0.0.0.0"]).allows("8.8.8.8", weak)  # difficulty 0

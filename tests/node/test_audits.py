@@ -103,6 +103,7 @@ async def cluster(
                 bootstrap=bootstrap,  # type: ignore[arg-type]
                 storage="memory",
                 workers=0,
+                id_difficulty=0,
                 segment_size=SEGMENT,
                 k=k,
                 n=n,

@@ -344,3 +344,16 @@ def test_sizes_and_durations_out_of_range_are_one_line_errors(
     64-bit expiry)."""
     with pytest.raises(ConfigError, match=problem):
         load_config(tmp_path, {flag: value})
+
+
+def test_the_proof_of_work_is_twenty_bits_off_loopback(tmp_path: Path) -> None:
+    """A public node's network asks for 20 bits of proof of work on NodeIds, a loopback
+    testnet for none; a configured value rules; out of range is one line."""
+    assert load_config(tmp_path, {"listen": "0.0.0.0:4410"}).network_difficulty == 20
+    assert load_config(tmp_path, {"listen": "127.0.0.1:0"}).network_difficulty == 0
+    (tmp_path / "config.toml").write_text("id_difficulty = 12\n")
+    assert load_config(tmp_path, {"listen": "0.0.0.0:4410"}).network_difficulty == 12
+    assert load_config(tmp_path, {"listen": "127.0.0.1:0"}).network_difficulty == 12
+    for bad, problem in ((33, "0..32 bits"), (-1, "0..32 bits"), ("8", "an integer")):
+        with pytest.raises(ConfigError, match=problem):
+            load_config(tmp_path, {"id_difficulty": bad})

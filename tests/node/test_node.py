@@ -13,7 +13,7 @@ import trio
 from trio.testing import MockClock
 
 from node.config import NodeConfig, capacity_warning
-from node.errors import ConfigError
+from node.errors import ConfigError, NodeError
 from node.node import Node
 from node.transport import MemoryNetwork
 from protocol.identity import Identity
@@ -23,6 +23,7 @@ CONFIG = NodeConfig(
     listen=("10.0.0.1", 4410),
     storage="memory",
     workers=0,
+    id_difficulty=0,
 )
 
 
@@ -159,3 +160,26 @@ def test_the_capacity_warning_counts_the_chunks_held_as_available() -> None:
     assert capacity_warning(100, used=60, free=40, where=where) is None
     message = capacity_warning(101, used=60, free=40, where=where)
     assert message is not None and "60 B of chunks held and 40 B free in /data" in message
+
+
+async def test_an_identity_without_the_networks_work_is_refused_at_start(
+    clock: MockClock,
+) -> None:
+    """A node given an identity whose id misses the network's proof of work would be
+    refused by every peer: it says so and does not start (issue 18, row 1)."""
+    from protocol.identity import meets_difficulty
+
+    rng = random.Random(4)
+    identity = next(
+        candidate
+        for candidate in (Identity(rng.randbytes(32)) for _ in range(100))
+        if not meets_difficulty(candidate.node_id, 8)
+    )
+    network = MemoryNetwork(seed=4)
+    node = Node(
+        replace(CONFIG, id_difficulty=8),
+        identity=identity,
+        link_layer=network.link_layer(identity, "10.0.0.1"),
+    )
+    with pytest.raises(NodeError, match="proof of work"):
+        await node.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -16,11 +17,12 @@ from protocol.handshake import (
     PROLOGUE,
     SIGNATURE_DOMAIN,
     SecureHandshake,
+    WeakPeerIdentity,
     WrongPeerIdentity,
     decode_identity_payload,
     encode_identity_payload,
 )
-from protocol.identity import Identity, NodeId, verify_signature
+from protocol.identity import Identity, NodeId, meets_difficulty, verify_signature
 from protocol.noise import HandshakeState, x25519_public_key
 
 DIALER = Identity(bytes([1]) * 32)
@@ -395,3 +397,62 @@ def test_published_transcript_is_plain_noise() -> None:
     assert message_3.hex() == TRANSCRIPT["message_3"]
     assert dialer.get_handshake_hash().hex() == TRANSCRIPT["handshake_hash"]
     assert dialer.encrypt(b"hello").hex() == TRANSCRIPT["transport_initiator_hello"]
+
+
+def _worked(seed: int, difficulty: int) -> Identity:
+    """An identity whose id meets `difficulty` bits of proof of work (seeded search)."""
+    return Identity.generate(random.Random(seed).randbytes, difficulty=difficulty)
+
+
+def _first_without_work(difficulty: int) -> Identity:
+    """The first of the fixed identities whose id misses `difficulty` bits."""
+    for label in range(4, 255):
+        identity = Identity(bytes([label]) * 32)
+        if not meets_difficulty(identity.node_id, difficulty):
+            return identity
+    raise AssertionError("every id met the difficulty")
+
+
+def _worked_pair(dialer: Identity, listener: Identity, difficulty: int) -> Pair:
+    keys = random.Random(3).randbytes
+    return Pair(
+        SecureHandshake.fresh(dialer, keys, initiator=True, difficulty=difficulty),
+        SecureHandshake.fresh(listener, keys, initiator=False, difficulty=difficulty),
+    )
+
+
+def test_both_sides_check_the_proof_of_work() -> None:
+    """With a difficulty, ids with the work complete; a listener whose id lacks it is
+    refused by the dialer before the dialer shows who it is, and a dialer whose id
+    lacks it is refused by the listener (issue 18, row 1)."""
+    difficulty = 8
+    worked_dialer, worked_listener = _worked(1, difficulty), _worked(2, difficulty)
+    weak = _first_without_work(difficulty)
+    good = _worked_pair(worked_dialer, worked_listener, difficulty)
+    good.run()
+    assert good.initiator.remote_node_id == worked_listener.node_id
+
+    weak_listener = _worked_pair(worked_dialer, weak, difficulty)
+    message_2 = weak_listener.responder.receive(weak_listener.initiator.start())
+    assert message_2 is not None
+    with pytest.raises(WeakPeerIdentity, match="8 bits") as caught:
+        weak_listener.initiator.receive(message_2)
+    assert caught.value.actual == weak.node_id
+    assert not weak_listener.initiator.is_complete
+
+    weak_dialer = _worked_pair(weak, worked_listener, difficulty)
+    message_2 = weak_dialer.responder.receive(weak_dialer.initiator.start())
+    assert message_2 is not None
+    message_3 = weak_dialer.initiator.receive(message_2)
+    assert message_3 is not None
+    with pytest.raises(WeakPeerIdentity):
+        weak_dialer.responder.receive(message_3)
+    assert not weak_dialer.responder.is_complete
+    with pytest.raises(LocalProtocolError, match="failed"):
+        weak_dialer.responder.transport()
+
+
+def test_the_difficulty_must_be_a_number_of_bits() -> None:
+    for bad in (-1, 257):
+        with pytest.raises(LocalProtocolError, match="difficulty"):
+            SecureHandshake.fresh(DIALER, _key, initiator=True, difficulty=bad)

@@ -16,9 +16,10 @@ import trio
 from noise.connection import Keypair, NoiseConnection
 from trio.testing import MockClock
 
+from node.errors import TransportError
 from node.transport import TcpLinkLayer, Transport, TransportConfig, open_transport
 from protocol.handshake import SecureHandshake
-from protocol.identity import Identity
+from protocol.identity import Identity, meets_difficulty
 from protocol.messages import Envelope, Kind, Ping, Pong, encode_envelope
 from protocol.noise import TransportState
 
@@ -382,3 +383,55 @@ async def test_one_subnet_cannot_hold_every_slot(
         for stream in flood:
             await stream.aclose()
     assert any("prefix 127.0.5.0/24" in r.getMessage() for r in caplog.records)
+
+
+async def test_throwaway_identities_without_the_work_get_no_slot(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Row 1 of issue 18: many throwaway identities from one address try full
+    handshakes against a node whose network asks for proof of work. Each is refused in
+    its handshake, so none holds a slot, and a newcomer whose id carries the work is
+    served while they keep trying."""
+    difficulty = 8
+    config = dataclasses.replace(
+        CONFIG,
+        max_connections=8,
+        max_handshakes=8,
+        max_connections_per_prefix=None,
+        max_handshakes_per_prefix=None,
+        id_difficulty=difficulty,
+    )
+    server_identity = Identity.generate(rng.randbytes, difficulty=difficulty)
+    async with open_transport(
+        server_identity,
+        TcpLinkLayer(server_identity, random_bytes=rng.randbytes),
+        listen_address=("127.0.0.1", 0),
+        config=config,
+    ) as server:
+        assert server.address is not None
+        throwaway = [seeded_identity(rng) for _ in range(64)]
+        throwaway = [i for i in throwaway if not meets_difficulty(i.node_id, difficulty)]
+        refused = 0
+        for identity in throwaway:
+            async with open_transport(
+                identity, TcpLinkLayer(identity, random_bytes=rng.randbytes)
+            ) as attacker:
+                try:
+                    await attacker.ping(server.address, node_id=server.node_id)
+                except TransportError:
+                    refused += 1
+        assert refused == len(throwaway) >= 60
+        await trio.sleep(1)
+        statistics = server.statistics()
+        assert statistics.connections_open == 0
+        assert statistics.handshakes_failed == len(throwaway)
+        assert statistics.connections_inbound == 0
+        newcomer_identity = Identity.generate(rng.randbytes, difficulty=difficulty)
+        async with open_transport(
+            newcomer_identity,
+            TcpLinkLayer(newcomer_identity, random_bytes=rng.randbytes),
+            config=config,
+        ) as newcomer:
+            peer, _ = await newcomer.ping(server.address, node_id=server.node_id)
+            assert peer == server.node_id
+    assert any("no proof of work" in line for line in cut_off_lines(caplog))
