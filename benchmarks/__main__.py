@@ -15,6 +15,7 @@ from benchmarks import BenchmarkError, BenchmarkOptions
 from benchmarks.audit import run_audit_benchmark
 from benchmarks.dht import run_dht_benchmark
 from benchmarks.encoding import run_encoding_benchmark
+from benchmarks.hostile import run_hostile_benchmark
 from benchmarks.network import run_network_benchmark
 from benchmarks.quota import run_quota_benchmark
 from benchmarks.transport import run_transport_benchmark
@@ -33,6 +34,10 @@ BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
     "encoding": (
         run_encoding_benchmark,
         "encode and decode 256 MiB on 1 and 2 threads beside each stage alone, and pyeclib",
+    ),
+    "hostile": (
+        run_hostile_benchmark,
+        "a real node's RSS under throwaway identities, partial frames and unread answers",
     ),
     "network": (
         run_network_benchmark,

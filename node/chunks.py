@@ -162,6 +162,7 @@ class ChunkService:
         provide, takes what the backlog cannot and tells what a restart must announce
         again (None: neither, for tests of the handlers alone)."""
         self.store = store
+        self._transport = transport
         self._offload = offload
         self._provide = provide
         self._provisions = provisions
@@ -288,7 +289,7 @@ class ChunkService:
 
     async def handle_fetch_chunk(self, peer: Peer, message: Message) -> Message:
         assert isinstance(message, FetchChunk)
-        async with self._job(peer):
+        async with self._job(peer, large_answer=True):
             try:
                 data = await self._offload(self.store.get, message.chunk_id)
                 group = await self._offload(self.store.group, message.chunk_id)
@@ -308,7 +309,7 @@ class ChunkService:
 
     async def handle_audit_chunks(self, peer: Peer, message: Message) -> Message:
         assert isinstance(message, AuditChunks)
-        async with self._job(peer):
+        async with self._job(peer, large_answer=True):
             try:
                 answers = await self._offload(
                     self.audit, message.chunk_ids, message.offsets, message.length
@@ -339,16 +340,21 @@ class ChunkService:
     def _held(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
         return tuple(self.store.has(chunk_id) for chunk_id in chunk_ids)
 
-    def _job(self, peer: Peer) -> _Job:
-        return _Job(self, peer.node_id)
+    def _job(self, peer: Peer, *, large_answer: bool = False) -> _Job:
+        return _Job(self, peer, large_answer)
 
 
 class _Job:
-    """One chunk request's slot: global and per-peer limits (BUSY past the peer's)."""
+    """One chunk request's slot: global and per-peer limits (BUSY past the peer's).
+    A request with a large answer is refused BUSY also when answers already made and
+    not yet sent are over their budget (node/transport/budget.py), checked once the
+    slot is ours: what waited for it must not add to a backlog that grew meanwhile."""
 
-    def __init__(self, service: ChunkService, peer: NodeId) -> None:
+    def __init__(self, service: ChunkService, peer: Peer, large_answer: bool) -> None:
         self._service = service
-        self._peer = peer
+        self._peer = peer.node_id
+        self._whole_peer = peer
+        self._large_answer = large_answer
 
     async def __aenter__(self) -> None:
         counts = self._service._per_peer
@@ -362,6 +368,11 @@ class _Job:
         except BaseException:
             self._release_peer()
             raise
+        if self._large_answer:
+            refusal = self._service._transport.answer_refusal(self._whole_peer)
+            if refusal is not None:
+                await self.__aexit__()
+                raise RequestRejected(ErrorCode.BUSY, refusal)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._service._jobs.release()

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import shutil
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -63,6 +65,38 @@ LIARS_FILE: Final = "peers.sqlite3"
 
 JOIN_RETRY_INITIAL: Final = 1.0
 JOIN_RETRY_MAX: Final = 60.0
+
+
+def _probe_listen(address: tuple[str, int]) -> None:
+    """Raise NodeError, as the transport would, if `address` cannot be listened on."""
+    host, port = address
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
+            0
+        ]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+    except OSError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise NodeError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+class _TableHosts:
+    """The hosts of the contacts in a DHT's routing table, gathered at most once a
+    second (the transport asks at every inbound connection, floods included)."""
+
+    def __init__(self, dht: DhtService) -> None:
+        self._dht = dht
+        self._hosts: frozenset[str] = frozenset()
+        self._gathered = -math.inf
+
+    def __contains__(self, host: str) -> bool:
+        now = trio.current_time()
+        if now - self._gathered >= 1.0:
+            self._hosts = frozenset(c.address[0] for c in self._dht.routing.contacts())
+            self._gathered = now
+        return host in self._hosts
 
 
 class Node:
@@ -136,6 +170,9 @@ class Node:
         if identity is None:
             if in_memory:
                 raise NodeError("a node with storage = memory needs its identity given")
+            if self._link_layer is None:
+                # Before a first start spends seconds on its identity's proof of work.
+                await trio.to_thread.run_sync(_probe_listen, config.listen)
             config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             identity = await trio.to_thread.run_sync(
                 partial(
@@ -210,7 +247,10 @@ class Node:
             # Every peer of a loopback node shares 127.0.0.0/24: the per-prefix limits
             # would hold a testnet of more than a few nodes to one prefix's slots.
             transport_config = TransportConfig(
-                max_connections_per_prefix=None, max_handshakes_per_prefix=None
+                max_connections_per_prefix=None,
+                max_handshakes_per_prefix=None,
+                max_receive_buffer_per_prefix=None,
+                max_inflight_per_prefix=None,
             )
         # The proof of work is the network's, so the node's setting rules.
         transport_config = dataclasses.replace(
@@ -251,6 +291,9 @@ class Node:
                     id_difficulty=config.network_difficulty,
                 ),
             )
+            # Hosts of contacts in the routing table may use the transport's reserved
+            # slots: a flood of newcomers cannot lock out the peers we know.
+            transport.known_host = _TableHosts(dht).__contains__
             # workers = 0: everything inline (simulations, under a mock clock); else the
             # disk in worker threads, and coding in at most `workers` of them.
             offload = in_thread if config.workers else inline

@@ -12,6 +12,8 @@ handlers (node.transport.handler), and enforces the per-connection limits of
 | request whose body is malformed                   | answered ERROR BAD_REQUEST            |
 | request of a type we have no handler for          | answered ERROR UNSUPPORTED            |
 | more than `max_inflight_per_peer` requests at once| connection closed, logged             |
+| `max_inflight` requests of all peers, or          | answered ERROR BUSY                   |
+| `max_inflight_per_prefix` of its prefix, served   |                                       |
 | handler raises RequestRejected / anything else    | ERROR with its code / ERROR INTERNAL  |
 | our request unanswered after its timeout          | RequestTimeout; after                 |
 |                                                   | `max_consecutive_timeouts` in a row   |
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from dht.routing import address_prefix
 from node.errors import (
     ConnectionClosed,
     LinkClosed,
@@ -122,6 +125,8 @@ class Connection:
         # The address this connection was dialled at (its key in Transport._by_address).
         self.dialled_address: Address | None = None
         self.peer = Peer(link.remote_node_id, link.remote_address)
+        # The address prefix its requests count against (node-wide in-flight limits).
+        self.request_prefix = address_prefix(str(link.remote_address[0]))
         self.config = transport.config
         self._pending: dict[int, _Waiter] = {}
         # Requests we gave up on (timed out, cancelled) whose answers have not come:
@@ -135,6 +140,9 @@ class Connection:
         self._inbound_in_flight = 0
         self._consecutive_timeouts = 0
         self._activity = 0  # frames sent and received; the idle timer watches it
+        # Bytes of our answers waiting for room in the link (the answer budget's part
+        # not yet in the link's queue; node/transport/budget.py).
+        self.answer_backlog = 0
         self._close_reason: str | None = None
         self._cancel_scope = trio.CancelScope()
 
@@ -263,7 +271,9 @@ class Connection:
             if request_id not in self._pending and request_id not in self._abandoned:
                 return request_id
 
-    async def _send(self, envelope: Envelope, *, deadline: float = math.inf) -> None:
+    async def _send(
+        self, envelope: Envelope, *, deadline: float = math.inf, answer: bool = False
+    ) -> None:
         try:
             frame = encode_envelope(envelope)
         except LocalProtocolError as exc:
@@ -274,6 +284,10 @@ class Connection:
                 f"over the {self.config.max_frame_size}-byte frame limit"
             )
         self._activity += 1
+        # An answer counts against the answer budget until the link has taken it.
+        waiting = len(frame) if answer else 0
+        self.answer_backlog += waiting
+        self.transport.answer_backlog += waiting
         try:
             await self.link.send_frame(frame, deadline=deadline)
         except LinkClosed as exc:
@@ -282,6 +296,9 @@ class Connection:
             raise RequestTimeout(
                 f"{self.peer.node_id.short()} did not read what we queued for it in time"
             ) from None
+        finally:
+            self.answer_backlog -= waiting
+            self.transport.answer_backlog -= waiting
 
     # -- inbound ----------------------------------------------------------------------
 
@@ -361,8 +378,11 @@ class Connection:
                         f"more than {self.config.max_inflight_per_peer} requests in flight"
                     )
                     return
+                elif (busy := self.transport._inflight_refusal(self.request_prefix)) is not None:
+                    await self._reply(envelope.request_id, Error(ErrorCode.BUSY, busy))
                 else:
                     self._inbound_in_flight += 1
+                    self.transport._inflight_started(self.request_prefix)
                     nursery.start_soon(self._serve, handler, envelope.request_id, message)
             else:
                 waiter = self._pending.pop(envelope.request_id, None)
@@ -417,10 +437,11 @@ class Connection:
             await self._reply(request_id, response)
         finally:
             self._inbound_in_flight -= 1
+            self.transport._inflight_ended(self.request_prefix)
 
     async def _reply(self, request_id: int, response: Message) -> None:
         try:
-            await self._send(Envelope(Kind.RESPONSE, request_id, response))
+            await self._send(Envelope(Kind.RESPONSE, request_id, response), answer=True)
         except ConnectionClosed:
             pass
         except TransportError as exc:

@@ -28,6 +28,7 @@ import trio
 from protocol.identity import NodeId
 
 if TYPE_CHECKING:
+    from node.transport.budget import ByteBudget
     from node.transport.config import TransportConfig
 
 __all__ = [
@@ -47,6 +48,17 @@ class Link(ABC):
 
     remote_node_id: NodeId
     remote_address: Address
+
+    def use_receive_budget(self, budget: ByteBudget, key: str) -> None:
+        """Reserve each large frame being received from `budget` under `key` (an
+        address prefix), for links that buffer partial frames (node/transport/budget.py).
+        The in-memory links hand over whole frames and ignore it."""
+        return None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes handed to the link and not yet sent."""
+        return 0
 
     @abstractmethod
     async def send_frame(self, frame: bytes, *, deadline: float = math.inf) -> None:

@@ -120,6 +120,11 @@ class RecordSocket:
         self._start = start + length
         return self._view[start : start + length]
 
+    @property
+    def has_partial(self) -> bool:
+        """Whether part of a record is buffered (a record has begun)."""
+        return self._end > self._start
+
     def take_records(self) -> list[memoryview]:
         """Every complete record already received (no I/O)."""
         records = []

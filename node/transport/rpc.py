@@ -10,6 +10,11 @@ here, those on frames and requests in each connection (see its table):
 | event                                             | what happens                          |
 |---------------------------------------------------|---------------------------------------|
 | inbound connection while at `max_connections`     | closed before the handshake, logged   |
+| (or, from a host none of whose contacts is in our |                                       |
+| routing table, at `max_connections` less          |                                       |
+| `reserved_connections`; the same for handshakes)  |                                       |
+| inbound connection from a prefix (/24, /64) at    | closed before the handshake, logged   |
+| its per-prefix limit (known hosts exempt)         |                                       |
 | handshake longer than `handshake_timeout`         | connection closed, logged             |
 
 Every cut-off is one log line at WARNING with the peer and the reason; the node goes on.
@@ -20,7 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import cast
@@ -30,6 +35,7 @@ import trio
 from dht.routing import address_prefix
 from node.errors import ConnectionFailed, LinkClosed, RequestTimeout, TransportError
 from node.ratelog import RateLimitedLog
+from node.transport.budget import ByteBudget
 from node.transport.config import TransportConfig
 from node.transport.connection import Connection
 from node.transport.handler import AsyncHandler, Handler, InlineHandler, Peer
@@ -56,6 +62,7 @@ class TransportStatistics:
     handshakes_failed: int = 0
     requests_sent: int = 0
     requests_received: int = 0
+    requests_busy: int = 0
     request_timeouts: int = 0
     late_responses: int = 0
     cut_off_reasons: dict[str, int] = field(default_factory=dict)
@@ -108,9 +115,20 @@ class Transport:
         self._inbound_by_prefix: Counter[str] = Counter()
         self._handshaking_by_prefix: Counter[str] = Counter()
         self._outbound_count = 0
+        # Requests being served, in all and per address prefix (node-wide limits).
+        self._inflight = 0
+        self._inflight_by_prefix: Counter[str] = Counter()
         self._statistics = TransportStatistics()
+        # What peers can make this node hold in memory (node/transport/budget.py).
+        self.receive_budget = ByteBudget(
+            self.config.max_receive_buffer, self.config.max_receive_buffer_per_prefix
+        )
+        self.answer_backlog = 0  # bytes of answers made and waiting for room in a link
         # What peers cause (refusals, cut-offs): a line a minute of each kind.
         self.peer_log = RateLimitedLog(logger)
+        # Whether a host is that of a contact in our routing table (set by the node):
+        # such hosts may use the reserved slots and pass the per-prefix limits.
+        self.known_host: Callable[[str], bool] = _nobody
         self._nursery: trio.Nursery | None = None
         self._ping_count = 0
 
@@ -149,6 +167,43 @@ class Transport:
 
     def connected_peers(self) -> list[Peer]:
         return [connection.peer for connection in self._connections.values()]
+
+    def _inflight_refusal(self, prefix: str) -> str | None:
+        """Why a request from `prefix` is answered BUSY instead of served, or None."""
+        config = self.config
+        if self._inflight >= config.max_inflight:
+            self._statistics.requests_busy += 1
+            return f"serving {self._inflight} requests already"
+        limit = config.max_inflight_per_prefix
+        if limit is not None and self._inflight_by_prefix[prefix] >= limit:
+            self._statistics.requests_busy += 1
+            return f"serving {limit} requests of your network prefix already"
+        return None
+
+    def _inflight_started(self, prefix: str) -> None:
+        self._inflight += 1
+        self._inflight_by_prefix[prefix] += 1
+
+    def _inflight_ended(self, prefix: str) -> None:
+        self._inflight -= 1
+        _decrement(self._inflight_by_prefix, prefix)
+
+    def answer_refusal(self, peer: Peer) -> str | None:
+        """Why a request of `peer`'s with a large answer (a chunk, an audit) should be
+        refused BUSY now, or None: answers made and not yet sent, to this peer and in
+        all, against their budgets (node/transport/budget.py)."""
+        config = self.config
+        connection = self._connections.get(peer.node_id)
+        if connection is not None:
+            backlog = connection.answer_backlog + connection.link.queued_bytes
+            if backlog >= config.max_answer_backlog_per_peer:
+                return f"{backlog} bytes of answers to you are not read yet"
+        total = self.answer_backlog + sum(
+            connection.link.queued_bytes for connection in self._connections.values()
+        )
+        if total >= config.max_answer_backlog:
+            return "too many answers are waiting to be sent; try another holder"
+        return None
 
     # -- outbound ---------------------------------------------------------------------
 
@@ -276,8 +331,9 @@ class Transport:
                     pending = await listener.accept()
                 except trio.ClosedResourceError:
                     return
-                prefix = address_prefix(str(pending.remote_address[0]))
-                refusal = self._inbound_refusal(prefix)
+                host = str(pending.remote_address[0])
+                prefix = address_prefix(host)
+                refusal = self._inbound_refusal(prefix, known=self.known_host(host))
                 if refusal is not None:
                     self._statistics.connections_refused += 1
                     self.peer_log.warning(
@@ -294,22 +350,33 @@ class Transport:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
-    def _inbound_refusal(self, prefix: str) -> str | None:
+    def _inbound_refusal(self, prefix: str, *, known: bool = False) -> str | None:
         """Why a new inbound connection from `prefix` is refused, or None: the
-        node-wide limits on handshakes and connections, then the same per prefix."""
+        node-wide limits on handshakes and connections (less the reserved slots,
+        unless its host is `known`), then the same per prefix (unless `known`)."""
         config = self.config
+        reserved_handshakes = 0 if known else config.reserved_handshakes
+        reserved_connections = 0 if known else config.reserved_connections
         limits = (
-            ("handshake limit", self._handshaking, config.max_handshakes),
-            ("connection limit", self._inbound_count, config.max_connections),
+            (
+                "handshake limit",
+                self._handshaking,
+                config.max_handshakes - reserved_handshakes,
+            ),
+            (
+                "connection limit",
+                self._inbound_count,
+                config.max_connections - reserved_connections,
+            ),
             (
                 f"handshake limit of its prefix {prefix}",
                 self._handshaking_by_prefix[prefix],
-                config.max_handshakes_per_prefix,
+                None if known else config.max_handshakes_per_prefix,
             ),
             (
                 f"connection limit of its prefix {prefix}",
                 self._inbound_by_prefix[prefix],
-                config.max_connections_per_prefix,
+                None if known else config.max_connections_per_prefix,
             ),
         )
         for what, count, limit in limits:
@@ -370,6 +437,7 @@ class Transport:
             raise ConnectionFailed("the transport stopped")
         connection = Connection(self, link, outbound=outbound)
         connection.prefix = prefix
+        link.use_receive_budget(self.receive_budget, address_prefix(str(link.remote_address[0])))
         nursery.start_soon(connection.run)
         # One connection per peer identity serves requests; another one finishes what
         # it carries and retires, so that one identity cannot hold many of our slots.
@@ -424,6 +492,10 @@ async def open_transport(
             yield transport
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _nobody(host: str) -> bool:
+    return False
 
 
 def _decrement(counts: Counter[str], key: str) -> None:

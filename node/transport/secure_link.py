@@ -8,7 +8,10 @@ large frames across several, so small RPCs share system calls and 1 MiB chunks m
 64 KiB records.
 
 A peer is cut off (the link closes with a reason) when it sends a record that does not
-decrypt, announces a frame over the size limit, or stops reading for `send_timeout`.
+decrypt, announces a frame over the size limit, stops reading for `send_timeout`, or
+takes longer than `frame_timeout` to send a frame whole. A frame over SMALL_FRAME is
+read only once its announced length is reserved from the node's receive budget
+(node/transport/budget.py): until then the link reads no more of it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import struct
 import trio
 
 from node.errors import LinkClosed, NoRoom
+from node.transport.budget import SMALL_FRAME, ByteBudget
 from node.transport.config import TransportConfig
 from node.transport.link import Address, Link
 from node.transport.record_socket import RECORD_HEADER, Buffer, RecordSocket
@@ -63,6 +67,11 @@ class SecureLink(Link):
         self._noise = transport
         self._max_frame_size = config.max_frame_size
         self._send_timeout = config.send_timeout
+        self._frame_timeout = config.frame_timeout
+        self._budget: ByteBudget | None = None
+        self._budget_key = ""
+        self._reserved = 0  # bytes of the receive budget the frame in progress holds
+        self._frame_deadline = math.inf  # when the frame in progress must be whole
         self._plain = bytearray()
         self._plain_start = 0
         self._units_since_checkpoint = 0
@@ -74,6 +83,14 @@ class SecureLink(Link):
         self._room = trio.lowlevel.ParkingLot()
         self._close_reason: str | None = None
         self._misbehaved = False
+
+    def use_receive_budget(self, budget: ByteBudget, key: str) -> None:
+        self._budget = budget
+        self._budget_key = key
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     # -- sending ---------------------------------------------------------------------
 
@@ -200,12 +217,52 @@ class SecureLink(Link):
         self._plain_start = start
         return frame
 
+    def _partial_length(self) -> int | None:
+        """The announced length of the frame in progress, once its header is here."""
+        if len(self._plain) - self._plain_start < FRAME_HEADER.size:
+            return None
+        (length,) = FRAME_HEADER.unpack_from(self._plain, self._plain_start)
+        return int(length)
+
+    async def _reserve(self, length: int) -> None:
+        """Hold `length` bytes of the receive budget for the frame in progress, waiting
+        for room until the frame's deadline."""
+        budget = self._budget
+        assert budget is not None
+        with trio.move_on_at(self._frame_deadline):
+            await budget.reserve(length, self._budget_key)
+            self._reserved = length
+            if self._close_reason is not None:  # closed while it waited
+                self._release()
+                raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
+            return
+        raise LinkClosed(
+            f"no room to receive a {length}-byte frame within {self._frame_timeout:g} s "
+            f"(the node's receive budget is in use)"
+        )
+
+    def _release(self) -> None:
+        if self._reserved:
+            assert self._budget is not None
+            self._budget.release(self._reserved, self._budget_key)
+            self._reserved = 0
+
+    async def _fill_before_deadline(self) -> None:
+        with trio.move_on_at(self._frame_deadline):
+            await self._records.fill()
+            return
+        raise LinkClosed(
+            f"a frame not received whole within {self._frame_timeout:g} s", misbehaved=True
+        )
+
     async def receive_frame(self) -> bytes | bytearray:
         try:
             while True:
                 frame = self._take_frame()
                 if frame is not None:
                     self._units_since_checkpoint += 1
+                    self._release()
+                    self._frame_deadline = math.inf
                     return frame
                 if self._units_since_checkpoint >= UNITS_PER_CHECKPOINT:
                     # A peer that keeps the socket full (many frames, or records that
@@ -214,9 +271,21 @@ class SecureLink(Link):
                     await trio.lowlevel.checkpoint()
                 if self._close_reason is not None:
                     raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
+                if self._frame_deadline == math.inf and (
+                    len(self._plain) > self._plain_start or self._records.has_partial
+                ):
+                    # A frame has begun: it must be whole by then.
+                    self._frame_deadline = trio.current_time() + self._frame_timeout
+                if self._budget is not None and not self._reserved:
+                    length = self._partial_length()
+                    if length is not None and length > SMALL_FRAME:
+                        await self._reserve(length)
                 records = self._records.take_records()
                 if not records:
-                    await self._records.fill()
+                    if self._frame_deadline == math.inf:
+                        await self._records.fill()
+                    else:
+                        await self._fill_before_deadline()
                     continue
                 self._units_since_checkpoint += len(records)
                 if self._plain_start:
@@ -240,6 +309,7 @@ class SecureLink(Link):
         if self._close_reason is None:
             self._close_reason = reason
             self._misbehaved = misbehaved
+        self._release()
         self._room.unpark_all()
         self._writer_wakeup.unpark_all()
         self._records.close()

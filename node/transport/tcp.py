@@ -157,9 +157,18 @@ class TcpListener(LinkListener):
 class TcpLinkLayer(LinkLayer):
     """Noise-secured TCP. Only for addresses the operator chose; tests use loopback."""
 
-    def __init__(self, identity: Identity, *, random_bytes: RandomBytes = nacl.utils.random):
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        random_bytes: RandomBytes = nacl.utils.random,
+        source_host: str | None = None,
+    ):
+        """`source_host`: the local address outbound connections are made from (None:
+        the kernel's choice)."""
         self.identity = identity
         self._random_bytes = random_bytes
+        self._source_host = source_host
 
     def _new_handshake(
         self, config: TransportConfig, *, initiator: bool, expected_node_id: NodeId | None
@@ -199,6 +208,8 @@ class TcpLinkLayer(LinkLayer):
             # Addresses come from peers too (DHT contacts): a bad one fails this dial only.
             raise LinkClosed(f"cannot connect to {host!r}:{port}: {exc}") from None
         try:
+            if self._source_host is not None:
+                sock.bind((self._source_host, 0))
             records = RecordSocket(sock)
         except OSError as exc:
             sock.close()

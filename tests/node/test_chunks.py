@@ -254,3 +254,25 @@ async def test_one_peer_gets_busy_beyond_its_job_limit(network: Network) -> None
                 store.gate.set()
             assert answers == [ChunksHeld((False,))] * (MAX_CHUNK_JOBS_PER_PEER + 1)
             assert await holder.ask(greedy, wanted) == ChunksHeld((False,))
+
+
+async def test_offers_of_a_held_chunk_with_other_records_log_once(
+    network: Network, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Row 6 of issue 18, over the wire: a peer offers a chunk the holder has with 200
+    other group records. Each offer is answered, the chunk keeps its first record, and
+    the holder's log says so once, not 200 times."""
+    import logging
+
+    rng = random.Random(31)
+    data, group = make_chunk(rng, 2000)
+    store = MemoryChunkStore()
+    with trio.fail_after(TEST_TIMEOUT), caplog.at_level(logging.WARNING):
+        async with open_holder(network, store) as holder, network.transport() as client:
+            assert isinstance(await holder.ask(client, StoreChunk(group, data)), ChunkStored)
+            for index in range(200):
+                ids = (rng.randbytes(32), group.chunk_id, bytes([index % 256]) * 32)
+                other = GroupRecord(2, 3, 1, ids)
+                assert isinstance(await holder.ask(client, StoreChunk(other, data)), ChunkStored)
+            assert store.group(group.chunk_id) == group
+    assert len([r for r in caplog.records if "already held" in r.getMessage()]) == 1

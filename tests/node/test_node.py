@@ -183,3 +183,21 @@ async def test_an_identity_without_the_networks_work_is_refused_at_start(
     )
     with pytest.raises(NodeError, match="proof of work"):
         await node.run()
+
+
+async def test_the_hosts_of_routing_table_contacts_may_use_the_reserved_slots(
+    clock: MockClock,
+) -> None:
+    """The node tells its transport which hosts are those of its routing table's
+    contacts (they may use the reserved slots); a stranger's host is not one."""
+    from simulations.harness import SIMULATED_NODE, open_network
+
+    async with open_network(4, seed=6, node_config=SIMULATED_NODE) as network:
+        first = network.nodes[0].node
+        assert first.transport is not None and first.dht is not None
+        await trio.sleep(1.5)  # what the transport knows is at most a second old
+        hosts = {contact.address[0] for contact in first.dht.routing.contacts()}
+        assert hosts
+        assert all(first.transport.known_host(host) for host in hosts)
+        assert not first.transport.known_host("203.0.113.77")
+        network.nursery.cancel_scope.cancel()

@@ -3,13 +3,14 @@ honest peer, served at the same time, keeps getting its answers."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import trio
@@ -17,10 +18,20 @@ from noise.connection import Keypair, NoiseConnection
 from trio.testing import MockClock
 
 from node.errors import TransportError
-from node.transport import TcpLinkLayer, Transport, TransportConfig, open_transport
+from node.transport import Handler, TcpLinkLayer, Transport, TransportConfig, open_transport
+from protocol.chunk import GroupRecord
 from protocol.handshake import SecureHandshake
 from protocol.identity import Identity, meets_difficulty
-from protocol.messages import Envelope, Kind, Ping, Pong, encode_envelope
+from protocol.messages import (
+    ChunkStored,
+    Envelope,
+    Kind,
+    Message,
+    Ping,
+    Pong,
+    StoreChunk,
+    encode_envelope,
+)
 from protocol.noise import TransportState
 
 from .conftest import TCP_AUTOJUMP, seeded_identity
@@ -28,6 +39,7 @@ from .conftest import TCP_AUTOJUMP, seeded_identity
 CONFIG = TransportConfig(
     handshake_timeout=5.0,
     max_connections=8,
+    reserved_connections=0,
     max_inflight_per_peer=8,
     max_frame_size=64 * 1024,
 )
@@ -90,9 +102,47 @@ async def server_and_honest_client(
         yield server, finish
 
 
+def open_server(
+    rng: random.Random,
+    config: TransportConfig,
+    handlers: Mapping[type[Message], Handler] | None = None,
+    *,
+    identity: Identity | None = None,
+) -> AbstractAsyncContextManager[Transport]:
+    """A server transport listening on 127.0.0.1 with `config`."""
+    identity = identity or seeded_identity(rng)
+    return open_transport(
+        identity,
+        TcpLinkLayer(identity, random_bytes=rng.randbytes),
+        listen_address=("127.0.0.1", 0),
+        config=config,
+        handlers=handlers,
+    )
+
+
 async def raw_connection(server: Transport) -> trio.SocketStream:
     assert server.address is not None
     return await trio.open_tcp_stream(*server.address)
+
+
+async def raw_connection_from(server: Transport, host: str) -> trio.SocketStream:
+    """A bare TCP connection to `server` from the loopback address `host`."""
+    assert server.address is not None
+    sock = trio.socket.socket()
+    await sock.bind((host, 0))
+    await sock.connect(server.address)
+    return trio.SocketStream(sock)
+
+
+async def newcomer_is_served(server: Transport, rng: random.Random) -> None:
+    """A fresh identity (on 127.0.0.1) connects to `server` and gets its PONG."""
+    assert server.address is not None
+    identity = seeded_identity(rng)
+    async with open_transport(
+        identity, TcpLinkLayer(identity, random_bytes=rng.randbytes)
+    ) as newcomer:
+        peer, _ = await newcomer.ping(server.address, node_id=server.node_id)
+        assert peer == server.node_id
 
 
 async def read_until_closed(stream: trio.SocketStream) -> bytes:
@@ -366,20 +416,11 @@ async def test_one_subnet_cannot_hold_every_slot(
         config=config,
     ) as server:
         assert server.address is not None
-        flood = []
-        for _ in range(10):  # more than every slot
-            sock = trio.socket.socket()
-            await sock.bind(("127.0.5.1", 0))
-            await sock.connect(server.address)
-            flood.append(trio.SocketStream(sock))
+        # More than every slot.
+        flood = [await raw_connection_from(server, "127.0.5.1") for _ in range(10)]
         await trio.sleep(0.5)
         assert server.statistics().connections_refused == 7
-        newcomer_identity = seeded_identity(rng)
-        async with open_transport(
-            newcomer_identity, TcpLinkLayer(newcomer_identity, random_bytes=rng.randbytes)
-        ) as newcomer:
-            peer, _ = await newcomer.ping(server.address, node_id=server.node_id)
-            assert peer == server.node_id
+        await newcomer_is_served(server, rng)
         for stream in flood:
             await stream.aclose()
     assert any("prefix 127.0.5.0/24" in r.getMessage() for r in caplog.records)
@@ -397,17 +438,13 @@ async def test_throwaway_identities_without_the_work_get_no_slot(
         CONFIG,
         max_connections=8,
         max_handshakes=8,
+        reserved_handshakes=0,
         max_connections_per_prefix=None,
         max_handshakes_per_prefix=None,
         id_difficulty=difficulty,
     )
     server_identity = Identity.generate(rng.randbytes, difficulty=difficulty)
-    async with open_transport(
-        server_identity,
-        TcpLinkLayer(server_identity, random_bytes=rng.randbytes),
-        listen_address=("127.0.0.1", 0),
-        config=config,
-    ) as server:
+    async with open_server(rng, config, identity=server_identity) as server:
         assert server.address is not None
         throwaway = [seeded_identity(rng) for _ in range(64)]
         throwaway = [i for i in throwaway if not meets_difficulty(i.node_id, difficulty)]
@@ -435,3 +472,256 @@ async def test_throwaway_identities_without_the_work_get_no_slot(
             peer, _ = await newcomer.ping(server.address, node_id=server.node_id)
             assert peer == server.node_id
     assert any("no proof of work" in line for line in cut_off_lines(caplog))
+
+
+async def send_until_closed(stream: trio.SocketStream, data: bytes) -> None:
+    """Send `data`, or as much as the server reads before it closes the connection."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
+
+
+def _records(noise: TransportState, plaintext: bytes) -> bytes:
+    """`plaintext` as Noise transport records on the wire."""
+    out = bytearray()
+    for start in range(0, len(plaintext), 65000):
+        record = noise.encrypt(plaintext[start : start + 65000])
+        out += RECORD.pack(len(record)) + record
+    return bytes(out)
+
+
+async def test_partial_frames_pin_no_more_than_the_receive_budget(
+    clock: MockClock, rng: random.Random, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Row 4 of issue 18: ten peers each announce a large frame and send all of it but
+    its last byte. The frames in progress hold at most the node's receive budget (the
+    others wait, unread); every one of them is cut off at the frame timeout, which a
+    partial frame does not reset; the honest peer is served throughout, and a large
+    frame of its own goes through afterwards."""
+    frame_size = 256 * 1024
+    config = dataclasses.replace(
+        CONFIG,
+        max_frame_size=frame_size,
+        max_connections=16,
+        max_receive_buffer=2 * frame_size,
+        max_receive_buffer_per_prefix=None,
+        max_answer_backlog=2 * frame_size,
+        max_answer_backlog_per_peer=frame_size,
+        frame_timeout=60.0,
+        idle_timeout=300.0,  # so that only the frame timeout can close them at 60 s
+    )
+    server_identity = seeded_identity(rng)
+
+    async def take(peer: object, message: Message) -> Message:
+        assert isinstance(message, StoreChunk)
+        return ChunkStored(len(message.data))
+
+    async with (
+        open_server(rng, config, {StoreChunk: take}, identity=server_identity) as server,
+        trio.open_nursery() as nursery,
+    ):
+        assert server.address is not None
+        big = encode_envelope(Envelope(Kind.REQUEST, 1, Ping(b"x")))
+        announced = frame_size - 16
+        attackers = []
+        for _ in range(10):
+            stream, noise = await authenticated_raw_connection(server, seeded_identity(rng), rng)
+            almost = struct.pack(">I", announced) + big + bytes(announced - len(big) - 1)
+            nursery.start_soon(send_until_closed, stream, _records(noise, almost))
+            attackers.append(stream)
+        closed_at: list[float] = []
+        started = trio.current_time()
+
+        async def watch(stream: trio.SocketStream) -> None:
+            await read_until_closed(stream)
+            closed_at.append(trio.current_time() - started)
+
+        for stream in attackers:
+            nursery.start_soon(watch, stream)
+        client_identity = seeded_identity(rng)
+        async with open_transport(
+            client_identity,
+            TcpLinkLayer(client_identity, random_bytes=rng.randbytes),
+            config=config,
+        ) as client:
+            pings = 0
+            while trio.current_time() - started < 70:
+                peer, _ = await client.ping(server.address, node_id=server.node_id)
+                assert peer == server.node_id
+                pings += 1
+                assert server.receive_budget.used <= config.max_receive_buffer
+                await trio.sleep(5)
+            assert pings >= 13
+            assert len(closed_at) == 10
+            assert all(60 <= t < 65 for t in closed_at), closed_at
+            assert server.receive_budget.high_water <= config.max_receive_buffer
+            assert server.receive_budget.waited >= 8
+            assert server.receive_budget.used == 0
+            # The budget is free again: a large frame of the honest peer's is taken.
+            group = GroupRecord(1, 1, 0, (bytes(32),))
+            answer = await client.request(
+                server.address, StoreChunk(group, bytes(frame_size // 2)), node_id=server.node_id
+            )
+            assert answer == ChunkStored(frame_size // 2)
+        nursery.cancel_scope.cancel()
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("not received whole within 60 s" in line for line in lines)
+
+
+async def test_a_peer_that_never_reads_gets_busy_not_memory(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Row 4 of issue 18: a peer sends 64 FETCH_CHUNKs and never reads. The answers made
+    for it stay within its answer budget (plus the chunk jobs it had running); the
+    rest are answered BUSY; an honest peer fetches a chunk meanwhile; and once what
+    the kernel takes is sent (or the peer cut off for not reading), the node holds
+    nothing for it."""
+    from node.chunks import MAX_CHUNK_JOBS_PER_PEER, ChunkService
+    from node.store import MemoryChunkStore
+    from protocol.chunk import chunk_id
+    from protocol.messages import ChunkData, FetchChunk
+
+    chunk_size = 200 * 1024
+    config = dataclasses.replace(
+        CONFIG,
+        max_frame_size=256 * 1024,
+        max_inflight_per_peer=64,
+        max_answer_backlog=4 * 1024 * 1024,
+        max_answer_backlog_per_peer=512 * 1024,
+        max_receive_buffer=1024 * 1024,
+        max_receive_buffer_per_prefix=None,
+        send_timeout=30.0,
+    )
+    store = MemoryChunkStore()
+    ids = []
+    for _ in range(8):
+        data = rng.randbytes(chunk_size)
+        ids.append(chunk_id(data))
+        store.put(ids[-1], data, GroupRecord(1, 1, 0, (ids[-1],)))
+
+    async def provide(key: object) -> int:
+        return 0
+
+    server_identity = seeded_identity(rng)
+    async with open_server(rng, config, identity=server_identity) as server:
+        service = ChunkService(store, server, provide)
+        assert server.address is not None
+        attacker = seeded_identity(rng)
+        stream, noise = await authenticated_raw_connection(
+            server, attacker, rng, receive_buffer=4096
+        )
+        # In waves of as many as its chunk jobs may run, so that none is refused for
+        # that: 64 answers of 200 KiB, far more than the kernel's buffers take.
+        for wave in range(8):
+            frames = b"".join(
+                struct.pack(">I", len(frame)) + frame
+                for frame in (
+                    encode_envelope(Envelope(Kind.REQUEST, number, FetchChunk(ids[number % 8])))
+                    for number in range(8 * wave, 8 * wave + 8)
+                )
+            )
+            await stream.send_all(_records(noise, frames))
+            await trio.sleep(0.5)
+        held: list[int] = []
+        for _ in range(20):
+            await trio.sleep(0.5)
+            connection = server._connections.get(attacker.node_id)
+            if connection is not None:
+                held.append(connection.answer_backlog + connection.link.queued_bytes)
+        bound = config.max_answer_backlog_per_peer + MAX_CHUNK_JOBS_PER_PEER * (chunk_size + 1024)
+        assert held and max(held) <= bound, (max(held), bound)
+        assert service.served < 64 - 20  # most were refused BUSY, not read from the store
+        honest_identity = seeded_identity(rng)
+        async with open_transport(
+            honest_identity, TcpLinkLayer(honest_identity, random_bytes=rng.randbytes)
+        ) as honest:
+            answer = await honest.request(
+                server.address, FetchChunk(ids[0]), node_id=server.node_id
+            )
+            assert isinstance(answer, ChunkData) and chunk_id(answer.data) == ids[0]
+        await trio.sleep(config.send_timeout + 5)
+        connection = server._connections.get(attacker.node_id)
+        assert connection is None or connection.link.queued_bytes == 0
+        assert server.answer_backlog == 0
+        await stream.aclose()
+
+
+async def test_slots_are_kept_for_the_contacts_we_know(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Row 2 of issue 18: newcomers from many prefixes (each within its prefix's limit)
+    fill every slot they may; a peer whose host is in our routing table still gets one
+    of the reserved slots and is served, while the newcomers past theirs are refused."""
+    config = dataclasses.replace(
+        CONFIG,
+        max_connections=8,
+        reserved_connections=2,
+        max_connections_per_prefix=1,
+        max_handshakes_per_prefix=1,
+        handshake_timeout=60.0,
+    )
+    server_identity = seeded_identity(rng)
+    async with open_server(rng, config, identity=server_identity) as server:
+        assert server.address is not None
+        server.known_host = lambda host: host == "127.0.0.1"
+        # 8 newcomers from 8 prefixes: 6 get in.
+        flood = [await raw_connection_from(server, f"127.0.{n}.1") for n in range(1, 9)]
+        await trio.sleep(0.5)
+        assert server.statistics().connections_refused == 2
+        await newcomer_is_served(server, rng)  # from 127.0.0.1, the known host
+        assert server.statistics().connections_refused == 2
+        for stream in flood:
+            await stream.aclose()
+
+
+async def test_one_prefix_cannot_take_every_request_slot(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Row 2 of issue 18: identities from one /24 keep slow requests in flight. Past the
+    prefix's share of the node's request slots they are answered BUSY at once (not cut
+    off), and a peer from another prefix is served meanwhile."""
+    from node.errors import RemoteError
+    from protocol.messages import ErrorCode
+
+    config = dataclasses.replace(CONFIG, max_inflight=12, max_inflight_per_prefix=4)
+
+    async def slow(peer: object, message: object) -> Pong:
+        await trio.sleep(10)
+        return Pong(b"late")
+
+    server_identity = seeded_identity(rng)
+    async with open_server(rng, config, {Ping: slow}, identity=server_identity) as server:
+        assert server.address is not None
+        address = server.address
+        outcomes: list[str] = []
+
+        async def ask(transport: Transport) -> None:
+            try:
+                await transport.request(address, Ping(b"x"), node_id=server.node_id, timeout=30)
+                outcomes.append("answered")
+            except RemoteError as exc:
+                assert exc.code == ErrorCode.BUSY
+                outcomes.append("busy")
+
+        async with trio.open_nursery() as nursery:
+            sybils = []
+            for _ in range(3):  # three identities on 127.0.9.1, three requests each
+                identity = seeded_identity(rng)
+                layer = TcpLinkLayer(identity, random_bytes=rng.randbytes, source_host="127.0.9.1")
+                transport = Transport(identity, layer)
+                await nursery.start(transport.run)
+                sybils.append(transport)
+            for transport in sybils:
+                for _ in range(3):
+                    nursery.start_soon(ask, transport)
+            await trio.sleep(1)
+            assert outcomes.count("busy") == 5  # 9 asked, 4 served
+            honest_identity = seeded_identity(rng)
+            async with open_transport(
+                honest_identity, TcpLinkLayer(honest_identity, random_bytes=rng.randbytes)
+            ) as honest:
+                answer = await honest.request(address, Ping(b"y"), node_id=server.node_id)
+                assert answer == Pong(b"late")
+            await trio.sleep(15)
+            assert outcomes.count("answered") == 4
+            assert server.statistics().requests_busy == 5
+            nursery.cancel_scope.cancel()

@@ -493,7 +493,7 @@ async def test_one_identity_cannot_hold_every_connection_slot(
 ) -> None:
     """An identity that opens connection after connection keeps only its newest one (the
     older are closed once idle), so newcomers are admitted and our own dials still work."""
-    config = TransportConfig(max_connections=2)
+    config = TransportConfig(max_connections=2, reserved_connections=0)
     mallory = seeded_identity(network.rng)
     async with (
         network.node(config=config) as server,
@@ -794,7 +794,7 @@ async def test_dial_abandoned_mid_handshake_leaves_no_connection(
 ) -> None:
     """A memory dial abandoned after the listener accepted it leaves no half-open
     connection there: at max_connections=1 a newcomer is still admitted at once."""
-    config = TransportConfig(max_connections=1)
+    config = TransportConfig(max_connections=1, reserved_connections=0)
     async with (
         network.node(config=config) as server,
         network.node() as client,

@@ -286,7 +286,7 @@ async def test_answered_request_does_not_leave_the_timer_armed(
 async def test_connection_limit_refuses_newcomers(network: Network, clock: MockClock) -> None:
     """At max_connections a node refuses more (the dialler gets ConnectionFailed on both
     networks, and no outbound connection is counted), and serves the ones it has."""
-    config = TransportConfig(max_connections=1)
+    config = TransportConfig(max_connections=1, reserved_connections=0)
     async with (
         network.node(config=config) as server,
         network.node() as first,

@@ -1,0 +1,75 @@
+"""Byte budgets: how much memory peers may make a node hold, node-wide and per peer.
+
+Identities are cheap and connections many, so a per-connection bound alone does not
+bound memory: 20 peers each sending a maximum frame less one byte pinned 82.5 MiB, and
+one that sent 64 FETCH_CHUNKs and never read pinned 60 MiB (issue 18, row 4). Two
+budgets of `TransportConfig` bound what peers can pin, whatever their number:
+
+| budget                         | counts                                | past it                 |
+|--------------------------------|---------------------------------------|-------------------------|
+| receive: `max_receive_buffer`, | each large frame being received, at   | the link reads no more  |
+| `max_receive_buffer_per_prefix`| its announced length, from its header | until room frees within |
+|                                | to its last byte                      | the frame's deadline    |
+| answers: `max_answer_backlog`, | answers made and not yet sent:        | FETCH_CHUNK and         |
+| `max_answer_backlog_per_peer`  | waiting for room in a link, or queued | AUDIT_CHUNKS answered   |
+|                                | in it                                 | BUSY                    |
+
+A frame must arrive whole within `frame_timeout` of its first byte, budget wait
+included, or its sender is cut off: a partial frame keeps neither its reservation nor
+its connection. Small frames (under `SMALL_FRAME`) are not reserved: a connection holds
+at most one partial frame, and the connection limits bound those.
+
+`ByteBudget` is the receive budget's ledger: reservations by key (an address prefix)
+under a node-wide limit and a per-key one, and a parking lot for the readers that wait.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import trio
+
+__all__ = ["SMALL_FRAME", "ByteBudget"]
+
+# Frames up to this size are read without a reservation.
+SMALL_FRAME = 64 * 1024
+
+
+class ByteBudget:
+    """Bytes reserved by key, at most `limit` in all and `per_key` (None: no such
+    limit) for one key. `reserve` waits for room; `release` gives it back."""
+
+    def __init__(self, limit: int, per_key: int | None) -> None:
+        self.limit = limit
+        self.per_key = per_key
+        self.used = 0
+        self.high_water = 0
+        self.waited = 0  # reservations that had to wait for room
+        self._by_key: Counter[str] = Counter()
+        self._room = trio.lowlevel.ParkingLot()
+
+    def fits(self, size: int, key: str) -> bool:
+        """Whether `size` more bytes for `key` fit now."""
+        if self.used + size > self.limit:
+            return False
+        return self.per_key is None or self._by_key[key] + size <= self.per_key
+
+    def used_by(self, key: str) -> int:
+        return self._by_key.get(key, 0)
+
+    async def reserve(self, size: int, key: str) -> None:
+        """Reserve `size` bytes for `key`, waiting for room (cancellable)."""
+        if not self.fits(size, key):
+            self.waited += 1
+            while not self.fits(size, key):
+                await self._room.park()
+        self.used += size
+        self._by_key[key] += size
+        self.high_water = max(self.high_water, self.used)
+
+    def release(self, size: int, key: str) -> None:
+        self.used -= size
+        self._by_key[key] -= size
+        if self._by_key[key] <= 0:
+            del self._by_key[key]
+        self._room.unpark_all()
