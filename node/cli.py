@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap", metavar="HOST:PORT", nargs="+", help="nodes to join the network through"
     )
     node.add_argument("--capacity", metavar="SIZE", help="disk space to donate, e.g. 50GiB")
+    node.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="log to this file (relative to the data dir), rotated at log_max_size "
+        "(10MiB) keeping log_backups (5) (default: standard error)",
+    )
     keeping = node.add_argument_group(
         "keeping files alive", "how this node watches and repairs the segments it holds"
     )
@@ -208,7 +214,6 @@ def _data_dir(arguments: argparse.Namespace) -> Path:
 
 
 def _node(arguments: argparse.Namespace) -> int:
-    import logging
     import signal
 
     import trio
@@ -217,6 +222,7 @@ def _node(arguments: argparse.Namespace) -> int:
     from node.commands import serve_owner
     from node.config import load_config
     from node.control import check_socket_path
+    from node.logs import configure_logging
     from node.node import Node
 
     config = load_config(
@@ -230,12 +236,14 @@ def _node(arguments: argparse.Namespace) -> int:
             "repair_grace": arguments.repair_grace,
             "repair_delay": arguments.repair_delay,
             "repair_bandwidth": arguments.repair_bandwidth,
+            "log_file": arguments.log_file,
         },
     )
-    logging.basicConfig(
-        level="DEBUG" if arguments.verbose else config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    configure_logging(
+        "DEBUG" if arguments.verbose else config.log_level,
+        config.log_path,
+        max_bytes=config.log_max_size,
+        backups=config.log_backups,
     )
 
     tune_allocator()

@@ -57,6 +57,7 @@ DATA_DIR_ENVIRONMENT: Final = "FREEHOLD_DATA_DIR"
 EXIT_WITH_PARENT_ENVIRONMENT: Final = "FREEHOLD_EXIT_WITH_PARENT"
 DEFAULT_PORT: Final = 4410
 DEFAULT_CAPACITY: Final = 10 * 1024**3
+DEFAULT_METRICS_PORT: Final = 9410
 # The proof of work on NodeIds of a network not on loopback, in bits
 # (docs/PROTOCOL.md#proof-of-work says why 20): about 2**20 key generations, some 17 s
 # of one core, once, when a node first starts; one hash to check.
@@ -254,7 +255,14 @@ class NodeConfig:
     # network must use the same value. Unset: 20, or 0 on a node listening on loopback
     # (a testnet, whose nodes are all one user's).
     id_difficulty: int | None = None
+    # Where to serve Prometheus metrics (node/metrics.py); unset: not served.
+    metrics_listen: Address | None = None
     log_level: str = "INFO"
+    # The log's file (relative to the data directory; unset: standard error), rotated
+    # at `log_max_size`, keeping `log_backups` old files.
+    log_file: Path | None = None
+    log_max_size: int = 10 * 1024 * 1024
+    log_backups: int = 5
     # "disk": chunks under <data-dir>/chunks/, SQLite files, the key file, the control
     # socket. "memory": nothing touches the disk (tests and simulations run thousands
     # of nodes this way); the identity must then be given to the Node.
@@ -296,6 +304,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be a fraction between 0 and 1")
         if self.id_difficulty is not None and not 0 <= self.id_difficulty <= MAX_ID_DIFFICULTY:
             raise ConfigError(f"id_difficulty must be 0..{MAX_ID_DIFFICULTY} bits")
+        if not 0 < self.log_max_size <= MAX_SIZE or not 0 <= self.log_backups <= 1000:
+            raise ConfigError("log_max_size must be 1 byte..1 EiB, log_backups 0..1000")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
 
@@ -346,6 +356,13 @@ class NodeConfig:
         if self.repair_threshold is not None:
             return self.repair_threshold
         return max(self.k, self.n - 4)
+
+    @property
+    def log_path(self) -> Path | None:
+        """The log file in force (relative paths under the data directory), or None."""
+        if self.log_file is None:
+            return None
+        return self.data_dir / self.log_file
 
     @property
     def control_path(self) -> Path:
@@ -415,8 +432,18 @@ def _convert(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"expected an integer, got {value!r}")
         return value
+    if key == "metrics_listen":
+        return parse_address(_text(value), default_port=DEFAULT_METRICS_PORT)
     if key == "log_level":
         return _text(value).upper()
+    if key == "log_file":
+        return Path(_text(value)).expanduser()
+    if key == "log_max_size":
+        return parse_size(value)
+    if key == "log_backups":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}")
+        return value
     raise AssertionError(key)
 
 

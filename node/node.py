@@ -20,6 +20,7 @@ import shutil
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
@@ -52,7 +53,7 @@ from node.transport import LinkLayer, TcpLinkLayer, Transport, TransportConfig
 from protocol.identity import Identity, RandomBytes, meets_difficulty
 from protocol.manifest import EncodingParams
 
-__all__ = ["Node", "Service", "is_loopback"]
+__all__ = ["Activity", "Node", "Service", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,20 @@ def _probe_listen(address: tuple[str, int]) -> None:
     except OSError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise NodeError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+@dataclass(slots=True)
+class Activity:
+    """What the owner asked of the node since it started (status and metrics)."""
+
+    puts: int = 0
+    puts_failed: int = 0
+    put_bytes: int = 0
+    gets: int = 0
+    gets_failed: int = 0
+    get_bytes: int = 0
+    checks: int = 0
+    repairs: int = 0
 
 
 class _TableHosts:
@@ -152,6 +167,8 @@ class Node:
         self.steward: StewardService | None = None
         self.keeper: LeaseKeeper | None = None
         self.leaser: Leaser | None = None
+        self.activity = Activity()
+        self.metrics_address: tuple[str, int] | None = None
         self.identity: Identity | None = identity
         self.joined = trio.Event()
 
@@ -357,6 +374,16 @@ class Node:
                 nursery.start_soon(self._join)
             else:
                 self.joined.set()
+            if config.metrics_listen is not None:
+                from node.metrics import serve_metrics
+
+                host, port = config.metrics_listen
+                try:
+                    self.metrics_address = await nursery.start(serve_metrics, self, host, port)
+                except OSError as exc:
+                    reason = getattr(exc, "strerror", None) or str(exc)
+                    raise NodeError(f"cannot serve metrics on {host}:{port}: {reason}") from None
+                logger.info("metrics at http://%s:%d/metrics", *self.metrics_address)
             for service in self._services:
                 await nursery.start(service, self)
             logger.info(

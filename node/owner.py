@@ -7,8 +7,11 @@ here knows about sockets, descriptors or the CLI.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
+
+import trio
 
 from node.errors import NodeError
 from node.files import (
@@ -29,7 +32,13 @@ from protocol.manifest import FileInfo
 
 __all__ = ["Owner", "Progress"]
 
+logger = logging.getLogger(__name__)
+
 Progress = Callable[[int, int], Awaitable[None]]
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 class Owner:
@@ -59,10 +68,26 @@ class Owner:
         """Put a file (a binary file object, or an async iterable of blocks), lease it at
         the nodes that took its chunks, and add it to the node's list of files."""
         placement = Placement()
-        capability = await put_file(
-            self._files(), source, size=size, name=name, progress=progress, placement=placement
+        activity = self.node.activity
+        started = trio.current_time()
+        try:
+            capability = await put_file(
+                self._files(), source, size=size, name=name, progress=progress, placement=placement
+            )
+            await self._leaser().leased_after_put(capability, placement, name=name, size=size)
+        except BaseException as exc:
+            activity.puts_failed += 1
+            logger.info("put of %s failed: %s", _mb(size), exc or type(exc).__name__)
+            raise
+        activity.puts += 1
+        activity.put_bytes += size
+        logger.info(
+            "put %s in %.1f s: %d chunks on %d nodes",
+            _mb(size),
+            trio.current_time() - started,
+            placement.chunks_stored,
+            len(placement.holders),
         )
-        await self._leaser().leased_after_put(capability, placement, name=name, size=size)
         return capability
 
     async def keep(self, capability: VerifyCapability | ReadCapability) -> dict[str, Any]:
@@ -103,18 +128,38 @@ class Owner:
         progress: Progress | None = None,
     ) -> FileInfo:
         """Get a file; `write` takes its bytes in order."""
-        return await get_file(self._files(), capability, write, progress=progress)
+        activity = self.node.activity
+        started = trio.current_time()
+        try:
+            info = await get_file(self._files(), capability, write, progress=progress)
+        except BaseException as exc:
+            activity.gets_failed += 1
+            logger.info("get failed: %s", exc or type(exc).__name__)
+            raise
+        activity.gets += 1
+        activity.get_bytes += info.size
+        logger.info("got %s in %.1f s", _mb(info.size), trio.current_time() - started)
+        return info
 
     async def check(
         self, capability: VerifyCapability | ReadCapability, *, full: bool = False
     ) -> FileReport:
         """Which chunks of a file holders prove they have (a sample of a large file's
         segments unless `full`)."""
+        self.node.activity.checks += 1
         return await check_file(self._files(), capability, full=full)
 
     async def repair(self, capability: VerifyCapability | ReadCapability) -> RepairReport:
         """Audit every segment of a file and rebuild what is missing (no key needed)."""
-        return await repair_file(self._files(), capability)
+        report = await repair_file(self._files(), capability)
+        self.node.activity.repairs += 1
+        logger.info(
+            "repair: %d segments, %s fetched, %s stored",
+            len(report.segments),
+            _mb(report.bytes_fetched),
+            _mb(report.bytes_stored),
+        )
+        return report
 
     def status(self) -> dict[str, Any]:
         """The node's id, address, contacts and what it stores."""

@@ -169,6 +169,7 @@ class StewardService:
             )
         except (NodeError, ProtocolError) as exc:
             logger.info("auditing group %s failed: %s", group_key.hex()[:16], exc)
+            self.files.repairs.audits_failed += 1
             self._retry_later(group_key)
             return
         ids = group.chunk_ids
@@ -185,6 +186,8 @@ class StewardService:
             now=trio.current_time(),
         )
         self.files.repairs.segments_checked += 1
+        self.files.repairs.chunks_proven += len(proven)
+        self.files.repairs.chunks_unproven += len(ids) - len(proven)
         if not isinstance(decision, Repair):
             return
         await self._spend((group.k + report.missing) * group.block_size)
@@ -229,6 +232,7 @@ class StewardService:
             )
         except (NodeError, ProtocolError) as exc:
             logger.info("auditing manifest chunk %s failed: %s", identifier.hex()[:16], exc)
+            self.files.repairs.audits_failed += 1
             self._retry_later(identifier)
             return
         self._last_copies[identifier] = proven
@@ -241,6 +245,8 @@ class StewardService:
             now=trio.current_time(),
         )
         self.files.repairs.segments_checked += 1
+        self.files.repairs.chunks_proven += len(proven)
+        self.files.repairs.chunks_unproven += len(lying)
         if not isinstance(decision, Repair):
             return
         await self._spend((copies - len(holders)) * len(data))

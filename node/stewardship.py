@@ -213,6 +213,10 @@ class Stewardship:
         """When the next audit is due (infinity with nothing to watch)."""
         return min((health.next_audit for health in self.groups.values()), default=float("inf"))
 
+    def backlog(self) -> int:
+        """Groups at or below their repair threshold, waiting for a repair (rule 3)."""
+        return sum(1 for health in self.groups.values() if health.turn_at is not None)
+
     def due(self, now: float) -> list[bytes]:
         """The groups due for an audit, least healthy first (rule 1)."""
         ready = [key for key, health in self.groups.items() if health.next_audit <= now]

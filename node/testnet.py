@@ -27,6 +27,8 @@ __all__ = ["Testnet", "TestnetNode", "open_testnet", "read_address", "wait_until
 
 START_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 10.0
+# What a node writes to standard error before its log is set up.
+STDERR_FILE: Final = "node.stderr"
 
 
 def read_address(data_dir: Path) -> str | None:
@@ -84,6 +86,9 @@ def _node_command(data_dir: Path, bootstrap: str | None, extra: Sequence[str]) -
         str(data_dir),
         "--listen",
         "127.0.0.1:0",
+        # Rotated, so that a testnet left running does not fill the disk.
+        "--log-file",
+        "node.log",
         *extra,
     ]
     if bootstrap:
@@ -99,7 +104,9 @@ def _start(
     (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
     command = _node_command(data_dir, bootstrap, extra)
     if log:
-        with open(data_dir / "node.log", "ab") as stderr:
+        # The log goes to node.log; standard error holds only what comes before it
+        # is set up (a bad setting, say).
+        with open(data_dir / STDERR_FILE, "ab") as stderr:
             process = _spawn(command, stderr)
     else:
         process = _spawn(command, subprocess.DEVNULL)
@@ -128,6 +135,17 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
+def _last_line(data_dir: Path) -> str:
+    """The node's last words: its standard error's last line, else where its log is."""
+    try:
+        lines = (data_dir / STDERR_FILE).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    if lines:
+        return lines[-1]
+    return f"see {data_dir / 'node.log'}"
+
+
 def _wait_for_address(node: TestnetNode, deadline: float) -> str:
     while time.monotonic() < deadline:
         address = read_address(node.data_dir)
@@ -137,7 +155,7 @@ def _wait_for_address(node: TestnetNode, deadline: float) -> str:
         if not node.alive:
             raise NodeError(
                 f"node {node.index} exited with code {node.process.returncode} before "
-                f"listening (see {node.data_dir / 'node.log'})"
+                f"listening: {_last_line(node.data_dir)}"
             )
         time.sleep(0.02)
     raise NodeError(f"node {node.index} did not start within {START_TIMEOUT:g} s")

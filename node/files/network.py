@@ -58,6 +58,11 @@ class RepairCounters:
     """What repairs did on this node since it started (`freehold status`)."""
 
     segments_checked: int = 0
+    audits_failed: int = 0
+    """Audits of a held segment that could not be made (no lookup, no answers)."""
+    chunks_proven: int = 0
+    chunks_unproven: int = 0
+    """Chunks of audited segments that no holder proved (missing, or lied about)."""
     segments_repaired: int = 0
     chunks_rebuilt: int = 0
     bytes_moved: int = 0

@@ -185,6 +185,7 @@ class Connection:
         if timer is not None and deadline < timer.deadline:
             timer.deadline = deadline
         sent = False
+        started = trio.current_time()
         try:
             await self._send(Envelope(Kind.REQUEST, request_id, message), deadline=deadline)
             sent = True
@@ -211,6 +212,9 @@ class Connection:
             raise waiter.error
         response = waiter.response
         assert response is not None
+        self.transport._statistics.latency.observe(
+            type(message).__name__, trio.current_time() - started
+        )
         if isinstance(response, Error):
             raise RemoteError(int(response.code), response.message)
         return response

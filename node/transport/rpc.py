@@ -39,6 +39,7 @@ from node.transport.budget import ByteBudget
 from node.transport.config import TransportConfig
 from node.transport.connection import Connection
 from node.transport.handler import AsyncHandler, Handler, InlineHandler, Peer
+from node.transport.latency import LatencyHistogram
 from node.transport.link import Address, Link, LinkLayer, LinkListener, PendingLink
 from protocol.identity import Identity, NodeId
 from protocol.messages import Message, Ping, Pong
@@ -66,6 +67,8 @@ class TransportStatistics:
     request_timeouts: int = 0
     late_responses: int = 0
     cut_off_reasons: dict[str, int] = field(default_factory=dict)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    """Round trips of our answered requests, by message type."""
 
 
 class _Dial:
