@@ -152,8 +152,9 @@ def test_restart_of_the_stores_after_a_long_stop(tmp_path: Path) -> None:
     path = tmp_path / "dht.sqlite"
     providers = ProviderStore(DhtConfig())
     provisions = LocalProvisions()
-    providers.add(node(101), contact(1), NOW)  # expires at NOW + 48 h
+    # In clock order: the store takes a reading earlier than one it has seen as the later.
     providers.add(node(101), contact(2), NOW - 40 * HOUR)  # expires at NOW + 8 h
+    providers.add(node(101), contact(1), NOW)  # expires at NOW + 48 h
     provisions.provide(node(201))
     provisions.published(node(201), NOW - 3 * HOUR)
     with DhtStorage.open(path) as storage:
