@@ -236,6 +236,7 @@ class Node:
                 dial_policy=DialPolicy.for_node(
                     [address[0], config.listen[0], *(host for host, _ in config.bootstrap)]
                 ),
+                offload=in_thread if config.workers else inline,
             )
             # workers = 0: everything inline (simulations, under a mock clock); else the
             # disk in worker threads, and coding in at most `workers` of them.
