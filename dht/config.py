@@ -60,7 +60,7 @@ class DhtConfig:
     # announced to the k = 20 closest nodes, so on average a node stores 20 records per
     # chunk a node holds: about 150,000 (small files' smaller chunks, manifests and the
     # uneven spread of ids over the key space push some nodes above that). 500,000
-    # leaves three times that and costs about 170 MB at the 340 bytes a record with a
+    # leaves three times that and costs about 140 MB at the 280 bytes a record with a
     # key of its own takes (benchmarks/providers.py). A tenth of it per prefix: at
     # least ten /24s are needed to fill the store, and one /24 of honest nodes may still
     # hold a third of a typical node's load.

@@ -58,16 +58,18 @@ What the store promises:
   bounded by the store's size, however many records come and go: a record added and
   removed between two saves leaves no trace, and a saved one is deleted once.
 
-Memory. A record costs about 340 bytes with a key of its own (benchmarks/providers.py
-measures it: 660 to 710 bytes before this layout): one slotted `_Entry` per record, shared
-per-provider Contacts and per-prefix counters, and two queues of references in expiry
+Memory. A record costs about 280 bytes with a key of its own, its place among the
+changes not yet saved included (benchmarks/providers.py measures it: 660 to 710 bytes
+before this layout): one slotted
+`_Entry` per record, held by its key directly when it is the key's only one; Contacts
+and key NodeIds shared; per-prefix counters; and two queues of references in expiry
 order (one for the store, one per prefix) instead of a heap of tuples.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dht.config import DhtConfig
@@ -224,8 +226,9 @@ class ProviderStore:
 
     def __init__(self, config: DhtConfig) -> None:
         self._config = config
-        # key -> its entries, oldest first.
-        self._by_key: dict[NodeId, list[_Entry]] = {}
+        # key -> its entry, or its entries oldest first: most keys have one provider
+        # here, and a list for it would cost a fifth of the record.
+        self._by_key: dict[NodeId, _Entry | list[_Entry]] = {}
         self._providers: dict[NodeId, _Provider] = {}
         self._prefixes: dict[str, _Prefix] = {}
         # count -> the prefixes holding that many records, in the order they got there:
@@ -266,9 +269,9 @@ class ProviderStore:
             contact, prefix = known.contact, known.prefix  # shared, not one per record
         else:
             contact, prefix = provider, self._prefix(address_prefix(provider.address[0]))
-        entries = self._by_key.get(key)
+        entries = self._entries(key)
         existing = None
-        if entries is not None:
+        if entries:
             key = entries[0].key  # one NodeId per key, not one per record
             for entry in entries:
                 if entry.contact.node_id == provider.node_id:
@@ -295,10 +298,7 @@ class ProviderStore:
         """At most `limit` live providers of `key`, most recently announced first."""
         if limit < 0:
             raise ValueError("limit must be >= 0")
-        entries = self._by_key.get(key)
-        if entries is None:
-            return []
-        live = [entry for entry in entries if now < entry.expires_at]
+        live = [entry for entry in self._entries(key) if now < entry.expires_at]
         # Latest expiry = most recently announced = most likely still online. The id
         # breaks ties so that the answer does not depend on the order of the list.
         live.sort(key=lambda entry: (-entry.expires_at, entry.contact.node_id))
@@ -370,7 +370,7 @@ class ProviderStore:
         for key, provider, prefix, expires_at in reversed(kept):
             known = self._providers.get(provider.node_id)
             contact = known.contact if known is not None and known.contact == provider else provider
-            entries = self._by_key.get(key)
+            entries = self._entries(key)
             entry = self._insert(entries[0].key if entries else key, contact, prefix, expires_at)
             self._set_provider(contact, prefix)
             entry.persisted = True
@@ -440,8 +440,8 @@ class ProviderStore:
             )
         if not _below(prefix.count, config.max_records_per_prefix):
             self._refuse_prefix(prefix)
-        entries = self._by_key.get(key)
-        if entries is not None and len(entries) >= config.max_providers_per_key:
+        entries = self._entries(key)
+        if len(entries) >= config.max_providers_per_key:
             victim = _crowded_provider(entries, prefix)
             if victim is None:
                 self._rejected_key_full += 1
@@ -476,8 +476,7 @@ class ProviderStore:
             return "peer"
         if not _below(prefix.count, config.max_records_per_prefix):
             return "prefix"
-        entries = self._by_key.get(key)
-        if entries is not None and len(entries) >= config.max_providers_per_key:
+        if len(self._entries(key)) >= config.max_providers_per_key:
             return "key"
         if self._records >= config.max_records:
             return "store"
@@ -501,6 +500,12 @@ class ProviderStore:
         raise AssertionError(f"prefix {crowded.name} counts records its queue lacks")
 
     # -- bookkeeping -------------------------------------------------------------------
+
+    def _entries(self, key: NodeId) -> Sequence[_Entry]:
+        entries = self._by_key.get(key)
+        if entries is None:
+            return ()
+        return entries if isinstance(entries, list) else (entries,)
 
     def _prefix(self, name: str) -> _Prefix:
         prefix = self._prefixes.get(name)
@@ -531,9 +536,11 @@ class ProviderStore:
         self._latest_expiry = max(self._latest_expiry, expires_at)
         entries = self._by_key.get(key)
         if entries is None:
-            self._by_key[key] = [entry]
-        else:
+            self._by_key[key] = entry
+        elif isinstance(entries, list):
             entries.append(entry)
+        else:
+            self._by_key[key] = [entries, entry]
         provider = self._providers.get(contact.node_id)
         if provider is None:
             provider = self._providers[contact.node_id] = _Provider(contact, prefix)
@@ -566,8 +573,11 @@ class ProviderStore:
         assert prefix is not None
         entry.prefix = None
         entries = self._by_key[entry.key]
-        entries.remove(entry)
-        if not entries:
+        if isinstance(entries, list):
+            entries.remove(entry)
+            if len(entries) == 1:
+                self._by_key[entry.key] = entries[0]
+        else:
             del self._by_key[entry.key]
         provider_id = entry.contact.node_id
         provider = self._providers[provider_id]
@@ -608,7 +618,7 @@ def _below(count: int, limit: int | None) -> bool:
     return limit is None or count < limit
 
 
-def _crowded_provider(entries: list[_Entry], prefix: _Prefix) -> _Entry | None:
+def _crowded_provider(entries: Sequence[_Entry], prefix: _Prefix) -> _Entry | None:
     """The provider to make room for a newcomer from `prefix` on a full key: the one
     expiring soonest in the prefix with the most providers of the key, if that prefix
     has more of them than the newcomer's would have with it; else None."""
