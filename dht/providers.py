@@ -19,41 +19,43 @@ What the store promises:
   authenticated peer of the ADD_PROVIDER request as `provider`, never an address or id
   taken from a message body: "a provider record is accepted only for the authenticated
   sender" is enforced there, not here.
-- Limits bound what peers can make us store (docs/PROTOCOL.md#dht-limits). A record's
-  prefix is its provider address's /24 (IPv4) or /64 (IPv6), `address_prefix`. A new
-  record (a refresh is never refused) is checked in this order, and the first rule that
-  refuses it leaves the store unchanged:
+- Limits bound what peers can make us store (docs/PROTOCOL.md#provider-record-limits).
+  A record's prefix is its provider address's /24 (IPv4) or /64 (IPv6),
+  `address_prefix`. A refresh from the record's prefix is never refused; one from
+  another prefix moves the record there if that prefix is under its quota. A new record
+  is checked in this order, and the first rule that refuses it leaves the store
+  unchanged:
 
-  | rule                  | when                                   | then                          |
-  |-----------------------|----------------------------------------|-------------------------------|
-  | per peer              | the peer holds `max_records_per_peer`  | `QuotaExceeded`               |
-  | per prefix            | its prefix holds `max_records_per_prefix` | `PrefixQuotaExceeded`      |
-  | per key (diversity)   | the key has `max_providers_per_key`    | the most crowded prefix of    |
-  |                       | providers                              | the key loses its provider    |
-  |                       |                                        | expiring soonest if it has    |
-  |                       |                                        | more than the newcomer's      |
-  |                       |                                        | would; else `KeyFull`         |
-  | node-wide budget      | the store holds `max_records`          | the prefix holding the most   |
-  |                       |                                        | records loses its record      |
-  |                       |                                        | expiring soonest if it holds  |
-  |                       |                                        | more than the newcomer's      |
-  |                       |                                        | would; else `StoreFull`       |
+  | rule        | when                            | then                                  |
+  |-------------|---------------------------------|---------------------------------------|
+  | per peer    | the peer holds                  | `QuotaExceeded`                       |
+  |             | `max_records_per_peer`          |                                       |
+  | per prefix  | its prefix holds                | `PrefixQuotaExceeded`                 |
+  |             | `max_records_per_prefix`        |                                       |
+  | per key     | the key has                     | the prefix with the most providers of |
+  | (diversity) | `max_providers_per_key`         | the key loses the one expiring        |
+  |             | providers                       | soonest, if it has more than the      |
+  |             |                                 | newcomer's would; else `KeyFull`      |
+  | node-wide   | the store holds `max_records`   | the prefix holding the most records   |
+  |             |                                 | loses the one expiring soonest, if it |
+  |             |                                 | holds more than the newcomer's would; |
+  |             |                                 | else `StoreFull`                      |
 
   So identities from one host or /24 cannot hold a key, or the store, against honest
-  providers elsewhere: a full store or key always takes a record from a prefix with
-  fewer records than the most crowded one, and the crowded prefix pays for it with the
+  providers elsewhere: a full key or store always takes in a newcomer from a prefix
+  with fewer records than the most crowded one, and the crowded prefix pays with the
   record it would lose first anyway. A prefix is never pushed out by one that already
   has more. A store filled from many prefixes evenly refuses (`StoreFull`) rather than
   churn: the records it holds are as entitled as the newcomer. The per-prefix quota
-  caps any one prefix before the budget is reached (a tenth of it by default), so the
-  budget is only ever full of records from many prefixes. A limit of None is lifted
-  (loopback testnets, where every peer shares 127.0.0.0/24).
+  caps any one prefix before the budget is reached (a tenth of it by default, so a full
+  budget holds records of ten prefixes at least). `max_records_per_prefix` = None
+  lifts that quota (loopback testnets, where every peer shares 127.0.0.0/24).
 - Expired records stop being returned at once; `expire(now)` frees their memory in
   O(r) for r records removed (records are kept in expiry order), and the store also
   sweeps by itself before refusing a record, so a record that has expired never counts
   against a limit.
 - Persistence is incremental: `take_changes()` hands out what changed since the last
-  call (records added or refreshed, records removed before their expiry), for the
+  call (records added or refreshed, saved records removed since), for the
   service to write to SQLite off the event loop. The changes it keeps in between are
   bounded by the store's size, however many records come and go: a record added and
   removed between two saves leaves no trace, and a saved one is deleted once.
