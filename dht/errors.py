@@ -8,6 +8,7 @@ persistence failure is a `StorageError`, so that no sqlite3 exception leaks out.
 from __future__ import annotations
 
 __all__ = [
+    "BudgetFull",
     "DhtError",
     "KeyFull",
     "PrefixQuotaExceeded",
@@ -15,7 +16,6 @@ __all__ = [
     "RecordRejected",
     "RpcFailed",
     "StorageError",
-    "StoreFull",
 ]
 
 
@@ -36,7 +36,7 @@ class PrefixQuotaExceeded(QuotaExceeded):
     `max_records_per_prefix` allows."""
 
 
-class StoreFull(RecordRejected):
+class BudgetFull(RecordRejected):
     """The node holds `max_records` records, none of them from a prefix with more
     records than the newcomer's: nothing may make room for it."""
 

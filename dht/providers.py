@@ -39,13 +39,13 @@ What the store promises:
   | node-wide   | the store holds `max_records`   | the prefix holding the most records   |
   |             |                                 | loses the one expiring soonest, if it |
   |             |                                 | holds more than the newcomer's would; |
-  |             |                                 | else `StoreFull`                      |
+  |             |                                 | else `BudgetFull`                      |
 
   So identities from one host or /24 cannot hold a key, or the store, against honest
   providers elsewhere: a full key or store always takes in a newcomer from a prefix
   with fewer records than the most crowded one, and the crowded prefix pays with the
   record it would lose first anyway. A prefix is never pushed out by one that already
-  has more. A store filled from many prefixes evenly refuses (`StoreFull`) rather than
+  has more. A store filled from many prefixes evenly refuses (`BudgetFull`) rather than
   churn: the records it holds are as entitled as the newcomer. The per-prefix quota
   caps any one prefix before the budget is reached (a tenth of it by default, so a full
   budget holds records of ten prefixes at least). `max_records_per_prefix` = None
@@ -76,7 +76,7 @@ from dataclasses import dataclass
 
 from dht.config import DhtConfig
 from dht.contact import Contact
-from dht.errors import KeyFull, PrefixQuotaExceeded, QuotaExceeded, StoreFull
+from dht.errors import BudgetFull, KeyFull, PrefixQuotaExceeded, QuotaExceeded
 from dht.routing import address_prefix
 from protocol.identity import NodeId
 
@@ -124,7 +124,7 @@ class ProviderStoreStatistics:
     rejected_over_quota: int
     rejected_over_prefix_quota: int
     rejected_key_full: int
-    rejected_store_full: int
+    rejected_budget_full: int
 
 
 class _Prefix:
@@ -254,7 +254,7 @@ class ProviderStore:
         self._rejected_over_quota = 0
         self._rejected_over_prefix_quota = 0
         self._rejected_key_full = 0
-        self._rejected_store_full = 0
+        self._rejected_budget_full = 0
 
     def add(self, key: NodeId, provider: Contact, now: float) -> float:
         """Record that `provider` provides `key`; return when the record expires.
@@ -262,7 +262,7 @@ class ProviderStore:
         `provider` must be the authenticated peer that sent the announcement. Re-adding
         refreshes the expiry and the address. Raises a `RecordRejected` by the rules of
         the module header (`QuotaExceeded`, `PrefixQuotaExceeded`, `KeyFull`,
-        `StoreFull`); the store is then unchanged.
+        `BudgetFull`); the store is then unchanged.
         """
         expires_at = max(now + self._config.provider_ttl, self._latest_expiry)
         known = self._providers.get(provider.node_id)
@@ -418,7 +418,7 @@ class ProviderStore:
             rejected_over_quota=self._rejected_over_quota,
             rejected_over_prefix_quota=self._rejected_over_prefix_quota,
             rejected_key_full=self._rejected_key_full,
-            rejected_store_full=self._rejected_store_full,
+            rejected_budget_full=self._rejected_budget_full,
         )
 
     def __len__(self) -> int:
@@ -456,8 +456,8 @@ class ProviderStore:
         if self._records >= config.max_records:
             victim = self._crowded_record(prefix)
             if victim is None:
-                self._rejected_store_full += 1
-                raise StoreFull(
+                self._rejected_budget_full += 1
+                raise BudgetFull(
                     f"this node holds {config.max_records} provider records, none "
                     f"from a prefix with more of them than {prefix.name}"
                 )

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from dht.config import DhtConfig
 from dht.contact import Contact
 from dht.errors import (
+    BudgetFull,
     DhtError,
     KeyFull,
     PrefixQuotaExceeded,
     QuotaExceeded,
     RecordRejected,
-    StoreFull,
 )
 from dht.providers import LocalProvisions, ProviderRecord, ProviderStore, Provision
 from protocol.identity import NodeId
@@ -360,11 +360,11 @@ def prefix_counts(records: ProviderStore) -> dict[str, int]:
 def test_a_full_store_takes_room_from_the_most_crowded_prefix() -> None:
     """With `max_records` stored, a newcomer from a less crowded prefix takes the place
     of the most crowded prefix's record expiring soonest, until the two are level; then
-    it gets StoreFull, as does one more record of the crowded prefix (issue 18, row 2)."""
+    it gets BudgetFull, as does one more record of the crowded prefix (issue 18, row 2)."""
     records = budget_store(10)
     for number in range(10):
         records.add(key(number), at(1000 + number, "198.51.100"), float(number))
-    with pytest.raises(StoreFull) as raised:
+    with pytest.raises(BudgetFull) as raised:
         records.add(key(99), at(1099, "198.51.100"), 20.0)
     assert isinstance(raised.value, RecordRejected)
     for number in range(5):
@@ -372,13 +372,13 @@ def test_a_full_store_takes_room_from_the_most_crowded_prefix() -> None:
     # The crowded prefix lost its five records expiring soonest: those added first.
     assert [int(record.key) - 0xC0FFEE00 for record in records.records()][:5] == [5, 6, 7, 8, 9]
     assert prefix_counts(records) == {"198.51.100": 5, "203.0.113": 5}
-    with pytest.raises(StoreFull):
+    with pytest.raises(BudgetFull):
         records.add(key(105), at(2005, "203.0.113"), 40.0)
     records.add(key(200), at(3000, "192.0.2"), 41.0)  # a third prefix still gets in
     assert len(records) == 10
     assert records.get(key(200), 41.0, 10) == [at(3000, "192.0.2")]
     statistics = records.statistics()
-    assert (statistics.evicted, statistics.rejected_store_full) == (6, 2)
+    assert (statistics.evicted, statistics.rejected_budget_full) == (6, 2)
     assert (statistics.records, statistics.prefixes) == (10, 3)
     # Refreshes are never refused, and expired records free their places before a refusal.
     assert records.add(key(6), at(1006, "198.51.100"), 42.0) == 42.0 + TTL
@@ -392,7 +392,7 @@ def test_a_store_full_of_many_prefixes_refuses_rather_than_churns() -> None:
     records = budget_store(8)
     for number in range(8):
         records.add(key(number), at(number, f"10.0.{number}"), 0.0)
-    with pytest.raises(StoreFull):
+    with pytest.raises(BudgetFull):
         records.add(key(8), at(8, "10.0.8"), 1.0)
     assert records.statistics().evicted == 0
 
@@ -424,7 +424,7 @@ def test_a_lifted_prefix_quota_lets_one_prefix_fill_the_budget() -> None:
     records = budget_store(50, None)
     for number in range(50):
         records.add(key(number), at(number, "127.0.0"), 0.0)
-    with pytest.raises(StoreFull):
+    with pytest.raises(BudgetFull):
         records.add(key(50), at(50, "127.0.0"), 0.0)
     assert len(records) == 50
 

@@ -484,7 +484,7 @@ async def test_a_provider_record_flood_from_few_prefixes_leaves_room_for_others(
             isinstance(answer, Error) and answer.code == ErrorCode.REFUSED for answer in refused
         )
         assert statistics.rejected_over_prefix_quota == identities * keys_each - quota
-        assert statistics.rejected_store_full == identities * keys_each - budget // 2
+        assert statistics.rejected_budget_full == identities * keys_each - budget // 2
         assert statistics.evicted == quota - budget // 2
         honest_identity = seeded_identity(rng)
         key = rng.randbytes(32)
