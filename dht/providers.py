@@ -89,9 +89,12 @@ __all__ = [
     "RecordChanges",
 ]
 
-# A queue is compacted when it holds this many more entries than it has live records
-# (plus the same number again): stale entries never cost more than the live ones.
+# A queue is compacted when it holds more than twice its live records plus this many
+# entries, so that stale entries never cost more than the live ones and compacting is
+# O(1) a record amortized. A prefix's queue gets a small slack: there may be as many
+# prefixes as records.
 _COMPACT_SLACK = 1024
+_PREFIX_COMPACT_SLACK = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,7 +565,7 @@ class ProviderStore:
             self._queue = _compact(self._queue, in_prefix=False)
         prefix.queue.append(entry)
         entry.queued_in_prefix += 1
-        if len(prefix.queue) > 2 * prefix.count + _COMPACT_SLACK:
+        if len(prefix.queue) > 2 * prefix.count + _PREFIX_COMPACT_SLACK:
             prefix.queue = _compact(prefix.queue, in_prefix=True)
 
     def _evict(self, entry: _Entry) -> None:

@@ -450,6 +450,7 @@ def test_refreshing_in_a_loop_does_not_grow_the_store() -> None:
     for step in range(5000):
         records.add(key(1), peer(1), float(step))
     assert len(records._queue) <= 2 * len(records) + 1024
+    assert all(len(prefix.queue) <= 2 * prefix.count + 8 for prefix in records._prefixes.values())
     assert records.expire(TTL) == 1
     assert records.expire(4999.0 + TTL) == 1
     assert len(records) == 0
