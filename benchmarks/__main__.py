@@ -17,6 +17,7 @@ from benchmarks.dht import run_dht_benchmark
 from benchmarks.encoding import run_encoding_benchmark
 from benchmarks.hostile import run_hostile_benchmark
 from benchmarks.network import run_network_benchmark
+from benchmarks.providers import run_providers_benchmark
 from benchmarks.quota import run_quota_benchmark
 from benchmarks.transport import run_transport_benchmark
 
@@ -42,6 +43,10 @@ BENCHMARKS: dict[str, tuple[Callable[[BenchmarkOptions], None], str]] = {
     "network": (
         run_network_benchmark,
         "put and get through a 10-node testnet of real processes, RSS and idle CPU",
+    ),
+    "providers": (
+        run_providers_benchmark,
+        "provider records: bytes each, time to add, event-loop stall of saving, vs before",
     ),
     "quota": (
         run_quota_benchmark,

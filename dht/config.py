@@ -53,6 +53,19 @@ class DhtConfig:
     republish_spread: float = 0.1
     max_records_per_peer: int = 100_000
     max_providers_per_key: int = MAX_PROVIDERS
+    # The node-wide budget of provider records, and the share one address prefix (/24,
+    # /64) may hold (dht/providers.py has the rules; None lifts the prefix quota, for
+    # loopback testnets whose peers all share 127.0.0.0/24). Load: a node keeping
+    # 10 GiB holds some 7,700 chunks of 1.4 MB (a 4 MiB segment at 3-of-10), each
+    # announced to the k = 20 closest nodes, so on average a node stores 20 records per
+    # chunk a node holds: about 150,000 (small files' smaller chunks, manifests and the
+    # uneven spread of ids over the key space push some nodes above that). 500,000
+    # leaves three times that and costs about 140 MB at the 280 bytes a record with a
+    # key of its own takes (benchmarks/providers.py). A tenth of it per prefix: at
+    # least ten /24s are needed to fill the store, and one /24 of honest nodes may still
+    # hold a third of a typical node's load.
+    max_records: int = 500_000
+    max_records_per_prefix: int | None = 50_000
     # Buckets with no lookup for this long are refreshed with a random-id lookup.
     bucket_refresh_interval: float = 1 * HOUR
     # Whether a join refreshes every bucket right after looking itself up (Kademlia
@@ -88,7 +101,14 @@ class DhtConfig:
             raise ValueError("republish_interval must be positive and below provider_ttl")
         if not 1 <= self.max_providers_per_key <= MAX_PROVIDERS:
             raise ValueError(f"DhtConfig.max_providers_per_key must be 1..{MAX_PROVIDERS}")
-        for name in ("max_records_per_peer", "bucket_refresh_interval", "expiry_sweep_interval"):
+        if self.max_records_per_prefix is not None and self.max_records_per_prefix < 1:
+            raise ValueError("DhtConfig.max_records_per_prefix must be >= 1 or None")
+        for name in (
+            "max_records_per_peer",
+            "max_records",
+            "bucket_refresh_interval",
+            "expiry_sweep_interval",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DhtConfig.{name} must be positive")
 

@@ -7,7 +7,16 @@ persistence failure is a `StorageError`, so that no sqlite3 exception leaks out.
 
 from __future__ import annotations
 
-__all__ = ["DhtError", "KeyFull", "QuotaExceeded", "RecordRejected", "RpcFailed", "StorageError"]
+__all__ = [
+    "BudgetFull",
+    "DhtError",
+    "KeyFull",
+    "PrefixQuotaExceeded",
+    "QuotaExceeded",
+    "RecordRejected",
+    "RpcFailed",
+    "StorageError",
+]
 
 
 class DhtError(Exception):
@@ -20,6 +29,16 @@ class RecordRejected(DhtError):
 
 class QuotaExceeded(RecordRejected):
     """The peer already holds as many records here as `max_records_per_peer` allows."""
+
+
+class PrefixQuotaExceeded(QuotaExceeded):
+    """The peer's address prefix (/24, /64) already holds as many records here as
+    `max_records_per_prefix` allows."""
+
+
+class BudgetFull(RecordRejected):
+    """The node holds `max_records` records, none of them from a prefix with more
+    records than the newcomer's: nothing may make room for it."""
 
 
 class KeyFull(RecordRejected):

@@ -13,7 +13,9 @@ Public API: `bootstrap(addresses)`, `find_node(target)`, `provide(key)`,
 |              | republish_interval (22 h), less the    | (republish_concurrency at a time) |
 |              | key's own offset (republish_spread)    |                                   |
 | expiry       | every expiry_sweep_interval            | drop expired provider records     |
-| persistence  | every persist_interval and at the end  | save records, provisions, table   |
+| persistence  | every PERSIST_INTERVAL and at the end  | records changed since the last    |
+|              |                                        | save, provisions, table; written  |
+|              |                                        | in a worker thread                |
 | eviction     | when the table asks (PingOldest)       | ping the oldest contact of a full |
 |              |                                        | bucket; evict it if it is silent  |
 
@@ -22,6 +24,14 @@ k closest contacts we know, GET_PROVIDERS with our records and the k closest, an
 ADD_PROVIDER by recording the authenticated sender (never anyone named in the
 message) at the host its connection comes from and the port it says it listens on.
 Every request with a listening port teaches us a contact.
+
+Persistence never stalls the event loop for long: a save takes the provider records
+changed since the last one (`ProviderStore.take_changes`) a batch of SAVE_BATCH at a
+time with a checkpoint in between, and writes them, the provisions and the routing
+table in one worker thread (`in_thread`, or `inline` under a MockClock); the loop goes
+on serving meanwhile. The database connection is used by one thread at a time: the load before
+the jobs start, the persistence job's saves one after another, the last save after
+they stopped. A save that fails makes the next one rewrite every record.
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -40,7 +51,7 @@ from dht.contact import Address, Contact, ContactCache
 from dht.dial import DialPolicy
 from dht.errors import DhtError, RpcFailed, StorageError
 from dht.lookup import CANDIDATE_FACTOR, Lookup
-from dht.providers import LocalProvisions, ProviderStore
+from dht.providers import LocalProvisions, ProviderRecord, ProviderStore, Provision
 from dht.routing import Evicted, PingOldest, RoutingTable
 from dht.rtt import RttEstimator
 from dht.storage import ContactRecord, DhtStorage
@@ -57,7 +68,7 @@ from protocol.messages import (
     WireContact,
 )
 
-__all__ = ["DhtService", "DhtStatistics"]
+__all__ = ["DhtService", "DhtStatistics", "Offload", "in_thread", "inline"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +78,32 @@ MAX_EVICTION_PINGS = 8
 # lookup keeps at most CANDIDATE_FACTOR * k candidates, so more would be cut.
 SEEDS_PER_K = 2
 assert SEEDS_PER_K <= CANDIDATE_FACTOR
-# How often the tables are saved while running (they are saved at shutdown too).
+# How often the tables are saved while running (they are saved at shutdown too): a
+# node killed loses at most this much of its changes.
 PERSIST_INTERVAL = 5 * 60.0
+# Provider records turned into rows between two checkpoints of a save: about 2 ms of
+# the event loop each (benchmarks/providers.py).
+SAVE_BATCH = 2000
 # How often per bucket_refresh_interval the buckets are checked for staleness.
 REFRESH_CHECKS_PER_INTERVAL = 10
+
+
+Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
+"""How the service runs its blocking work (SQLite): `in_thread`, or `inline`."""
+
+
+async def in_thread(function: Callable[[], Any]) -> Any:
+    """Run `function()` in a worker thread; the event loop goes on meanwhile. Not
+    abandoned on cancellation: when this returns, the thread is done with its work."""
+    return await trio.to_thread.run_sync(function)
+
+
+async def inline(function: Callable[[], Any]) -> Any:
+    """Run `function()` on the event loop's thread. For simulations and tests under
+    trio's MockClock: a worker thread's real time lets the virtual clock jump past the
+    service's timers, so runs would not repeat."""
+    await trio.lowlevel.checkpoint()
+    return function()
 
 
 @dataclass(slots=True)
@@ -106,9 +139,11 @@ class DhtService:
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
         dial_policy: DialPolicy | None = None,
+        offload: Offload = in_thread,
     ) -> None:
         """`dial_policy` says which addresses named in peers' answers are dialled
-        (dht/dial.py); None dials any (tests of the DHT alone)."""
+        (dht/dial.py); None dials any (tests of the DHT alone). `offload` runs the
+        database's work (`inline` under a MockClock)."""
         self.config = config or DhtConfig()
         self.dial_policy = dial_policy
         self.refused_addresses = 0
@@ -117,6 +152,7 @@ class DhtService:
         # 0 means we do not listen: peers then keep us out of their tables.
         self._listen_port = listen_port
         self._storage = storage
+        self._offload = offload
         self._rng = rng or random.Random()
         self._wall_clock = wall_clock
         self.routing = RoutingTable(self.node_id, self.config)
@@ -136,7 +172,7 @@ class DhtService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load saved state, then run the background jobs until cancelled."""
-        self._load()
+        await self._load()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -514,37 +550,93 @@ class DhtService:
     async def _persist_loop(self) -> None:
         while True:
             await trio.sleep(PERSIST_INTERVAL)
-            self._save()
+            await self.save()
 
     # -- persistence ------------------------------------------------------------------
 
-    def _load(self) -> None:
+    async def save(self) -> None:
+        """Save what changed since the last save, the rows written in a worker thread.
+        Not to be called while another save runs (the persistence job's are in turn)."""
         storage = self._storage
         if storage is None:
             return
-        now = trio.current_time()
-        wall_time = self._wall_clock()
+        changes = self.records.take_changes()
+        records: list[ProviderRecord] = []
         try:
-            self.records.restore(storage.load_records(now=now, wall_time=wall_time), now)
-            self.provisions.restore(storage.load_provisions(now=now, wall_time=wall_time), now)
-            for record in storage.load_contacts(now=now, wall_time=wall_time):
-                self.routing.seen(record.contact, min(record.last_seen, now))
+            while batch := changes.take_records(SAVE_BATCH):
+                records.extend(batch)
+                await trio.lowlevel.checkpoint()
+        except BaseException:
+            self.records.save_failed()  # cancelled halfway: the next save rewrites all
+            raise
+        write = self._writer(storage, records, changes.removed, full=changes.full)
+        try:
+            await self._offload(write)  # the connection is free again once it returns
         except StorageError as exc:
-            logger.error("could not load the DHT state, starting empty: %s", exc)
+            self.records.save_failed()
+            logger.error("could not save the DHT state: %s", exc)
 
     def _save(self) -> None:
+        """The last save, after the jobs stopped: on this thread, as it cannot wait."""
         storage = self._storage
         if storage is None:
             return
+        changes = self.records.take_changes()
+        records: list[ProviderRecord] = []
+        while batch := changes.take_records(SAVE_BATCH):
+            records.extend(batch)
+        try:
+            self._writer(storage, records, changes.removed, full=changes.full)()
+        except StorageError as exc:
+            self.records.save_failed()
+            logger.error("could not save the DHT state: %s", exc)
+
+    def _writer(
+        self,
+        storage: DhtStorage,
+        records: list[ProviderRecord],
+        removed: list[tuple[NodeId, NodeId]],
+        *,
+        full: bool,
+    ) -> Callable[[], None]:
+        """A function writing the given record changes and the whole of the provisions
+        and the routing table as they are now, safe to run in another thread (it
+        touches none of the service's state)."""
         now = trio.current_time()
         wall_time = self._wall_clock()
+        provisions = self.provisions.records()
         contacts = [
             ContactRecord(Contact(NodeId(node_id), (host, port)), last_seen)
             for node_id, host, port, last_seen in self.routing.to_records()
         ]
-        try:
-            storage.save_records(self.records.records(), now=now, wall_time=wall_time)
-            storage.save_provisions(self.provisions.records(), now=now, wall_time=wall_time)
+
+        def write() -> None:
+            storage.save_record_changes(records, removed, full=full, now=now, wall_time=wall_time)
+            storage.save_provisions(provisions, now=now, wall_time=wall_time)
             storage.save_contacts(contacts, now=now, wall_time=wall_time)
+
+        return write
+
+    async def _load(self) -> None:
+        storage = self._storage
+        if storage is None:
+            return
+        now = trio.current_time()
+        wall_time = self._wall_clock()
+
+        def load() -> tuple[list[ProviderRecord], list[Provision], list[ContactRecord]]:
+            return (
+                storage.load_records(now=now, wall_time=wall_time),
+                storage.load_provisions(now=now, wall_time=wall_time),
+                storage.load_contacts(now=now, wall_time=wall_time),
+            )
+
+        try:
+            records, provisions, contacts = await self._offload(load)
         except StorageError as exc:
-            logger.error("could not save the DHT state: %s", exc)
+            logger.error("could not load the DHT state, starting empty: %s", exc)
+            return
+        self.records.restore(records, now)
+        self.provisions.restore(provisions, now)
+        for record in contacts:
+            self.routing.seen(record.contact, min(record.last_seen, now))

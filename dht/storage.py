@@ -3,7 +3,13 @@
 The DHT keeps its state in memory (`ProviderStore`, `LocalProvisions`, the routing
 table) and saves it here at a modest interval and at shutdown, so that a restarted node
 still knows its peers and the records it was asked to keep (DESIGN.md#dht). Each
-`save_*` replaces a whole table in one transaction; `add_record` upserts one record.
+`save_*` replaces a whole table in one transaction; `save_record_changes` writes only
+what changed in the provider records since the last save (`ProviderStore.take_changes`),
+in one transaction too; `add_record` upserts one record.
+
+Crash safety: every save is one SQLite transaction in WAL mode, so a process killed at
+any instant leaves the file as of the last committed save (tests/dht/test_storage.py
+kills a writer mid-save). It loses at most the changes made since then.
 
 The database is its own file (for instance `<data-dir>/dht.sqlite`): it owns the file's
 `PRAGMA application_id` and `PRAGMA user_version`, which is how `open` tells a Freehold
@@ -174,6 +180,33 @@ class DhtStorage:
             connection.executemany(
                 "INSERT INTO provider_records (key, provider_id, host, port, expires_at) "
                 "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def save_record_changes(
+        self,
+        records: Iterable[ProviderRecord],
+        removed: Iterable[tuple[NodeId, NodeId]],
+        *,
+        full: bool,
+        now: float,
+        wall_time: float,
+    ) -> None:
+        """In one transaction: delete every saved record if `full`, else the rows of
+        `removed` (key, provider id); then insert or update each of `records`."""
+        rows = [self._record_row(record, now, wall_time) for record in records]
+        with self._transaction("saving provider record changes") as connection:
+            if full:
+                connection.execute("DELETE FROM provider_records")
+            else:
+                connection.executemany(
+                    "DELETE FROM provider_records WHERE key = ? AND provider_id = ?",
+                    [(key.value, provider_id.value) for key, provider_id in removed],
+                )
+            connection.executemany(
+                "INSERT INTO provider_records (key, provider_id, host, port, expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, provider_id) DO UPDATE SET "
+                "host = excluded.host, port = excluded.port, expires_at = excluded.expires_at",
                 rows,
             )
 

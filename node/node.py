@@ -290,9 +290,13 @@ class Node:
             dht_config = self._dht_config or DhtConfig()
             if self._dht_config is None and is_loopback(address[0]):
                 # Every peer of a loopback node shares 127.0.0.0/24: the per-prefix
-                # Sybil limits would keep all but a few out of its table.
+                # Sybil limits would keep all but a few out of its table, and the
+                # per-prefix quota of provider records would hold the whole testnet to
+                # one prefix's share (the node-wide budget still holds).
                 dht_config = DhtConfig(
-                    ip_prefix_limit_per_bucket=None, ip_prefix_limit_per_table=None
+                    ip_prefix_limit_per_bucket=None,
+                    ip_prefix_limit_per_table=None,
+                    max_records_per_prefix=None,
                 )
             dht = DhtService(
                 DhtTransportAdapter(transport),
@@ -307,6 +311,7 @@ class Node:
                     [address[0], config.listen[0], *(host for host, _ in config.bootstrap)],
                     id_difficulty=config.network_difficulty,
                 ),
+                offload=in_thread if config.workers else inline,
             )
             # Hosts of contacts in the routing table may use the transport's reserved
             # slots: a flood of newcomers cannot lock out the peers we know.

@@ -17,7 +17,7 @@ import trio
 
 from dht.config import DhtConfig
 from dht.contact import Contact
-from dht.service import DhtService
+from dht.service import DhtService, inline
 from dht.storage import DhtStorage
 from node.dht_transport import DhtTransportAdapter
 from node.transport import MemoryNetwork, Transport, TransportConfig
@@ -138,6 +138,7 @@ async def start_dht_node(
                     storage=storage,
                     rng=rng,
                     wall_clock=wall_clock,
+                    offload=inline,  # under a MockClock: no worker threads
                 )
                 await inner.start(dht.run)
                 task_status.started(dht)

@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from dht.config import DhtConfig
 from dht.contact import Contact
-from dht.errors import DhtError, KeyFull, QuotaExceeded, RecordRejected
+from dht.errors import (
+    BudgetFull,
+    DhtError,
+    KeyFull,
+    PrefixQuotaExceeded,
+    QuotaExceeded,
+    RecordRejected,
+)
 from dht.providers import LocalProvisions, ProviderRecord, ProviderStore, Provision
 from protocol.identity import NodeId
 
@@ -178,20 +185,23 @@ def test_records_and_restore_round_trip() -> None:
 
 
 def test_restore_skips_expired_and_over_limit_and_caps_expiry() -> None:
-    """restore() drops expired records and records beyond a limit, and caps expiries at ttl."""
+    """restore() drops expired records and, beyond a limit, the records expiring
+    soonest (the least recently announced), and caps expiries at ttl."""
     records = store(max_providers_per_key=2)
     saved = [
         ProviderRecord(key(1), peer(1), 100.0),  # expired at now=100
-        ProviderRecord(key(1), peer(2), 200.0),
+        ProviderRecord(key(1), peer(2), 200.0),  # the key is full without it
         ProviderRecord(key(1), peer(3), 10 * TTL),  # from a clock far ahead
-        ProviderRecord(key(1), peer(4), 300.0),  # the key is full by then
+        ProviderRecord(key(1), peer(4), 300.0),
     ]
     assert records.restore(saved, 100.0) == 2
     assert records.records() == [
-        ProviderRecord(key(1), peer(2), 200.0),
+        ProviderRecord(key(1), peer(4), 300.0),
         ProviderRecord(key(1), peer(3), 100.0 + TTL),
     ]
-    assert records.expire(200.0) == 1
+    assert records.expire(300.0) == 1
+    with pytest.raises(ValueError):
+        records.restore(saved, 100.0)  # only into an empty store
 
 
 @settings(derandomize=True, max_examples=200, deadline=None)
@@ -321,3 +331,221 @@ def test_a_full_key_prefers_diversity_over_one_crowded_prefix() -> None:
     live = providers.get(key(1), 200.0, 100)
     assert honest in live and len(live) == 64
     assert sum(contact.address[0].startswith("198.51.100.") for contact in live) == 33
+
+
+# ---------------------------------------------------------------------- node-wide limits
+
+
+def at(number: int, prefix: str, port: int = 4000) -> Contact:
+    """Peer `number` at a host of the /24 `prefix` (three octets)."""
+    return Contact(NodeId.from_int(number), (f"{prefix}.{number % 250 + 1}", port))
+
+
+def budget_store(
+    max_records: int, max_records_per_prefix: int | None = None, **limits: int
+) -> ProviderStore:
+    return ProviderStore(
+        DhtConfig(max_records=max_records, max_records_per_prefix=max_records_per_prefix, **limits)
+    )
+
+
+def prefix_counts(records: ProviderStore) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records.records():
+        name = record.provider.address[0].rsplit(".", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_a_full_store_takes_room_from_the_most_crowded_prefix() -> None:
+    """With `max_records` stored, a newcomer from a less crowded prefix takes the place
+    of the most crowded prefix's record expiring soonest, until the two are level; then
+    it gets BudgetFull, as does one more record of the crowded prefix (issue 18, row 2)."""
+    records = budget_store(10)
+    for number in range(10):
+        records.add(key(number), at(1000 + number, "198.51.100"), float(number))
+    with pytest.raises(BudgetFull) as raised:
+        records.add(key(99), at(1099, "198.51.100"), 20.0)
+    assert isinstance(raised.value, RecordRejected)
+    for number in range(5):
+        records.add(key(100 + number), at(2000 + number, "203.0.113"), 30.0 + number)
+    # The crowded prefix lost its five records expiring soonest: those added first.
+    assert [int(record.key) - 0xC0FFEE00 for record in records.records()][:5] == [5, 6, 7, 8, 9]
+    assert prefix_counts(records) == {"198.51.100": 5, "203.0.113": 5}
+    with pytest.raises(BudgetFull):
+        records.add(key(105), at(2005, "203.0.113"), 40.0)
+    records.add(key(200), at(3000, "192.0.2"), 41.0)  # a third prefix still gets in
+    assert len(records) == 10
+    assert records.get(key(200), 41.0, 10) == [at(3000, "192.0.2")]
+    statistics = records.statistics()
+    assert (statistics.evicted, statistics.rejected_budget_full) == (6, 2)
+    assert (statistics.records, statistics.prefixes) == (10, 3)
+    # Refreshes are never refused, and expired records free their places before a refusal.
+    assert records.add(key(6), at(1006, "198.51.100"), 42.0) == 42.0 + TTL
+    records.add(key(300), at(1300, "198.51.100"), TTL + 7.5)  # key 7's expired at 7 + TTL
+    assert len(records) == 10
+
+
+def test_a_store_full_of_many_prefixes_refuses_rather_than_churns() -> None:
+    """A store filled evenly from many prefixes refuses a newcomer: nobody it holds is
+    less entitled than the newcomer."""
+    records = budget_store(8)
+    for number in range(8):
+        records.add(key(number), at(number, f"10.0.{number}"), 0.0)
+    with pytest.raises(BudgetFull):
+        records.add(key(8), at(8, "10.0.8"), 1.0)
+    assert records.statistics().evicted == 0
+
+
+def test_per_prefix_quota() -> None:
+    """Identities of one /24 share `max_records_per_prefix`: beyond it a new record gets
+    PrefixQuotaExceeded (a QuotaExceeded); refreshes, other prefixes and records made
+    room for by expiry pass."""
+    records = budget_store(100, 3)
+    for number in range(3):
+        records.add(key(number), at(100 + number, "198.51.100"), float(number))
+    with pytest.raises(PrefixQuotaExceeded) as raised:
+        records.add(key(3), at(200, "198.51.100"), HOUR)  # another identity, same /24
+    assert isinstance(raised.value, QuotaExceeded)
+    assert "198.51.100.0/24" in str(raised.value)
+    assert records.add(key(0), at(100, "198.51.100"), HOUR) == HOUR + TTL
+    records.add(key(3), at(200, "203.0.113"), HOUR)
+    with pytest.raises(PrefixQuotaExceeded):  # a record cannot move into a full prefix
+        records.add(key(3), at(200, "198.51.100"), HOUR)
+    assert records.get(key(3), HOUR, 10) == [at(200, "203.0.113")]
+    assert records.statistics().rejected_over_prefix_quota == 2
+    records.add(key(4), at(201, "198.51.100"), TTL + 1.0)  # key 1's record has expired
+    assert prefix_counts(records) == {"198.51.100": 3, "203.0.113": 1}
+
+
+def test_a_lifted_prefix_quota_lets_one_prefix_fill_the_budget() -> None:
+    """max_records_per_prefix = None (a loopback testnet) lets one prefix hold every
+    record the budget allows, and no more."""
+    records = budget_store(50, None)
+    for number in range(50):
+        records.add(key(number), at(number, "127.0.0"), 0.0)
+    with pytest.raises(BudgetFull):
+        records.add(key(50), at(50, "127.0.0"), 0.0)
+    assert len(records) == 50
+
+
+def test_a_record_refreshed_from_another_prefix_moves_there() -> None:
+    """A provider announcing again from another /24 moves its record (and its place in
+    the counts) to that prefix."""
+    records = budget_store(10, 5)
+    records.add(key(1), at(7, "198.51.100"), 0.0)
+    records.add(key(1), at(7, "203.0.113"), 1.0)
+    assert records.get(key(1), 1.0, 10) == [at(7, "203.0.113")]
+    assert prefix_counts(records) == {"203.0.113": 1}
+    statistics = records.statistics()
+    assert (statistics.records, statistics.prefixes, statistics.refreshed) == (1, 1, 1)
+
+
+def test_refreshing_in_a_loop_does_not_grow_the_store() -> None:
+    """Re-announcing one record thousands of times keeps the store's queues bounded,
+    and the record still expires 48 h after its last announcement."""
+    records = budget_store(10)
+    records.add(key(1), peer(1), 0.0)
+    records.add(key(2), peer(2), 0.0)
+    for step in range(5000):
+        records.add(key(1), peer(1), float(step))
+    assert len(records._queue) <= 2 * len(records) + 1024
+    assert all(len(prefix.queue) <= 2 * prefix.count + 8 for prefix in records._prefixes.values())
+    assert records.expire(TTL) == 1
+    assert records.expire(4999.0 + TTL) == 1
+    assert len(records) == 0
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 11), st.integers(0, 20 * 3600), st.booleans()),
+        max_size=80,
+    )
+)
+def test_limits_hold_for_any_sequence(steps: list[tuple[int, int, int, bool]]) -> None:
+    """Whatever the adds and sweeps, the store never holds more than its budget, a
+    prefix its quota or a key its providers, its counts agree with its records, and a
+    refusal leaves it unchanged."""
+    records = budget_store(8, 5, max_providers_per_key=3)
+    now = 0.0
+    for key_number, peer_number, advance, sweep in steps:
+        now += advance
+        provider = at(peer_number, f"10.0.{peer_number % 3}")
+        before = records.records()
+        try:
+            records.add(key(key_number), provider, now)
+        except RecordRejected:
+            assert records.records() == before or records.statistics().expired
+        if sweep:
+            records.expire(now)
+        stored = records.records()
+        assert len(stored) == len(records) <= 8
+        assert all(count <= 5 for count in prefix_counts(records).values())
+        by_key: dict[NodeId, int] = {}
+        for record in stored:
+            by_key[record.key] = by_key.get(record.key, 0) + 1
+        assert all(count <= 3 for count in by_key.values())
+        statistics = records.statistics()
+        assert statistics.keys == len(by_key)
+        assert statistics.prefixes == len(prefix_counts(records))
+
+
+# ---------------------------------------------------------------------- changes to save
+
+
+def saved_pairs(records: list[ProviderRecord]) -> set[tuple[int, int]]:
+    return {(int(record.key) - 0xC0FFEE00, int(record.provider.node_id)) for record in records}
+
+
+def take_all(
+    records: ProviderStore,
+) -> tuple[list[ProviderRecord], list[tuple[NodeId, NodeId]], bool]:
+    changes = records.take_changes()
+    taken: list[ProviderRecord] = []
+    while batch := changes.take_records(2):
+        taken.extend(batch)
+    assert len(changes) == 0
+    return taken, changes.removed, changes.full
+
+
+def test_changes_name_only_what_changed_since_the_last_take() -> None:
+    """take_changes() gives the records added or refreshed since the last take and the
+    saved ones removed since (evicted or expired); a record added and removed in
+    between leaves no trace."""
+    records = budget_store(4, None)
+    for number in range(3):
+        records.add(key(number), peer(number), float(number))
+    taken, removed, full = take_all(records)
+    assert (saved_pairs(taken), removed, full) == ({(0, 0), (1, 1), (2, 2)}, [], False)
+    records.add(key(1), peer(1), 10.0)  # refreshed
+    records.add(key(6), at(6, "192.0.2"), 12.0)  # added
+    records.add(key(7), at(7, "192.0.2"), 13.0)  # added; the store is full: evicts key 0's
+    assert records.statistics().evicted == 1
+    taken, removed, full = take_all(records)
+    assert (saved_pairs(taken), removed, full) == (
+        {(1, 1), (6, 6), (7, 7)},
+        [(key(0), peer(0).node_id)],
+        False,
+    )
+    assert records.expire(13.0 + TTL) == 4
+    taken, removed, full = take_all(records)
+    assert taken == [] and not full
+    assert sorted(int(k) - 0xC0FFEE00 for k, _ in removed) == [1, 2, 6, 7]
+    assert take_all(records) == ([], [], False)
+    records.add(key(9), peer(9), 14.0 + TTL)
+    assert records.expire(14.0 + 2 * TTL) == 1  # never saved: nothing to delete
+    assert take_all(records) == ([], [], False)
+
+
+def test_a_failed_save_makes_the_next_changes_a_full_rewrite() -> None:
+    """After save_failed() the next changes replace the table with every record."""
+    records = budget_store(10)
+    records.add(key(1), peer(1), 0.0)
+    take_all(records)
+    records.add(key(2), peer(2), 1.0)
+    records.save_failed()
+    taken, removed, full = take_all(records)
+    assert full and removed == []
+    assert saved_pairs(taken) == {(1, 1), (2, 2)}
+    assert take_all(records) == ([], [], False)

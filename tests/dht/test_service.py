@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from dht.service import DhtService
+from dht.service import PERSIST_INTERVAL, DhtService
 from dht.storage import DhtStorage
 from node.transport import MemoryNetwork
 from protocol.identity import Identity, NodeId
@@ -89,5 +90,45 @@ async def test_records_provisions_and_contacts_survive_a_restart(
         # It answers from what it restored, without any new announcement.
         found = {c.node_id for c in await others[0].find_providers(key)}
         assert found == {service.node_id for service in others}
+        nursery.cancel_scope.cancel()
+    storage.close()
+
+
+async def test_records_are_saved_while_running_a_few_changes_at_a_time(
+    clock: MockClock, tmp_path: Path
+) -> None:
+    """Every PERSIST_INTERVAL the service writes the records that changed: another
+    connection sees them without the node stopping, and a record that expired is gone
+    from the file after the next save."""
+    rng = random.Random(5)
+    network = MemoryNetwork(seed=5, min_latency=0.01, max_latency=0.05)
+    identities = [Identity.generate(rng.randbytes) for _ in range(4)]
+    path = tmp_path / "dht.sqlite"
+    keys = [NodeId(rng.randbytes(32)) for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        storage = DhtStorage.open(path)
+        subject, _ = await run_node(nursery, network, identities[0], "subject", storage, 4000)
+        others = []
+        for number, identity in enumerate(identities[1:]):
+            service, _ = await run_node(nursery, network, identity, f"peer-{number}", None)
+            await service.bootstrap([("subject", 4000)])
+            others.append(service)
+        for key in keys:
+            await others[0].provide(key)
+        started = trio.current_time()
+        await trio.sleep(PERSIST_INTERVAL + 1.0)
+        with DhtStorage.open(path) as reader:
+            wall = 1e9 + trio.current_time()
+            saved = reader.load_records(now=trio.current_time(), wall_time=wall)
+        assert {record.key for record in saved} == set(keys)
+        assert {record.provider.node_id for record in saved} == {others[0].node_id}
+        # Nobody republishes: the records expire at 48 h, are swept within
+        # expiry_sweep_interval, and their rows are deleted at the save after that.
+        for key in keys:
+            others[0].withdraw(key)
+        await trio.sleep_until(started + 48 * HOUR + 10 * 60.0 + PERSIST_INTERVAL)
+        assert len(subject.records) == 0
+        with DhtStorage.open(path) as reader:
+            assert reader.load_records(now=0.0, wall_time=-math.inf) == []
         nursery.cancel_scope.cancel()
     storage.close()

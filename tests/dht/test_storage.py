@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -10,7 +16,7 @@ from typing import TypeVar
 import pytest
 
 from dht.config import DhtConfig
-from dht.contact import Contact
+from dht.contact import Address, Contact
 from dht.errors import DhtError, StorageError
 from dht.providers import LocalProvisions, ProviderRecord, ProviderStore, Provision
 from dht.storage import APPLICATION_ID, MEMORY, SCHEMA_VERSION, ContactRecord, DhtStorage
@@ -152,8 +158,9 @@ def test_restart_of_the_stores_after_a_long_stop(tmp_path: Path) -> None:
     path = tmp_path / "dht.sqlite"
     providers = ProviderStore(DhtConfig())
     provisions = LocalProvisions()
-    providers.add(node(101), contact(1), NOW)  # expires at NOW + 48 h
+    # In clock order: the store takes a reading earlier than one it has seen as the later.
     providers.add(node(101), contact(2), NOW - 40 * HOUR)  # expires at NOW + 8 h
+    providers.add(node(101), contact(1), NOW)  # expires at NOW + 48 h
     provisions.provide(node(201))
     provisions.published(node(201), NOW - 3 * HOUR)
     with DhtStorage.open(path) as storage:
@@ -283,3 +290,129 @@ def test_closed_storage_raises_storage_error() -> None:
     storage.close()
     with pytest.raises(StorageError, match="closed"):
         storage.load_records(now=NOW, wall_time=WALL)
+
+
+# ---------------------------------------------------------------------- incremental saves
+
+
+def loaded_rows(storage: DhtStorage, now: float) -> list[tuple[NodeId, NodeId, Address, float]]:
+    return sorted(
+        (record.key, record.provider.node_id, record.provider.address, record.expires_at)
+        for record in storage.load_records(now=now, wall_time=now + WALL - NOW)
+    )
+
+
+def stored_rows(
+    store: ProviderStore, now: float = -1.0
+) -> list[tuple[NodeId, NodeId, Address, float]]:
+    """The store's records live at `now` (the load leaves out the others)."""
+    return sorted(
+        (record.key, record.provider.node_id, record.provider.address, record.expires_at)
+        for record in store.records()
+        if record.expires_at > now
+    )
+
+
+def save_changes(store: ProviderStore, storage: DhtStorage, now: float) -> int:
+    """Save what changed as the service does; return how many rows were written."""
+    changes = store.take_changes()
+    records: list[ProviderRecord] = []
+    while batch := changes.take_records(3):
+        records.extend(batch)
+    storage.save_record_changes(
+        records, changes.removed, full=changes.full, now=now, wall_time=now + WALL - NOW
+    )
+    return len(records) + len(changes.removed)
+
+
+def test_incremental_saves_keep_the_table_equal_to_the_store(storage: DhtStorage) -> None:
+    """Saving only the changes (added, refreshed, moved, evicted, expired) after each
+    round leaves the saved table equal to the store, and a store restored from it answers
+    the same; each save writes only what changed."""
+    store = ProviderStore(DhtConfig(max_records=20, max_records_per_prefix=None))
+    for number in range(15):
+        store.add(node(300 + number), contact(number % 5), NOW + number)
+    assert save_changes(store, storage, NOW + 20) == 15
+    assert loaded_rows(storage, NOW + 20) == stored_rows(store)
+    store.add(node(300), contact(0), NOW + 30)  # refreshed
+    store.add(node(301), Contact(node(1), ("192.0.2.1", 5000)), NOW + 31)  # moved port
+    for number in range(8):  # fills the budget, then evicts from 192.0.2.0/24
+        store.add(node(400 + number), Contact(node(50 + number), ("203.0.113.9", 4000)), NOW + 32)
+    assert store.statistics().evicted == 3
+    assert save_changes(store, storage, NOW + 40) == 2 + 8 + 3
+    assert loaded_rows(storage, NOW + 40) == stored_rows(store)
+    assert store.expire(NOW + 7.5 + TTL) == 3  # three saved records expired
+    assert save_changes(store, storage, NOW + 8 + TTL) == 3
+    assert loaded_rows(storage, NOW + 8 + TTL) == stored_rows(store, NOW + 8 + TTL)
+    assert save_changes(store, storage, NOW + 9 + TTL) == 0
+    restored = ProviderStore(DhtConfig(max_records=20, max_records_per_prefix=None))
+    later = NOW + 9 + TTL
+    restored.restore(storage.load_records(now=later, wall_time=later + WALL - NOW), later)
+    assert stored_rows(restored) == stored_rows(store, later)
+    # Restored records count as saved: nothing to write until something changes.
+    assert save_changes(restored, storage, later + 1) == 0
+
+
+def test_a_full_save_after_a_failure_replaces_the_table(storage: DhtStorage) -> None:
+    """After a failed save the next one rewrites the whole table, rows of the failed
+    save's changes included."""
+    store = ProviderStore(DhtConfig())
+    store.add(node(300), contact(1), NOW)
+    save_changes(store, storage, NOW)
+    store.add(node(301), contact(2), NOW + 1)
+    store.take_changes()  # taken, but the save fails:
+    store.save_failed()
+    storage.save_records(
+        [ProviderRecord(node(999), contact(9), NOW + TTL)], now=NOW, wall_time=WALL
+    )
+    assert save_changes(store, storage, NOW + 2) == 2
+    assert loaded_rows(storage, NOW + 2) == stored_rows(store)
+
+
+def test_a_writer_killed_mid_save_leaves_the_last_committed_state(tmp_path: Path) -> None:
+    """SIGKILL at any moment of a stream of incremental saves leaves a database that
+    opens, and holds exactly the state of the last save reported done (or of the next
+    one, if it committed before the kill); never a mix."""
+    path = tmp_path / "dht.sqlite"
+    writer = Path(__file__).with_name("records_writer.py")
+    root = Path(__file__).parents[2]
+    for seed, rounds in ((1, 3), (2, 5), (3, 8)):
+        path.unlink(missing_ok=True)
+        child = subprocess.Popen(
+            [sys.executable, str(writer), str(path), str(seed)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        assert child.stdout is not None
+        digests = {}
+        try:
+            for _ in range(rounds):
+                line = child.stdout.readline()
+                assert line.startswith("saved "), line
+                _, number, digest = line.split()
+                digests[int(number)] = digest
+            # The next save is under way (each takes tens of ms): kill it in its course.
+            time.sleep(0.005 * seed)
+            child.send_signal(signal.SIGKILL)
+            rest = child.stdout.read()
+        finally:
+            child.kill()
+            child.wait()
+        for line in rest.splitlines():
+            _, number, digest = line.split()
+            digests[int(number)] = digest
+        with DhtStorage.open(path) as reopened:
+            rows = reopened.load_records(now=0.0, wall_time=0.0)
+        # The last save reported done, or the one after it if that one had committed.
+        assert max(digests) in (rounds, rounds + 1)
+        assert records_digest(rows) == digests[max(digests)]
+
+
+def records_digest(records: list[ProviderRecord]) -> str:
+    rows = sorted(
+        (record.key.value, record.provider.node_id.value, record.provider.address[1])
+        for record in records
+    )
+    return hashlib.sha256(repr(rows).encode()).hexdigest()

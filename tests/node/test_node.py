@@ -12,6 +12,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
+from dht.config import DhtConfig
 from node.config import NodeConfig, capacity_warning
 from node.errors import ConfigError, NodeError
 from node.node import Node
@@ -201,3 +202,28 @@ async def test_the_hosts_of_routing_table_contacts_may_use_the_reserved_slots(
         assert all(first.transport.known_host(host) for host in hosts)
         assert not first.transport.known_host("203.0.113.77")
         network.nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("host", "quota"),
+    [("127.0.0.1", None), ("10.0.0.1", DhtConfig().max_records_per_prefix)],
+)
+async def test_a_loopback_node_lifts_the_per_prefix_record_quota(
+    clock: MockClock, host: str, quota: int | None
+) -> None:
+    """A node on loopback, whose peers all share 127.0.0.0/24, lifts the per-prefix quota
+    of provider records (as it lifts the routing table's prefix limits) and keeps the
+    node-wide budget; a node elsewhere keeps both."""
+    identity = Identity.generate(random.Random(2).randbytes)
+    network = MemoryNetwork(seed=2)
+    node = Node(
+        replace(CONFIG, listen=(host, 4410)),
+        identity=identity,
+        link_layer=network.link_layer(identity, host),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        assert node.dht is not None
+        assert node.dht.config.max_records_per_prefix == quota
+        assert node.dht.config.max_records == DhtConfig().max_records
+        node.stop()

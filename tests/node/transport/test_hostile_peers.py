@@ -17,19 +17,27 @@ import trio
 from noise.connection import Keypair, NoiseConnection
 from trio.testing import MockClock
 
+from dht.config import DhtConfig
+from dht.service import DhtService
+from node.dht_transport import DhtTransportAdapter
 from node.errors import TransportError
 from node.transport import Handler, TcpLinkLayer, Transport, TransportConfig, open_transport
 from protocol.chunk import GroupRecord
 from protocol.handshake import SecureHandshake
-from protocol.identity import Identity, meets_difficulty
+from protocol.identity import Identity, NodeId, meets_difficulty
 from protocol.messages import (
+    AddProvider,
     ChunkStored,
     Envelope,
+    Error,
+    ErrorCode,
     Kind,
     Message,
     Ping,
     Pong,
+    ProviderAdded,
     StoreChunk,
+    decode_envelope,
     encode_envelope,
 )
 from protocol.noise import TransportState
@@ -175,13 +183,17 @@ async def authenticated_raw_connection(
     rng: random.Random,
     *,
     receive_buffer: int | None = None,
+    source: str | None = None,
 ) -> tuple[trio.SocketStream, TransportState]:
     """A raw stream on which `identity` completed an honest handshake with `server`, to
-    misbehave after it; `receive_buffer` shrinks its socket's receive buffer first."""
+    misbehave after it; `receive_buffer` shrinks its socket's receive buffer first, and
+    `source` is the local address to connect from (another loopback /24, say)."""
     assert server.address is not None
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    if source is not None:
+        await sock.bind((source, 0))
     await sock.connect(server.address)
     stream = trio.SocketStream(sock)
     handshake = SecureHandshake(
@@ -725,3 +737,101 @@ async def test_one_prefix_cannot_take_every_request_slot(
             assert outcomes.count("answered") == 4
             assert server.statistics().requests_busy == 5
             nursery.cancel_scope.cancel()
+
+
+async def raw_request(
+    stream: trio.SocketStream,
+    noise: TransportState,
+    buffer: bytearray,
+    request_id: int,
+    message: Message,
+) -> Message:
+    """Send one request on a raw authenticated stream and return the answer to it."""
+    frame = encode_envelope(Envelope(Kind.REQUEST, request_id, message))
+    record = noise.encrypt(struct.pack(">I", len(frame)) + frame)
+    await stream.send_all(RECORD.pack(len(record)) + record)
+    plain = noise.decrypt(await read_record(stream, buffer))
+    (length,) = struct.unpack_from(">I", plain)
+    envelope = decode_envelope(plain[4 : 4 + length])
+    assert (envelope.kind, envelope.request_id) == (Kind.RESPONSE, request_id)
+    return envelope.message
+
+
+async def test_a_provider_record_flood_from_few_prefixes_leaves_room_for_others(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Identities from 127.0.5.0/24 flood a node with ADD_PROVIDER until their prefix's
+    quota refuses them; identities from 127.0.6.0/24 fill the node-wide budget and then
+    take room from the crowded prefix until both are level, then are refused; an honest
+    provider from 127.0.0.0/24 is still accepted, and the node never holds more records
+    than its budget (issue 18, row 2)."""
+    budget, quota, identities, keys_each = 60, 40, 6, 15
+    dht_config = DhtConfig(
+        max_records=budget,
+        max_records_per_prefix=quota,
+        ip_prefix_limit_per_bucket=None,
+        ip_prefix_limit_per_table=None,
+    )
+    server_identity = seeded_identity(rng)
+    async with (
+        open_transport(
+            server_identity,
+            TcpLinkLayer(server_identity, random_bytes=rng.randbytes),
+            listen_address=("127.0.0.1", 0),
+            config=dataclasses.replace(CONFIG, max_connections=32),
+        ) as server,
+        trio.open_nursery() as nursery,
+    ):
+        assert server.address is not None
+        service = DhtService(
+            DhtTransportAdapter(server),
+            listen_port=server.address[1],
+            config=dht_config,
+            rng=random.Random(1),
+        )
+        await nursery.start(service.run)
+        answers: dict[str, list[Message]] = {}
+        for source in ("127.0.5.1", "127.0.6.1"):
+            for _ in range(identities):
+                stream, noise = await authenticated_raw_connection(
+                    server, seeded_identity(rng), rng, source=source
+                )
+                buffer = bytearray()
+                for number in range(keys_each):
+                    answer = await raw_request(
+                        stream, noise, buffer, number, AddProvider(rng.randbytes(32), 4000)
+                    )
+                    answers.setdefault(source, []).append(answer)
+                    assert len(service.records) <= budget
+                await stream.aclose()
+        statistics = service.records.statistics()
+        accepted = {
+            source: sum(isinstance(answer, ProviderAdded) for answer in replies)
+            for source, replies in answers.items()
+        }
+        refused = [
+            answer
+            for replies in answers.values()
+            for answer in replies
+            if not isinstance(answer, ProviderAdded)
+        ]
+        assert accepted == {"127.0.5.1": quota, "127.0.6.1": budget // 2}
+        assert all(
+            isinstance(answer, Error) and answer.code == ErrorCode.REFUSED for answer in refused
+        )
+        assert statistics.rejected_over_prefix_quota == identities * keys_each - quota
+        assert statistics.rejected_budget_full == identities * keys_each - budget // 2
+        assert statistics.evicted == quota - budget // 2
+        honest_identity = seeded_identity(rng)
+        key = rng.randbytes(32)
+        async with open_transport(
+            honest_identity, TcpLinkLayer(honest_identity, random_bytes=rng.randbytes)
+        ) as honest:
+            answer = await honest.request(
+                server.address, AddProvider(key, 4100), node_id=server.node_id, timeout=5.0
+            )
+        assert isinstance(answer, ProviderAdded)
+        providers = service.records.get(NodeId(key), trio.current_time(), 10)
+        assert [contact.node_id for contact in providers] == [honest_identity.node_id]
+        assert len(service.records) == budget
+        nursery.cancel_scope.cancel()
