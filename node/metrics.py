@@ -21,6 +21,8 @@ it to loopback or a monitoring network, not the open internet.
 | segments_repaired_total,                | counter   | repairs                            |
 | chunks_rebuilt_total, repair_bytes_total |          |                                    |
 | peers, connections                      | gauge     | routing table, open connections    |
+| provider_records,                       | gauge,    | the DHT's provider records, and    |
+| provider_records_refused_total{limit}   | counter   | ADD_PROVIDERs refused per limit    |
 | handshakes_failed_total,                | counter   | the transport                      |
 | connections_refused_total,              |           |                                    |
 | peers_cut_off_total, requests_busy_total |          |                                    |
@@ -105,6 +107,21 @@ class NodeCollector(Collector):
             yield _gauge("repair_backlog", "Held segments waiting for a repair", backlog)
         if node.dht is not None:
             yield _gauge("peers", "Contacts in the routing table", len(node.dht.routing))
+            records = node.dht.records.statistics()
+            yield _gauge("provider_records", "Provider records held for peers", records.records)
+            rejected = CounterMetricFamily(
+                PREFIX + "provider_records_refused",
+                "ADD_PROVIDERs refused, by the limit that refused them",
+                labels=["limit"],
+            )
+            for limit, value in (
+                ("peer", records.rejected_over_quota),
+                ("prefix", records.rejected_over_prefix_quota),
+                ("key", records.rejected_key_full),
+                ("budget", records.rejected_budget_full),
+            ):
+                rejected.add_metric([limit], value)
+            yield rejected
         if node.transport is not None:
             transport = node.transport.statistics()
             yield _gauge("connections", "Open connections", transport.connections_open)
