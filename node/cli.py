@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--capacity", metavar="SIZE", help="disk space to donate, e.g. 50GiB")
     node.add_argument(
+        "--web-listen",
+        metavar="HOST:PORT",
+        help="the web page's loopback address, or off (default: 127.0.0.1:4480)",
+    )
+    node.add_argument(
         "--log-file",
         metavar="PATH",
         help="log to this file (relative to the data dir), rotated at log_max_size "
@@ -125,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="what the node holds and whom it knows")
     commands.add_parser("peers", help="the nodes in the node's routing table")
     commands.add_parser("stop", help="stop the node")
+    commands.add_parser("web", help="print the link that opens the node's web page")
     # `freehold put --data-dir DIR FILE` works as well as `freehold --data-dir DIR put`.
     for name in (
         "put",
@@ -137,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "peers",
         "stop",
+        "web",
     ):
         commands.choices[name].add_argument(
             "--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -181,6 +188,8 @@ def _run(arguments: argparse.Namespace) -> int:
         return _node(arguments)
     if command == "testnet":
         return _testnet(arguments)
+    if command == "web":
+        return _web(_data_dir(arguments))
     if command == "demo":
         from node.demo import run_demo
 
@@ -210,6 +219,22 @@ def _data_dir(arguments: argparse.Namespace) -> Path:
     return default_data_dir()
 
 
+def _web(data_dir: Path) -> int:
+    """Print the web page's link (it holds the page's secret: only this user can)."""
+    from node.errors import NodeError
+    from node.web import SECRET_FILE, WEB_ADDRESS_FILE, login_url
+
+    try:
+        address = (data_dir / WEB_ADDRESS_FILE).read_text().strip()
+        secret = (data_dir / SECRET_FILE).read_text().strip()
+    except FileNotFoundError:
+        raise NodeError(
+            f"no web page for {data_dir}: is its node running, with web_listen set?"
+        ) from None
+    print(login_url(address, secret))
+    return 0
+
+
 # ------------------------------------------------------------------------ the node
 
 
@@ -237,6 +262,7 @@ def _node(arguments: argparse.Namespace) -> int:
             "repair_delay": arguments.repair_delay,
             "repair_bandwidth": arguments.repair_bandwidth,
             "log_file": arguments.log_file,
+            "web_listen": arguments.web_listen,
         },
     )
     configure_logging(

@@ -121,26 +121,7 @@ async def _check(
     if not isinstance(text, str) or not isinstance(full, bool):
         raise NodeError("check needs a capability (and full: true or false)")
     report = await owner.check(parse_capability(text), full=full)
-    return {
-        "k": report.k,
-        "n": report.n,
-        "found": report.found,
-        "manifest_holders": report.manifest_holders,
-        "segment_count": report.segment_count,
-        "segments": [
-            {
-                "index": segment.index,
-                "live": segment.live,
-                "missing": segment.missing,
-                "lying": [node_id.hex() for node_id in segment.lying],
-                "fetched": segment.fetched,
-            }
-            for segment in report.segments
-        ],
-        "sampled": report.sampled,
-        "readable": report.readable,
-        "healthy": report.healthy,
-    }
+    return report.summary()
 
 
 async def _repair(

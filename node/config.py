@@ -58,6 +58,7 @@ EXIT_WITH_PARENT_ENVIRONMENT: Final = "FREEHOLD_EXIT_WITH_PARENT"
 DEFAULT_PORT: Final = 4410
 DEFAULT_CAPACITY: Final = 10 * 1024**3
 DEFAULT_METRICS_PORT: Final = 9410
+DEFAULT_WEB_PORT: Final = 4480
 # The proof of work on NodeIds of a network not on loopback, in bits
 # (docs/PROTOCOL.md#proof-of-work says why 20): about 2**20 key generations, some 17 s
 # of one core, once, when a node first starts; one hash to check.
@@ -257,6 +258,8 @@ class NodeConfig:
     id_difficulty: int | None = None
     # Where to serve Prometheus metrics (node/metrics.py); unset: not served.
     metrics_listen: Address | None = None
+    # The node's web page (node/web/), on a loopback address only; "off": none.
+    web_listen: Address | None = ("127.0.0.1", DEFAULT_WEB_PORT)
     log_level: str = "INFO"
     # The log's file (relative to the data directory; unset: standard error), rotated
     # at `log_max_size`, keeping `log_backups` old files.
@@ -304,6 +307,11 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be a fraction between 0 and 1")
         if self.id_difficulty is not None and not 0 <= self.id_difficulty <= MAX_ID_DIFFICULTY:
             raise ConfigError(f"id_difficulty must be 0..{MAX_ID_DIFFICULTY} bits")
+        if self.web_listen is not None and not is_loopback(self.web_listen[0].strip("[]")):
+            raise ConfigError(
+                f"web_listen must be a loopback address (127.0.0.1, ::1), not "
+                f"{self.web_listen[0]}: the page is this machine's only"
+            )
         if not 0 < self.log_max_size <= MAX_SIZE or not 0 <= self.log_backups <= 1000:
             raise ConfigError("log_max_size must be 1 byte..1 EiB, log_backups 0..1000")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -432,6 +440,11 @@ def _convert(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"expected an integer, got {value!r}")
         return value
+    if key == "web_listen":
+        text = _text(value)
+        if text.strip().lower() in ("off", "none", ""):
+            return None
+        return parse_address(text, default_port=DEFAULT_WEB_PORT)
     if key == "metrics_listen":
         return parse_address(_text(value), default_port=DEFAULT_METRICS_PORT)
     if key == "log_level":

@@ -169,6 +169,7 @@ class Node:
         self.leaser: Leaser | None = None
         self.activity = Activity()
         self.metrics_address: tuple[str, int] | None = None
+        self.web_address: tuple[str, int] | None = None
         self.identity: Identity | None = identity
         self.joined = trio.Event()
 
@@ -379,6 +380,8 @@ class Node:
                 nursery.start_soon(self._join)
             else:
                 self.joined.set()
+            if config.web_listen is not None and config.storage == "disk":
+                await self._start_web(nursery, config.web_listen)
             if config.metrics_listen is not None:
                 from node.metrics import serve_metrics
 
@@ -401,6 +404,26 @@ class Node:
 
     def stop(self) -> None:
         self._cancel_scope.cancel()
+
+    async def _start_web(self, nursery: trio.Nursery, listen: tuple[str, int]) -> None:
+        """Serve the web page (node/web/); a port in use costs the page, not the node."""
+        from node.web import SECRET_FILE, WEB_ADDRESS_FILE, load_or_create_secret, serve_web
+
+        secret = load_or_create_secret(self.config.data_dir / SECRET_FILE)
+        host, port = listen
+        try:
+            self.web_address = await nursery.start(serve_web, self, host, port, secret)
+        except* OSError as group:  # Hypercorn's nurseries wrap it
+            reason = "; ".join(
+                str(getattr(exc, "strerror", None) or exc) for exc in group.exceptions
+            )
+            logger.warning("no web page: cannot listen on %s:%d: %s", host, port, reason)
+        if self.web_address is None:
+            return
+        web_host, web_port = self.web_address
+        shown = f"[{web_host}]" if ":" in web_host else web_host
+        (self.config.data_dir / WEB_ADDRESS_FILE).write_text(f"{shown}:{web_port}\n")
+        logger.info("web page at http://%s:%d/ (`freehold web` prints its link)", shown, web_port)
 
     async def _join(self) -> None:
         """Bootstrap through the configured addresses, retrying with backoff until one

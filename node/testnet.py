@@ -89,6 +89,9 @@ def _node_command(data_dir: Path, bootstrap: str | None, extra: Sequence[str]) -
         # Rotated, so that a testnet left running does not fill the disk.
         "--log-file",
         "node.log",
+        # A web page each, on a port of the kernel's choice (`freehold web` links it).
+        "--web-listen",
+        "127.0.0.1:0",
         *extra,
     ]
     if bootstrap:

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -122,6 +122,29 @@ class FileReport:
     @property
     def healthy(self) -> bool:
         return self.readable and all(segment.live >= self.n for segment in self.segments)
+
+    def summary(self) -> dict[str, Any]:
+        """The report as JSON-ready values (the control socket's and the web page's)."""
+        return {
+            "k": self.k,
+            "n": self.n,
+            "found": self.found,
+            "manifest_holders": self.manifest_holders,
+            "segment_count": self.segment_count,
+            "segments": [
+                {
+                    "index": segment.index,
+                    "live": segment.live,
+                    "missing": segment.missing,
+                    "lying": [node_id.hex() for node_id in segment.lying],
+                    "fetched": segment.fetched,
+                }
+                for segment in self.segments
+            ],
+            "sampled": self.sampled,
+            "readable": self.readable,
+            "healthy": self.healthy,
+        }
 
 
 async def check_file(
