@@ -15,15 +15,7 @@ from node.metrics import serve_metrics
 from node.owner import Owner
 from simulations.harness import SIMULATED_NODE, open_network, put
 
-
-async def _http(address: tuple[str, int], request: bytes) -> bytes:
-    stream = await trio.open_tcp_stream(*address)
-    async with stream:
-        await stream.send_all(request)
-        received = bytearray()
-        while data := await stream.receive_some(65536):
-            received += data
-    return bytes(received)
+from .http import exchange
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -48,7 +40,7 @@ async def test_a_scrape_shows_the_puts_gets_chunks_and_round_trips(
             sink.write(view)
 
         await Owner(node).get(capability, write)
-        response = await _http(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         head, _, body = response.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
         assert b"content-type: text/plain; version=" in head
@@ -79,19 +71,19 @@ async def test_the_endpoint_serves_metrics_and_nothing_else(autojump_clock: Mock
     async with open_network(1, seed=9, node_config=SIMULATED_NODE) as network:
         node = network.nodes[0].node
         address = await network.nursery.start(serve_metrics, node, "127.0.0.1", 0)
-        assert (await _http(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+        assert (await exchange(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
             b"HTTP/1.1 404"
         )
         post = b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
-        assert (await _http(address, post)).startswith(b"HTTP/1.1 405")
-        assert await _http(address, b"\x00\x01 not http at all\r\n\r\n") == b""
-        assert await _http(address, b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 5000) == b""
+        assert (await exchange(address, post)).startswith(b"HTTP/1.1 405")
+        assert await exchange(address, b"\x00\x01 not http at all\r\n\r\n") == b""
+        assert await exchange(address, b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 5000) == b""
         # A client that sends nothing is dropped after its time; the server goes on.
         silent = await trio.open_tcp_stream(*address)
         with trio.fail_after(60):
             assert await silent.receive_some(10) == b""
         await silent.aclose()
-        ok = await _http(address, b"GET /metrics HTTP/1.0\r\n\r\n")
+        ok = await exchange(address, b"GET /metrics HTTP/1.0\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200") and b"freehold_peers" in ok
         network.nursery.cancel_scope.cancel()
 
@@ -101,6 +93,6 @@ async def test_a_node_with_metrics_listen_serves_them(autojump_clock: MockClock)
     async with open_network(1, seed=10, node_config=config) as network:
         node = network.nodes[0].node
         assert node.metrics_address is not None
-        response = await _http(node.metrics_address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await exchange(node.metrics_address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b"freehold_chunks_stored 0.0" in response
         network.nursery.cancel_scope.cancel()

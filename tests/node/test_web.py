@@ -22,18 +22,15 @@ from node.errors import ConfigError
 from node.web import load_or_create_secret, serve_web
 from simulations.harness import SIMULATED_NODE, open_network, put
 
+from .http import exchange
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOT_ENVIRONMENT = "FREEHOLD_WEB_SCREENSHOT"  # where to save the docs' screenshot
 
 
 async def _http(address: tuple[str, int], request: bytes) -> tuple[int, dict[str, str], bytes]:
-    stream = await trio.open_tcp_stream(*address)
-    async with stream:
-        await stream.send_all(request)
-        received = bytearray()
-        while data := await stream.receive_some(65536):
-            received += data
+    received = await exchange(address, request)
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {}
