@@ -295,6 +295,11 @@ class Connection:
         try:
             await self.link.send_frame(frame, deadline=deadline)
         except LinkClosed as exc:
+            # The link is gone: so is this connection (its reader may be parked where
+            # it would not notice), so that the next request dials afresh.
+            if self._close_reason is None:
+                self._close_reason = exc.reason
+            self._cancel_scope.cancel()
             raise ConnectionClosed(exc.reason) from None
         except NoRoom:
             raise RequestTimeout(
@@ -423,17 +428,19 @@ class Connection:
             return Error(ErrorCode.INTERNAL, "internal error")
 
     async def _serve(self, handler: AsyncHandler, request_id: int, message: Message) -> None:
+        # The counts go down however this ends, cancellation included (the connection
+        # closed while the handler ran): a count that leaked would refuse everyone BUSY.
         try:
-            with trio.fail_after(self.config.request_timeout):
-                response = await handler(self.peer, message)
-        except RequestRejected as exc:
-            response = Error(exc.code, _error_text(exc.message))
-        except trio.TooSlowError:
-            response = Error(ErrorCode.INTERNAL, "handler timed out")
-        except Exception:
-            logger.exception("handler for %s failed", type(message).__name__)
-            response = Error(ErrorCode.INTERNAL, "internal error")
-        try:
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    response = await handler(self.peer, message)
+            except RequestRejected as exc:
+                response = Error(exc.code, _error_text(exc.message))
+            except trio.TooSlowError:
+                response = Error(ErrorCode.INTERNAL, "handler timed out")
+            except Exception:
+                logger.exception("handler for %s failed", type(message).__name__)
+                response = Error(ErrorCode.INTERNAL, "internal error")
             # Counted until the link has taken the answer: while the peer does not read,
             # its answers hold their places and it cannot pile up more requests. Handing
             # an answer over does not yield, so an answered request stops counting

@@ -835,3 +835,41 @@ async def test_a_provider_record_flood_from_few_prefixes_leaves_room_for_others(
         assert [contact.node_id for contact in providers] == [honest_identity.node_id]
         assert len(service.records) == budget
         nursery.cancel_scope.cancel()
+
+
+async def test_peers_that_hang_up_mid_request_leak_no_request_slot(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Found by a review: peers that send slow requests and hang up at once, again and
+    again. The requests' slots come back when their connections close (the handlers
+    are cancelled), so the node never ends up answering everyone BUSY."""
+
+    async def slow(peer: object, message: object) -> Pong:
+        await trio.sleep(10)
+        return Pong(b"late")
+
+    config = dataclasses.replace(CONFIG, max_inflight=16, max_inflight_per_prefix=None)
+    async with open_server(rng, config, {Ping: slow}) as server:
+        for _ in range(12):  # 96 requests, six times the node's slots
+            stream, noise = await authenticated_raw_connection(server, seeded_identity(rng), rng)
+            frames = b"".join(
+                struct.pack(">I", len(frame)) + frame
+                for frame in (
+                    encode_envelope(Envelope(Kind.REQUEST, number, Ping(b"x")))
+                    for number in range(8)
+                )
+            )
+            await stream.send_all(_records(noise, frames))
+            await trio.sleep(0.5)
+            await stream.aclose()
+            await trio.sleep(0.5)
+        assert server._inflight == 0
+        assert not server._inflight_by_prefix
+        assert server.statistics().requests_busy == 0
+        honest_identity = seeded_identity(rng)
+        async with open_transport(
+            honest_identity, TcpLinkLayer(honest_identity, random_bytes=rng.randbytes)
+        ) as honest:
+            assert server.address is not None
+            answer = await honest.request(server.address, Ping(b"y"), node_id=server.node_id)
+            assert answer == Pong(b"late")
