@@ -7,19 +7,25 @@ a local admin page, protected like one:
 | threat                                   | defence                                        |
 |------------------------------------------|------------------------------------------------|
 | another user or program on the machine   | a per-node secret (`<data-dir>/web.secret`,    |
-| opens the page                           | 0600): `freehold web` prints the link holding  |
-|                                          | it; the page trades it for a cookie            |
-|                                          | (HttpOnly, SameSite=Strict) and every request  |
-|                                          | needs that cookie                              |
-| a web site the user visits sends         | SameSite=Strict; state-changing requests need  |
-| requests to it (CSRF)                    | the `X-Freehold` header (which a cross-site    |
-|                                          | request cannot send without a CORS preflight   |
-|                                          | we never grant) and a same-origin Origin       |
+| uses the page's API                      | 0600). `freehold web` prints a link holding it |
+|                                          | in the fragment (`#token=`), which the browser |
+|                                          | never sends; the page keeps it in session      |
+|                                          | storage (per origin: per port) and sends it in |
+|                                          | the X-Freehold-Token header of every API call. |
+|                                          | No cookie: browsers share cookies across the   |
+|                                          | ports of a host, so a cookie would reach any   |
+|                                          | other local server the browser visits          |
+| a web site the user visits sends         | it cannot know the secret, nor send a custom   |
+| requests to it (CSRF)                    | header without a CORS preflight we never grant;|
+|                                          | a POST from another Origin is refused too      |
+| downloads, which a link cannot give a    | POST /api/ticket (with the secret) makes a     |
+| header to                                | single-use ticket for one file, good for 60 s  |
 | DNS rebinding (a name that resolves to   | the Host header must be 127.0.0.1, localhost   |
 | 127.0.0.1)                               | or [::1]                                       |
 | script injection, framing                | no inline script, a strict Content-Security-   |
 |                                          | Policy (self only), frame-ancestors none; no   |
 |                                          | third-party asset: the page is three files     |
+|                                          | with no secret in them, served to anyone       |
 
 The page keeps the storage promise: it talks only to this node, over loopback; the
 node encrypts before anything leaves the machine; the read capabilities (keys) are
@@ -27,12 +33,12 @@ shown only to whoever holds the secret.
 
 | route                  | what                                                       |
 |------------------------|------------------------------------------------------------|
-| GET /?token=SECRET     | sets the cookie and redirects to / (the link of `freehold web`) |
-| GET /                  | the page (index.html, app.js, app.css)                     |
+| GET /                  | the page (index.html, app.js, app.css); no secret in it     |
 | GET /api/status        | id, version, uptime, address, contacts, space, repairs     |
 | GET /api/files         | the files this node put or keeps, with both capabilities   |
 | POST /api/put?name=N   | the request body is the file (Content-Length required)     |
-| GET /api/get?cap=C     | the file's bytes, streamed as they are verified            |
+| POST /api/ticket       | {"capability": C, "name": N}: a download link for 60 s      |
+| GET /api/get?ticket=T  | the file's bytes, streamed as they are verified (no header) |
 | POST /api/check        | {"capability": C}: the check's report                      |
 """
 
@@ -49,7 +55,7 @@ from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import trio
 
@@ -73,7 +79,9 @@ logger = logging.getLogger(__name__)
 
 SECRET_FILE: Final = "web.secret"
 WEB_ADDRESS_FILE: Final = "web.address"
-COOKIE: Final = "freehold_session"
+TOKEN_HEADER: Final = "x-freehold-token"
+TICKET_SECONDS: Final = 60.0
+MAX_TICKETS: Final = 64
 ALLOWED_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 STATIC: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -113,8 +121,9 @@ def load_or_create_secret(path: Path) -> str:
 
 
 def login_url(address: str, secret: str) -> str:
-    """The link that opens the page (what `freehold web` prints)."""
-    return f"http://{address}/?token={secret}"
+    """The link that opens the page (what `freehold web` prints): the secret rides in
+    the fragment, which the browser keeps to itself."""
+    return f"http://{address}/#token={secret}"
 
 
 def _version() -> str:
@@ -140,6 +149,7 @@ def web_app(node: Node, secret: str) -> Callable[[Scope, Receive, Send], Awaitab
 
     owner = Owner(node)
     started = time.monotonic()
+    tickets: dict[str, tuple[ReadCapability, str, float]] = {}
     files = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -170,25 +180,35 @@ def web_app(node: Node, secret: str) -> Callable[[Scope, Receive, Send], Awaitab
             raise _Refused(421, "this page answers only to 127.0.0.1, localhost or [::1]")
         method, path = scope["method"], scope["path"]
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if method == "GET" and path == "/" and "token" in query:
-            if not hmac.compare_digest(query["token"][0], secret):
-                raise _Refused(403, "wrong token: run `freehold web` for the link")
-            cookie = f"{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/"
-            await _respond(send, 303, b"", b"text/plain", [(b"location", b"/"), _set(cookie)])
-            return
-        if not _signed_in(headers, secret):
-            if method == "GET" and path in STATIC:
-                body = b"Open the link `freehold web` prints to use this page.\n"
-                await _respond(send, 401, body, b"text/plain; charset=utf-8")
-                return
-            raise _Refused(401, "not signed in: open the link `freehold web` prints")
-        if method == "POST":
-            origin = headers.get("origin")
-            if headers.get("x-freehold") != "1" or (origin and origin != f"http://{host}"):
-                raise _Refused(403, "a request from another site")
         if method == "GET" and path in files:
             body, kind = files[path]
             await _respond(send, 200, body, kind.encode())
+            return
+        if method == "GET" and path == "/api/get":
+            await _get(query, send)  # the ticket is its proof
+            return
+        if not _same(headers.get(TOKEN_HEADER, ""), secret):
+            raise _Refused(401, "no token: open the link `freehold web` prints")
+        origin = headers.get("origin")
+        if method == "POST" and origin and origin != f"http://{host}":
+            raise _Refused(403, "a request from another site")
+        if method == "POST" and path == "/api/ticket":
+            ask = _json_body(await _body(receive, limit=4096))
+            capability = _capability(ask.get("capability"))
+            if not isinstance(capability, ReadCapability):
+                raise _Refused(400, "a verify capability cannot read: it has no key")
+            name = ask.get("name") or "download"
+            if not isinstance(name, str):
+                raise _Refused(400, "a name is a string")
+            now = time.monotonic()
+            for old, (_, _, expires) in list(tickets.items()):
+                if expires <= now:
+                    del tickets[old]
+            if len(tickets) >= MAX_TICKETS:
+                raise _Refused(429, "too many downloads asked for at once")
+            ticket = secrets.token_urlsafe(24)
+            tickets[ticket] = (capability, name, now + TICKET_SECONDS)
+            await _json(send, 200, {"url": f"/api/get?ticket={ticket}"})
         elif method == "GET" and path == "/api/status":
             status = owner.status()
             status.update(version=_version(), uptime=time.monotonic() - started)
@@ -201,15 +221,9 @@ def web_app(node: Node, secret: str) -> Callable[[Scope, Receive, Send], Awaitab
             await _json(send, 200, {"files": listed})
         elif method == "POST" and path == "/api/put":
             await _put(headers, query, receive, send)
-        elif method == "GET" and path == "/api/get":
-            await _get(query, send)
         elif method == "POST" and path == "/api/check":
-            body = await _body(receive, limit=4096)
-            try:
-                text = json.loads(body)["capability"]
-            except (ValueError, KeyError, TypeError):
-                raise _Refused(400, 'send {"capability": "freehold:..."}') from None
-            report = await owner.check(_capability(text))
+            ask = _json_body(await _body(receive, limit=4096))
+            report = await owner.check(_capability(ask.get("capability")))
             await _json(send, 200, report.summary())
         else:
             raise _Refused(404, f"no {method} {path} here")
@@ -243,17 +257,17 @@ def web_app(node: Node, secret: str) -> Callable[[Scope, Receive, Send], Awaitab
         await _json(send, 200, {"capability": str(capability), "verify": str(verify)})
 
     async def _get(query: dict[str, list[str]], send: Send) -> None:
-        capability = _capability(query.get("cap", [""])[0])
-        if not isinstance(capability, ReadCapability):
-            raise _Refused(400, "a verify capability cannot read: it has no key")
-        name = query.get("name", ["download"])[0].replace('"', "")[:255] or "download"
+        ticket = tickets.pop(query.get("ticket", [""])[0], None)
+        if ticket is None or ticket[2] <= time.monotonic():
+            raise _Refused(403, "no such download ticket (they last 60 s, once)")
+        capability, name, _ = ticket
         started_response = False
 
         async def write(view: memoryview) -> None:
             nonlocal started_response
             if not started_response:
                 started_response = True
-                disposition = f'attachment; filename="{name}"'.encode("latin-1", "replace")
+                disposition = _disposition(name)
                 await send(
                     {
                         "type": "http.response.start",
@@ -282,23 +296,33 @@ def web_app(node: Node, secret: str) -> Callable[[Scope, Receive, Send], Awaitab
     return app
 
 
-def _capability(text: str) -> ReadCapability | VerifyCapability:
+def _capability(text: object) -> ReadCapability | VerifyCapability:
+    if not isinstance(text, str):
+        raise _Refused(400, 'send {"capability": "freehold:..."}')
     try:
         return parse_capability(text.strip())
     except ProtocolError as exc:
         raise _Refused(400, f"not a capability: {exc}") from None
 
 
-def _signed_in(headers: dict[str, str], secret: str) -> bool:
-    for part in headers.get("cookie", "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == COOKIE and hmac.compare_digest(value, secret):
-            return True
-    return False
+def _same(given: str, secret: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode())
 
 
-def _set(cookie: str) -> tuple[bytes, bytes]:
-    return (b"set-cookie", cookie.encode())
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise _Refused(400, "the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise _Refused(400, "the body is not a JSON object")
+    return value
+
+
+def _disposition(name: str) -> bytes:
+    """An attachment named `name`: ASCII for old browsers, UTF-8 (RFC 6266) for all."""
+    plain = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}".encode()
 
 
 async def _body(receive: Receive, *, limit: int) -> bytes:

@@ -1,8 +1,21 @@
 // The node's web page: plain DOM, no third-party code. Every request goes to this
-// node (same origin); POSTs carry the X-Freehold header the node requires.
+// node (same origin) with the node's secret in the X-Freehold-Token header. The secret
+// comes in the link `freehold web` prints, in its fragment (never sent to a server),
+// and is kept in this tab's session storage, which no other origin (port) can read.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+
+function takeToken() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+  if (match) {
+    sessionStorage.setItem("freehold-token", decodeURIComponent(match[1]));
+    history.replaceState(null, "", window.location.pathname);
+  }
+  return sessionStorage.getItem("freehold-token");
+}
+
+const token = takeToken();
 
 function size(bytes) {
   if (bytes === null || bytes === undefined) return "?";
@@ -32,7 +45,9 @@ function when(timestamp) {
 }
 
 async function api(path, options) {
-  const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options));
+  const settings = Object.assign({ credentials: "omit" }, options || {});
+  settings.headers = Object.assign({ "X-Freehold-Token": token || "" }, settings.headers || {});
+  const response = await fetch(path, settings);
   const text = await response.text();
   let body = null;
   try {
@@ -97,9 +112,11 @@ async function refreshFiles() {
     caps.append(read, copyButton(file.capability, "copy read"),
       copyButton(file.verify, "copy verify"));
     const actions = row.insertCell();
-    const link = document.createElement("a");
+    const link = document.createElement("button");
+    link.type = "button";
+    link.className = "download";
     link.textContent = "download";
-    link.href = "/api/get?" + new URLSearchParams({ cap: file.capability, name: file.name || "download" });
+    link.addEventListener("click", () => startDownload(file.capability, file.name));
     const check = document.createElement("button");
     check.type = "button";
     check.textContent = "check";
@@ -119,7 +136,7 @@ function upload(event) {
   result.textContent = `uploading ${file.name} (${size(file.size)})…`;
   const request = new XMLHttpRequest();
   request.open("POST", "/api/put?" + new URLSearchParams({ name: file.name }));
-  request.setRequestHeader("X-Freehold", "1");
+  request.setRequestHeader("X-Freehold-Token", token || "");
   request.upload.addEventListener("progress", (progress) => {
     if (progress.lengthComputable) bar.value = progress.loaded / progress.total;
   });
@@ -155,7 +172,7 @@ async function runCheck(capability) {
   try {
     const report = await api("/api/check", {
       method: "POST",
-      headers: { "X-Freehold": "1", "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ capability }),
     });
     if (!report.found) {
@@ -173,6 +190,20 @@ async function runCheck(capability) {
   }
 }
 
+async function startDownload(capability, name) {
+  // A link cannot carry the secret's header: ask for a one-time ticket, then follow it.
+  try {
+    const ticket = await api("/api/ticket", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ capability, name: name || "download" }),
+    });
+    window.location.href = ticket.url;
+  } catch (error) {
+    $("check-result").textContent = "download failed: " + error.message;
+  }
+}
+
 function download(event) {
   event.preventDefault();
   const capability = $("capability").value.trim();
@@ -180,10 +211,14 @@ function download(event) {
     $("check-result").textContent = "a verify capability cannot read: it has no key";
     return;
   }
-  window.location.href = "/api/get?" + new URLSearchParams({ cap: capability });
+  startDownload(capability, "download");
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  if (!token) {
+    $("node-id").textContent = "open the link `freehold web` prints to use this page";
+    return;
+  }
   $("upload-form").addEventListener("submit", upload);
   $("capability-form").addEventListener("submit", download);
   $("check-button").addEventListener("click", () => runCheck($("capability").value.trim()));

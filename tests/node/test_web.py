@@ -40,17 +40,31 @@ async def _http(address: tuple[str, int], request: bytes) -> tuple[int, dict[str
     return int(lines[0].split()[1]), headers, body
 
 
+def _dechunk(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body's bytes; fails on a body that lacks its last chunk."""
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+
+
 def _request(method: str, path: str, *, host: str = "127.0.0.1", extra: str = "") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode()
 
 
-async def test_the_page_lets_in_only_the_holder_of_its_secret(
+async def test_the_api_answers_only_the_holder_of_its_secret(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    """No cookie: 401. A wrong token: 403. The right one: a cookie (HttpOnly,
-    SameSite=Strict) and a redirect; with it, the status. A Host other than loopback
-    (DNS rebinding): 421. A POST without the X-Freehold header, or from another origin:
-    403. Malformed capabilities: 400 with the reason. The secret file is 0600."""
+    """The page's three files are served to anyone (no secret in them); every API call
+    needs the secret in X-Freehold-Token (401 without, and for a wrong or non-ASCII
+    one). No cookie is ever set. A Host other than loopback (DNS rebinding): 421. A
+    POST from another Origin: 403. Downloads take a single-use ticket. Malformed
+    capabilities and bodies: 400 with the reason. The secret file is 0600."""
     secret = load_or_create_secret(tmp_path / "web.secret")
     assert stat.S_IMODE((tmp_path / "web.secret").stat().st_mode) == 0o600
     assert load_or_create_secret(tmp_path / "web.secret") == secret
@@ -59,25 +73,18 @@ async def test_the_page_lets_in_only_the_holder_of_its_secret(
         node = network.nodes[0].node
         address = await network.nursery.start(serve_web, node, "127.0.0.1", 0, secret)
         capability = await put(network.nodes[0], data, name="notes.txt")
+        signed = f"X-Freehold-Token: {secret}\r\n"
 
-        status, _, _ = await _http(address, _request("GET", "/api/status"))
-        assert status == 401
-        status, _, _ = await _http(address, _request("GET", "/"))
-        assert status == 401
-        status, _, _ = await _http(address, _request("GET", "/?token=wrong"))
-        assert status == 403
-        status, headers, _ = await _http(address, _request("GET", f"/?token={secret}"))
-        assert status == 303 and headers["location"] == "/"
-        cookie = headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        signed = f"Cookie: {cookie.split(';')[0]}\r\n"
-
-        status, headers, body = await _http(address, _request("GET", "/", extra=signed))
+        status, headers, body = await _http(address, _request("GET", "/"))
         assert status == 200 and b"<title>Freehold node</title>" in body
+        assert secret.encode() not in body and "set-cookie" not in headers
         assert "script-src 'self'" in headers["content-security-policy"]
         assert headers["x-frame-options"] == "DENY"
-        status, _, body = await _http(address, _request("GET", "/api/status", extra=signed))
-        assert status == 200 and node.identity is not None
+        for wrong in ("", "X-Freehold-Token: wrong\r\n", "X-Freehold-Token: \u00e9t\u00e9\r\n"):
+            status, _, _ = await _http(address, _request("GET", "/api/status", extra=wrong))
+            assert status == 401
+        status, headers, body = await _http(address, _request("GET", "/api/status", extra=signed))
+        assert status == 200 and node.identity is not None and "set-cookie" not in headers
         assert node.identity.node_id.hex().encode() in body
         status, _, body = await _http(address, _request("GET", "/api/files", extra=signed))
         assert status == 200 and str(capability).encode() in body
@@ -85,28 +92,37 @@ async def test_the_page_lets_in_only_the_holder_of_its_secret(
 
         rebinding = _request("GET", "/api/status", host="evil.example:4480", extra=signed)
         assert (await _http(address, rebinding))[0] == 421
-        check = json.dumps({"capability": str(capability)})
-        length = f"Content-Length: {len(check)}\r\n"
-        no_header = _request("POST", "/api/check", extra=signed + length) + check.encode()
-        assert (await _http(address, no_header))[0] == 403
-        foreign = signed + length + "X-Freehold: 1\r\nOrigin: http://evil.example\r\n"
-        assert (await _http(address, _request("POST", "/api/check", extra=foreign)))[0] == 403
-        good = signed + length + "X-Freehold: 1\r\n"
-        status, _, body = await _http(
-            address, _request("POST", "/api/check", extra=good) + check.encode()
-        )
-        assert status == 200 and b'"healthy": true' in body
 
-        status, _, body = await _http(address, _request("GET", "/api/get?cap=junk", extra=signed))
-        assert status == 400 and b"not a capability" in body
-        verify_only = f"/api/get?cap={capability.verify_capability()}"
-        status, _, body = await _http(address, _request("GET", verify_only, extra=signed))
+        def post(path: str, value: object, extra: str = signed) -> bytes:
+            body = json.dumps(value)
+            length = f"Content-Length: {len(body.encode())}\r\n"
+            return _request("POST", path, extra=extra + length) + body.encode()
+
+        check = {"capability": str(capability)}
+        assert (await _http(address, post("/api/check", check, extra="")))[0] == 401
+        foreign = signed + "Origin: http://evil.example\r\n"
+        assert (await _http(address, post("/api/check", check, extra=foreign)))[0] == 403
+        status, _, body = await _http(address, post("/api/check", check))
+        assert status == 200 and b'"healthy": true' in body
+        for bad in ({"capability": 1}, {"capability": "junk"}, [1, 2]):
+            status, _, body = await _http(address, post("/api/check", bad))
+            assert status == 400, body
+
+        verify_only = {"capability": str(capability.verify_capability())}
+        status, _, body = await _http(address, post("/api/ticket", verify_only))
         assert status == 400 and b"cannot read" in body
-        status, headers, body = await _http(
-            address, _request("GET", f"/api/get?cap={capability}&name=notes.txt", extra=signed)
-        )
-        assert status == 200 and body.replace(b"\r\n", b"") != b""
-        assert 'filename="notes.txt"' in headers["content-disposition"]
+        ask = {"capability": str(capability), "name": 'notes "2026".txt'}
+        status, _, body = await _http(address, post("/api/ticket", ask))
+        assert status == 200
+        url = json.loads(body)["url"]
+        status, headers, body = await _http(address, _request("GET", url))
+        assert (status == 200 and data in body.replace(b"\r\n", b"")) or len(body) > len(data)
+        assert 'filename="notes _2026_.txt"' in headers["content-disposition"]
+        assert "filename*=UTF-8''notes%20%222026%22.txt" in headers["content-disposition"]
+        status, _, _ = await _http(address, _request("GET", url))  # once only
+        assert status == 403
+        status, _, _ = await _http(address, _request("GET", "/api/get?ticket=made-up"))
+        assert status == 403
         network.nursery.cancel_scope.cancel()
 
 
@@ -191,12 +207,12 @@ def test_upload_list_check_and_download_in_a_browser(browser: object, tmp_path: 
             check=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         ).stdout.strip()
-        assert link.startswith("http://127.0.0.1:") and "?token=" in link
+        assert link.startswith("http://127.0.0.1:") and "/#token=" in link
         driver.get(link)  # type: ignore[attr-defined]
         find = driver.find_element  # type: ignore[attr-defined]
         _wait(lambda: len(find(By.ID, "node-id").text) == 64)
         assert find(By.ID, "contacts").text.startswith("9")
-        assert "?token=" not in driver.current_url  # type: ignore[attr-defined]
+        assert "token" not in driver.current_url  # type: ignore[attr-defined]
 
         find(By.ID, "upload-file").send_keys(str(source))
         find(By.ID, "upload-button").click()
@@ -216,7 +232,7 @@ def test_upload_list_check_and_download_in_a_browser(browser: object, tmp_path: 
         find(By.ID, "check-button").click()
         _wait(lambda: find(By.ID, "check-result").text.startswith("healthy"), timeout=120)
 
-        find(By.ID, "files").find_element(By.LINK_TEXT, "download").click()
+        find(By.ID, "files").find_element(By.CSS_SELECTOR, "button.download").click()
         downloaded = driver.downloads / "holiday.bin"  # type: ignore[attr-defined]
         _wait(lambda: downloaded.exists() and downloaded.stat().st_size == len(data))
         assert downloaded.read_bytes() == data
