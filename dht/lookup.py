@@ -27,9 +27,14 @@ share a lookup; with one path it is plain Kademlia):
    the contact steps out of the window, so its slot goes to the next closest contact,
    but the query stays open and an answer that comes before the lookup ends still
    counts (the contact is back in the window). The lookup does not wait for slow
-   contacts: after a mass failure, the dead ones cost one adaptive timeout each, not the
-   driver's give-up time. (The estimator doubles the timeout of a peer it has not
-   measured yet, since that first request also pays for the handshake.)
+   contacts it can replace: after a mass failure, the dead ones cost one adaptive
+   timeout each, not the driver's give-up time. (The estimator doubles the timeout of a
+   peer it has not measured yet, since that first request also pays for the
+   handshake.) A slow contact that nobody would replace (the window holds fewer than k
+   contacts without it) stays in the window, and is waited for until it answers or the
+   driver gives up: stepping out would only drop it from the result. That happens when
+   a path knows fewer than k live contacts, in small networks; there, the first answer
+   of a stranger far away can outrun a timeout estimated from nearer peers.
 3. **Answers.** An answer with more than k contacts, or more than
    `max_providers_per_key` providers, breaks the protocol (an honest node sends at most
    k, Kademlia §2.3): it is ignored entirely and counts as a failure of that contact,
@@ -457,20 +462,28 @@ class Lookup:
         return self._rtt.timeout_for(entry.contact.node_id)
 
     def _window(self, path: int) -> list[_Entry]:
-        """The window of `path`: the k closest contacts neither failed nor slow that
-        the path knows and no other path has queried, closest first. A slow contact
-        steps out of the window, so that its slot goes to the next closest contact
-        rather than waiting on it; if it answers before the lookup ends it is back."""
+        """The window of `path`: the k closest contacts not failed that the path knows
+        and no other path has queried, closest first, slow ones only where nobody else
+        fills their place. A slow contact steps out of the window to make room for the
+        next closest contact rather than wait on it; if it answers before the lookup
+        ends it is back. With nobody to make room for, it stays, and is waited for."""
         found: list[_Entry] = []
+        slow: list[_Entry] = []
         k = self._config.k
         bit = 1 << path
         for entry in self._order:
+            if entry.state is ContactState.SLOW:
+                if entry.path == path:
+                    slow.append(entry)
+                continue
             if entry.state not in _IN_WINDOW:
                 continue
             if entry.path == path if entry.path >= 0 else entry.paths & bit:
                 found.append(entry)
                 if len(found) == k:
-                    break
+                    return found
+        if slow:
+            found = sorted([*found, *slow[: k - len(found)]], key=_distance)
         return found
 
     def _result_entries(self) -> list[_Entry]:
