@@ -2,7 +2,8 @@
 find the honest nodes they should?
 
 For each `fraction` ("0.1,0.2,0.3"), N nodes join one by one, each through a random
-node already in, a random `fraction` of them Sybils. The Sybils collude: they know each
+node already in (with `introducers=honest`, an honest node through a random honest
+one), a random `fraction` of them Sybils. The Sybils collude: they know each
 other, and from the moment each has joined it answers FIND_NODE and GET_PROVIDERS with
 the k Sybils closest to the target (never a provider, never an honest node), and
 accepts ADD_PROVIDER but keeps no record. Their own lookups and every other service
