@@ -2,7 +2,8 @@
 find the honest nodes they should?
 
 For each `fraction` ("0.1,0.2,0.3"), N nodes join one by one, each through a random
-node already in, a random `fraction` of them Sybils. The Sybils collude: they know each
+node already in (with `introducers=honest`, an honest node through a random honest
+one), a random `fraction` of them Sybils. The Sybils collude: they know each
 other, and from the moment each has joined it answers FIND_NODE and GET_PROVIDERS with
 the k Sybils closest to the target (never a provider, never an honest node), and
 accepts ADD_PROVIDER but keeps no record. Their own lookups and every other service
@@ -14,13 +15,19 @@ lookup for each of `keys` keys provided by random honest nodes. A lookup is
 `honest_found` when its result holds every honest node among the true k closest live
 nodes (the asker left out); `recall` is the share of those it holds, and
 `sybil_share` the share of Sybils in its result; it is `eclipsed` when it found none
-of them. `table_sybils` is the mean share of Sybils in honest routing tables. The
-Sybils of each fraction are the first of one random order of the nodes, so a larger
-fraction adds Sybils to those of a smaller one.
+of them. `table_sybils` is the mean share of Sybils in honest routing tables, and
+`rpcs_per_lookup` the mean number of queries of the lookups honest nodes made while the
+probes ran. The Sybils of each fraction are the first of one random order of the nodes,
+so a larger fraction adds Sybils to those of a smaller one.
+
+Each fraction is run once per number of disjoint lookup paths in `paths` (by default
+`DhtConfig().disjoint_paths`; `--set paths=1,4` adds plain Kademlia as a baseline), on
+the same nodes and Sybils.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any, Final
@@ -60,6 +67,9 @@ QUICK_FRACTION: Final = "0,0.3"
 LOOKUPS: Final = 100
 QUICK_LOOKUPS: Final = 20
 KEYS: Final = 30
+# Whom an honest node joins through: "any" node already in (a Sybil as likely as not,
+# by their share), or only "honest" ones (bootstrap addresses the node can trust).
+INTRODUCERS: Final = ("any", "honest")
 QUICK_KEYS: Final = 10
 # The ttl a Sybil claims for a record it drops (what an honest node would keep).
 CLAIMED_TTL: Final = int(DhtConfig().provider_ttl)
@@ -105,19 +115,38 @@ class _Sybils:
         transport.add_handler(AddProvider, handle_add_provider)
 
 
-async def _build(network: SimNetwork, nodes: int, sybil_indices: set[int], sybils: _Sybils) -> None:
+async def _build(
+    network: SimNetwork,
+    nodes: int,
+    sybil_indices: set[int],
+    sybils: _Sybils,
+    *,
+    honest_introducers: bool,
+) -> None:
     """After the first node, the others join one by one, each through a random node
-    already in; each Sybil turns as soon as it has joined."""
+    already in (with `honest_introducers`, an honest node joins through an honest one
+    once there is one); each Sybil turns as soon as it has joined."""
     if 0 in sybil_indices:
         sybils.corrupt(network.nodes[0])
     for index in range(1, nodes):
-        joined = await network.add_node()
+        joined = await network.add_node(join=False)
+        honest = [node for node in network.alive() if node.node_id not in sybils.ids]
+        honest = [node for node in honest if node is not joined]
+        introducers = honest if honest_introducers and honest else None
+        await network.join(joined, introducers)
         if index in sybil_indices:
             sybils.corrupt(joined)
 
 
 async def _one_fraction(
-    options: ScenarioOptions, fraction: float, position: int, *, lookups: int, keys: int
+    options: ScenarioOptions,
+    fraction: float,
+    position: int,
+    *,
+    paths: int,
+    introducers: str,
+    lookups: int,
+    keys: int,
 ) -> dict[str, Any]:
     wall = time.perf_counter()
     # One order of the nodes for every fraction: the Sybils of a smaller fraction are
@@ -126,8 +155,15 @@ async def _one_fraction(
     sybil_indices = set(order[: round(fraction * options.nodes)])
     rng = random.Random(options.seed * 7919 + position)
     sybils = _Sybils()
-    async with open_network(1, seed=options.seed) as network:
-        await _build(network, options.nodes, sybil_indices, sybils)
+    dht_config = DhtConfig(disjoint_paths=paths)
+    async with open_network(1, seed=options.seed, dht_config=dht_config) as network:
+        await _build(
+            network,
+            options.nodes,
+            sybil_indices,
+            sybils,
+            honest_introducers=introducers == "honest",
+        )
         join_wall = time.perf_counter() - wall
         honest = [node for node in network.alive() if node.node_id not in sybils.ids]
         table_shares = [
@@ -149,7 +185,11 @@ async def _one_fraction(
                 choose(rng, honest, len(provided)), provided, strict=True
             )
         ]
+        before = [_lookup_counters(node) for node in honest]
         outcomes, found = await run_probes(queries, provider_queries)
+        after = [_lookup_counters(node) for node in honest]
+        lookups_made = sum(done[0] - was[0] for was, done in zip(before, after, strict=True))
+        queries_sent = sum(done[1] - was[1] for was, done in zip(before, after, strict=True))
         all_found = 0
         recalls: list[float] = []
         sybil_shares: list[float] = []
@@ -165,6 +205,7 @@ async def _one_fraction(
             )
     latencies = [outcome.latency for outcome in outcomes]
     return {
+        "paths": paths,
         "fraction": fraction,
         "sybils": len(sybil_indices),
         "lookups": len(queries),
@@ -175,6 +216,7 @@ async def _one_fraction(
         "sybil_share_%": 100 * mean(sybil_shares),
         "provider_%": percent(sum(found), len(found)),
         "p50_ms": 1000 * percentile(latencies, 50),
+        "rpcs_per_lookup": queries_sent / lookups_made if lookups_made else math.nan,
         "recalls": recalls,
         "latencies_s": latencies,
         "provider_found": found,
@@ -183,17 +225,39 @@ async def _one_fraction(
     }
 
 
+def _lookup_counters(node: SimNode) -> tuple[int, int]:
+    """(lookups made, queries they sent) by `node` so far."""
+    dht = node.node.dht
+    assert dht is not None
+    statistics = dht.statistics()
+    return statistics.lookups, statistics.lookup_queries
+
+
 async def run_eclipse(options: ScenarioOptions) -> ScenarioResult:
     quick = options.quick
     fractions = parse_list(options.get("fraction", QUICK_FRACTION if quick else FRACTION), float)
+    path_counts = parse_list(options.get("paths", DhtConfig().disjoint_paths), int)
+    introducers = str(options.get("introducers", "any"))
+    if introducers not in INTRODUCERS:
+        raise ValueError(f"introducers must be one of {', '.join(INTRODUCERS)}")
     lookups = int(options.get("lookups", QUICK_LOOKUPS if quick else LOOKUPS))
     keys = int(options.get("keys", QUICK_KEYS if quick else KEYS))
     started = time.perf_counter()
     runs = [
-        await _one_fraction(options, fraction, position, lookups=lookups, keys=keys)
+        await _one_fraction(
+            options,
+            fraction,
+            position,
+            paths=paths,
+            introducers=introducers,
+            lookups=lookups,
+            keys=keys,
+        )
+        for paths in path_counts
         for position, fraction in enumerate(fractions)
     ]
     columns = (
+        "paths",
         "fraction",
         "sybils",
         "lookups",
@@ -203,10 +267,12 @@ async def run_eclipse(options: ScenarioOptions) -> ScenarioResult:
         "sybil_share_%",
         "table_sybils_%",
         "provider_%",
+        "rpcs_per_lookup",
         "p50_ms",
     )
     rows = [{column: run[column] for column in columns} for run in runs]
-    xs = [run["fraction"] for run in runs]
+    shown = [run for run in runs if run["paths"] == path_counts[-1]]
+    xs = [run["fraction"] for run in shown]
     plots = [
         Plot(
             "success",
@@ -214,15 +280,21 @@ async def run_eclipse(options: ScenarioOptions) -> ScenarioResult:
             "fraction of Sybil nodes",
             "%",
             {
-                "all honest k closest found": (xs, [run["honest_found_%"] for run in runs]),
-                "honest k closest found (recall)": (xs, [run["recall_%"] for run in runs]),
-                "provider found": (xs, [run["provider_%"] for run in runs]),
-                "Sybils in results": (xs, [run["sybil_share_%"] for run in runs]),
+                "all honest k closest found": (xs, [run["honest_found_%"] for run in shown]),
+                "honest k closest found (recall)": (xs, [run["recall_%"] for run in shown]),
+                "provider found": (xs, [run["provider_%"] for run in shown]),
+                "Sybils in results": (xs, [run["sybil_share_%"] for run in shown]),
             },
         )
     ]
     metrics = {
-        "parameters": {"fractions": fractions, "lookups": lookups, "keys": keys},
+        "parameters": {
+            "fractions": fractions,
+            "paths": path_counts,
+            "introducers": introducers,
+            "lookups": lookups,
+            "keys": keys,
+        },
         "k": K,
         "runs": runs,
     }

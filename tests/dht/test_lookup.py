@@ -37,7 +37,9 @@ def queried(queries: Sequence[Query]) -> list[int]:
 
 def test_queries_closest_first_and_finishes_when_k_closest_answered() -> None:
     """The lookup queries closer contacts as it learns them and stops once the k closest answer."""
-    lookup = Lookup(TARGET, [contact(9), contact(8)], config=DhtConfig(k=2, alpha=1))
+    lookup = Lookup(
+        TARGET, [contact(9), contact(8)], config=DhtConfig(k=2, alpha=1, disjoint_paths=1)
+    )
     assert queried(lookup.next_queries(0.0)) == [8]
     assert lookup.next_queries(0.0) == []  # alpha = 1 already in flight
     lookup.answered(contact(8), [contact(4), contact(50)], 1.0)
@@ -58,7 +60,9 @@ def test_queries_closest_first_and_finishes_when_k_closest_answered() -> None:
 
 def test_done_does_not_wait_for_queries_outside_the_window() -> None:
     """Once the k closest answered, a farther query is abandoned and its report ignored."""
-    lookup = Lookup(TARGET, [contact(8), contact(9)], config=DhtConfig(k=2, alpha=2))
+    lookup = Lookup(
+        TARGET, [contact(8), contact(9)], config=DhtConfig(k=2, alpha=2, disjoint_paths=1)
+    )
     assert queried(lookup.next_queries(0.0)) == [8, 9]
     lookup.answered(contact(8), [contact(1)], 1.0)
     assert queried(lookup.next_queries(1.0)) == [1]
@@ -75,7 +79,7 @@ def test_not_done_while_a_closer_query_is_in_flight() -> None:
     """A farther answer does not finish the lookup while a closer contact is in flight; its failure
     lets the next contact into the window."""
     seeds = [contact(7), contact(8), contact(9)]
-    lookup = Lookup(TARGET, seeds, config=DhtConfig(k=2, alpha=2))
+    lookup = Lookup(TARGET, seeds, config=DhtConfig(k=2, alpha=2, disjoint_paths=1))
     assert queried(lookup.next_queries(0.0)) == [7, 8]
     lookup.answered(contact(8), [], 1.0)
     assert not lookup.is_done
@@ -91,7 +95,7 @@ def test_not_done_while_a_closer_query_is_in_flight() -> None:
 def test_failed_query_is_replaced_at_once() -> None:
     """After failed(), next_queries() hands out a replacement without waiting for the others."""
     seeds = [contact(n) for n in range(1, 7)]
-    lookup = Lookup(TARGET, seeds, config=DhtConfig(k=4, alpha=3))
+    lookup = Lookup(TARGET, seeds, config=DhtConfig(k=4, alpha=3, disjoint_paths=1))
     assert queried(lookup.next_queries(0.0)) == [1, 2, 3]
     lookup.failed(contact(2), 0.5)
     assert lookup.in_flight == 2
@@ -102,7 +106,9 @@ def test_failed_query_is_replaced_at_once() -> None:
 
 def test_failed_contact_is_never_queried_again() -> None:
     """A contact that failed and is named again by a later answer is not re-queried."""
-    lookup = Lookup(TARGET, [contact(5), contact(6)], config=DhtConfig(k=2, alpha=1))
+    lookup = Lookup(
+        TARGET, [contact(5), contact(6)], config=DhtConfig(k=2, alpha=1, disjoint_paths=1)
+    )
     lookup.next_queries(0.0)
     lookup.failed(contact(5), 1.0)
     assert queried(lookup.next_queries(1.0)) == [6]
@@ -113,11 +119,11 @@ def test_failed_contact_is_never_queried_again() -> None:
 
 def test_no_seeds_or_all_failed_is_done_and_empty() -> None:
     """A lookup with no seeds is done at once; one whose contacts all fail ends empty."""
-    empty = Lookup(TARGET, [], config=DhtConfig())
+    empty = Lookup(TARGET, [], config=DhtConfig(disjoint_paths=1))
     assert empty.is_done
     assert empty.result() == []
     assert empty.next_queries(0.0) == []
-    lookup = Lookup(TARGET, [contact(3)], config=DhtConfig())
+    lookup = Lookup(TARGET, [contact(3)], config=DhtConfig(disjoint_paths=1))
     lookup.next_queries(0.0)
     lookup.failed(contact(3), 1.0)
     assert lookup.is_done
@@ -126,7 +132,9 @@ def test_no_seeds_or_all_failed_is_done_and_empty() -> None:
 
 def test_oversized_answer_counts_as_failure() -> None:
     """An answer with more than k contacts is ignored and its sender treated as failed."""
-    lookup = Lookup(TARGET, [contact(8), contact(9)], config=DhtConfig(k=2, alpha=1))
+    lookup = Lookup(
+        TARGET, [contact(8), contact(9)], config=DhtConfig(k=2, alpha=1, disjoint_paths=1)
+    )
     lookup.next_queries(0.0)
     lookup.answered(contact(8), [contact(1), contact(2), contact(3)], 1.0)
     assert lookup.state(NodeId.from_int(8)) is ContactState.FAILED
@@ -144,7 +152,7 @@ def test_duplicates_own_id_self_and_undialable_entries_are_dropped() -> None:
     lookup = Lookup(
         TARGET,
         [contact(8), contact(8, host="10.9.9.9"), contact(1)],
-        config=DhtConfig(k=8, alpha=3),
+        config=DhtConfig(k=8, alpha=3, disjoint_paths=1),
         own_id=own,
     )
     assert queried(lookup.next_queries(0.0)) == [8]
@@ -175,7 +183,7 @@ def test_candidates_are_capped_farthest_first() -> None:
     k = 2
     limit = CANDIDATE_FACTOR * k
     seeds = [contact(n) for n in range(100, 100 + limit + 3)]
-    lookup = Lookup(TARGET, reversed(seeds), config=DhtConfig(k=k, alpha=1))
+    lookup = Lookup(TARGET, reversed(seeds), config=DhtConfig(k=k, alpha=1, disjoint_paths=1))
     for number in range(100, 100 + limit):
         assert lookup.state(NodeId.from_int(number)) is ContactState.CANDIDATE
     for number in range(100 + limit, 100 + limit + 3):
@@ -184,7 +192,9 @@ def test_candidates_are_capped_farthest_first() -> None:
 
 def test_reports_for_contacts_not_in_flight_are_refused() -> None:
     """answered() or failed() for a contact with no query in flight is a driver bug."""
-    lookup = Lookup(TARGET, [contact(5), contact(6)], config=DhtConfig(k=2, alpha=1))
+    lookup = Lookup(
+        TARGET, [contact(5), contact(6)], config=DhtConfig(k=2, alpha=1, disjoint_paths=1)
+    )
     with pytest.raises(ValueError):
         lookup.answered(contact(5), [], 0.0)  # never queried
     lookup.next_queries(0.0)
@@ -197,7 +207,7 @@ def test_reports_for_contacts_not_in_flight_are_refused() -> None:
 
 def test_deadlines_come_from_the_rtt_estimator() -> None:
     """Each query's deadline is now plus the peer's adaptive timeout."""
-    config = DhtConfig(k=2, alpha=2)
+    config = DhtConfig(k=2, alpha=2, disjoint_paths=1)
     rtt = RttEstimator(config)
     rtt.observe(NodeId.from_int(5), 0.1)  # srtt 0.1, rttvar 0.05: 0.3 s
     lookup = Lookup(TARGET, [contact(5), contact(6)], config=config, rtt=rtt)
@@ -212,7 +222,7 @@ def test_deadlines_come_from_the_rtt_estimator() -> None:
 
 def test_provider_lookup_continues_past_first_providers() -> None:
     """A provider lookup keeps going until the k closest answered and merges their providers."""
-    config = DhtConfig(k=2, alpha=1)
+    config = DhtConfig(k=2, alpha=1, disjoint_paths=1)
     lookup = Lookup(TARGET, [contact(8)], config=config, want_providers=True)
     provider_1, provider_2, provider_3 = (contact(n, host="10.1.1.1") for n in (501, 502, 503))
     lookup.next_queries(0.0)
@@ -231,7 +241,7 @@ def test_provider_lookup_continues_past_first_providers() -> None:
 
 def test_providers_are_bounded_preferring_closer_reporters() -> None:
     """Past max_providers_per_key, providers reported by farther nodes are dropped first."""
-    config = DhtConfig(k=2, alpha=2, max_providers_per_key=2)
+    config = DhtConfig(k=2, alpha=2, max_providers_per_key=2, disjoint_paths=1)
     lookup = Lookup(TARGET, [contact(8), contact(3)], config=config, want_providers=True)
     far = [contact(n, host="10.2.2.2") for n in (601, 602)]
     near = [contact(n, host="10.3.3.3") for n in (701, 702)]
@@ -244,7 +254,7 @@ def test_providers_are_bounded_preferring_closer_reporters() -> None:
 
 def test_answer_with_too_many_providers_is_rejected() -> None:
     """An answer with more than max_providers_per_key providers counts as a failure."""
-    config = DhtConfig(k=2, alpha=1, max_providers_per_key=2)
+    config = DhtConfig(k=2, alpha=1, max_providers_per_key=2, disjoint_paths=1)
     lookup = Lookup(TARGET, [contact(8)], config=config, want_providers=True)
     lookup.next_queries(0.0)
     lookup.answered(contact(8), [], 1.0, providers=[contact(n) for n in (601, 602, 603)])
@@ -315,7 +325,9 @@ def build_network(seed: int, k: int, per_bucket: int | None = None) -> Network:
 Respond = Callable[[Contact], tuple[list[Contact], list[Contact]] | None]
 
 
-def drive(lookup: Lookup, respond: Respond, *, alpha: int, rng: random.Random) -> None:
+def drive(
+    lookup: Lookup, respond: Respond, *, alpha: int, rng: random.Random, paths: int = 1
+) -> None:
     """A synchronous fake driver: complete one random in-flight query at a time, so answers
     arrive out of order; `respond` returns (contacts, providers), or None for a timeout."""
     in_flight: dict[NodeId, Query] = {}
@@ -324,7 +336,9 @@ def drive(lookup: Lookup, respond: Respond, *, alpha: int, rng: random.Random) -
         for query in lookup.next_queries(now):
             assert query.contact.node_id not in in_flight
             in_flight[query.contact.node_id] = query
-        assert len(in_flight) == lookup.in_flight <= alpha
+        assert len(in_flight) == lookup.in_flight <= alpha * paths
+        for path in range(paths):
+            assert sum(query.path == path for query in in_flight.values()) <= alpha
         assert in_flight, "lookup stalled: not done, nothing in flight"
         query = in_flight.pop(rng.choice(sorted(in_flight)))
         outcome = respond(query.contact)
@@ -349,8 +363,17 @@ def check_bookkeeping(lookup: Lookup) -> None:
     assert {id(entry) for entry in order} == {id(entry) for entry in entries}
     assert len(order) == len(entries)
     states = [entry.state for entry in order]
-    assert lookup._candidates == states.count(ContactState.CANDIDATE) <= lookup._candidate_limit
-    assert lookup._answered_kept == states.count(ContactState.ANSWERED) <= lookup._config.k
+    paths = lookup._config.disjoint_paths
+    assert lookup._candidates == states.count(ContactState.CANDIDATE)
+    assert lookup._candidates <= lookup._candidate_limit * paths
+    for path in range(paths):
+        owned = [entry for entry in order if entry.path == path]
+        answered = [entry for entry in owned if entry.state is ContactState.ANSWERED]
+        assert lookup._answered_kept[path] == len(answered) <= lookup._config.k
+        in_flight = [entry for entry in owned if entry.state is ContactState.IN_FLIGHT]
+        assert lookup._path_in_flight[path] == len(in_flight)
+    for entry in order:
+        assert (entry.path < 0) == (entry.state is ContactState.CANDIDATE)
 
 
 def network_responder(network: Network, target: NodeId, rng: random.Random) -> Respond:
@@ -364,7 +387,12 @@ def network_responder(network: Network, target: NodeId, rng: random.Random) -> R
 
 
 def start_lookup(
-    network: Network, seed: int, *, alpha: int = 3, want_providers: bool = False
+    network: Network,
+    seed: int,
+    *,
+    alpha: int = 3,
+    want_providers: bool = False,
+    paths: int = 1,
 ) -> tuple[Lookup, NodeId, NodeId, random.Random]:
     """A lookup of a random target from a random honest node, seeded from its own view."""
     rng = random.Random(seed)
@@ -372,18 +400,19 @@ def start_lookup(
     honest = sorted(set(network.contacts) - network.liars)
     querier = rng.choice(honest)
     seeds = network.answer(querier, target, rng)
-    config = DhtConfig(k=network.k, alpha=alpha)
+    config = DhtConfig(k=network.k, alpha=alpha, disjoint_paths=paths)
     lookup = Lookup(target, seeds, config=config, own_id=querier, want_providers=want_providers)
     return lookup, target, querier, rng
 
 
 @settings(derandomize=True, max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), alpha=st.integers(1, 4))
-def test_finds_the_true_k_closest(seed: int, alpha: int) -> None:
-    """On an honest network the lookup returns exactly the true k closest to the target."""
+@given(seed=st.integers(0, 2**32 - 1), alpha=st.integers(1, 4), paths=st.integers(1, 5))
+def test_finds_the_true_k_closest(seed: int, alpha: int, paths: int) -> None:
+    """On an honest network the lookup returns exactly the true k closest to the target,
+    over one path or several disjoint ones."""
     network = build_network(1, 8)
-    lookup, target, querier, rng = start_lookup(network, seed, alpha=alpha)
-    drive(lookup, network_responder(network, target, rng), alpha=alpha, rng=rng)
+    lookup, target, querier, rng = start_lookup(network, seed, alpha=alpha, paths=paths)
+    drive(lookup, network_responder(network, target, rng), alpha=alpha, rng=rng, paths=paths)
     assert lookup.result() == network.true_closest(target, exclude=querier)
     assert querier not in {c.node_id for c in lookup.result()}
     stats = lookup.statistics()
@@ -391,7 +420,8 @@ def test_finds_the_true_k_closest(seed: int, alpha: int) -> None:
     assert stats.hops >= 0
 
 
-def test_finds_the_true_k_closest_over_many_hops() -> None:
+@pytest.mark.parametrize("paths", [1, 4])
+def test_finds_the_true_k_closest_over_many_hops(paths: int) -> None:
     """With sparse views (2 per bucket) and 3 random seeds, lookups take several hops and still
     find the true k closest."""
     network = build_network(5, 8, per_bucket=2)
@@ -402,25 +432,28 @@ def test_finds_the_true_k_closest_over_many_hops() -> None:
         querier = rng.choice(sorted(network.contacts))
         others = sorted(set(network.contacts) - {querier})
         seeds = [network.contacts[node_id] for node_id in rng.sample(others, 3)]
-        lookup = Lookup(target, seeds, config=DhtConfig(k=8, alpha=3), own_id=querier)
-        drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
+        config = DhtConfig(k=8, alpha=3, disjoint_paths=paths)
+        lookup = Lookup(target, seeds, config=config, own_id=querier)
+        drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng, paths=paths)
         assert lookup.result() == network.true_closest(target, exclude=querier)
         hops.append(lookup.statistics().hops)
     assert max(hops) >= 4
 
 
 def test_finds_the_true_k_closest_with_default_config() -> None:
-    """With k = 20 and alpha = 3 the lookup also finds the true 20 closest."""
+    """With the default k = 20, alpha = 3 and disjoint paths the lookup also finds the true 20
+    closest."""
     network = build_network(2, 20)
+    paths = DhtConfig().disjoint_paths
     for seed in range(5):
-        lookup, target, querier, rng = start_lookup(network, seed)
-        drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
+        lookup, target, querier, rng = start_lookup(network, seed, paths=paths)
+        drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng, paths=paths)
         assert lookup.result() == network.true_closest(target, exclude=querier)
 
 
 @settings(derandomize=True, max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_liars_cannot_get_fake_ids_into_the_result(seed: int) -> None:
+@given(seed=st.integers(0, 2**32 - 1), paths=st.sampled_from([1, 4]))
+def test_liars_cannot_get_fake_ids_into_the_result(seed: int, paths: int) -> None:
     """With 10% of nodes answering invented close ids, the result is still the true k closest."""
     honest_network = build_network(3, 8)
     rng = random.Random(seed)
@@ -431,8 +464,8 @@ def test_liars_cannot_get_fake_ids_into_the_result(seed: int) -> None:
         views=honest_network.views,
         liars=liars,
     )
-    lookup, target, querier, rng = start_lookup(network, seed)
-    drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
+    lookup, target, querier, rng = start_lookup(network, seed, paths=paths)
+    drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng, paths=paths)
     result = lookup.result()
     assert all(c.node_id in network.contacts for c in result)
     assert result == network.true_closest(target, exclude=querier)
@@ -448,7 +481,7 @@ def test_liar_seed_costs_only_timeouts() -> None:
         k=network.k, contacts=network.contacts, views=network.views, liars=frozenset({liar})
     )
     seeds = [network.contacts[liar], network.contacts[honest]]
-    config = DhtConfig(k=8, alpha=3)
+    config = DhtConfig(k=8, alpha=3, disjoint_paths=1)
     lookup = Lookup(target, seeds, config=config, own_id=None)
     drive(lookup, network_responder(network, target, rng), alpha=3, rng=rng)
     assert (
@@ -478,7 +511,11 @@ def test_provider_lookup_collects_providers_of_the_k_closest() -> None:
         )
         seeds = [network.contacts[far], *network.answer(querier, key, rng)]
         lookup = Lookup(
-            key, seeds, config=DhtConfig(k=8, alpha=3), own_id=querier, want_providers=True
+            key,
+            seeds,
+            config=DhtConfig(k=8, alpha=3, disjoint_paths=1),
+            own_id=querier,
+            want_providers=True,
         )
         drive(lookup, network_responder(with_providers, key, rng), alpha=3, rng=rng)
         found = {int(p.node_id) for p in lookup.providers()}
@@ -489,7 +526,7 @@ def test_provider_lookup_collects_providers_of_the_k_closest() -> None:
 def test_slow_contact_steps_out_of_the_window() -> None:
     """A query past its deadline frees its slot for the next closest contact, and the
     lookup ends without waiting for it; a late answer after the end is ignored."""
-    config = DhtConfig(k=2, alpha=2)
+    config = DhtConfig(k=2, alpha=2, disjoint_paths=1)
     lookup = Lookup(TARGET, [contact(1), contact(2), contact(3)], config=config)
     assert ids([q.contact for q in lookup.next_queries(0.0)]) == [1, 2]
     lookup.slow(contact(1), 1.0)
@@ -506,7 +543,7 @@ def test_slow_contact_steps_out_of_the_window() -> None:
 
 def test_slow_contact_that_answers_in_time_is_back_in_the_result() -> None:
     """A slow contact whose answer comes before the lookup ends takes its place again."""
-    config = DhtConfig(k=2, alpha=2)
+    config = DhtConfig(k=2, alpha=2, disjoint_paths=1)
     lookup = Lookup(TARGET, [contact(1), contact(2), contact(3)], config=config)
     lookup.next_queries(0.0)
     lookup.slow(contact(1), 1.0)
@@ -520,7 +557,7 @@ def test_slow_contact_that_answers_in_time_is_back_in_the_result() -> None:
 def test_slow_contact_lets_the_next_candidate_into_the_window() -> None:
     """A contact turning slow lets the next closest candidate into the window, which is
     then asked before the lookup ends."""
-    config = DhtConfig(k=3, alpha=3)
+    config = DhtConfig(k=3, alpha=3, disjoint_paths=1)
     lookup = Lookup(TARGET, [contact(1), contact(2), contact(3), contact(4)], config=config)
     lookup.next_queries(0.0)  # 1, 2, 3
     lookup.answered(contact(2), [], 0.5)
@@ -535,18 +572,28 @@ def test_slow_contact_lets_the_next_candidate_into_the_window() -> None:
     assert ids(lookup.result()) == [2, 3, 4]
 
 
-def test_last_slow_contact_ends_the_lookup_at_once() -> None:
-    """When everything else answered and nothing is left to ask, a contact turning slow
-    ends the lookup at that moment."""
-    config = DhtConfig(k=2, alpha=2)
+@pytest.mark.parametrize("late", ["answers", "fails"])
+def test_a_slow_contact_nobody_can_replace_is_waited_for(late: str) -> None:
+    """When everything else answered and nothing is left to ask, a slow contact keeps its
+    place in the window (stepping out would make room for nobody): its answer, or its
+    failure when the driver gives up, ends the lookup. (With four disjoint paths each
+    path runs out of contacts early in a small network, and ending there dropped live
+    strangers whose first answer, handshake included, outran their timeout.)"""
+    config = DhtConfig(k=2, alpha=2, disjoint_paths=1)
     lookup = Lookup(TARGET, [contact(1), contact(2)], config=config)
     lookup.next_queries(0.0)
     lookup.answered(contact(2), [], 0.5)
-    assert not lookup.is_done
     lookup.slow(contact(1), 1.0)
+    assert not lookup.is_done
+    assert lookup.next_queries(1.0) == []
+    if late == "answers":
+        lookup.answered(contact(1), [], 2.0)
+        assert ids(lookup.result()) == [1, 2]
+    else:
+        lookup.failed(contact(1), 5.0)
+        assert ids(lookup.result()) == [2]
     assert lookup.is_done
-    assert lookup.statistics().finished_at == 1.0
-    assert ids(lookup.result()) == [2]
+    assert lookup.statistics().finished_at == (2.0 if late == "answers" else 5.0)
 
 
 @settings(derandomize=True, max_examples=40, deadline=None)
@@ -554,9 +601,9 @@ def test_last_slow_contact_ends_the_lookup_at_once() -> None:
 def test_bookkeeping_holds_through_slow_late_and_failed_reports(seed: int) -> None:
     """Random interleavings of queries, answers, failures, slow reports and late answers
     (before and after the end) keep the lookup's indexes true to its entries, and its
-    result the closest contacts that answered."""
+    result the closest contacts that answered, over one path or several."""
     network = build_network(2, 6)
-    lookup, target, _, rng = start_lookup(network, seed, alpha=3)
+    lookup, target, _, rng = start_lookup(network, seed, alpha=3, paths=1 + seed % 4)
     respond = network_responder(network, target, rng)
     open_queries: dict[NodeId, Contact] = {}
     slow: set[NodeId] = set()
@@ -588,3 +635,139 @@ def test_bookkeeping_holds_through_slow_late_and_failed_reports(seed: int) -> No
     result = [contact.node_id for contact in lookup.result()]
     assert set(result) <= answered
     assert result == sorted(result, key=target.distance)
+
+
+# ------------------------------------------------------------------ disjoint paths
+
+
+def test_paths_are_dealt_the_seeds_and_never_query_the_same_contact() -> None:
+    """Seeds are dealt round-robin closest first; a contact two paths know is queried by one
+    only, and answers feed only the path that asked (rule 7)."""
+    config = DhtConfig(k=2, alpha=1, disjoint_paths=2)
+    lookup = Lookup(TARGET, [contact(11), contact(10)], config=config)
+    first = lookup.next_queries(0.0)
+    assert [(int(q.contact.node_id), q.path) for q in first] == [(10, 0), (11, 1)]
+    lookup.answered(contact(10), [contact(3), contact(5)], 1.0)
+    lookup.answered(contact(11), [contact(3), contact(6)], 1.0)  # 3 is known to both
+    second = lookup.next_queries(1.0)
+    # Path 0 takes 3; path 1's window then skips it: [6, 11], not [3, 6].
+    assert [(int(q.contact.node_id), q.path) for q in second] == [(3, 0), (6, 1)]
+    lookup.answered(contact(3), [contact(1)], 2.0)
+    lookup.answered(contact(6), [contact(1), contact(2)], 2.0)  # 1 is path 0's too
+    third = lookup.next_queries(2.0)
+    assert [(int(q.contact.node_id), q.path) for q in third] == [(1, 0), (2, 1)]
+    lookup.answered(contact(1), [], 3.0)
+    assert not lookup.is_done  # path 1's window [2, 6] waits for 2
+    lookup.answered(contact(2), [], 3.0)
+    assert lookup.is_done
+    assert ids(lookup.result()) == [1, 2]
+    # (10 and 11 fell behind k closer answers of their own paths and are forgotten.)
+    owners = {number: lookup.path_of(NodeId.from_int(number)) for number in (3, 1, 6, 2)}
+    assert owners == {3: 0, 1: 0, 6: 1, 2: 1}
+    assert lookup.statistics().queries_sent == 6  # every contact queried once
+    assert lookup.path_of(NodeId.from_int(5)) is None  # known, never queried
+
+
+def test_a_single_seed_is_split_among_the_paths_at_its_answer() -> None:
+    """With fewer seeds than paths, the first answer's new contacts are dealt to the empty
+    paths too, closest first, so the lookup runs disjoint from the second hop on."""
+    config = DhtConfig(k=3, alpha=1, disjoint_paths=3)
+    lookup = Lookup(TARGET, [contact(20)], config=config)
+    assert [(int(q.contact.node_id), q.path) for q in lookup.next_queries(0.0)] == [(20, 0)]
+    lookup.answered(contact(20), [contact(n) for n in (9, 4, 7)], 1.0)
+    queries = lookup.next_queries(1.0)
+    assert [(int(q.contact.node_id), q.path) for q in queries] == [(4, 0), (7, 1), (9, 2)]
+
+
+SYBILS = (5, 6, 7)
+
+
+def sybil_world(paths: int) -> tuple[Lookup, dict[int, int]]:
+    """Target 0; the honest true closest are 1, 2 and 4, reached through honest 30 and 8.
+    Colluding Sybils 5, 6 and 7 (and seed 20) answer with Sybils only, plus honest 8 named
+    where they know it will not be queried (behind k Sybils), to keep it from other paths.
+    Returns the finished lookup and the path that queried each contact."""
+    answers = {
+        20: [5, 6, 7],
+        5: [6, 7, 8],
+        6: [5, 7, 8],
+        7: [5, 6, 8],
+        30: [8],
+        8: [1, 2, 4],
+        1: [2, 4],
+        2: [1, 4],
+        4: [1, 2],
+    }
+    lookup = Lookup(
+        TARGET, [contact(20), contact(30)], config=DhtConfig(k=3, alpha=1, disjoint_paths=paths)
+    )
+    now = 0.0
+    queried_by: dict[int, int] = {}
+    while not lookup.is_done:
+        queries = lookup.next_queries(now)
+        assert queries, "stalled"
+        now += 1.0
+        for query in queries:
+            number = int(query.contact.node_id)
+            assert number not in queried_by
+            queried_by[number] = query.path
+            lookup.answered(query.contact, [contact(n) for n in answers[number]], now)
+    return lookup, queried_by
+
+
+def test_colluding_sybils_on_one_path_cannot_eclipse_the_lookup() -> None:
+    """Sybils that fill one path's window with each other eclipse a plain lookup, but not one
+    with a second, disjoint path; naming the honest contact cannot take it from that path."""
+    plain, _ = sybil_world(paths=1)
+    assert ids(plain.result()) == list(SYBILS)  # the attack works on one path
+    disjoint, queried_by = sybil_world(paths=2)
+    assert ids(disjoint.result()) == [1, 2, 4]
+    assert queried_by == {20: 0, 5: 0, 6: 0, 7: 0, 30: 1, 8: 1, 1: 1, 2: 1, 4: 1}
+
+
+def sybil_responder(
+    network: Network, sybils: frozenset[NodeId], target: NodeId, querier: NodeId, rng: random.Random
+) -> Respond:
+    """Honest nodes answer from their views; Sybils with the k Sybils closest to the target
+    (leaving out themselves and the querier), as in `simulations/scenarios/eclipse.py`."""
+    ranked = sorted(sybils, key=target.distance)
+
+    def respond(peer: Contact) -> tuple[list[Contact], list[Contact]]:
+        if peer.node_id in sybils:
+            others = [sybil for sybil in ranked if sybil not in (peer.node_id, querier)]
+            return [network.contacts[sybil] for sybil in others[: network.k]], []
+        return network.answer(peer.node_id, target, rng), []
+
+    return respond
+
+
+def sybil_recalls(paths: int, fraction: float, lookups: int) -> list[float]:
+    """Seeded lookups on a sparse 300-node network where `fraction` of the nodes collude,
+    answering with the k Sybils closest to the target; each lookup's share of the honest
+    nodes among the true k closest that it found."""
+    network = build_network(1, 8, per_bucket=2)
+    sybils = frozenset(random.Random(99).sample(sorted(network.contacts), int(fraction * 300)))
+    honest = sorted(set(network.contacts) - sybils)
+    recalls = []
+    for seed in range(lookups):
+        rng = random.Random(seed)
+        target = NodeId(rng.randbytes(32))
+        querier = rng.choice(honest)
+        config = DhtConfig(k=network.k, alpha=3, disjoint_paths=paths)
+        seeds = network.answer(querier, target, rng)
+        lookup = Lookup(target, seeds, config=config, own_id=querier)
+        respond = sybil_responder(network, sybils, target, querier, rng)
+        drive(lookup, respond, alpha=3, rng=rng, paths=paths)
+        wanted = {c.node_id for c in network.true_closest(target, exclude=querier)} - sybils
+        found = wanted.intersection(c.node_id for c in lookup.result())
+        recalls.append(len(found) / len(wanted))
+    return recalls
+
+
+def test_disjoint_paths_keep_lookups_among_colluding_sybils_from_being_eclipsed() -> None:
+    """With 30% colluding Sybils on a sparse network, plain lookups are eclipsed now and then,
+    and the default disjoint paths find every honest node among the true k closest."""
+    plain = sybil_recalls(paths=1, fraction=0.3, lookups=40)
+    assert plain.count(0.0) >= 3
+    disjoint = sybil_recalls(paths=DhtConfig().disjoint_paths, fraction=0.3, lookups=40)
+    assert disjoint == [1.0] * 40

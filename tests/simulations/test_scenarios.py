@@ -112,16 +112,23 @@ def test_files_just_put_are_readable() -> None:
 
 
 def test_eclipse_without_sybils_finds_everyone() -> None:
-    """With no Sybils every honest lookup finds all of the true k closest; with them,
-    Sybils show up in results, and never more of them than exist."""
-    result = run("eclipse", 30, fraction="0,0.3")
-    clean, attacked = result.summary
-    assert clean["sybils"] == 0
-    assert clean["honest_found_%"] == clean["recall_%"] == clean["provider_%"] == 100.0
-    assert clean["sybil_share_%"] == 0.0
-    assert attacked["sybils"] == 9
-    assert 0.0 < attacked["sybil_share_%"] <= 100.0
-    assert attacked["recall_%"] <= 100.0
+    """With no Sybils every honest lookup finds all of the true k closest, over one path
+    or four; with them, Sybils show up in results, and never more of them than exist;
+    four disjoint paths cost more queries per lookup than one where there is more than
+    one window of nodes to ask (not among Sybils that cut most of the network off)."""
+    result = run("eclipse", 30, fraction="0,0.3", paths="1,4")
+    rows = {(row["paths"], row["fraction"]): row for row in result.summary}
+    assert sorted(rows) == [(1, 0.0), (1, 0.3), (4, 0.0), (4, 0.3)]
+    for paths in (1, 4):
+        clean, attacked = rows[paths, 0.0], rows[paths, 0.3]
+        assert clean["sybils"] == 0
+        assert clean["honest_found_%"] == clean["recall_%"] == clean["provider_%"] == 100.0
+        assert clean["sybil_share_%"] == 0.0
+        assert attacked["sybils"] == 9
+        assert 0.0 < attacked["sybil_share_%"] <= 100.0
+        assert attacked["recall_%"] <= 100.0
+    assert 0 < rows[1, 0.0]["rpcs_per_lookup"] < rows[4, 0.0]["rpcs_per_lookup"]
+    assert 0 < rows[1, 0.3]["rpcs_per_lookup"] <= rows[4, 0.3]["rpcs_per_lookup"]
 
 
 def test_durability_keeps_every_file_through_departures_and_outages() -> None:
