@@ -269,6 +269,7 @@ class Node:
                 max_handshakes_per_prefix=None,
                 max_receive_buffer_per_prefix=None,
                 max_inflight_per_prefix=None,
+                max_answer_backlog_per_prefix=None,
             )
         # The proof of work is the network's, so the node's setting rules.
         transport_config = dataclasses.replace(

@@ -44,12 +44,14 @@ class TransportConfig:
     id_difficulty: int = 0
     # Memory budgets (node/transport/budget.py). Large frames being received, at their
     # announced length: in all, and from one address prefix (None: no such limit, on
-    # loopback). Answers made and not yet sent: in all, and to one peer; past them
-    # chunk requests are answered BUSY. Each must hold one frame of the largest size.
+    # loopback). Answers made and not yet sent: in all, to one peer and to one prefix
+    # (None: no such limit); past them chunk requests are answered BUSY. Each must hold
+    # one frame of the largest size.
     max_receive_buffer: int = 32 * 1024 * 1024
     max_receive_buffer_per_prefix: int | None = 12 * 1024 * 1024
     max_answer_backlog: int = 32 * 1024 * 1024
     max_answer_backlog_per_peer: int = 8 * 1024 * 1024
+    max_answer_backlog_per_prefix: int | None = 16 * 1024 * 1024
     # A frame must arrive whole within this long of its first byte (at least 35 kB/s
     # for the largest), or its sender is cut off.
     frame_timeout: float = 120.0
@@ -95,6 +97,7 @@ class TransportConfig:
             "max_receive_buffer_per_prefix",
             "max_answer_backlog",
             "max_answer_backlog_per_peer",
+            "max_answer_backlog_per_prefix",
         ):
             value = getattr(self, name)
             if value is not None and value < self.max_frame_size:

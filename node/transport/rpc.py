@@ -14,8 +14,11 @@ here, those on frames and requests in each connection (see its table):
 | routing table, at `max_connections` less          |                                       |
 | `reserved_connections`; the same for handshakes)  |                                       |
 | inbound connection from a prefix (/24, /64) at    | closed before the handshake, logged   |
-| its per-prefix limit (known hosts exempt)         |                                       |
+| its per-prefix limit (a known host: at its four)  |                                       |
 | handshake longer than `handshake_timeout`         | connection closed, logged             |
+
+A host is known when it is a routing-table contact's (the node says) and we dialled
+it ourselves and it completed the handshake: a peer's own request proves nothing.
 
 Every cut-off is one log line at WARNING with the peer and the reason; the node goes on.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -49,6 +52,10 @@ __all__ = ["Transport", "TransportStatistics", "open_transport"]
 logger = logging.getLogger(__name__)
 # After a simultaneous open, the losing connection closes once idle this long.
 RETIRE_GRACE = 5.0
+# Hosts remembered as dialled and verified; and the inbound connections one such host
+# (a contact in our routing table) may hold whatever its prefix holds.
+MAX_VERIFIED_HOSTS = 4096
+KNOWN_HOST_CONNECTIONS = 4
 
 
 @dataclass(slots=True)
@@ -107,6 +114,7 @@ class Transport:
         for message_type, handler in (handlers or {}).items():
             self.add_handler(message_type, handler)
         self._connections: dict[NodeId, Connection] = {}
+        self._all: set[Connection] = set()  # every open connection, retiring ones too
         self._by_address: dict[Address, Connection] = {}  # outbound, by dialled address
         self._dialing: dict[NodeId, _Dial] = {}
         self._dialing_by_address: dict[Address, _Dial] = {}
@@ -132,6 +140,10 @@ class Transport:
         # Whether a host is that of a contact in our routing table (set by the node):
         # such hosts may use the reserved slots and pass the per-prefix limits.
         self.known_host: Callable[[str], bool] = _nobody
+        # Hosts we dialled ourselves and that completed the handshake (most recent
+        # last): only those count as known, whatever a peer's own request claimed.
+        self._verified_hosts: OrderedDict[str, None] = OrderedDict()
+        self._inbound_by_host: Counter[str] = Counter()
         self._nursery: trio.Nursery | None = None
         self._ping_count = 0
 
@@ -193,17 +205,25 @@ class Transport:
 
     def answer_refusal(self, peer: Peer) -> str | None:
         """Why a request of `peer`'s with a large answer (a chunk, an audit) should be
-        refused BUSY now, or None: answers made and not yet sent, to this peer and in
-        all, against their budgets (node/transport/budget.py)."""
+        refused BUSY now, or None: answers made and not yet sent (waiting for room, or
+        queued in a link), to this peer, to its address prefix and in all, against
+        their budgets (node/transport/budget.py). Every open connection counts, those
+        replaced and retiring included."""
         config = self.config
-        connection = self._connections.get(peer.node_id)
-        if connection is not None:
+        prefix = address_prefix(str(peer.address[0]))
+        mine = in_prefix = total = 0
+        for connection in self._all:
             backlog = connection.answer_backlog + connection.link.queued_bytes
-            if backlog >= config.max_answer_backlog_per_peer:
-                return f"{backlog} bytes of answers to you are not read yet"
-        total = self.answer_backlog + sum(
-            connection.link.queued_bytes for connection in self._connections.values()
-        )
+            total += backlog
+            if connection.request_prefix == prefix:
+                in_prefix += backlog
+                if connection.peer.node_id == peer.node_id:
+                    mine += backlog
+        if mine >= config.max_answer_backlog_per_peer:
+            return f"{mine} bytes of answers to you are not read yet"
+        limit = config.max_answer_backlog_per_prefix
+        if limit is not None and in_prefix >= limit:
+            return "too many answers to your network prefix are not read yet"
         if total >= config.max_answer_backlog:
             return "too many answers are waiting to be sent; try another holder"
         return None
@@ -304,6 +324,7 @@ class Transport:
                 connection = await self._register(link, outbound=True)
                 registered = True
                 self._by_address[address] = connection
+                self._note_verified(address[0])
                 connection.dialled_address = address
                 self._statistics.connections_outbound += 1
                 dial.connection = connection
@@ -336,7 +357,8 @@ class Transport:
                     return
                 host = str(pending.remote_address[0])
                 prefix = address_prefix(host)
-                refusal = self._inbound_refusal(prefix, known=self.known_host(host))
+                known = host in self._verified_hosts and self.known_host(host)
+                refusal = self._inbound_refusal(prefix, known=known, host=host)
                 if refusal is not None:
                     self._statistics.connections_refused += 1
                     self.peer_log.warning(
@@ -348,16 +370,26 @@ class Transport:
                 self._inbound_count += 1
                 self._handshaking_by_prefix[prefix] += 1
                 self._inbound_by_prefix[prefix] += 1
-                nursery.start_soon(self._handshake_inbound, pending, prefix)
+                self._inbound_by_host[host] += 1
+                nursery.start_soon(self._handshake_inbound, pending, prefix, host)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
-    def _inbound_refusal(self, prefix: str, *, known: bool = False) -> str | None:
+    def _note_verified(self, host: str) -> None:
+        self._verified_hosts[host] = None
+        self._verified_hosts.move_to_end(host)
+        while len(self._verified_hosts) > MAX_VERIFIED_HOSTS:
+            self._verified_hosts.popitem(last=False)
+
+    def _inbound_refusal(self, prefix: str, *, known: bool = False, host: str = "") -> str | None:
         """Why a new inbound connection from `prefix` is refused, or None: the
         node-wide limits on handshakes and connections (less the reserved slots,
-        unless its host is `known`), then the same per prefix (unless `known`)."""
+        unless its host is `known`), then the same per prefix (unless `known`: then
+        a few connections per host instead)."""
         config = self.config
+        if known and self._inbound_by_host[host] >= KNOWN_HOST_CONNECTIONS:
+            return f"connection limit of a known host ({KNOWN_HOST_CONNECTIONS}) reached"
         reserved_handshakes = 0 if known else config.reserved_handshakes
         reserved_connections = 0 if known else config.reserved_connections
         limits = (
@@ -387,7 +419,7 @@ class Transport:
                 return f"{what} ({limit}) reached"
         return None
 
-    async def _handshake_inbound(self, pending: PendingLink, prefix: str) -> None:
+    async def _handshake_inbound(self, pending: PendingLink, prefix: str, host: str) -> None:
         registered = False
         try:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
@@ -428,6 +460,7 @@ class Transport:
             if not registered:
                 self._inbound_count -= 1
                 _decrement(self._inbound_by_prefix, prefix)
+                _decrement(self._inbound_by_host, host)
 
     # -- the pool ---------------------------------------------------------------------
 
@@ -441,6 +474,7 @@ class Transport:
         connection = Connection(self, link, outbound=outbound)
         connection.prefix = prefix
         link.use_receive_budget(self.receive_budget, address_prefix(str(link.remote_address[0])))
+        self._all.add(connection)
         nursery.start_soon(connection.run)
         # One connection per peer identity serves requests; another one finishes what
         # it carries and retires, so that one identity cannot hold many of our slots.
@@ -464,11 +498,13 @@ class Transport:
         return connection
 
     def _forget(self, connection: Connection) -> None:
+        self._all.discard(connection)
         if connection.outbound:
             self._outbound_count -= 1
         else:
             self._inbound_count -= 1
             _decrement(self._inbound_by_prefix, connection.prefix)
+            _decrement(self._inbound_by_host, str(connection.peer.address[0]))
         if self._connections.get(connection.peer.node_id) is connection:
             del self._connections[connection.peer.node_id]
         address = connection.dialled_address

@@ -661,8 +661,10 @@ async def test_slots_are_kept_for_the_contacts_we_know(
     clock: MockClock, rng: random.Random
 ) -> None:
     """Row 2 of issue 18: newcomers from many prefixes (each within its prefix's limit)
-    fill every slot they may; a peer whose host is in our routing table still gets one
-    of the reserved slots and is served, while the newcomers past theirs are refused."""
+    fill every slot they may. A contact we know (in the routing table, and dialled by
+    us) still gets one of the reserved slots; a host that is merely in the routing
+    table (it named itself in a request: a review found that one FIND_NODE lifted every
+    limit) does not, and the newcomers past their slots are refused."""
     config = dataclasses.replace(
         CONFIG,
         max_connections=8,
@@ -672,15 +674,31 @@ async def test_slots_are_kept_for_the_contacts_we_know(
         handshake_timeout=60.0,
     )
     server_identity = seeded_identity(rng)
-    async with open_server(rng, config, identity=server_identity) as server:
-        assert server.address is not None
-        server.known_host = lambda host: host == "127.0.0.1"
+    known_identity = seeded_identity(rng)
+    async with (
+        open_server(rng, config, identity=server_identity) as server,
+        open_server(rng, CONFIG, identity=known_identity) as known,
+    ):
+        assert server.address is not None and known.address is not None
+        in_table = {"127.0.0.1", "127.0.20.1"}
+        server.known_host = in_table.__contains__
+        await server.ping(known.address, node_id=known.node_id)  # we dialled it: verified
         # 8 newcomers from 8 prefixes: 6 get in.
         flood = [await raw_connection_from(server, f"127.0.{n}.1") for n in range(1, 9)]
         await trio.sleep(0.5)
         assert server.statistics().connections_refused == 2
-        await newcomer_is_served(server, rng)  # from 127.0.0.1, the known host
-        assert server.statistics().connections_refused == 2
+        # In the table but never dialled by us: no reserved slot.
+        claimed = await raw_connection_from(server, "127.0.20.1")
+        assert await read_until_closed(claimed) == b""
+        assert server.statistics().connections_refused == 3
+        # The contact we dialled comes back on its own connection: served.
+        await server._connections[known.node_id].close("test: let it dial us")
+        await trio.sleep(1)  # until the contact has seen it close
+        assert known.node_id not in server._connections
+        assert server.node_id not in known._connections
+        peer, _ = await known.ping(server.address, node_id=server.node_id)
+        assert peer == server.node_id
+        assert server.statistics().connections_refused == 3
         for stream in flood:
             await stream.aclose()
 
@@ -873,3 +891,77 @@ async def test_peers_that_hang_up_mid_request_leak_no_request_slot(
             assert server.address is not None
             answer = await honest.request(server.address, Ping(b"y"), node_id=server.node_id)
             assert answer == Pong(b"late")
+
+
+async def test_identities_of_one_prefix_share_its_answer_budget(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Found by a review: identities of one /24 that never read could together fill the
+    node's whole answer budget, one within its own each, and make everyone BUSY. The
+    prefix has a budget of its own: past it a newcomer of that prefix gets BUSY, while
+    one from elsewhere fetches its chunk."""
+    from node.chunks import ChunkService
+    from node.errors import RemoteError
+    from node.store import MemoryChunkStore
+    from protocol.chunk import chunk_id
+    from protocol.messages import ChunkData, FetchChunk
+
+    chunk_size = 200 * 1024
+    config = dataclasses.replace(
+        CONFIG,
+        max_frame_size=256 * 1024,
+        max_inflight_per_peer=64,
+        max_answer_backlog=8 * 1024 * 1024,
+        max_answer_backlog_per_peer=512 * 1024,
+        max_answer_backlog_per_prefix=1024 * 1024,
+        max_receive_buffer=1024 * 1024,
+        max_receive_buffer_per_prefix=None,
+        max_connections_per_prefix=None,
+        send_timeout=60.0,
+    )
+    store = MemoryChunkStore()
+    ids = []
+    for _ in range(8):
+        data = rng.randbytes(chunk_size)
+        ids.append(chunk_id(data))
+        store.put(ids[-1], data, GroupRecord(1, 1, 0, (ids[-1],)))
+
+    async def provide(key: object) -> int:
+        return 0
+
+    async with open_server(rng, config) as server:
+        ChunkService(store, server, provide)
+        assert server.address is not None
+        hogs = [
+            await authenticated_raw_connection(
+                server, seeded_identity(rng), rng, receive_buffer=4096, source="127.0.9.1"
+            )
+            for _ in range(4)
+        ]
+        for wave in range(4):
+            for stream, noise in hogs:
+                frames = b"".join(
+                    struct.pack(">I", len(frame)) + frame
+                    for frame in (
+                        encode_envelope(Envelope(Kind.REQUEST, n, FetchChunk(ids[n % 8])))
+                        for n in range(8 * wave, 8 * wave + 8)
+                    )
+                )
+                await stream.send_all(_records(noise, frames))
+            await trio.sleep(0.5)
+        same_prefix = seeded_identity(rng)
+        layer = TcpLinkLayer(same_prefix, random_bytes=rng.randbytes, source_host="127.0.9.1")
+        async with open_transport(same_prefix, layer) as neighbour:
+            with pytest.raises(RemoteError) as busy:
+                await neighbour.request(server.address, FetchChunk(ids[1]), node_id=server.node_id)
+            assert busy.value.code == ErrorCode.BUSY and "prefix" in busy.value.message
+        elsewhere = seeded_identity(rng)
+        async with open_transport(
+            elsewhere, TcpLinkLayer(elsewhere, random_bytes=rng.randbytes)
+        ) as honest:
+            answer = await honest.request(
+                server.address, FetchChunk(ids[0]), node_id=server.node_id
+            )
+            assert isinstance(answer, ChunkData) and chunk_id(answer.data) == ids[0]
+        for stream, _ in hogs:
+            await stream.aclose()
