@@ -219,6 +219,21 @@ def _data_dir(arguments: argparse.Namespace) -> Path:
     return default_data_dir()
 
 
+def _raise_descriptor_limit() -> None:
+    """Take the hard limit on open files as the soft one: a node may hold 1,024
+    connections and its web page and stores besides, and the usual soft limit of
+    1,024 would let a flood of connections keep it from opening a file."""
+    import contextlib
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < wanted:
+        # A container's limit may refuse: the node runs with what it has.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _web(data_dir: Path) -> int:
     """Print the web page's link (it holds the page's secret: only this user can)."""
     from node.errors import NodeError
@@ -273,6 +288,7 @@ def _node(arguments: argparse.Namespace) -> int:
     )
 
     tune_allocator()
+    _raise_descriptor_limit()
     _exit_with_parent()
     with_control = config.storage == "disk"
     if with_control:

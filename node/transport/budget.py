@@ -7,9 +7,10 @@ budgets of `TransportConfig` bound what peers can pin, whatever their number:
 
 | budget                         | counts                                | past it                 |
 |--------------------------------|---------------------------------------|-------------------------|
-| receive: `max_receive_buffer`, | each large frame being received, at   | the link reads no more  |
-| `max_receive_buffer_per_prefix`| its announced length, from its header | until room frees within |
-|                                | to its last byte                      | the frame's deadline    |
+| receive: `max_receive_buffer`, | each large frame being received: what | the link reads no more  |
+| `max_receive_buffer_per_prefix`| has arrived plus a 256 KiB window, up | until room frees within |
+|                                | to its length; a quarter kept for     | the frame's deadline    |
+|                                | contacts we know (no prefix limit)    |                         |
 | answers: `max_answer_backlog`, | answers made and not yet sent:        | FETCH_CHUNK and         |
 | `max_answer_backlog_per_peer`  | waiting for room in a link, or queued | AUDIT_CHUNKS answered   |
 |                                | in it                                 | BUSY                    |
@@ -37,38 +38,48 @@ SMALL_FRAME = 64 * 1024
 
 class ByteBudget:
     """Bytes reserved by key, at most `limit` in all and `per_key` (None: no such
-    limit) for one key. `reserve` waits for room; `release` gives it back."""
+    limit) for one key, and at most `limit - kept` for reservations not `known` (a
+    share kept for the contacts a node knows). `reserve` waits for room; `release`
+    gives it back."""
 
-    def __init__(self, limit: int, per_key: int | None) -> None:
+    def __init__(self, limit: int, per_key: int | None, *, kept: int = 0) -> None:
         self.limit = limit
         self.per_key = per_key
+        self.kept = kept
         self.used = 0
+        self.used_unknown = 0
         self.high_water = 0
         self.waited = 0  # reservations that had to wait for room
         self._by_key: Counter[str] = Counter()
         self._room = trio.lowlevel.ParkingLot()
 
-    def fits(self, size: int, key: str) -> bool:
+    def fits(self, size: int, key: str, *, known: bool = False) -> bool:
         """Whether `size` more bytes for `key` fit now."""
         if self.used + size > self.limit:
             return False
-        return self.per_key is None or self._by_key[key] + size <= self.per_key
+        if not known and self.used_unknown + size > self.limit - self.kept:
+            return False
+        return known or self.per_key is None or self._by_key[key] + size <= self.per_key
 
     def used_by(self, key: str) -> int:
         return self._by_key.get(key, 0)
 
-    async def reserve(self, size: int, key: str) -> None:
+    async def reserve(self, size: int, key: str, *, known: bool = False) -> None:
         """Reserve `size` bytes for `key`, waiting for room (cancellable)."""
-        if not self.fits(size, key):
+        if not self.fits(size, key, known=known):
             self.waited += 1
-            while not self.fits(size, key):
+            while not self.fits(size, key, known=known):
                 await self._room.park()
         self.used += size
+        if not known:
+            self.used_unknown += size
         self._by_key[key] += size
         self.high_water = max(self.high_water, self.used)
 
-    def release(self, size: int, key: str) -> None:
+    def release(self, size: int, key: str, *, known: bool = False) -> None:
         self.used -= size
+        if not known:
+            self.used_unknown -= size
         self._by_key[key] -= size
         if self._by_key[key] <= 0:
             del self._by_key[key]

@@ -49,7 +49,7 @@ class Link(ABC):
     remote_node_id: NodeId
     remote_address: Address
 
-    def use_receive_budget(self, budget: ByteBudget, key: str) -> None:
+    def use_receive_budget(self, budget: ByteBudget, key: str, *, known: bool = False) -> None:
         """Reserve each large frame being received from `budget` under `key` (an
         address prefix), for links that buffer partial frames (node/transport/budget.py).
         The in-memory links hand over whole frames and ignore it."""

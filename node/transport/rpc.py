@@ -132,7 +132,9 @@ class Transport:
         self._statistics = TransportStatistics()
         # What peers can make this node hold in memory (node/transport/budget.py).
         self.receive_budget = ByteBudget(
-            self.config.max_receive_buffer, self.config.max_receive_buffer_per_prefix
+            self.config.max_receive_buffer,
+            self.config.max_receive_buffer_per_prefix,
+            kept=self.config.max_receive_buffer // 4,
         )
         self.answer_backlog = 0  # bytes of answers made and waiting for room in a link
         # What peers cause (refusals, cut-offs): a line a minute of each kind.
@@ -473,7 +475,10 @@ class Transport:
             raise ConnectionFailed("the transport stopped")
         connection = Connection(self, link, outbound=outbound)
         connection.prefix = prefix
-        link.use_receive_budget(self.receive_budget, address_prefix(str(link.remote_address[0])))
+        host = str(link.remote_address[0])
+        # A contact we dialled, or a known one dialling us, may use the kept share.
+        known = outbound or (host in self._verified_hosts and self.known_host(host))
+        link.use_receive_budget(self.receive_budget, address_prefix(host), known=known)
         self._all.add(connection)
         nursery.start_soon(connection.run)
         # One connection per peer identity serves requests; another one finishes what

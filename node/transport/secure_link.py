@@ -9,9 +9,10 @@ large frames across several, so small RPCs share system calls and 1 MiB chunks m
 
 A peer is cut off (the link closes with a reason) when it sends a record that does not
 decrypt, announces a frame over the size limit, stops reading for `send_timeout`, or
-takes longer than `frame_timeout` to send a frame whole. A frame over SMALL_FRAME is
-read only once its announced length is reserved from the node's receive budget
-(node/transport/budget.py): until then the link reads no more of it.
+takes longer than `frame_timeout` to send a frame whole. A frame over SMALL_FRAME
+holds the node's receive budget (node/transport/budget.py) for what of it has arrived
+plus RESERVE_WINDOW, up to its length: the link reads no more of it until the budget
+has room for the next window.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ UNITS_PER_CHECKPOINT = 64
 # A received frame at least this big that fills the plaintext buffer exactly is handed
 # over as it is, not copied out of it.
 HAND_OVER_SIZE = 64 * 1024
+# How far ahead of what has arrived a large frame holds the receive budget.
+RESERVE_WINDOW = 256 * 1024
 
 
 class SecureLink(Link):
@@ -70,6 +73,7 @@ class SecureLink(Link):
         self._frame_timeout = config.frame_timeout
         self._budget: ByteBudget | None = None
         self._budget_key = ""
+        self._budget_known = False
         self._reserved = 0  # bytes of the receive budget the frame in progress holds
         self._frame_deadline = math.inf  # when the frame in progress must be whole
         self._plain = bytearray()
@@ -84,9 +88,10 @@ class SecureLink(Link):
         self._close_reason: str | None = None
         self._misbehaved = False
 
-    def use_receive_budget(self, budget: ByteBudget, key: str) -> None:
+    def use_receive_budget(self, budget: ByteBudget, key: str, *, known: bool = False) -> None:
         self._budget = budget
         self._budget_key = key
+        self._budget_known = known
 
     @property
     def queued_bytes(self) -> int:
@@ -224,14 +229,23 @@ class SecureLink(Link):
         (length,) = FRAME_HEADER.unpack_from(self._plain, self._plain_start)
         return int(length)
 
+    def _wanted(self, length: int) -> int:
+        """What the frame in progress should hold of the budget: what of it is here,
+        plus a window ahead, never more than its length. So a peer that announces a
+        large frame and sends little holds little (a review held the whole budget
+        with three prefixes' headers)."""
+        here = len(self._plain) - self._plain_start - FRAME_HEADER.size
+        return min(length, here + RESERVE_WINDOW)
+
     async def _reserve(self, length: int) -> None:
-        """Hold `length` bytes of the receive budget for the frame in progress, waiting
-        for room until the frame's deadline."""
+        """Hold `length` bytes of the receive budget for the frame in progress (more
+        than it holds already), waiting for room until the frame's deadline."""
         budget = self._budget
         assert budget is not None
+        more = length - self._reserved
         with trio.move_on_at(self._frame_deadline):
-            await budget.reserve(length, self._budget_key)
-            self._reserved = length
+            await budget.reserve(more, self._budget_key, known=self._budget_known)
+            self._reserved += more
             if self._close_reason is not None:  # closed while it waited
                 self._release()
                 raise LinkClosed(self._close_reason, misbehaved=self._misbehaved)
@@ -244,7 +258,7 @@ class SecureLink(Link):
     def _release(self) -> None:
         if self._reserved:
             assert self._budget is not None
-            self._budget.release(self._reserved, self._budget_key)
+            self._budget.release(self._reserved, self._budget_key, known=self._budget_known)
             self._reserved = 0
 
     async def _fill_before_deadline(self) -> None:
@@ -276,10 +290,12 @@ class SecureLink(Link):
                 ):
                     # A frame has begun: it must be whole by then.
                     self._frame_deadline = trio.current_time() + self._frame_timeout
-                if self._budget is not None and not self._reserved:
+                if self._budget is not None:
                     length = self._partial_length()
                     if length is not None and length > SMALL_FRAME:
-                        await self._reserve(length)
+                        wanted = self._wanted(length)
+                        if wanted > self._reserved:
+                            await self._reserve(wanted)
                 records = self._records.take_records()
                 if not records:
                     if self._frame_deadline == math.inf:

@@ -965,3 +965,59 @@ async def test_identities_of_one_prefix_share_its_answer_budget(
             assert isinstance(answer, ChunkData) and chunk_id(answer.data) == ids[0]
         for stream, _ in hogs:
             await stream.aclose()
+
+
+async def test_announcing_large_frames_and_stalling_holds_little_of_the_budget(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Found by a review: peers of three prefixes announced maximum frames, sent 100
+    bytes each and stalled, and so held the whole receive budget until their frame
+    timeout, while an honest upload waited. A frame holds what has arrived plus a
+    window, so they hold little, and the honest upload goes through at once."""
+    frame_size = 1024 * 1024
+    config = dataclasses.replace(
+        CONFIG,
+        max_frame_size=frame_size,
+        max_connections=32,
+        max_connections_per_prefix=None,
+        max_receive_buffer=4 * frame_size,
+        max_receive_buffer_per_prefix=2 * frame_size,
+        max_answer_backlog=2 * frame_size,
+        max_answer_backlog_per_peer=frame_size,
+        max_answer_backlog_per_prefix=None,
+    )
+
+    async def take(peer: object, message: Message) -> Message:
+        assert isinstance(message, StoreChunk)
+        return ChunkStored(len(message.data))
+
+    async with open_server(rng, config, {StoreChunk: take}) as server:
+        assert server.address is not None
+        stalled = []
+        for prefix in (5, 6, 7):
+            for _ in range(3):
+                stream, noise = await authenticated_raw_connection(
+                    server, seeded_identity(rng), rng, source=f"127.0.{prefix}.1"
+                )
+                head = encode_envelope(Envelope(Kind.REQUEST, 1, Ping(b"x")))
+                await stream.send_all(_records(noise, struct.pack(">I", frame_size) + head))
+                stalled.append(stream)
+        await trio.sleep(1)
+        # Announced: 9 MiB, more than the budget; held: a window each.
+        held = server.receive_budget.used
+        assert 0 < held <= 9 * (256 * 1024 + 1024) < config.max_receive_buffer
+        client_identity = seeded_identity(rng)
+        async with open_transport(
+            client_identity,
+            TcpLinkLayer(client_identity, random_bytes=rng.randbytes),
+            config=config,
+        ) as client:
+            started = trio.current_time()
+            group = GroupRecord(1, 1, 0, (bytes(32),))
+            answer = await client.request(
+                server.address, StoreChunk(group, bytes(100 * 1024)), node_id=server.node_id
+            )
+            assert answer == ChunkStored(100 * 1024)
+            assert trio.current_time() - started < 5
+        for stream in stalled:
+            await stream.aclose()
