@@ -32,7 +32,7 @@ class DhtConfig:
     # A full bucket pings its least-recently-seen contact for a newcomer only if that
     # contact has been silent this long (BEP 5 calls fresher nodes "good"); 0 always pings.
     ping_oldest_after: float = 15 * 60.0
-    # Limits on contacts from one IP prefix (/24 for IPv4, /64 for IPv6), per bucket and
+    # Limits on contacts from one IP prefix (/24 for IPv4, /48 for IPv6), per bucket and
     # per table, against one operator filling a table with Sybils. None turns a limit
     # off, as tests on loopback or in memory need.
     ip_prefix_limit_per_bucket: int | None = 2
@@ -63,7 +63,7 @@ class DhtConfig:
     max_records_per_peer: int = 100_000
     max_providers_per_key: int = MAX_PROVIDERS
     # The node-wide budget of provider records, and the share one address prefix (/24,
-    # /64) may hold (dht/providers.py has the rules; None lifts the prefix quota, for
+    # /48) may hold (dht/providers.py has the rules; None lifts the prefix quota, for
     # loopback testnets whose peers all share 127.0.0.0/24). Load: a node keeping
     # 10 GiB holds some 7,700 chunks of 1.4 MB (a 4 MiB segment at 3-of-10), each
     # announced to the k = 20 closest nodes, so on average a node stores 20 records per

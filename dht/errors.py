@@ -32,7 +32,7 @@ class QuotaExceeded(RecordRejected):
 
 
 class PrefixQuotaExceeded(QuotaExceeded):
-    """The peer's address prefix (/24, /64) already holds as many records here as
+    """The peer's address prefix (/24, /48) already holds as many records here as
     `max_records_per_prefix` allows."""
 
 

@@ -20,7 +20,7 @@ What the store promises:
   taken from a message body: "a provider record is accepted only for the authenticated
   sender" is enforced there, not here.
 - Limits bound what peers can make us store (docs/PROTOCOL.md#provider-record-limits).
-  A record's prefix is its provider address's /24 (IPv4) or /64 (IPv6),
+  A record's prefix is its provider address's /24 (IPv4) or /48 (IPv6),
   `address_prefix`. A refresh from the record's prefix is never refused; one from
   another prefix moves the record there if that prefix is under its quota. A new record
   is checked in this order, and the first rule that refuses it leaves the store

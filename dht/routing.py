@@ -29,7 +29,7 @@ What it promises:
 - `closest()` is exact (sorted by XOR distance to the target, §2.1) and visits buckets
   in order of distance, each one a separate band, so it reads about count/k buckets
   however large the table is.
-- Limits per IP prefix (IPv4 /24, IPv6 /64; a host that is not an IP literal is its own
+- Limits per IP prefix (IPv4 /24, IPv6 /48; a host that is not an IP literal is its own
   prefix) per bucket and per table, against one operator filling our table with Sybils.
   A contact over a limit is refused and never inserted, nor cached. "Per bucket" is
   the bucket as it is when the contact arrives (after any split it causes).
@@ -146,7 +146,7 @@ PENDING_PING_EXPIRY: Final = 60.0
 bucket: the service's pings time out far sooner (`DhtConfig.max_query_timeout`)."""
 
 IPV4_PREFIX_BITS: Final = 24
-IPV6_PREFIX_BITS: Final = 64
+IPV6_PREFIX_BITS: Final = 48
 
 _ID_SPACE: Final = 1 << NODE_ID_BITS
 _MAX_PORT: Final = 65535
@@ -256,7 +256,7 @@ class BucketSnapshot:
 
 @functools.lru_cache(maxsize=65536)
 def address_prefix(host: str) -> str:
-    """The prefix a host counts against for the IP limits: its IPv4 /24 or IPv6 /64 (an
+    """The prefix a host counts against for the IP limits: its IPv4 /24 or IPv6 /48 (an
     IPv4-mapped IPv6 address counts as its IPv4 address); any other host, such as an
     in-memory name like "node-7", is a prefix of its own."""
     try:

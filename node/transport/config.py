@@ -33,7 +33,7 @@ class TransportConfig:
     # the per-prefix limits): a flood of newcomers cannot lock out the peers we know.
     reserved_connections: int = 64
     reserved_handshakes: int = 8
-    # The same two limits for one address prefix (/24 IPv4, /64 IPv6): identities cost
+    # The same two limits for one address prefix (/24 IPv4, /48 IPv6): identities cost
     # microseconds, so no single host or subnet may hold more than its part of the
     # slots, and a newcomer from elsewhere always finds one. None: no such limit (a
     # node on loopback, whose peers all share 127.0.0.0/24).

@@ -13,7 +13,7 @@ here, those on frames and requests in each connection (see its table):
 | (or, from a host none of whose contacts is in our |                                       |
 | routing table, at `max_connections` less          |                                       |
 | `reserved_connections`; the same for handshakes)  |                                       |
-| inbound connection from a prefix (/24, /64) at    | closed before the handshake, logged   |
+| inbound connection from a prefix (/24, /48) at    | closed before the handshake, logged   |
 | its per-prefix limit (a known host: at its four)  |                                       |
 | handshake longer than `handshake_timeout`         | connection closed, logged             |
 

@@ -333,12 +333,15 @@ def test_own_id_is_never_inserted() -> None:
 
 
 def test_address_prefixes() -> None:
-    """IPv4 hosts count per /24, IPv6 per /64, and any other host name on its own."""
+    """IPv4 hosts count per /24, IPv6 per /48 (a site: what one holder of addresses
+    gets; issue 18), and any other host name on its own."""
     assert address_prefix("10.1.2.3") == address_prefix("10.1.2.250") == "10.1.2.0/24"
     assert address_prefix("10.1.3.3") != address_prefix("10.1.2.3")
     assert address_prefix("::ffff:10.1.2.9") == "10.1.2.0/24"
     assert address_prefix("2001:db8:0:1::1") == address_prefix("2001:db8:0:1:ffff::2")
-    assert address_prefix("2001:db8:0:2::1") != address_prefix("2001:db8:0:1::1")
+    assert address_prefix("2001:db8:0:2::1") == address_prefix("2001:db8:0:1::1")
+    assert address_prefix("2001:db8:0:2::1") == "2001:db8::/48"
+    assert address_prefix("2001:db8:1::1") != address_prefix("2001:db8:0:1::1")
     assert address_prefix("node-7") != address_prefix("node-8")
     assert address_prefix("Node-7") == address_prefix("node-7")
 
@@ -347,7 +350,7 @@ def test_address_prefixes() -> None:
     ("same_prefix", "other_prefix"),
     [
         (["10.0.0.1", "10.0.0.2", "10.0.0.3"], "10.0.1.1"),
-        (["2001:db8::1", "2001:db8::2:1", "2001:db8::ffff:3"], "2001:db8:0:1::1"),
+        (["2001:db8::1", "2001:db8:0:2::1", "2001:db8:0:ffff::3"], "2001:db8:1::1"),
     ],
 )
 def test_prefix_limit_per_bucket(same_prefix: list[str], other_prefix: str) -> None:
