@@ -1021,3 +1021,50 @@ async def test_announcing_large_frames_and_stalling_holds_little_of_the_budget(
             assert trio.current_time() - started < 5
         for stream in stalled:
             await stream.aclose()
+
+
+async def test_identities_of_one_prefix_cannot_fill_a_key_against_an_honest_provider(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Row 3 of issue 18, over TCP: 64 throwaway identities of 127.0.5.0/24 provide one
+    key until it is full. An honest provider of another prefix is still taken, in the
+    place of one of theirs, and its record is what a GET_PROVIDERS then names."""
+    from protocol.messages import GetProviders, Providers
+
+    dht_config = DhtConfig(
+        max_providers_per_key=16, ip_prefix_limit_per_bucket=None, ip_prefix_limit_per_table=None
+    )
+    async with (
+        open_server(rng, dataclasses.replace(CONFIG, max_connections=80)) as server,
+        trio.open_nursery() as nursery,
+    ):
+        assert server.address is not None
+        service = DhtService(
+            DhtTransportAdapter(server),
+            listen_port=server.address[1],
+            config=dht_config,
+            rng=random.Random(2),
+        )
+        await nursery.start(service.run)
+        key = rng.randbytes(32)
+        taken = 0
+        for number in range(64):
+            stream, noise = await authenticated_raw_connection(
+                server, seeded_identity(rng), rng, source="127.0.5.1"
+            )
+            answer = await raw_request(stream, noise, bytearray(), number, AddProvider(key, 4000))
+            taken += isinstance(answer, ProviderAdded)
+            await stream.aclose()
+        assert taken == 16  # the key is full of them
+        honest_identity = seeded_identity(rng)
+        async with open_transport(
+            honest_identity, TcpLinkLayer(honest_identity, random_bytes=rng.randbytes)
+        ) as honest:
+            address = server.address
+            answer = await honest.request(address, AddProvider(key, 4100), node_id=server.node_id)
+            assert isinstance(answer, ProviderAdded)
+            named = await honest.request(address, GetProviders(key, 4100), node_id=server.node_id)
+        assert isinstance(named, Providers)
+        providers = {NodeId(wire.node_id) for wire in named.providers}
+        assert honest_identity.node_id in providers and len(providers) == 16
+        nursery.cancel_scope.cancel()
