@@ -97,7 +97,8 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from node.config import DEFAULT_CAPACITY, DEFAULT_PORT, format_size
+    from node.config import DEFAULT_CAPACITY, DEFAULT_HAPPY, DEFAULT_PORT, format_size
+    from node.testnet import MAX_TESTNET_NODES
 
     parser = _Parser(
         prog="freehold",
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="disk space to donate, e.g. 50GiB "
         f"(default: {format_size(DEFAULT_CAPACITY).replace(' ', '').replace('.0', '')})",
+    )
+    node.add_argument(
+        "--happy",
+        metavar="N",
+        type=int,
+        help="a put fails unless at least this many distinct nodes took its chunks "
+        f"(default: {DEFAULT_HAPPY}, of n = 10)",
     )
     keeping = node.add_argument_group(
         "keeping files alive", "how this node watches and repairs the segments it holds"
@@ -207,8 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("peers", help="the nodes in the node's routing table")
     commands.add_parser("stop", help="stop the node")
 
-    testnet = commands.add_parser("testnet", help="run N nodes on loopback until Ctrl-C")
-    testnet.add_argument("--nodes", type=int, default=10, help="how many nodes (default: 10)")
+    testnet = commands.add_parser(
+        "testnet",
+        help="run N nodes on loopback until Ctrl-C; prints the --data-dir to use",
+    )
+    testnet.add_argument(
+        "--nodes",
+        type=int,
+        default=10,
+        help=f"how many nodes, 1..{MAX_TESTNET_NODES} (default: 10; fewer than "
+        f"{DEFAULT_HAPPY} lower `happy` to the count)",
+    )
     testnet.add_argument(
         "--dir", type=Path, help="where their data dirs go (default: a new temporary directory)"
     )
@@ -322,6 +339,7 @@ def _node(arguments: argparse.Namespace) -> int:
             "listen": arguments.listen,
             "bootstrap": arguments.bootstrap,
             "capacity": arguments.capacity,
+            "happy": arguments.happy,
             "audit_interval": arguments.audit_interval,
             "repair_threshold": arguments.repair_threshold,
             "repair_grace": arguments.repair_grace,
@@ -387,27 +405,45 @@ async def _stop_on_signal(signals: Any, scope: Any) -> None:
 
 
 def _testnet(arguments: argparse.Namespace) -> int:
+    import shlex
     import tempfile
     import time
 
+    from node.config import DATA_DIR_ENVIRONMENT, DEFAULT_HAPPY
     from node.errors import NodeError
-    from node.testnet import open_testnet, wait_until_joined
+    from node.testnet import MAX_TESTNET_NODES, lowered_happy, open_testnet, wait_until_joined
 
-    if arguments.nodes < 1:
-        raise NodeError("--nodes must be at least 1")
+    count = arguments.nodes
+    if not 1 <= count <= MAX_TESTNET_NODES:
+        raise NodeError(
+            f"--nodes must be 1..{MAX_TESTNET_NODES} (each node is a process of its own), "
+            f"got {count}"
+        )
 
     from node.cli_client import stop_on_sigterm
 
     stop_on_sigterm()  # SIGTERM stops the nodes too, as Ctrl-C does
     directory = arguments.dir or Path(tempfile.mkdtemp(prefix="freehold-testnet-"))
-    extra = ["-v"] if arguments.verbose else []
-    with open_testnet(arguments.nodes, directory, extra=extra) as testnet:
+    happy = lowered_happy(count)
+    extra = ["--happy", str(happy)] if happy is not None else []
+    if arguments.verbose:
+        extra.append("-v")
+    with open_testnet(count, directory, extra=extra) as testnet:
         wait_until_joined(testnet)
         for node in testnet.nodes:
             print(f"node {node.index:2d}  {node.address:21s}  {node.data_dir}")
+        if happy is not None:
+            print(
+                f"happy lowered to {happy}: a put needs {DEFAULT_HAPPY} distinct nodes to "
+                f"take its chunks by default, more than this testnet's {count} (chunks "
+                "double up on nodes, so a file here survives losing fewer of them)"
+            )
+        first = shlex.quote(str(testnet.nodes[0].data_dir))
         print(
-            f"{len(testnet.nodes)} nodes running; use e.g. "
-            f"`freehold --data-dir {testnet.nodes[0].data_dir} put FILE`. Ctrl-C stops them."
+            f"{len(testnet.nodes)} nodes running. In another shell, talk to node 0 with\n"
+            f"  export {DATA_DIR_ENVIRONMENT}={first}\n"
+            f"then e.g. `freehold put FILE` (or `freehold --data-dir {first} put FILE`). "
+            "Ctrl-C stops them."
         )
         sys.stdout.flush()
         # A node that stops (`freehold stop`, a crash, a kill) is reported; the others

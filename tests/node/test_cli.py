@@ -1,5 +1,5 @@
 """The `freehold` command line on its own, without a network (issue 19): its options,
-its help, its version and the sources `put` takes.
+its help, its version, the sources `put` takes and the testnet's size.
 tests/node/test_cli_network.py runs it against real nodes."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import pytest
 
 from node import cli_client
 from node.cli import build_parser, main
+from node.config import DEFAULT_HAPPY, NodeConfig
+from node.testnet import MAX_TESTNET_NODES, lowered_happy
 from protocol.capability import ReadCapability, spell_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,6 +87,28 @@ def test_json_is_refused_where_there_is_nothing_to_print(
         assert main([command, "--json"]) == 1
         error = capsys.readouterr().err
         assert error == f"freehold: --json is for the commands that talk to a node, not {command}\n"
+
+
+@pytest.mark.parametrize("count", [0, -1, MAX_TESTNET_NODES + 1])
+def test_testnet_refuses_a_count_it_cannot_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, count: int
+) -> None:
+    """`testnet --nodes` outside 1..MAX_TESTNET_NODES is one line saying the range,
+    before any node starts."""
+    assert main(["testnet", "--nodes", str(count), "--dir", str(tmp_path)]) == 1
+    assert f"--nodes must be 1..{MAX_TESTNET_NODES}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_small_testnet_lowers_happy_to_its_size() -> None:
+    """A testnet of fewer nodes than `happy` asks its nodes for as many distinct holders
+    as it has; a larger one keeps the default."""
+    assert [lowered_happy(count) for count in range(1, DEFAULT_HAPPY)] == list(
+        range(1, DEFAULT_HAPPY)
+    )
+    assert lowered_happy(DEFAULT_HAPPY) is None
+    assert lowered_happy(MAX_TESTNET_NODES) is None
+    assert NodeConfig(data_dir=Path("x")).happy == DEFAULT_HAPPY
 
 
 def test_ids_are_spelt_as_the_capability_spells_them() -> None:

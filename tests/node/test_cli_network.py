@@ -1044,6 +1044,22 @@ def test_testnet_command_runs_until_interrupted(directory: Path) -> None:
             ["node", "1"],
             ["node", "2"],
         ]
+        assert lines[3].startswith(f"happy lowered to 3: a put needs {HAPPY} distinct nodes")
+        # The README's steps as written: the data dir it prints, then `freehold put`.
+        exported = [line.split()[1] for line in lines if line.startswith("  export ")]
+        assert exported == [f"FREEHOLD_DATA_DIR={directory / 'node-00'}"]
+        variables = environment() | dict([exported[0].split("=", 1)])
+        file = random_file(directory, 5000, seed=30)
+        stored = subprocess.run(
+            [sys.executable, "-m", "node.cli", "put", str(file)],
+            capture_output=True,
+            timeout=CLI_TIMEOUT,
+            cwd=REPO,
+            env=variables,
+            check=False,
+        )
+        assert stored.returncode == 0, stored.stderr
+        assert CAPABILITY.match(stored.stdout.decode().strip())
         succeeds(directory / "node-01", "stop")
         while b"node 1 stopped (exit code 0); 2 still running" not in err.read_bytes():
             assert testnet.poll() is None, err.read_text()
