@@ -362,7 +362,8 @@ def _node(arguments: argparse.Namespace) -> int:
     async def run() -> None:
         # The owner's commands run as a service of the node: they stop with it, before
         # it closes its store.
-        node = Node(config, services=[serve_owner] if with_control else [])
+        services: list[Any] = [_warn_if_unreachable, serve_owner] if with_control else []
+        node = Node(config, services=services)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
@@ -371,6 +372,24 @@ def _node(arguments: argparse.Namespace) -> int:
 
     trio.run(run)
     return 0
+
+
+async def _warn_if_unreachable(node: Any, *, task_status: Any = None) -> None:
+    """A service of the node that says, once it listens, if no other machine can ever
+    reach it: loopback only and no bootstrap is a network of one."""
+    from node.config import is_loopback
+
+    config = node.config
+    if is_loopback(config.listen[0]) and not config.bootstrap:
+        import logging
+
+        logging.getLogger("node").warning(
+            "listening on %s only, with no bootstrap: no other machine can reach this node "
+            "and it knows no other node; to join a network, give --listen 0.0.0.0:PORT and "
+            "--bootstrap HOST:PORT (or `listen` and `bootstrap` in config.toml)",
+            config.listen[0],
+        )
+    task_status.started()
 
 
 def _exit_with_parent() -> None:

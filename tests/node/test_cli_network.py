@@ -1060,6 +1060,10 @@ def test_testnet_command_runs_until_interrupted(directory: Path) -> None:
         )
         assert stored.returncode == 0, stored.stderr
         assert CAPABILITY.match(stored.stdout.decode().strip())
+        # Only the first node listens on loopback with no bootstrap, and is warned.
+        unreachable = "no other machine can reach this node"
+        assert unreachable in (directory / "node-00" / "node.log").read_text()
+        assert unreachable not in (directory / "node-01" / "node.log").read_text()
         succeeds(directory / "node-01", "stop")
         while b"node 1 stopped (exit code 0); 2 still running" not in err.read_bytes():
             assert testnet.poll() is None, err.read_text()
