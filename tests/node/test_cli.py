@@ -1,5 +1,5 @@
 """The `freehold` command line on its own, without a network (issue 19): its options,
-its help, its version, the sources `put` takes and the testnet's size.
+its help, its version, the sources `put` takes and the config keys it documents.
 tests/node/test_cli_network.py runs it against real nodes."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import os
 import re
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,14 @@ def test_a_small_testnet_lowers_happy_to_its_size() -> None:
     assert lowered_happy(DEFAULT_HAPPY) is None
     assert lowered_happy(MAX_TESTNET_NODES) is None
     assert NodeConfig(data_dir=Path("x")).happy == DEFAULT_HAPPY
+
+
+def test_every_config_key_is_in_the_table() -> None:
+    """docs/CONFIG.md has one table row for every key config.toml takes."""
+    text = (REPO / "docs" / "CONFIG.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_]+)`", text, re.MULTILINE))
+    keys = {item.name for item in fields(NodeConfig)} - {"data_dir", "storage"}
+    assert rows == keys
 
 
 def test_ids_are_spelt_as_the_capability_spells_them() -> None:
