@@ -244,7 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `check` gives 1 and 2 a meaning (degraded, unreadable): its own failures say 3.
     failed = CHECK_FAILED if arguments.command in ("check", "repair") else 1
     try:
-        return _run(arguments)
+        status = _run(arguments)
+        # What print() buffered goes out here, where a closed pipe is caught, not in
+        # the interpreter's last flush, which would print "Exception ignored".
+        sys.stdout.flush()
+        return status
     except Exception as exc:
         # `freehold node` runs in trio, whose nurseries wrap an error in an ExceptionGroup.
         error = single_error(exc, (NodeError, ProtocolError, OSError))

@@ -362,7 +362,8 @@ def test_json_output_is_one_object_of_the_documented_shape(
 def test_get_into_a_closed_pipe_ends_quietly(network: Testnet, directory: Path) -> None:
     """`freehold get CAP | head -c 10`: when the reader goes, get ends at once with no
     message and status 141 (128 + SIGPIPE, as `cat` ends in that pipeline), to stdout
-    or to -o /dev/stdout, and the node serves the next command."""
+    or to -o /dev/stdout, and so does a command whose short answer finds the pipe
+    already closed; the node serves the next command."""
     data_dir = network.nodes[2].data_dir
     # Larger than any pipe's buffer, so that get must still be writing when head leaves.
     capability = put(data_dir, random_file(directory, 6 * 1024 * 1024, seed=32))
@@ -381,6 +382,26 @@ def test_get_into_a_closed_pipe_ends_quietly(network: Testnet, directory: Path) 
         assert child.wait(timeout=CLI_TIMEOUT) == 141
         assert child.stderr.read() == b""
         child.stderr.close()
+    # A reader gone before a short answer is written (`freehold ls | true`): the same,
+    # with stdout buffered as it is for users (without PYTHONUNBUFFERED, which CI may set):
+    # the error then comes at the last flush, not at print().
+    buffered = {k: v for k, v in environment().items() if k != "PYTHONUNBUFFERED"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        for arguments in (["status"], ["--json", "ls"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "node.cli", "--data-dir", str(data_dir), *arguments],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                timeout=CLI_TIMEOUT,
+                cwd=REPO,
+                env=buffered,
+                check=False,
+            )
+            assert (result.returncode, result.stderr) == (141, b""), (arguments, result.stderr)
+    finally:
+        os.close(write_end)
     assert b"node id" in succeeds(data_dir, "status")
 
 
