@@ -18,10 +18,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-__all__ = ["check", "get", "peers", "put", "repair", "status", "stop", "stop_on_sigterm"]
+__all__ = [
+    "CHECK_FAILED",
+    "DEGRADED",
+    "HEALTHY",
+    "NOT_FOUND",
+    "UNREADABLE",
+    "check",
+    "forget",
+    "get",
+    "keep",
+    "ls",
+    "peers",
+    "put",
+    "repair",
+    "status",
+    "stop",
+    "stop_on_sigterm",
+]
 
-# Exit codes of `freehold check`.
-HEALTHY, DEGRADED, UNREADABLE, CHECK_FAILED = 0, 1, 2, 3
+# Exit codes of `freehold check` and `repair`: NOT_FOUND when no manifest is found under
+# the capability (nothing to check), CHECK_FAILED when the check itself failed.
+HEALTHY, DEGRADED, UNREADABLE, CHECK_FAILED, NOT_FOUND = 0, 1, 2, 3, 4
 PIECE = 1024 * 1024
 
 
@@ -41,61 +59,89 @@ def _command(data_dir: Path, name: str, **arguments: Any) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
-def _progress_bar(total: int | None, label: str) -> Any:
-    """A tqdm bar on stderr when it is a terminal, else None."""
-    if not sys.stderr.isatty():
+def _progress_bar(total: int | None, label: str, output: int | None = None) -> Any:
+    """A tqdm bar on stderr when it is a terminal and the data is not going to one (a
+    bar drawn between the lines of a file would garble both), else None."""
+    if not sys.stderr.isatty() or (output is not None and os.isatty(output)):
         return None
     from tqdm import tqdm
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False)
 
 
-def put(arguments: argparse.Namespace, data_dir: Path) -> int:
+def _json_wanted(arguments: argparse.Namespace) -> bool:
+    return bool(getattr(arguments, "json", False))
+
+
+def _print_json(value: Any) -> None:
+    """One JSON object, one line, on stdout (README.md#json-output)."""
+    import json
+
+    print(json.dumps(value, sort_keys=True))
+
+
+def _open_source(arguments: argparse.Namespace) -> tuple[BinaryIO, str]:
+    """The file to put, as a regular file the node can read by descriptor, and the name
+    to store with it."""
+    from node.control import regular_file
+
     path = arguments.path
     if path == "-":
-        import tempfile
+        return _spooled(sys.stdin.buffer), arguments.name or ""
+    name = arguments.name
+    if name is None:
+        # /dev/stdin, /dev/fd/63 or /proc/self/fd/0 name a descriptor, not the data.
+        name = "" if path.startswith(("/dev/", "/proc/")) else os.path.basename(path)
+    source: BinaryIO = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    if regular_file(source.fileno()):
+        return source, name
+    # A pipe, a FIFO, a terminal or a device (`put <(cmd)`, `put /dev/stdin`): what it
+    # holds is known only at its end, so it goes the way of `put -`.
+    with source:
+        return _spooled(source), name
 
-        # The size must be known before encoding starts (docs/PROTOCOL.md#files): spool
-        # standard input to an anonymous temporary file first.
-        source: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-        while block := sys.stdin.buffer.read(PIECE):
-            source.write(block)
-        size = source.tell()
-        source.seek(0)
-        name = arguments.name or ""
-    else:
-        source = open(path, "rb")  # noqa: SIM115 - closed below
-        size = os.fstat(source.fileno()).st_size
-        name = arguments.name if arguments.name is not None else os.path.basename(path)
-    from node.control import regular_file
-    from node.errors import ControlError, NodeError
 
+def _spooled(stream: BinaryIO) -> BinaryIO:
+    """`stream` read to its end into an anonymous temporary file ($TMPDIR), rewound.
+
+    The file format needs the exact size before the first segment is encrypted (the
+    padded size fixes the segment count, which every segment's associated data binds:
+    docs/PROTOCOL.md#sizes-and-padding), so a stream is taken whole first. The file has
+    no name (unlinked at once) and goes when the command ends, however it ends."""
+    import tempfile
+
+    spool: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    try:
+        while block := stream.read(PIECE):
+            spool.write(block)
+        spool.flush()
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def put(arguments: argparse.Namespace, data_dir: Path) -> int:
+    source, name = _open_source(arguments)
     with source, _client(data_dir, timeout=None) as client:
+        size = os.fstat(source.fileno()).st_size
         bar = _progress_bar(size, "put")
-        if regular_file(source.fileno()):
-            # The node reads the file itself (node/control.py): no byte crosses the socket.
-            client.send({"command": "put", "arguments": {"size": size, "name": name, "fd": True}})
-            _send_fd(client, source.fileno())
-            result = _drain(client, bar)
-            print(result["capability"])
-            return 0
-        client.send({"command": "put", "arguments": {"size": size, "name": name}})
-        sent = 0
-        try:
-            while block := source.read(PIECE):
-                client.send_data(block)
-                sent += len(block)
-            if sent == size:
-                client.send({"end": True})
-        except ControlError:
-            # The node stopped reading because the put failed (a full network, say):
-            # its error frame is waiting to be read, and says more than "broken pipe".
-            pass
-        else:
-            if sent != size:
-                raise NodeError(f"{path} changed size while it was read")
+        # The node reads the file itself (node/control.py): no byte crosses the socket.
+        client.send({"command": "put", "arguments": {"size": size, "name": name, "fd": True}})
+        _send_fd(client, source.fileno())
         result = _drain(client, bar)
-    print(result["capability"])
+    if _json_wanted(arguments):
+        _print_json(
+            {
+                "capability": result["capability"],
+                "name": name,
+                "size": result["size"],
+                "seconds": result["seconds"],
+            }
+        )
+    else:
+        print(result["capability"])
     return 0
 
 
@@ -112,6 +158,9 @@ def _drain(client: Any, bar: Any, write: Callable[[bytes], object] | None = None
     try:
         for frame in client.frames():
             if "progress" in frame and bar is not None:
+                total = frame.get("total")
+                if isinstance(total, int) and bar.total != total:
+                    bar.total = total  # a get learns it from the manifest
                 bar.n = frame["progress"]
                 bar.refresh()
             elif "data" in frame and write is not None:
@@ -134,12 +183,34 @@ def get(arguments: argparse.Namespace, data_dir: Path) -> int:
             "this is a verify capability: it can check and repair the file but not read "
             "it; get needs the read capability (with the #key part)"
         )
+    if _json_wanted(arguments) and arguments.output is None:
+        raise NodeError(
+            "get --json needs -o FILE: without it the file's bytes go to standard output, "
+            "where the JSON summary would go"
+        )
+    result = _get_into(arguments, data_dir)
+    if _json_wanted(arguments):
+        _print_json(
+            {
+                "name": result["name"],
+                "size": result["size"],
+                "seconds": result["seconds"],
+                "output": str(arguments.output),
+            }
+        )
+    return 0
+
+
+def _get_into(arguments: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    """Get the file to stdout or to -o; the node's result (name, size, seconds)."""
+    from node.errors import NodeError
+
     if arguments.output is None:
         out = sys.stdout.buffer
         out.flush()
-        _fetch_into(data_dir, arguments.capability, out.fileno(), out.write)
+        result = _fetch_into(data_dir, arguments.capability, out.fileno(), out.write)
         out.flush()
-        return 0
+        return result
     output: Path = arguments.output
     try:
         existing: os.stat_result | None = os.stat(output)  # through every link
@@ -155,8 +226,7 @@ def get(arguments: argparse.Namespace, data_dir: Path) -> int:
         # A FIFO, a terminal, a device, or a descriptor named as /dev/stdout, /dev/fd/N or
         # /proc/self/fd/N: written as the bytes come, as to stdout, never replaced.
         with open(output, "wb") as file:
-            _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
-        return 0
+            return _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
     # A regular file appears whole or not at all: written beside it, then renamed; through
     # a symlink, the file it names is replaced (as cp writes through one) and the link
     # stays. An existing file keeps its permissions.
@@ -173,12 +243,12 @@ def get(arguments: argparse.Namespace, data_dir: Path) -> int:
         except OSError as exc:
             raise NodeError(f"cannot write to {output}: {exc.strerror or exc}") from None
         with file:
-            _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
+            result = _fetch_into(data_dir, arguments.capability, file.fileno(), file.write)
         os.replace(temporary, target)
     finally:
         with contextlib.suppress(OSError):  # never hides the error that got us here
             temporary.unlink(missing_ok=True)
-    return 0
+    return result
 
 
 def stop_on_sigterm() -> None:
@@ -191,33 +261,58 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _fetch_into(data_dir: Path, capability: str, fd: int, write: Callable[[bytes], object]) -> None:
+def _fetch_into(
+    data_dir: Path, capability: str, fd: int, write: Callable[[bytes], object]
+) -> dict[str, Any]:
     """Have the node get the file into `fd`: by descriptor, so the node writes it
     itself, when it is a regular file; else streamed here and given to `write`."""
     from node.control import regular_file
 
     with _client(data_dir, timeout=None) as client:
-        bar = _progress_bar(None, "get")
+        bar = _progress_bar(None, "get", fd)  # its total comes with the first progress
         if regular_file(fd):
             client.send({"command": "get", "arguments": {"capability": capability, "fd": True}})
             _send_fd(client, fd)
-            _drain(client, bar)
+            result: dict[str, Any] = _drain(client, bar)
         else:
             client.send({"command": "get", "arguments": {"capability": capability}})
-            _drain(client, bar, write)
+            result = _drain(client, bar, write)
+    return result
 
 
 NO_MANIFEST: Final = (
-    "no node holds a manifest under this id: either no file was ever stored under it, "
-    "or every copy of its manifest is gone"
+    "no manifest found: no node we reach holds a manifest under {id}; either no file "
+    "was ever stored under this capability (a typo, or another network's), or every "
+    "copy of its manifest is gone"
 )
+
+
+def _no_manifest(capability: str) -> str:
+    from protocol.capability import VerifyCapability, parse_capability
+
+    return NO_MANIFEST.format(id=VerifyCapability(parse_capability(capability).manifest_id))
+
+
+def _state(result: dict[str, Any]) -> tuple[str, int]:
+    """A check's or repair's verdict (README.md#json-output) and its exit status."""
+    if not result["found"]:
+        return "no manifest", NOT_FOUND
+    if result["healthy"]:
+        return "healthy", HEALTHY
+    if result["readable"]:
+        return "degraded", DEGRADED
+    return "unreadable", UNREADABLE
 
 
 def check(arguments: argparse.Namespace, data_dir: Path) -> int:
     result = _command(data_dir, "check", capability=arguments.capability, full=arguments.full)
+    state, code = _state(result)
+    if _json_wanted(arguments):
+        _print_json({**result, "state": state})
+        return code
     if not result["found"]:
-        print(NO_MANIFEST)
-        return CHECK_FAILED
+        print(_no_manifest(arguments.capability))
+        return NOT_FOUND
     k, n = result["k"], result["n"]
     segments = result["segments"]
     print(f"manifest: {result['manifest_holders']} holder(s)")
@@ -250,9 +345,13 @@ def check(arguments: argparse.Namespace, data_dir: Path) -> int:
 
 def repair(arguments: argparse.Namespace, data_dir: Path) -> int:
     result = _command(data_dir, "repair", capability=arguments.capability)
+    state, code = _state(result)
+    if _json_wanted(arguments):
+        _print_json({**result, "state": state})
+        return code
     if not result["found"]:
-        print(NO_MANIFEST)
-        return CHECK_FAILED
+        print(_no_manifest(arguments.capability))
+        return NOT_FOUND
     k, n = result["k"], result["n"]
     if result["manifest_copies_added"]:
         print(f"manifest: {result['manifest_copies_added']} copies added")
@@ -283,6 +382,9 @@ def status(arguments: argparse.Namespace, data_dir: Path) -> int:
     from node.config import format_size
 
     result = _command(data_dir, "status")
+    if _json_wanted(arguments):
+        _print_json(result)
+        return 0
     print(f"node id:     {result['node_id']}")
     print(f"listening:   {result['listen']}")
     print(f"data dir:    {result['data_dir']}")
@@ -317,6 +419,9 @@ def status(arguments: argparse.Namespace, data_dir: Path) -> int:
 
 def peers(arguments: argparse.Namespace, data_dir: Path) -> int:
     result = _command(data_dir, "peers")
+    if _json_wanted(arguments):
+        _print_json({"peers": result["peers"], "liars": result.get("liars", [])})
+        return 0
     lying = {liar["node_id"]: liar for liar in result.get("liars", []) if liar["avoided"]}
     for peer in result["peers"]:
         mark = "*" if peer["connected"] else " "
@@ -336,6 +441,9 @@ def ls(arguments: argparse.Namespace, data_dir: Path) -> int:
     from node.config import format_size
 
     files = _command(data_dir, "ls")["files"]
+    if _json_wanted(arguments):
+        _print_json({"files": files})
+        return 0
     if not files:
         print("no files: this node has put or kept none (or forgot them)")
         return 0
@@ -357,6 +465,9 @@ def keep(arguments: argparse.Namespace, data_dir: Path) -> int:
     import time
 
     result = _command(data_dir, "keep", capability=arguments.capability)
+    if _json_wanted(arguments):
+        _print_json(result)
+        return 0 if result["leased"] else 1
     line = f"leased {result['leased']} of {result['chunks']} chunks at {result['holders']} holders"
     if result["lease_expires"]:
         line += time.strftime(" until %Y-%m-%d", time.localtime(result["lease_expires"]))
@@ -368,6 +479,9 @@ def keep(arguments: argparse.Namespace, data_dir: Path) -> int:
 
 def forget(arguments: argparse.Namespace, data_dir: Path) -> int:
     result = _command(data_dir, "forget", capability=arguments.capability)
+    if _json_wanted(arguments):
+        _print_json(result)
+        return 0
     if not result["known"]:
         print("this file was not in the node's list; any lease of ours on it is given up")
     if result["reachable"]:
@@ -381,6 +495,9 @@ def forget(arguments: argparse.Namespace, data_dir: Path) -> int:
 
 
 def stop(arguments: argparse.Namespace, data_dir: Path) -> int:
-    _command(data_dir, "stop")
+    result = _command(data_dir, "stop")
+    if _json_wanted(arguments):
+        _print_json(result)
+        return 0
     print("stopping")
     return 0

@@ -33,6 +33,8 @@ __all__ = [
     "ADDRESS_FILE",
     "CONFIG_FILE_NAME",
     "DATA_DIR_ENVIRONMENT",
+    "DEFAULT_CAPACITY",
+    "DEFAULT_HAPPY",
     "DEFAULT_ID_DIFFICULTY",
     "DEFAULT_PORT",
     "EXIT_WITH_PARENT_ENVIRONMENT",
@@ -59,6 +61,8 @@ DEFAULT_PORT: Final = 4410
 DEFAULT_CAPACITY: Final = 10 * 1024**3
 DEFAULT_METRICS_PORT: Final = 9410
 DEFAULT_WEB_PORT: Final = 4480
+# The fewest distinct nodes that must take an upload's chunks (of n = 10) for it to count.
+DEFAULT_HAPPY: Final = 7
 # The proof of work on NodeIds of a network not on loopback, in bits
 # (docs/PROTOCOL.md#proof-of-work says why 20): about 2**20 key generations, some 17 s
 # of one core, once, when a node first starts; one hash to check.
@@ -216,7 +220,7 @@ class NodeConfig:
     # a segment; an upload fails unless `happy` distinct nodes took chunks.
     k: int = 3
     n: int = 10
-    happy: int = 7
+    happy: int = DEFAULT_HAPPY
     segment_size: int = 4 * 1024 * 1024
     # Threads for encryption, erasure coding and hashing (they release the GIL), and for
     # the chunk store's disk work; 0 runs it all inline (simulations under MockClock).

@@ -20,15 +20,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from node.config import ADDRESS_FILE, EXIT_WITH_PARENT_ENVIRONMENT
+from node.config import ADDRESS_FILE, DEFAULT_HAPPY, EXIT_WITH_PARENT_ENVIRONMENT
 from node.errors import NodeError
 
-__all__ = ["Testnet", "TestnetNode", "open_testnet", "read_address", "wait_until_joined"]
+__all__ = [
+    "MAX_TESTNET_NODES",
+    "Testnet",
+    "TestnetNode",
+    "lowered_happy",
+    "open_testnet",
+    "read_address",
+    "wait_until_joined",
+]
 
 START_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 10.0
 # What a node writes to standard error before its log is set up.
 STDERR_FILE: Final = "node.stderr"
+MAX_TESTNET_NODES: Final = 64
+"""The most nodes `freehold testnet` starts: each is a process of its own (some 60 MiB)."""
+
+
+def lowered_happy(count: int) -> int | None:
+    """The `happy` a testnet of `count` nodes must give its nodes so that a put can
+    succeed (a put needs that many distinct nodes to take chunks, and there are only
+    `count`), or None if the default is reachable."""
+    return count if count < DEFAULT_HAPPY else None
 
 
 def read_address(data_dir: Path) -> str | None:

@@ -32,6 +32,7 @@ __all__ = [
     "ReadCapability",
     "VerifyCapability",
     "parse_capability",
+    "spell_id",
 ]
 
 SCHEME: Final = "freehold"
@@ -48,6 +49,12 @@ _CANONICAL_LAST: Final = frozenset("aq")
 
 def _encode(value: bytes) -> str:
     return base64.b32encode(value).decode("ascii").rstrip("=").lower()
+
+
+def spell_id(value: bytes) -> str:
+    """A manifest or chunk id as a capability spells it (lowercase base32, no padding),
+    so that what a message names can be found in the capability the user holds."""
+    return _encode(value)
 
 
 def _check_value(value: object, what: str) -> None:

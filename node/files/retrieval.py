@@ -40,7 +40,7 @@ from node.files.segment_fetch import (
     Scope,
     SegmentFetch,
 )
-from protocol.capability import ReadCapability
+from protocol.capability import ReadCapability, spell_id
 from protocol.encoding import Candidate
 from protocol.errors import TamperedManifest
 from protocol.identity import NodeId
@@ -96,7 +96,8 @@ async def fetch_stored(net: FileNetwork, identifier: bytes, what: str) -> bytes:
             net.liars.caught(contact.node_id, f"served bytes that are not the {what}")
             problems.append(f"{contact.node_id.short()} sent bytes that are not the chunk")
     detail = f" ({'; '.join(problems[:3])})" if problems else ""
-    raise Unreadable(f"no reachable node holds the {what} {identifier.hex()[:16]}…{detail}")
+    # Spelt as the capability spells it, so that the user can match it.
+    raise Unreadable(f"no reachable node holds the {what} {spell_id(identifier)}{detail}")
 
 
 async def fetch_root(net: FileNetwork, manifest_id: bytes) -> Manifest | ManifestIndex:
@@ -231,6 +232,8 @@ async def get_file(
     info = decoder.info
     if on_info is not None:
         await on_info(info)
+    if progress is not None:
+        await progress(0, info.size)  # the size, for the CLI's bar, before any segment
     count = decoder.segments_to_read
     window = trio.Semaphore(SEGMENTS_FETCHING)
     gathered: dict[int, list[Candidate]] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import random
@@ -306,6 +307,150 @@ def test_malformed_capability_is_a_one_line_error(
         assert problem in message, (command, message)
 
 
+def test_json_output_is_one_object_of_the_documented_shape(
+    network: Testnet, directory: Path
+) -> None:
+    """--json (before or after the command) prints one JSON object on stdout with the
+    keys README.md#json-output lists, for put, get -o, check, ls, status and peers;
+    get --json without -o, and a malformed capability, are one-line errors."""
+    data_dir = network.nodes[3].data_dir
+    original = random_file(directory, 70_000, seed=31)
+
+    def as_json(*arguments: str) -> dict[str, object]:
+        out = succeeds(data_dir, *arguments)
+        assert out.endswith(b"\n") and out.count(b"\n") == 1, out
+        value = json.loads(out)
+        assert isinstance(value, dict)
+        return value
+
+    stored = as_json("put", "--json", str(original))
+    assert set(stored) == {"capability", "name", "size", "seconds"}
+    assert (stored["name"], stored["size"]) == (original.name, 70_000)
+    capability = str(stored["capability"])
+    assert CAPABILITY.match(capability)
+    copy = directory / "copy.bin"
+    got = as_json("--json", "get", capability, "-o", str(copy))
+    assert got == {
+        "name": original.name,
+        "size": 70_000,
+        "seconds": got["seconds"],
+        "output": str(copy),
+    }
+    assert copy.read_bytes() == original.read_bytes()
+    report = as_json("check", capability, "--json")
+    assert report["state"] == "healthy" and report["found"] is True
+    assert {"k", "n", "manifest_holders", "segment_count", "sampled", "readable"} <= set(report)
+    assert report["segments"] == [
+        {"index": 0, "live": N, "missing": 0, "lying": [], "fetched": False}
+    ]
+    files = as_json("ls", "--json")["files"]
+    assert isinstance(files, list)
+    assert {"name", "size", "put_at", "lease_expires", "pending", "capability"} == set(files[0])
+    assert capability in [entry["capability"] for entry in files]
+    status = as_json("status", "--json")
+    # The README's table lists exactly the keys status gives.
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `status` |"))
+    assert set(status) == set(re.findall(r"`([a-z_]+)`", row.split("|")[2]))
+    assert status["data_dir"] == str(data_dir) and status["contacts"] == NODES - 1
+    peers = as_json("--json", "peers")
+    assert len(peers["peers"]) == NODES - 1 and peers["liars"] == []
+    assert "needs -o FILE" in one_line_error(freehold(data_dir, "get", "--json", capability))
+    assert "no scheme" in one_line_error(freehold(data_dir, "check", "--json", "nonsense"))
+
+
+def test_get_into_a_closed_pipe_ends_quietly(network: Testnet, directory: Path) -> None:
+    """`freehold get CAP | head -c 10`: when the reader goes, get ends at once with no
+    message and status 141 (128 + SIGPIPE, as `cat` ends in that pipeline), to stdout
+    or to -o /dev/stdout, and so does a command whose short answer finds the pipe
+    already closed; the node serves the next command."""
+    data_dir = network.nodes[2].data_dir
+    # Larger than any pipe's buffer, so that get must still be writing when head leaves.
+    capability = put(data_dir, random_file(directory, 6 * 1024 * 1024, seed=32))
+    for output in ([], ["-o", "/dev/stdout"]):
+        command = [sys.executable, "-m", "node.cli", "--data-dir", str(data_dir), "get"]
+        child = subprocess.Popen(
+            [*command, capability, *output],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env=environment(),
+        )
+        assert child.stdout is not None and child.stderr is not None
+        assert len(child.stdout.read(10)) == 10
+        child.stdout.close()  # as head does once it has its 10 bytes
+        assert child.wait(timeout=CLI_TIMEOUT) == 141
+        assert child.stderr.read() == b""
+        child.stderr.close()
+    # A reader gone before a short answer is written (`freehold ls | true`): the same,
+    # with stdout buffered as it is for users (without PYTHONUNBUFFERED, which CI may set):
+    # the error then comes at the last flush, not at print().
+    buffered = {k: v for k, v in environment().items() if k != "PYTHONUNBUFFERED"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        for arguments in (["status"], ["--json", "ls"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "node.cli", "--data-dir", str(data_dir), *arguments],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                timeout=CLI_TIMEOUT,
+                cwd=REPO,
+                env=buffered,
+                check=False,
+            )
+            assert (result.returncode, result.stderr) == (141, b""), (arguments, result.stderr)
+    finally:
+        os.close(write_end)
+    assert b"node id" in succeeds(data_dir, "status")
+
+
+def test_put_from_a_fifo_dev_stdin_and_a_descriptor(network: Testnet, directory: Path) -> None:
+    """A put from a named FIFO, from /dev/stdin on a pipe, and from /dev/fd/N (what
+    `put <(cmd)` runs) stores all the bytes: each comes back whole."""
+    data_dir = network.nodes[4].data_dir
+    data = random.Random(33).randbytes(SEGMENT + 999)
+    fifo = directory / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as writer:
+            writer.write(data)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    from_fifo = put(data_dir, fifo)
+    feeder.join()
+    from_stdin = succeeds(data_dir, "put", "/dev/stdin", stdin=data).decode().strip()
+    command = [sys.executable, "-m", "node.cli", "--data-dir", str(data_dir)]
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, data), os.close(write_end)))
+    writer.start()
+    try:
+        result = subprocess.run(
+            [*command, "put", f"/dev/fd/{read_end}"],
+            capture_output=True,
+            timeout=CLI_TIMEOUT,
+            cwd=REPO,
+            env=environment(),
+            pass_fds=(read_end,),
+            check=False,
+        )
+    finally:
+        writer.join()
+        os.close(read_end)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    from_descriptor = result.stdout.decode().strip()
+    for capability in (from_fifo, from_stdin, from_descriptor):
+        assert CAPABILITY.match(capability), capability
+        assert succeeds(network.nodes[8].data_dir, "get", capability) == data
+    names = {
+        entry["capability"]: entry["name"]
+        for entry in json.loads(succeeds(data_dir, "ls", "--json"))["files"]
+    }
+    assert (names[from_fifo], names[from_stdin], names[from_descriptor]) == ("fifo", "", "")
+
+
 def test_get_with_a_verify_capability_says_it_cannot_read(
     network: Testnet, directory: Path
 ) -> None:
@@ -331,15 +476,24 @@ def test_get_with_the_wrong_key_fails_and_writes_nothing(network: Testnet, direc
 
 
 def test_a_file_nobody_stored_is_not_found_and_check_says_so(network: Testnet) -> None:
-    """`get` of a well-formed capability nobody stored fails saying no node holds its
-    manifest, and `check` says no manifest is stored under it (exit 3, could not check),
-    not that a file is unreadable."""
+    """`get` of a well-formed capability nobody stored fails naming its manifest id as
+    the capability spells it; `check` and `repair` say no manifest was found (exit 4,
+    their own status for it), not that a file is unreadable or lost."""
     capability = unknown_capability(seed=8)
+    manifest_id = capability.split(":")[1].split("#")[0]
     message = one_line_error(freehold(network.nodes[1].data_dir, "get", capability))
-    assert "no reachable node holds the manifest" in message
-    result = freehold(network.nodes[1].data_dir, "check", capability)
-    assert result.returncode == 3, result.stderr
-    assert result.stdout.decode().startswith("no node holds a manifest under this id")
+    assert f"no reachable node holds the manifest {manifest_id}" in message
+    for command in ("check", "repair"):
+        result = freehold(network.nodes[1].data_dir, command, capability)
+        assert result.returncode == 4, result.stderr
+        lines = result.stdout.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("no manifest found"), lines
+        assert f"freehold:{manifest_id};" in lines[0]
+        assert "unreadable" not in lines[0]
+    result = freehold(network.nodes[1].data_dir, "check", "--json", capability)
+    assert result.returncode == 4
+    report = json.loads(result.stdout)
+    assert (report["state"], report["found"]) == ("no manifest", False)
 
 
 def test_put_of_a_missing_file_is_a_one_line_error(network: Testnet, directory: Path) -> None:
@@ -821,9 +975,12 @@ def test_client_commands_do_not_import_trio(directory: Path) -> None:
     assert result.stdout == b"[]\n", (result.stdout, result.stderr)
 
 
-def on_a_terminal(*command: str) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
-    """Run `command` with stderr on a 24 x 80 pseudo-terminal: its result (stdout
-    captured) and what it drew on the terminal."""
+def on_a_terminal(
+    *command: str, stdout_too: bool = False
+) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """Run `command` with stderr (and stdout, if `stdout_too`) on a 24 x 80
+    pseudo-terminal: its result (stdout captured unless on the terminal) and what it
+    drew on the terminal."""
     controller, terminal = pty.openpty()
     # A fresh pty has no size, and tqdm draws nothing in 0 columns.
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
@@ -844,7 +1001,7 @@ def on_a_terminal(*command: str) -> tuple[subprocess.CompletedProcess[bytes], by
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", "node.cli", *command],
-            stdout=subprocess.PIPE,
+            stdout=terminal if stdout_too else subprocess.PIPE,
             stderr=terminal,
             cwd=REPO,
             env=environment(),
@@ -858,8 +1015,10 @@ def on_a_terminal(*command: str) -> tuple[subprocess.CompletedProcess[bytes], by
 
 
 def test_progress_bars_on_a_terminal_only(network: Testnet, directory: Path) -> None:
-    """put and get draw a progress bar on stderr when it is a terminal, and print nothing
-    there otherwise (the other tests' `succeeds` checks that stderr stays empty)."""
+    """put and get draw a progress bar on stderr when it is a terminal, get's with the
+    file's size and a time left; nothing is drawn when stderr is not a terminal (the
+    other tests' `succeeds` checks that stderr stays empty), nor when the file itself
+    goes to the terminal."""
     data_dir = str(network.nodes[0].data_dir)
     original = random_file(directory, 9 * 1024 * 1024, seed=23)
     result, drawn = on_a_terminal("--data-dir", data_dir, "put", str(original))
@@ -871,7 +1030,15 @@ def test_progress_bars_on_a_terminal_only(network: Testnet, directory: Path) -> 
     result, drawn = on_a_terminal("--data-dir", data_dir, "get", capability, "-o", str(copy))
     assert result.returncode == 0
     assert b"get" in drawn and b"B/s" in drawn, drawn[-300:]
+    # tqdm with a total: "get:  44%|####   | 4.00M/9.00M [00:00<00:01, 8.1MB/s]"
+    assert re.search(rb"get: +\d+%\|.*/9\.00M \[\d\d:\d\d<\d\d:\d\d", drawn), drawn[-300:]
     assert copy.read_bytes() == original.read_bytes()
+    text = directory / "text.txt"
+    text.write_bytes(b"plain text line\n" * 100)
+    capability = put(network.nodes[0].data_dir, text)
+    result, drawn = on_a_terminal("--data-dir", data_dir, "get", capability, stdout_too=True)
+    assert result.returncode == 0
+    assert drawn == b"plain text line\r\n" * 100  # the terminal's own \n -> \r\n, no bar
 
 
 def test_testnet_command_runs_until_interrupted(directory: Path) -> None:
@@ -898,6 +1065,26 @@ def test_testnet_command_runs_until_interrupted(directory: Path) -> None:
             ["node", "1"],
             ["node", "2"],
         ]
+        assert lines[3].startswith(f"happy lowered to 3: a put needs {HAPPY} distinct nodes")
+        # The README's steps as written: the data dir it prints, then `freehold put`.
+        exported = [line.split()[1] for line in lines if line.startswith("  export ")]
+        assert exported == [f"FREEHOLD_DATA_DIR={directory / 'node-00'}"]
+        variables = environment() | dict([exported[0].split("=", 1)])
+        file = random_file(directory, 5000, seed=30)
+        stored = subprocess.run(
+            [sys.executable, "-m", "node.cli", "put", str(file)],
+            capture_output=True,
+            timeout=CLI_TIMEOUT,
+            cwd=REPO,
+            env=variables,
+            check=False,
+        )
+        assert stored.returncode == 0, stored.stderr
+        assert CAPABILITY.match(stored.stdout.decode().strip())
+        # Only the first node listens on loopback with no bootstrap, and is warned.
+        unreachable = "no other machine can reach this node"
+        assert unreachable in (directory / "node-00" / "node.log").read_text()
+        assert unreachable not in (directory / "node-01" / "node.log").read_text()
         succeeds(directory / "node-01", "stop")
         while b"node 1 stopped (exit code 0); 2 still running" not in err.read_bytes():
             assert testnet.poll() is None, err.read_text()
