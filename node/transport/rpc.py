@@ -14,7 +14,8 @@ here, those on frames and requests in each connection (see its table):
 | routing table, at `max_connections` less          |                                       |
 | `reserved_connections`; the same for handshakes)  |                                       |
 | inbound connection from a prefix (/24, /48) at    | closed before the handshake, logged   |
-| its per-prefix limit (a known host: at its four)  |                                       |
+| its per-prefix limit (a known host's first four   |                                       |
+| connections pass it)                              |                                       |
 | handshake longer than `handshake_timeout`         | connection closed, logged             |
 
 A host is known when it is a routing-table contact's (the node says) and we dialled
@@ -52,8 +53,8 @@ __all__ = ["Transport", "TransportStatistics", "open_transport"]
 logger = logging.getLogger(__name__)
 # After a simultaneous open, the losing connection closes once idle this long.
 RETIRE_GRACE = 5.0
-# Hosts remembered as dialled and verified; and the inbound connections one such host
-# (a contact in our routing table) may hold whatever its prefix holds.
+# Hosts remembered as dialled and verified; and the inbound connections of one such
+# host (a contact in our routing table) that count as known: the rest are anyone's.
 MAX_VERIFIED_HOSTS = 4096
 KNOWN_HOST_CONNECTIONS = 4
 
@@ -387,11 +388,11 @@ class Transport:
     def _inbound_refusal(self, prefix: str, *, known: bool = False, host: str = "") -> str | None:
         """Why a new inbound connection from `prefix` is refused, or None: the
         node-wide limits on handshakes and connections (less the reserved slots,
-        unless its host is `known`), then the same per prefix (unless `known`: then
-        a few connections per host instead)."""
+        unless its host is `known`), then the same per prefix (unless `known`). A
+        known host's first few connections count as known, the rest as anyone's."""
         config = self.config
         if known and self._inbound_by_host[host] >= KNOWN_HOST_CONNECTIONS:
-            return f"connection limit of a known host ({KNOWN_HOST_CONNECTIONS}) reached"
+            known = False  # past its first few, a known host's connections are anyone's
         reserved_handshakes = 0 if known else config.reserved_handshakes
         reserved_connections = 0 if known else config.reserved_connections
         limits = (
