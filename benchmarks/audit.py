@@ -54,7 +54,7 @@ from node.chunks import ChunkService
 from node.config import NodeConfig
 from node.files import check_file, put_file
 from node.store import DiskChunkStore, StoreConfig
-from node.transport import TcpLinkLayer, open_transport
+from node.transport import TcpLinkLayer, TransportConfig, open_transport
 from protocol.audit import AUDIT_LENGTH, AUDIT_RANGES, Answer, choose_offsets, judge, stripe
 from protocol.capability import VerifyCapability
 from protocol.chunk import GroupRecord, chunk_id
@@ -128,7 +128,11 @@ async def _prover(control: Connection) -> None:
                 return 0
 
             async with open_transport(
-                identity, TcpLinkLayer(identity), listen_address=LOOPBACK
+                identity,
+                TcpLinkLayer(identity),
+                listen_address=LOOPBACK,
+                # Its auditors all share 127.0.0.0/24, as a testnet's nodes do.
+                config=TransportConfig().on_loopback(),
             ) as transport:
                 ChunkService(store, transport, provide)
                 control.send((transport.address, identity.node_id.value, ids, os.getpid()))

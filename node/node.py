@@ -264,13 +264,7 @@ class Node:
         if transport_config is None and is_loopback(config.listen[0]):
             # Every peer of a loopback node shares 127.0.0.0/24: the per-prefix limits
             # would hold a testnet of more than a few nodes to one prefix's slots.
-            transport_config = TransportConfig(
-                max_connections_per_prefix=None,
-                max_handshakes_per_prefix=None,
-                max_receive_buffer_per_prefix=None,
-                max_inflight_per_prefix=None,
-                max_answer_backlog_per_prefix=None,
-            )
+            transport_config = TransportConfig().on_loopback()
         # The proof of work is the network's, so the node's setting rules.
         transport_config = dataclasses.replace(
             transport_config or TransportConfig(), id_difficulty=config.network_difficulty

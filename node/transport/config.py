@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol.messages import DEFAULT_MAX_FRAME_SIZE
 
@@ -65,6 +65,18 @@ class TransportConfig:
     send_timeout: float = 30.0
     # This many requests in a row that time out on one connection close it.
     max_consecutive_timeouts: int = 3
+
+    def on_loopback(self) -> TransportConfig:
+        """These limits for a node on loopback: every peer of a testnet shares
+        127.0.0.0/24, so the per-prefix limits are lifted (the node-wide ones stay)."""
+        return replace(
+            self,
+            max_connections_per_prefix=None,
+            max_handshakes_per_prefix=None,
+            max_receive_buffer_per_prefix=None,
+            max_inflight_per_prefix=None,
+            max_answer_backlog_per_prefix=None,
+        )
 
     def __post_init__(self) -> None:
         for name in (
