@@ -288,10 +288,18 @@ class SimNetwork:
             [node.host for node in self.nodes if not (node.alive and node.online)]
         )
 
-    async def join(self, simulated: SimNode, introducers: Sequence[SimNode] | None = None) -> bool:
-        """Bootstrap `simulated` through a random one of `introducers` (default: the
-        other live nodes), trying up to two others if it does not answer (a lossy
-        network can lose all its answers). Whether it joined."""
+    async def join(
+        self,
+        simulated: SimNode,
+        introducers: Sequence[SimNode] | None = None,
+        *,
+        count: int = 1,
+    ) -> bool:
+        """Bootstrap `simulated` through `count` distinct random ones of `introducers`
+        (default: the other live nodes) at once, as a node given several bootstrap
+        addresses does: DhtService.bootstrap asks each who it is and starts its
+        self-lookup from every one that answered. If none answers it tries up to twice
+        more, with others (a lossy network can lose all its answers). Whether it joined."""
         pool = [
             node
             for node in (introducers if introducers is not None else self.alive())
@@ -302,9 +310,12 @@ class SimNetwork:
         for _ in range(3):
             if not pool:
                 return False
-            introducer = pool[self.rng.randrange(len(pool))]
+            if count == 1:  # one draw, as before: runs with one introducer reproduce
+                chosen = [pool[self.rng.randrange(len(pool))]]
+            else:
+                chosen = self.rng.sample(pool, min(count, len(pool)))
             try:
-                await dht.bootstrap([introducer.address])
+                await dht.bootstrap([introducer.address for introducer in chosen])
             except DhtError:
                 continue
             return True

@@ -2,13 +2,16 @@
 find the honest nodes they should?
 
 For each `fraction` ("0.1,0.2,0.3"), N nodes join one by one, each through a random
-node already in (with `introducers=honest`, an honest node through a random honest
-one), a random `fraction` of them Sybils. The Sybils collude: they know each
-other, and from the moment each has joined it answers FIND_NODE and GET_PROVIDERS with
-the k Sybils closest to the target (never a provider, never an honest node), and
-accepts ADD_PROVIDER but keeps no record. Their own lookups and every other service
-work as usual. The Sybils' answers are installed from here (`Transport.add_handler`
-replaces the DHT's handlers): the node code has no notion of misbehaving.
+node already in (`introducers=any`, the default); with `introducers=m` (a number),
+through m distinct random nodes already in at once, as a node given m bootstrap
+addresses does (any of them may be a Sybil); with `introducers=honest`, an honest node
+through a random honest one. A random `fraction` of the nodes are Sybils. The Sybils
+collude: they know each other, and from the moment each has joined it answers
+FIND_NODE and GET_PROVIDERS with the k Sybils closest to the target (never a provider,
+never an honest node), and accepts ADD_PROVIDER but keeps no record. Their own lookups
+and every other service work as usual. The Sybils' answers are installed from here
+(`Transport.add_handler` replaces the DHT's handlers): the node code has no notion of
+misbehaving.
 
 Then, from random honest nodes at once: `lookups` lookups of random ids, and a provider
 lookup for each of `keys` keys provided by random honest nodes. A lookup is
@@ -68,8 +71,9 @@ LOOKUPS: Final = 100
 QUICK_LOOKUPS: Final = 20
 KEYS: Final = 30
 # Whom an honest node joins through: "any" node already in (a Sybil as likely as not,
-# by their share), or only "honest" ones (bootstrap addresses the node can trust).
-INTRODUCERS: Final = ("any", "honest")
+# by their share), a number m of them at once (several bootstrap addresses, each
+# possibly a Sybil), or only "honest" ones (bootstrap addresses the node can trust).
+INTRODUCERS: Final = ("any", "honest", "a number")
 QUICK_KEYS: Final = 10
 # The ttl a Sybil claims for a record it drops (what an honest node would keep).
 CLAIMED_TTL: Final = int(DhtConfig().provider_ttl)
@@ -122,10 +126,12 @@ async def _build(
     sybils: _Sybils,
     *,
     honest_introducers: bool,
+    introducer_count: int,
 ) -> None:
-    """After the first node, the others join one by one, each through a random node
-    already in (with `honest_introducers`, an honest node joins through an honest one
-    once there is one); each Sybil turns as soon as it has joined."""
+    """After the first node, the others join one by one, each through
+    `introducer_count` random nodes already in (with `honest_introducers`, an honest
+    node joins through an honest one once there is one); each Sybil turns as soon as
+    it has joined."""
     if 0 in sybil_indices:
         sybils.corrupt(network.nodes[0])
     for index in range(1, nodes):
@@ -133,7 +139,7 @@ async def _build(
         honest = [node for node in network.alive() if node.node_id not in sybils.ids]
         honest = [node for node in honest if node is not joined]
         introducers = honest if honest_introducers and honest else None
-        await network.join(joined, introducers)
+        await network.join(joined, introducers, count=introducer_count)
         if index in sybil_indices:
             sybils.corrupt(joined)
 
@@ -163,6 +169,7 @@ async def _one_fraction(
             sybil_indices,
             sybils,
             honest_introducers=introducers == "honest",
+            introducer_count=_introducer_count(introducers),
         )
         join_wall = time.perf_counter() - wall
         honest = [node for node in network.alive() if node.node_id not in sybils.ids]
@@ -225,6 +232,19 @@ async def _one_fraction(
     }
 
 
+def _introducer_count(introducers: str) -> int:
+    """How many nodes a node joins through: a number, or 1 for "any" and "honest"."""
+    if introducers in ("any", "honest"):
+        return 1
+    try:
+        count = int(introducers)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"introducers must be one of {', '.join(INTRODUCERS)} (at least 1)")
+    return count
+
+
 def _lookup_counters(node: SimNode) -> tuple[int, int]:
     """(lookups made, queries they sent) by `node` so far."""
     dht = node.node.dht
@@ -238,8 +258,7 @@ async def run_eclipse(options: ScenarioOptions) -> ScenarioResult:
     fractions = parse_list(options.get("fraction", QUICK_FRACTION if quick else FRACTION), float)
     path_counts = parse_list(options.get("paths", DhtConfig().disjoint_paths), int)
     introducers = str(options.get("introducers", "any"))
-    if introducers not in INTRODUCERS:
-        raise ValueError(f"introducers must be one of {', '.join(INTRODUCERS)}")
+    _introducer_count(introducers)  # fails early on a bad value
     lookups = int(options.get("lookups", QUICK_LOOKUPS if quick else LOOKUPS))
     keys = int(options.get("keys", QUICK_KEYS if quick else KEYS))
     started = time.perf_counter()

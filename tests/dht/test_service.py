@@ -1,4 +1,5 @@
-"""DhtService on its own: state saved to SQLite comes back after a restart."""
+"""DhtService on its own: state saved to SQLite comes back after a restart; a join
+through several bootstrap addresses starts from all of them."""
 
 from __future__ import annotations
 
@@ -132,3 +133,55 @@ async def test_records_are_saved_while_running_a_few_changes_at_a_time(
             assert reader.load_records(now=0.0, wall_time=-math.inf) == []
         nursery.cancel_scope.cancel()
     storage.close()
+
+
+async def test_bootstrap_through_several_addresses_starts_from_every_one_that_answered(
+    clock: MockClock,
+) -> None:
+    """A node given several bootstrap addresses asks each who it is, and its
+    self-lookup starts from every one that answered, not just the first: joining
+    through one node of each of two groups that have never heard of each other, it
+    learns both groups whole; an address where nobody answers costs nothing. (The
+    defence against joining through a Sybil alone: one honest address in the list
+    is enough to hear of the honest nodes.) Through one address, one group."""
+    rng = random.Random(6)
+    network = MemoryNetwork(seed=6, min_latency=0.01, max_latency=0.05)
+    async with trio.open_nursery() as nursery:
+        groups: list[list[DhtService]] = []
+        for group in ("a", "b"):
+            members = []
+            for number in range(4):
+                identity = Identity.generate(rng.randbytes)
+                host = f"{group}-{number}"
+                service, _ = await run_node(nursery, network, identity, host, None, 4000)
+                if members:
+                    await service.bootstrap([(f"{group}-0", 4000)])
+                members.append(service)
+            groups.append(members)
+        group_ids = [{service.node_id for service in members} for members in groups]
+        # Neither group has heard of the other.
+        for members, others in ((groups[0], group_ids[1]), (groups[1], group_ids[0])):
+            for service in members:
+                assert not others & {contact.node_id for contact in service.routing.contacts()}
+
+        # Through one address, a node hears of that address's group only.
+        single, _ = await run_node(
+            nursery, network, Identity.generate(rng.randbytes), "single", None, 4000
+        )
+        await single.bootstrap([("b-0", 4000)])
+        contacts = {contact.node_id for contact in single.routing.contacts()}
+        assert group_ids[1] <= contacts
+        assert not group_ids[0] & contacts
+        group_ids[1].add(single.node_id)
+
+        newcomer, _ = await run_node(
+            nursery, network, Identity.generate(rng.randbytes), "newcomer", None, 4000
+        )
+        known = await newcomer.bootstrap([("a-0", 4000), ("nobody", 4000), ("b-0", 4000)])
+        contacts = {contact.node_id for contact in newcomer.routing.contacts()}
+        assert contacts == group_ids[0] | group_ids[1]
+        assert known == 9
+        # Both introducers were asked in the self-lookup, and learnt of the newcomer.
+        for members in groups:
+            assert newcomer.node_id in {c.node_id for c in members[0].routing.contacts()}
+        nursery.cancel_scope.cancel()
