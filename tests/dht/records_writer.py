@@ -5,10 +5,11 @@ changes until killed.
 
 Keeps a ProviderStore of about 5,000 records; each round adds 1,000 new records,
 refreshes 1,000 from another port, and lets the oldest expire, then saves the changes
-(`take_changes`, `DhtStorage.save_record_changes`, as the service does) and prints
-`saved ROUND DIGEST`, flushed, only once the save has returned. DIGEST is the sha256 of
-the sorted (key, provider id, port) of every record then stored: a state the database
-must hold exactly after a save, whatever the moment of the kill after it.
+(`take_changes`, `DhtStorage.save_record_changes`, as the service does). Before each
+save it prints `saving ROUND DIGEST`, and `saved ROUND` once the save has returned,
+both flushed. DIGEST is the sha256 of the sorted (key, provider id, port) of every
+record the save stores: after a kill the database must hold exactly the last saved
+round's state, or the state of the round being saved if that one had committed.
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ def main(arguments: list[str]) -> None:
         records: list[ProviderRecord] = []
         while batch := changes.take_records(500):
             records.extend(batch)
+        # Said before the save, so that a kill between its commit and its "saved" line
+        # still leaves the test knowing the state the database may hold.
+        print(f"saving {round_number} {digest(store.records())}", flush=True)
         # The DHT's clock is the wall clock here, so the rows' times stay as they are.
         storage.save_record_changes(
             records, changes.removed, full=changes.full, now=now, wall_time=now
         )
-        print(f"saved {round_number} {digest(store.records())}", flush=True)
+        print(f"saved {round_number}", flush=True)
 
 
 if __name__ == "__main__":
