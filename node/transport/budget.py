@@ -15,6 +15,10 @@ budgets of `TransportConfig` bound what peers can pin, whatever their number:
 | `max_answer_backlog_per_peer`  | waiting for room in a link, or queued | AUDIT_CHUNKS answered   |
 |                                | in it                                 | BUSY                    |
 
+All that links queue, small answers included, is metered node-wide (`SendMeter`): past
+`max_send_queue` the connection with the most queued is cut off, so peers that send
+requests and never read their answers (PINGs, say) hold at most that much.
+
 A frame must arrive whole within `frame_timeout` of its first byte, budget wait
 included, or its sender is cut off: a partial frame keeps neither its reservation nor
 its connection. Small frames (under `SMALL_FRAME`) are not reserved: a connection holds
@@ -30,7 +34,7 @@ from collections import Counter
 
 import trio
 
-__all__ = ["SMALL_FRAME", "ByteBudget"]
+__all__ = ["SMALL_FRAME", "ByteBudget", "SendMeter"]
 
 # Frames up to this size are read without a reservation.
 SMALL_FRAME = 64 * 1024
@@ -84,3 +88,14 @@ class ByteBudget:
         if self._by_key[key] <= 0:
             del self._by_key[key]
         self._room.unpark_all()
+
+
+class SendMeter:
+    """Bytes queued in all of a node's links and not yet sent (each link adds and takes
+    away its own), so that the transport can tell when the node holds too much for
+    peers that do not read."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0

@@ -52,6 +52,9 @@ class TransportConfig:
     max_answer_backlog: int = 32 * 1024 * 1024
     max_answer_backlog_per_peer: int = 8 * 1024 * 1024
     max_answer_backlog_per_prefix: int | None = 16 * 1024 * 1024
+    # All that the node's links hold queued and not yet sent; past it, the connection
+    # with the most queued is cut off (node/transport/budget.py).
+    max_send_queue: int = 64 * 1024 * 1024
     # A frame must arrive whole within this long of its first byte (at least 35 kB/s
     # for the largest), or its sender is cut off.
     frame_timeout: float = 120.0
@@ -110,6 +113,7 @@ class TransportConfig:
             "max_answer_backlog",
             "max_answer_backlog_per_peer",
             "max_answer_backlog_per_prefix",
+            "max_send_queue",
         ):
             value = getattr(self, name)
             if value is not None and value < self.max_frame_size:

@@ -454,13 +454,15 @@ class Connection:
         try:
             await self._send(Envelope(Kind.RESPONSE, request_id, response), answer=True)
         except ConnectionClosed:
-            pass
+            return
         except TransportError as exc:
             # Our own answer could not be encoded or is over the frame limit.
             logger.error("cannot send the answer to %s: %s", self.peer.node_id.short(), exc)
             fallback = Error(ErrorCode.INTERNAL, "the answer could not be sent")
             with contextlib.suppress(ConnectionClosed):
                 await self._send(Envelope(Kind.RESPONSE, request_id, fallback))
+            return
+        await self.transport.shed_if_over()
 
     async def retire(self, grace: float) -> None:
         """Close this connection, which another to the same peer replaced, once nothing
@@ -474,6 +476,10 @@ class Connection:
                 return
             seen = self._activity
             await trio.sleep(grace if grace else RETIRE_POLL)
+
+    async def cut_off(self, reason: str) -> None:
+        """Close the connection for the peer's misbehaviour, saying so in the log."""
+        await self._cut_off(reason)
 
     async def _cut_off(self, reason: str) -> None:
         statistics = self.transport._statistics

@@ -28,7 +28,7 @@ import trio
 from protocol.identity import NodeId
 
 if TYPE_CHECKING:
-    from node.transport.budget import ByteBudget
+    from node.transport.budget import ByteBudget, SendMeter
     from node.transport.config import TransportConfig
 
 __all__ = [
@@ -59,6 +59,10 @@ class Link(ABC):
     def queued_bytes(self) -> int:
         """Bytes handed to the link and not yet sent."""
         return 0
+
+    def use_send_meter(self, meter: SendMeter) -> None:
+        """Count what this link queues in `meter` (links that queue; see budget.py)."""
+        return None
 
     @abstractmethod
     async def send_frame(self, frame: bytes, *, deadline: float = math.inf) -> None:

@@ -39,7 +39,7 @@ import trio
 from dht.routing import address_prefix
 from node.errors import ConnectionFailed, LinkClosed, RequestTimeout, TransportError
 from node.ratelog import RateLimitedLog
-from node.transport.budget import ByteBudget
+from node.transport.budget import ByteBudget, SendMeter
 from node.transport.config import TransportConfig
 from node.transport.connection import Connection
 from node.transport.handler import AsyncHandler, Handler, InlineHandler, Peer
@@ -72,6 +72,7 @@ class TransportStatistics:
     requests_sent: int = 0
     requests_received: int = 0
     requests_busy: int = 0
+    connections_shed: int = 0
     request_timeouts: int = 0
     late_responses: int = 0
     cut_off_reasons: dict[str, int] = field(default_factory=dict)
@@ -138,6 +139,7 @@ class Transport:
             kept=self.config.max_receive_buffer // 4,
         )
         self.answer_backlog = 0  # bytes of answers made and waiting for room in a link
+        self.send_meter = SendMeter()  # bytes queued in every link
         # What peers cause (refusals, cut-offs): a line a minute of each kind.
         self.peer_log = RateLimitedLog(logger)
         # Whether a host is that of a contact in our routing table (set by the node):
@@ -185,6 +187,19 @@ class Transport:
 
     def connected_peers(self) -> list[Peer]:
         return [connection.peer for connection in self._connections.values()]
+
+    async def shed_if_over(self) -> None:
+        """Past `max_send_queue` queued in all, cut off the connection with the most
+        queued: a peer that does not read what it asked for is the one to go."""
+        if self.send_meter.total <= self.config.max_send_queue:
+            return
+        largest = max(self._all, key=lambda c: c.link.queued_bytes, default=None)
+        if largest is not None and largest.link.queued_bytes > 0:
+            self._statistics.connections_shed += 1
+            await largest.cut_off(
+                f"{largest.link.queued_bytes} bytes queued unread while the node's send "
+                "queue is full"
+            )
 
     def _inflight_refusal(self, prefix: str) -> str | None:
         """Why a request from `prefix` is answered BUSY instead of served, or None."""
@@ -480,6 +495,7 @@ class Transport:
         # A contact we dialled, or a known one dialling us, may use the kept share.
         known = outbound or (host in self._verified_hosts and self.known_host(host))
         link.use_receive_budget(self.receive_budget, address_prefix(host), known=known)
+        link.use_send_meter(self.send_meter)
         self._all.add(connection)
         nursery.start_soon(connection.run)
         # One connection per peer identity serves requests; another one finishes what

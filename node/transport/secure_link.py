@@ -23,7 +23,7 @@ import struct
 import trio
 
 from node.errors import LinkClosed, NoRoom
-from node.transport.budget import SMALL_FRAME, ByteBudget
+from node.transport.budget import SMALL_FRAME, ByteBudget, SendMeter
 from node.transport.config import TransportConfig
 from node.transport.link import Address, Link
 from node.transport.record_socket import RECORD_HEADER, Buffer, RecordSocket
@@ -81,7 +81,8 @@ class SecureLink(Link):
         self._units_since_checkpoint = 0
         self._pending: list[bytes] = []  # plaintext frame headers and frames, in order
         self._unsent: list[Buffer] = []  # encrypted, not yet on the wire
-        self._queued_bytes = 0
+        self._queued = 0
+        self._send_meter: SendMeter | None = None
         self._writer_busy = False
         self._writer_wakeup = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
@@ -95,7 +96,21 @@ class SecureLink(Link):
 
     @property
     def queued_bytes(self) -> int:
-        return self._queued_bytes
+        return self._queued
+
+    def use_send_meter(self, meter: SendMeter) -> None:
+        self._send_meter = meter
+        meter.total += self._queued
+
+    @property
+    def _queued_bytes(self) -> int:
+        return self._queued
+
+    @_queued_bytes.setter
+    def _queued_bytes(self, value: int) -> None:
+        if self._send_meter is not None:
+            self._send_meter.total += value - self._queued
+        self._queued = value
 
     # -- sending ---------------------------------------------------------------------
 
@@ -326,6 +341,10 @@ class SecureLink(Link):
             self._close_reason = reason
             self._misbehaved = misbehaved
         self._release()
+        # What was queued will never be sent: it no longer counts.
+        self._pending.clear()
+        self._unsent = []
+        self._queued_bytes = 0
         self._room.unpark_all()
         self._writer_wakeup.unpark_all()
         self._records.close()

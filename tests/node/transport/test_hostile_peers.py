@@ -1068,3 +1068,44 @@ async def test_identities_of_one_prefix_cannot_fill_a_key_against_an_honest_prov
         providers = {NodeId(wire.node_id) for wire in named.providers}
         assert honest_identity.node_id in providers and len(providers) == 16
         nursery.cancel_scope.cancel()
+
+
+async def test_peers_that_never_read_their_pongs_are_shed_past_the_send_queue(
+    clock: MockClock, rng: random.Random
+) -> None:
+    """Found by a review: PINGs are answered inline, with no in-flight limit, so peers
+    that send many and never read made the node queue megabytes of PONGs each (4 MiB a
+    connection, 8 connections filled every budget). All that links queue is metered:
+    past `max_send_queue` the connection with the most queued is cut off, so the queue
+    stays near the cap, and an honest peer is answered throughout."""
+    cap = 256 * 1024
+    config = dataclasses.replace(CONFIG, max_send_queue=cap, max_inflight_per_peer=64)
+    async with open_server(rng, config) as server:
+        assert server.address is not None
+        frames = b"".join(
+            struct.pack(">I", len(frame)) + frame
+            for frame in (
+                encode_envelope(Envelope(Kind.REQUEST, number % 2**32, Ping(bytes(32))))
+                for number in range(100_000)
+            )
+        )
+        attackers = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                stream, noise = await authenticated_raw_connection(
+                    server, seeded_identity(rng), rng, receive_buffer=4096
+                )
+                attackers.append(stream)
+                nursery.start_soon(send_until_closed, stream, _records(noise, frames))
+            peak = 0
+            for _ in range(20):
+                await trio.sleep(0.25)
+                peak = max(peak, server.send_meter.total)
+            nursery.cancel_scope.cancel()
+        await newcomer_is_served(server, rng)
+        assert server.statistics().connections_shed >= 1
+        assert peak <= cap + 64 * 1024, peak
+        for stream in attackers:
+            await stream.aclose()
+        await trio.sleep(1)
+        assert server.send_meter.total == 0
