@@ -11,6 +11,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -486,6 +487,39 @@ async def test_throwaway_identities_without_the_work_get_no_slot(
     assert any("no proof of work" in line for line in cut_off_lines(caplog))
 
 
+def _store_of_chunks(rng: random.Random, count: int, size: int) -> tuple[Any, list[bytes]]:
+    """A memory chunk store holding `count` random chunks of `size` bytes, and their ids."""
+    from node.store import MemoryChunkStore
+    from protocol.chunk import chunk_id
+
+    store = MemoryChunkStore()
+    ids = []
+    for _ in range(count):
+        data = rng.randbytes(size)
+        ids.append(chunk_id(data))
+        store.put(ids[-1], data, GroupRecord(1, 1, 0, (ids[-1],)))
+    return store, ids
+
+
+async def _announce_nothing(key: object) -> int:
+    return 0
+
+
+def _fetches(noise: TransportState, ids: list[bytes], numbers: range) -> bytes:
+    """FETCH_CHUNK requests numbered `numbers` (of the chunks `ids`, in turn), as the
+    Noise records that carry them."""
+    from protocol.messages import FetchChunk
+
+    frames = b"".join(
+        struct.pack(">I", len(frame)) + frame
+        for frame in (
+            encode_envelope(Envelope(Kind.REQUEST, n, FetchChunk(ids[n % len(ids)])))
+            for n in numbers
+        )
+    )
+    return _records(noise, frames)
+
+
 async def send_until_closed(stream: trio.SocketStream, data: bytes) -> None:
     """Send `data`, or as much as the server reads before it closes the connection."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -588,7 +622,6 @@ async def test_a_peer_that_never_reads_gets_busy_not_memory(
     the kernel takes is sent (or the peer cut off for not reading), the node holds
     nothing for it."""
     from node.chunks import MAX_CHUNK_JOBS_PER_PEER, ChunkService
-    from node.store import MemoryChunkStore
     from protocol.chunk import chunk_id
     from protocol.messages import ChunkData, FetchChunk
 
@@ -603,19 +636,11 @@ async def test_a_peer_that_never_reads_gets_busy_not_memory(
         max_receive_buffer_per_prefix=None,
         send_timeout=30.0,
     )
-    store = MemoryChunkStore()
-    ids = []
-    for _ in range(8):
-        data = rng.randbytes(chunk_size)
-        ids.append(chunk_id(data))
-        store.put(ids[-1], data, GroupRecord(1, 1, 0, (ids[-1],)))
-
-    async def provide(key: object) -> int:
-        return 0
+    store, ids = _store_of_chunks(rng, 8, chunk_size)
 
     server_identity = seeded_identity(rng)
     async with open_server(rng, config, identity=server_identity) as server:
-        service = ChunkService(store, server, provide)
+        service = ChunkService(store, server, _announce_nothing)
         assert server.address is not None
         attacker = seeded_identity(rng)
         stream, noise = await authenticated_raw_connection(
@@ -624,14 +649,7 @@ async def test_a_peer_that_never_reads_gets_busy_not_memory(
         # In waves of as many as its chunk jobs may run, so that none is refused for
         # that: 64 answers of 200 KiB, far more than the kernel's buffers take.
         for wave in range(8):
-            frames = b"".join(
-                struct.pack(">I", len(frame)) + frame
-                for frame in (
-                    encode_envelope(Envelope(Kind.REQUEST, number, FetchChunk(ids[number % 8])))
-                    for number in range(8 * wave, 8 * wave + 8)
-                )
-            )
-            await stream.send_all(_records(noise, frames))
+            await stream.send_all(_fetches(noise, ids, range(8 * wave, 8 * wave + 8)))
             await trio.sleep(0.5)
         held: list[int] = []
         for _ in range(20):
@@ -902,7 +920,6 @@ async def test_identities_of_one_prefix_share_its_answer_budget(
     one from elsewhere fetches its chunk."""
     from node.chunks import ChunkService
     from node.errors import RemoteError
-    from node.store import MemoryChunkStore
     from protocol.chunk import chunk_id
     from protocol.messages import ChunkData, FetchChunk
 
@@ -919,18 +936,10 @@ async def test_identities_of_one_prefix_share_its_answer_budget(
         max_connections_per_prefix=None,
         send_timeout=60.0,
     )
-    store = MemoryChunkStore()
-    ids = []
-    for _ in range(8):
-        data = rng.randbytes(chunk_size)
-        ids.append(chunk_id(data))
-        store.put(ids[-1], data, GroupRecord(1, 1, 0, (ids[-1],)))
-
-    async def provide(key: object) -> int:
-        return 0
+    store, ids = _store_of_chunks(rng, 8, chunk_size)
 
     async with open_server(rng, config) as server:
-        ChunkService(store, server, provide)
+        ChunkService(store, server, _announce_nothing)
         assert server.address is not None
         hogs = [
             await authenticated_raw_connection(
@@ -940,14 +949,7 @@ async def test_identities_of_one_prefix_share_its_answer_budget(
         ]
         for wave in range(4):
             for stream, noise in hogs:
-                frames = b"".join(
-                    struct.pack(">I", len(frame)) + frame
-                    for frame in (
-                        encode_envelope(Envelope(Kind.REQUEST, n, FetchChunk(ids[n % 8])))
-                        for n in range(8 * wave, 8 * wave + 8)
-                    )
-                )
-                await stream.send_all(_records(noise, frames))
+                await stream.send_all(_fetches(noise, ids, range(8 * wave, 8 * wave + 8)))
             await trio.sleep(0.5)
         same_prefix = seeded_identity(rng)
         layer = TcpLinkLayer(same_prefix, random_bytes=rng.randbytes, source_host="127.0.9.1")
