@@ -64,7 +64,7 @@ DEFAULT_WEB_PORT: Final = 4480
 # The fewest distinct nodes that must take an upload's chunks (of n = 10) for it to count.
 DEFAULT_HAPPY: Final = 7
 # The proof of work on NodeIds of a network not on loopback, in bits
-# (docs/PROTOCOL.md#proof-of-work says why 20): about 2**20 key generations, some 17 s
+# (docs/PROTOCOL.md#proof-of-work-on-nodeids says why 20): about 2**20 key generations, some 17 s
 # of one core, once, when a node first starts; one hash to check.
 DEFAULT_ID_DIFFICULTY: Final = 20
 MAX_ID_DIFFICULTY: Final = 32

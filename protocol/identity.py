@@ -10,7 +10,7 @@ generation costly: with difficulty d, BLAKE2b-256 of the NodeId must start with 
 bits, so an id takes 2**d key generations on average to make and one hash to check.
 The difficulty is a network parameter: the handshake refuses a peer whose id misses it
 (protocol/handshake.py), and so does a node told of such a contact (dht/dial.py). Here
-0, the default, accepts every id; a node's default is docs/PROTOCOL.md#proof-of-work's.
+0, the default, accepts every id; a node's default is in docs/PROTOCOL.md#proof-of-work-on-nodeids.
 
 Sans-I/O: randomness comes in as a parameter and the key file format is given as bytes;
 reading and writing the file (with its 0600 mode) is node/'s job.

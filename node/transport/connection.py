@@ -330,7 +330,7 @@ class Connection:
                         except LinkClosed as exc:
                             reason = exc.reason
                             if exc.misbehaved:
-                                await self._cut_off(reason)
+                                await self.cut_off(reason)
                             elif self._close_reason is None:
                                 self._close_reason = reason
                         nursery.cancel_scope.cancel()
@@ -368,7 +368,7 @@ class Connection:
                 await self._answer_undecodable(exc, ErrorCode.BAD_REQUEST)
                 continue
             except RemoteProtocolError as exc:
-                await self._cut_off(f"malformed frame: {exc}")
+                await self.cut_off(f"malformed frame: {exc}")
                 return
             if envelope.kind is Kind.REQUEST:
                 statistics.requests_received += 1
@@ -383,7 +383,7 @@ class Connection:
                         envelope.request_id, Error(ErrorCode.UNSUPPORTED, unsupported)
                     )
                 elif self._inbound_in_flight >= self.config.max_inflight_per_peer:
-                    await self._cut_off(
+                    await self.cut_off(
                         f"more than {self.config.max_inflight_per_peer} requests in flight"
                     )
                     return
@@ -479,9 +479,6 @@ class Connection:
 
     async def cut_off(self, reason: str) -> None:
         """Close the connection for the peer's misbehaviour, saying so in the log."""
-        await self._cut_off(reason)
-
-    async def _cut_off(self, reason: str) -> None:
         statistics = self.transport._statistics
         statistics.peers_cut_off += 1
         key = reason.split(":")[0]

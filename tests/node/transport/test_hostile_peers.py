@@ -129,6 +129,24 @@ def open_server(
     )
 
 
+@asynccontextmanager
+async def open_dht_server(
+    rng: random.Random, config: TransportConfig, dht_config: DhtConfig, seed: int
+) -> AsyncIterator[tuple[Transport, DhtService]]:
+    """A server transport on 127.0.0.1 serving the DHT, for floods of DHT requests."""
+    async with open_server(rng, config) as server, trio.open_nursery() as nursery:
+        assert server.address is not None
+        service = DhtService(
+            DhtTransportAdapter(server),
+            listen_port=server.address[1],
+            config=dht_config,
+            rng=random.Random(seed),
+        )
+        await nursery.start(service.run)
+        yield server, service
+        nursery.cancel_scope.cancel()
+
+
 async def raw_connection(server: Transport) -> trio.SocketStream:
     assert server.address is not None
     return await trio.open_tcp_stream(*server.address)
@@ -808,24 +826,10 @@ async def test_a_provider_record_flood_from_few_prefixes_leaves_room_for_others(
         ip_prefix_limit_per_bucket=None,
         ip_prefix_limit_per_table=None,
     )
-    server_identity = seeded_identity(rng)
-    async with (
-        open_transport(
-            server_identity,
-            TcpLinkLayer(server_identity, random_bytes=rng.randbytes),
-            listen_address=("127.0.0.1", 0),
-            config=dataclasses.replace(CONFIG, max_connections=32),
-        ) as server,
-        trio.open_nursery() as nursery,
-    ):
+    async with open_dht_server(
+        rng, dataclasses.replace(CONFIG, max_connections=32), dht_config, seed=1
+    ) as (server, service):
         assert server.address is not None
-        service = DhtService(
-            DhtTransportAdapter(server),
-            listen_port=server.address[1],
-            config=dht_config,
-            rng=random.Random(1),
-        )
-        await nursery.start(service.run)
         answers: dict[str, list[Message]] = {}
         for source in ("127.0.5.1", "127.0.6.1"):
             for _ in range(identities):
@@ -870,7 +874,6 @@ async def test_a_provider_record_flood_from_few_prefixes_leaves_room_for_others(
         providers = service.records.get(NodeId(key), trio.current_time(), 10)
         assert [contact.node_id for contact in providers] == [honest_identity.node_id]
         assert len(service.records) == budget
-        nursery.cancel_scope.cancel()
 
 
 async def test_peers_that_hang_up_mid_request_leak_no_request_slot(
@@ -1036,18 +1039,10 @@ async def test_identities_of_one_prefix_cannot_fill_a_key_against_an_honest_prov
     dht_config = DhtConfig(
         max_providers_per_key=16, ip_prefix_limit_per_bucket=None, ip_prefix_limit_per_table=None
     )
-    async with (
-        open_server(rng, dataclasses.replace(CONFIG, max_connections=80)) as server,
-        trio.open_nursery() as nursery,
-    ):
+    async with open_dht_server(
+        rng, dataclasses.replace(CONFIG, max_connections=80), dht_config, seed=2
+    ) as (server, _):
         assert server.address is not None
-        service = DhtService(
-            DhtTransportAdapter(server),
-            listen_port=server.address[1],
-            config=dht_config,
-            rng=random.Random(2),
-        )
-        await nursery.start(service.run)
         key = rng.randbytes(32)
         taken = 0
         for number in range(64):
@@ -1069,7 +1064,6 @@ async def test_identities_of_one_prefix_cannot_fill_a_key_against_an_honest_prov
         assert isinstance(named, Providers)
         providers = {NodeId(wire.node_id) for wire in named.providers}
         assert honest_identity.node_id in providers and len(providers) == 16
-        nursery.cancel_scope.cancel()
 
 
 async def test_peers_that_never_read_their_pongs_are_shed_past_the_send_queue(
